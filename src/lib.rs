@@ -1,0 +1,18 @@
+//! transfer-guard: screens outgoing bank transfers for fraud before they leave,
+//! and hands suspicious ones to the police station that covers the branch.
+//!
+//! Layout (pure core first, thin edges last):
+//! - [`model`]: domain types — transfer, customer, payee, decision. No I/O.
+//! - [`rules`]: rule files — lexer, parser, type checker and compiler of the
+//!   condition language; named lists; versioned [`rules::Ruleset`].
+//! - [`engine`]: evaluates a ruleset on a transfer and a state snapshot; pure.
+//! - [`state`]: in-memory customer, payee and watchlist state (dashmap).
+//! - [`ruletest`]: the analysts' rule test cases in `rules/tests/`.
+//!
+//! The core modules never import tokio or tonic; see ARCHITECTURE.md.
+
+pub mod engine;
+pub mod model;
+pub mod rules;
+pub mod ruletest;
+pub mod state;

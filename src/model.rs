@@ -1,0 +1,313 @@
+//! Domain types: a transfer, its customer and payee, and the decision made on it.
+//!
+//! Owns the vocabulary every other module speaks. Must not do I/O, know about
+//! wire formats (proto, JSON) or read the clock: time always comes from the
+//! transfer itself, so rule tests and backtests replay exactly.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Money in minor units (fen for CNY). Never a float.
+pub type Minor = i64;
+
+/// Seconds since the Unix epoch, UTC. Taken from requests, never from the clock.
+pub type UnixSeconds = i64;
+
+/// How the customer is sending the money.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    Counter,
+    Atm,
+    Mobile,
+    Online,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 4] = [Channel::Counter, Channel::Atm, Channel::Mobile, Channel::Online];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Counter => "counter",
+            Channel::Atm => "atm",
+            Channel::Mobile => "mobile",
+            Channel::Online => "online",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// What a teller saw at the counter. Stored as a bit set in [`Observations`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Observation {
+    OnPhoneWithStranger,
+    Agitated,
+    RefusesToExplain,
+    AccompaniedByStranger,
+    Coached,
+    Urgent,
+}
+
+impl Observation {
+    pub const ALL: [Observation; 6] = [
+        Observation::OnPhoneWithStranger,
+        Observation::Agitated,
+        Observation::RefusesToExplain,
+        Observation::AccompaniedByStranger,
+        Observation::Coached,
+        Observation::Urgent,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Observation::OnPhoneWithStranger => "on_phone_with_stranger",
+            Observation::Agitated => "agitated",
+            Observation::RefusesToExplain => "refuses_to_explain",
+            Observation::AccompaniedByStranger => "accompanied_by_stranger",
+            Observation::Coached => "coached",
+            Observation::Urgent => "urgent",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Observation> {
+        Observation::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+
+    pub fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// A set of teller observations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Observations(pub u8);
+
+impl Observations {
+    pub fn insert(&mut self, o: Observation) {
+        self.0 |= o.bit();
+    }
+    pub fn contains(self, o: Observation) -> bool {
+        self.0 & o.bit() != 0
+    }
+    pub fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    pub fn iter(self) -> impl Iterator<Item = Observation> {
+        Observation::ALL.into_iter().filter(move |o| self.contains(*o))
+    }
+}
+
+impl FromIterator<Observation> for Observations {
+    fn from_iter<I: IntoIterator<Item = Observation>>(iter: I) -> Self {
+        let mut set = Observations::default();
+        for o in iter {
+            set.insert(o);
+        }
+        set
+    }
+}
+
+/// The screening outcome, ordered from mildest to strictest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    /// Proceed.
+    Allow,
+    /// The teller reads the warning; the customer confirms.
+    Warn,
+    /// The transfer is paused and the station alerted; an officer's outcome or the
+    /// hold's expiry decides it.
+    Hold,
+    /// Refused; the station is alerted.
+    Block,
+}
+
+impl Action {
+    pub const ALL: [Action; 4] = [Action::Allow, Action::Warn, Action::Hold, Action::Block];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "ALLOW",
+            Action::Warn => "WARN",
+            Action::Hold => "HOLD",
+            Action::Block => "BLOCK",
+        }
+    }
+
+    /// Parses `ALLOW`, `allow`, `Allow`, ...
+    pub fn parse(s: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str().eq_ignore_ascii_case(s))
+    }
+
+    /// Whether this action raises an alert for the police station.
+    pub fn raises_alert(self) -> bool {
+        matches!(self, Action::Hold | Action::Block)
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A calendar date, validated (no 2023-02-30).
+pub type Date = time::Date;
+
+/// A change of the customer's daily transfer limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitChange {
+    pub old_limit: Minor,
+    pub new_limit: Minor,
+    /// The new limit is the highest the bank allows.
+    pub is_maximum: bool,
+    pub changed_at: UnixSeconds,
+}
+
+impl LimitChange {
+    pub fn is_raise(&self) -> bool {
+        self.new_limit > self.old_limit
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Customer {
+    pub customer_id: String,
+    pub account_id: String,
+    pub birth_date: Date,
+    pub account_opened_on: Date,
+    pub daily_limit: Minor,
+    /// Given by callers that know it; merged with the limit changes in state.
+    pub last_limit_change: Option<LimitChange>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payee {
+    pub account: String,
+    pub name: String,
+    pub bank_code: String,
+}
+
+/// One outgoing transfer a teller asks about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    /// Idempotency key.
+    pub request_id: String,
+    pub requested_at: UnixSeconds,
+    pub bank_id: String,
+    pub branch_id: String,
+    pub teller_id: String,
+    pub channel: Channel,
+    pub customer: Customer,
+    pub payee: Payee,
+    pub amount: Minor,
+    /// ISO 4217 code, upper case.
+    pub currency: String,
+    pub memo: String,
+    pub observations: Observations,
+}
+
+/// A rule that matched, with the words a clerk can read aloud.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    pub rule_id: Arc<str>,
+    pub score: i64,
+    pub reason_zh: Arc<str>,
+    pub reason_en: Arc<str>,
+    /// Shadow hits are reported and counted but never change the action.
+    pub shadow: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub action: Action,
+    /// Sum of the scores of the active rules that matched.
+    pub score: i64,
+    /// Every matched rule, active and shadow, in ruleset order.
+    pub hits: Vec<Hit>,
+    /// Content hash of the ruleset that decided.
+    pub ruleset_version: Arc<str>,
+}
+
+/// Masks an account number for logs and alerts: the first 4 and last 4 characters
+/// stay, the rest become `*`. Short values are masked entirely but for the last 2.
+pub fn mask_account(account: &str) -> String {
+    let chars: Vec<char> = account.chars().collect();
+    let n = chars.len();
+    let (head, tail) = if n >= 12 {
+        (4, 4)
+    } else if n >= 6 {
+        (0, 4.min(n / 2))
+    } else {
+        (0, 0)
+    };
+    chars
+        .iter()
+        .enumerate()
+        .map(|(i, c)| if i < head || i >= n - tail { *c } else { '*' })
+        .collect()
+}
+
+/// Masks a person's name: keeps the first character only (`张**`).
+pub fn mask_name(name: &str) -> String {
+    let mut chars = name.chars();
+    match chars.next() {
+        Some(first) => std::iter::once(first).chain(chars.map(|_| '*')).collect(),
+        None => String::new(),
+    }
+}
+
+/// Age band for alerts, so officers see "60-69" rather than a birth date.
+pub fn age_band(age: i64) -> &'static str {
+    match age {
+        i64::MIN..=17 => "<18",
+        18..=29 => "18-29",
+        30..=44 => "30-44",
+        45..=59 => "45-59",
+        60..=69 => "60-69",
+        70..=79 => "70-79",
+        _ => "80+",
+    }
+}
+
+/// Whole years between `birth` and `on`.
+pub fn age_on(birth: Date, on: Date) -> i64 {
+    let mut years = i64::from(on.year()) - i64::from(birth.year());
+    if (on.month() as u8, on.day()) < (birth.month() as u8, birth.day()) {
+        years -= 1;
+    }
+    years
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::date;
+
+    #[test]
+    fn masks_keep_only_ends() {
+        assert_eq!(mask_account("6222021234567890123"), "6222***********0123");
+        assert_eq!(mask_account("12345678"), "****5678");
+        assert_eq!(mask_account("123"), "***");
+        assert_eq!(mask_name("张三丰"), "张**");
+        assert_eq!(mask_name(""), "");
+    }
+
+    #[test]
+    fn age_counts_birthdays() {
+        assert_eq!(age_on(date!(1968 - 05 - 10), date!(2026 - 05 - 09)), 57);
+        assert_eq!(age_on(date!(1968 - 05 - 10), date!(2026 - 05 - 10)), 58);
+        assert_eq!(age_band(58), "45-59");
+    }
+
+    #[test]
+    fn actions_are_ordered() {
+        assert!(Action::Block > Action::Hold && Action::Hold > Action::Warn);
+        assert_eq!(Action::parse("hold"), Some(Action::Hold));
+        assert!(Action::Hold.raises_alert() && !Action::Warn.raises_alert());
+    }
+}

@@ -1,0 +1,657 @@
+//! Compiler of the condition language: type-checks a syntax tree against the
+//! context schema and the named lists, and turns it into a tree of closures.
+//!
+//! Every name, type, regex and list is resolved here, once, at load; what comes
+//! out cannot fail and does not allocate when evaluated. Must not evaluate rules
+//! on transfers (the engine does) or read files (the loader does).
+
+use super::parser::{BinOp, Expr, ExprKind, UnOp};
+use super::schema::{self, Facts, Read, StrRead, Ty, NEVER};
+use super::Span;
+use regex::{Regex, RegexBuilder};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+pub type BoolFn = Box<dyn Fn(&Facts) -> bool + Send + Sync>;
+type IntFn = Box<dyn Fn(&Facts) -> i64 + Send + Sync>;
+
+/// Compiled regexes are limited in size so a pathological pattern in a rule file
+/// is an error at load rather than memory blown at run time.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct CompileError {
+    pub message: String,
+    pub span: Span,
+}
+
+fn fail<T>(span: Span, message: impl Into<String>) -> Result<T, CompileError> {
+    Err(CompileError { message: message.into(), span })
+}
+
+/// A named list as the compiler sees it.
+#[derive(Debug)]
+pub enum NamedList {
+    /// Exact values (accounts, names); `in_list`.
+    Values(HashSet<String>),
+    /// Substrings or regexes, joined into one regex; `matches_list` (and
+    /// `in_list` for exact equality with an item).
+    Patterns { items: HashSet<String>, regex: Arc<Regex> },
+}
+
+impl NamedList {
+    pub fn values(items: impl IntoIterator<Item = String>) -> NamedList {
+        NamedList::Values(items.into_iter().collect())
+    }
+
+    /// Keywords match as case-insensitive substrings.
+    pub fn keywords(items: &[String]) -> Result<NamedList, regex::Error> {
+        let escaped: Vec<String> = items.iter().map(|k| regex::escape(k)).collect();
+        NamedList::joined(items, &format!("(?i){}", escaped.join("|")))
+    }
+
+    pub fn patterns(items: &[String]) -> Result<NamedList, (usize, regex::Error)> {
+        for (i, p) in items.iter().enumerate() {
+            build_regex(p).map_err(|e| (i, e))?;
+        }
+        let joined: Vec<String> = items.iter().map(|p| format!("(?:{p})")).collect();
+        NamedList::joined(items, &joined.join("|")).map_err(|e| (0, e))
+    }
+
+    fn joined(items: &[String], pattern: &str) -> Result<NamedList, regex::Error> {
+        let regex = if items.is_empty() { build_regex("[^\\s\\S]")? } else { build_regex(pattern)? };
+        Ok(NamedList::Patterns { items: items.iter().cloned().collect(), regex: Arc::new(regex) })
+    }
+
+    fn items(&self) -> &HashSet<String> {
+        match self {
+            NamedList::Values(items) | NamedList::Patterns { items, .. } => items,
+        }
+    }
+}
+
+pub fn build_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    RegexBuilder::new(pattern).size_limit(REGEX_SIZE_LIMIT).dfa_size_limit(REGEX_SIZE_LIMIT).build()
+}
+
+/// Shared across all rules of one ruleset: regexes are deduplicated and each
+/// (pattern, field) pair gets one memo slot, so a regex runs at most once per request.
+#[derive(Default)]
+pub struct Compiler<'l> {
+    lists: HashMap<String, &'l NamedList>,
+    regexes: HashMap<String, Arc<Regex>>,
+    slots: HashMap<(String, &'static str), usize>,
+}
+
+/// An integer-valued (or duration-valued) expression, kept specialised so the
+/// common `field OP literal` compiles to one closure with no inner dynamic call.
+enum IntE {
+    Lit(i64),
+    Read(fn(&Facts) -> i64),
+    Dyn(IntFn),
+}
+
+impl IntE {
+    fn into_fn(self) -> IntFn {
+        match self {
+            IntE::Lit(v) => Box::new(move |_| v),
+            IntE::Read(r) => Box::new(r),
+            IntE::Dyn(f) => f,
+        }
+    }
+}
+
+enum StrE {
+    Lit(String),
+    Read(StrRead, &'static schema::Field),
+}
+
+enum Value {
+    Bool(BoolFn),
+    Int(IntE),
+    Duration(IntE),
+    Str(StrE),
+    Observations(fn(&Facts) -> u8, &'static schema::Field),
+    ListInt(Vec<i64>),
+    ListStr(Vec<String>, Vec<Span>),
+}
+
+impl Value {
+    fn ty(&self) -> Ty {
+        match self {
+            Value::Bool(_) => Ty::Bool,
+            Value::Int(_) => Ty::Int,
+            Value::Duration(_) => Ty::Duration,
+            Value::Str(_) => Ty::Str,
+            Value::Observations(..) => Ty::Observations,
+            Value::ListInt(_) => Ty::ListInt,
+            Value::ListStr(..) => Ty::ListStr,
+        }
+    }
+}
+
+macro_rules! compare {
+    ($op:expr, $a:expr, $b:expr) => {{
+        match $op {
+            BinOp::Eq => Box::new(move |f: &Facts| $a(f) == $b(f)) as BoolFn,
+            BinOp::Ne => Box::new(move |f: &Facts| $a(f) != $b(f)),
+            BinOp::Lt => Box::new(move |f: &Facts| $a(f) < $b(f)),
+            BinOp::Le => Box::new(move |f: &Facts| $a(f) <= $b(f)),
+            BinOp::Gt => Box::new(move |f: &Facts| $a(f) > $b(f)),
+            _ => Box::new(move |f: &Facts| $a(f) >= $b(f)),
+        }
+    }};
+}
+
+fn compare_ints(op: BinOp, l: IntE, r: IntE) -> BoolFn {
+    match (l, r) {
+        (IntE::Read(a), IntE::Lit(b)) => compare!(op, a, |_| b),
+        (IntE::Lit(a), IntE::Read(b)) => compare!(op, |_| a, b),
+        (IntE::Read(a), IntE::Read(b)) => compare!(op, a, b),
+        (l, r) => {
+            let (a, b) = (l.into_fn(), r.into_fn());
+            compare!(op, a, b)
+        }
+    }
+}
+
+impl<'l> Compiler<'l> {
+    pub fn new(lists: &'l HashMap<String, NamedList>) -> Compiler<'l> {
+        Compiler { lists: lists.iter().map(|(k, v)| (k.clone(), v)).collect(), ..Compiler::default() }
+    }
+
+    /// How many regex memo slots the compiled rules use.
+    pub fn memo_slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Compiles a rule condition, which must be a bool.
+    pub fn condition(&mut self, expr: &Expr) -> Result<BoolFn, CompileError> {
+        match self.value(expr)? {
+            Value::Bool(f) => Ok(f),
+            other => fail(expr.span, format!("a condition must be a bool, but this is {}", other.ty().name())),
+        }
+    }
+
+    fn slot(&mut self, key: String, field: &'static str) -> usize {
+        let next = self.slots.len();
+        *self.slots.entry((key, field)).or_insert(next)
+    }
+
+    fn regex(&mut self, pattern: &str, span: Span) -> Result<Arc<Regex>, CompileError> {
+        if let Some(re) = self.regexes.get(pattern) {
+            return Ok(re.clone());
+        }
+        match build_regex(pattern) {
+            Ok(re) => {
+                let re = Arc::new(re);
+                self.regexes.insert(pattern.to_string(), re.clone());
+                Ok(re)
+            }
+            Err(e) => fail(span, format!("bad regex: {}", one_line(&e.to_string()))),
+        }
+    }
+
+    fn value(&mut self, expr: &Expr) -> Result<Value, CompileError> {
+        let span = expr.span;
+        Ok(match &expr.kind {
+            ExprKind::Int(n) => Value::Int(IntE::Lit(*n)),
+            ExprKind::Duration(s) => Value::Duration(IntE::Lit(*s)),
+            ExprKind::Str(s) => Value::Str(StrE::Lit(s.clone())),
+            ExprKind::Bool(b) => {
+                let b = *b;
+                Value::Bool(Box::new(move |_| b))
+            }
+            ExprKind::List(items) => self.list(items, span)?,
+            ExprKind::Path(parts) => field_value(&parts.join("."), span)?,
+            ExprKind::Unary(UnOp::Not, inner) => match self.value(inner)? {
+                Value::Bool(f) => Value::Bool(Box::new(move |x| !f(x))),
+                other => return fail(inner.span, format!("`!` needs a bool, found {}", other.ty().name())),
+            },
+            ExprKind::Unary(UnOp::Neg, inner) => match self.value(inner)? {
+                Value::Int(IntE::Lit(n)) => Value::Int(IntE::Lit(n.saturating_neg())),
+                Value::Int(e) => {
+                    let f = e.into_fn();
+                    Value::Int(IntE::Dyn(Box::new(move |x| f(x).saturating_neg())))
+                }
+                other => return fail(inner.span, format!("`-` needs an int, found {}", other.ty().name())),
+            },
+            ExprKind::Binary(op, l, r) => self.binary(*op, l, r, span)?,
+            ExprKind::Call { target, name, args } => self.call(target.as_deref(), name, args, span)?,
+        })
+    }
+
+    fn list(&mut self, items: &[Expr], span: Span) -> Result<Value, CompileError> {
+        let mut ints = Vec::new();
+        let mut strs = Vec::new();
+        let mut spans = Vec::new();
+        for item in items {
+            match &item.kind {
+                ExprKind::Int(n) if strs.is_empty() => ints.push(*n),
+                ExprKind::Str(s) if ints.is_empty() => {
+                    strs.push(s.clone());
+                    spans.push(item.span);
+                }
+                ExprKind::Int(_) | ExprKind::Str(_) => {
+                    return fail(item.span, "a list mixes ints and strings; use one type")
+                }
+                _ => return fail(item.span, "list items must be int or string literals"),
+            }
+        }
+        if items.is_empty() {
+            return fail(span, "an empty list never matches; remove the test");
+        }
+        Ok(if ints.is_empty() { Value::ListStr(strs, spans) } else { Value::ListInt(ints) })
+    }
+
+    fn bools(&mut self, op: BinOp, l: &Expr, r: &Expr) -> Result<(BoolFn, BoolFn), CompileError> {
+        let mut side = |e: &Expr| match self.value(e)? {
+            Value::Bool(f) => Ok(f),
+            other => fail(e.span, format!("`{}` needs bools on both sides, found {}", op.symbol(), other.ty().name())),
+        };
+        Ok((side(l)?, side(r)?))
+    }
+
+    fn binary(&mut self, op: BinOp, l: &Expr, r: &Expr, span: Span) -> Result<Value, CompileError> {
+        match op {
+            BinOp::And => {
+                let (a, b) = self.bools(op, l, r)?;
+                return Ok(Value::Bool(Box::new(move |f| a(f) && b(f))));
+            }
+            BinOp::Or => {
+                let (a, b) = self.bools(op, l, r)?;
+                return Ok(Value::Bool(Box::new(move |f| a(f) || b(f))));
+            }
+            _ => {}
+        }
+        let lv = self.value(l)?;
+        let rv = self.value(r)?;
+        let mismatch = |lv: &Value, rv: &Value| {
+            fail(
+                span,
+                format!("`{}` cannot compare {} with {}", op.symbol(), lv.ty().name(), rv.ty().name()),
+            )
+        };
+        match op {
+            BinOp::Add | BinOp::Sub | BinOp::Mul => {
+                let (a, b, duration) = match (lv, rv) {
+                    (Value::Int(a), Value::Int(b)) => (a, b, false),
+                    (Value::Duration(a), Value::Duration(b)) if op != BinOp::Mul => (a, b, true),
+                    (lv, rv) => {
+                        return fail(
+                            span,
+                            format!("`{}` cannot combine {} with {}", op.symbol(), lv.ty().name(), rv.ty().name()),
+                        )
+                    }
+                };
+                let (a, b) = (a.into_fn(), b.into_fn());
+                let f: IntFn = match op {
+                    BinOp::Add => Box::new(move |x| a(x).saturating_add(b(x))),
+                    BinOp::Sub => Box::new(move |x| a(x).saturating_sub(b(x))),
+                    _ => Box::new(move |x| a(x).saturating_mul(b(x))),
+                };
+                Ok(if duration { Value::Duration(IntE::Dyn(f)) } else { Value::Int(IntE::Dyn(f)) })
+            }
+            BinOp::In => self.membership(lv, rv, l, r, span),
+            BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
+                let ordering = !matches!(op, BinOp::Eq | BinOp::Ne);
+                Ok(Value::Bool(match (lv, rv) {
+                    (Value::Int(a), Value::Int(b)) | (Value::Duration(a), Value::Duration(b)) => {
+                        compare_ints(op, a, b)
+                    }
+                    (Value::Bool(a), Value::Bool(b)) if !ordering => compare!(op, a, b),
+                    (Value::Str(a), Value::Str(b)) if !ordering => {
+                        check_str_values(&a, &b, r.span)?;
+                        check_str_values(&b, &a, l.span)?;
+                        compare_strs(op == BinOp::Eq, a, b)
+                    }
+                    (Value::Str(_), Value::Str(_)) | (Value::Bool(_), Value::Bool(_)) => {
+                        return fail(span, format!("`{}` does not order strings or bools; use == or !=", op.symbol()))
+                    }
+                    (lv, rv) => return mismatch(&lv, &rv),
+                }))
+            }
+            BinOp::And | BinOp::Or => unreachable!("handled above"),
+        }
+    }
+
+    fn membership(&mut self, lv: Value, rv: Value, l: &Expr, r: &Expr, span: Span) -> Result<Value, CompileError> {
+        Ok(Value::Bool(match (lv, rv) {
+            (Value::Int(a), Value::ListInt(items)) => {
+                let a = a.into_fn();
+                Box::new(move |f| items.contains(&a(f)))
+            }
+            (Value::Str(a), Value::ListStr(items, spans)) => {
+                if let StrE::Read(_, field) = &a {
+                    for (item, item_span) in items.iter().zip(spans) {
+                        check_value(field, item, item_span)?;
+                    }
+                }
+                match a {
+                    StrE::Lit(s) => {
+                        let hit = items.contains(&s);
+                        Box::new(move |_| hit)
+                    }
+                    StrE::Read(read, _) => {
+                        let set: HashSet<String> = items.into_iter().collect();
+                        if set.len() <= 8 {
+                            let items: Vec<String> = set.into_iter().collect();
+                            Box::new(move |f| {
+                                let v = read(f);
+                                items.iter().any(|i| i == v)
+                            })
+                        } else {
+                            Box::new(move |f| set.contains(read(f)))
+                        }
+                    }
+                }
+            }
+            (Value::Str(StrE::Lit(name)), Value::Observations(read, field)) => {
+                check_value(field, &name, l.span)?;
+                let bit = 1u8 << field.values.iter().position(|v| *v == name).unwrap_or(0);
+                Box::new(move |f| read(f) & bit != 0)
+            }
+            (Value::Str(_), Value::Observations(..)) => {
+                return fail(l.span, "test observations with a string literal, e.g. `\"coached\" in customer.observations`")
+            }
+            (lv, rv) => {
+                return fail(
+                    span.to(r.span),
+                    format!("`in` cannot look for {} in {}", lv.ty().name(), rv.ty().name()),
+                )
+            }
+        }))
+    }
+
+    fn call(&mut self, target: Option<&Expr>, name: &str, args: &[Expr], span: Span) -> Result<Value, CompileError> {
+        // Global functions, and `size` in both spellings.
+        let (subject, rest): (&Expr, &[Expr]) = match target {
+            Some(t) => (t, args),
+            None => match name {
+                "has" => return has(args, span),
+                "size" | "in_list" | "matches_list" => match args.split_first() {
+                    Some((first, rest)) => (first, rest),
+                    None => return fail(span, format!("`{name}` needs an argument")),
+                },
+                _ => return fail(span, unknown_function(name)),
+            },
+        };
+        let arity = |n: usize| {
+            if rest.len() == n {
+                Ok(())
+            } else {
+                fail(span, format!("`{name}` takes {} argument(s), got {}", n + usize::from(target.is_none()), rest.len() + usize::from(target.is_none())))
+            }
+        };
+        match name {
+            "size" => {
+                arity(0)?;
+                return Ok(Value::Int(match self.value(subject)? {
+                    Value::Str(StrE::Lit(s)) => IntE::Lit(s.chars().count() as i64),
+                    Value::Str(StrE::Read(read, _)) => IntE::Dyn(Box::new(move |f| read(f).chars().count() as i64)),
+                    Value::Observations(read, _) => IntE::Dyn(Box::new(move |f| i64::from(read(f).count_ones()))),
+                    Value::ListInt(v) => IntE::Lit(v.len() as i64),
+                    Value::ListStr(v, _) => IntE::Lit(v.len() as i64),
+                    other => return fail(subject.span, format!("`size` needs a string or a list, found {}", other.ty().name())),
+                }));
+            }
+            "matches" | "contains" | "startsWith" | "endsWith" | "in_list" | "matches_list" => {}
+            _ if target.is_some() => return fail(span, unknown_function(name)),
+            _ => unreachable!("global functions matched above"),
+        }
+        let Value::Str(s) = self.value(subject)? else {
+            return fail(subject.span, format!("`{name}` needs a string to work on"));
+        };
+        arity(1)?;
+        let arg = &rest[0];
+        let ExprKind::Str(lit) = &arg.kind else {
+            return fail(arg.span, format!("the argument of `{name}` must be a string literal"));
+        };
+        match name {
+            "matches" => {
+                let re = self.regex(lit, arg.span)?;
+                Ok(Value::Bool(self.memoised(s, format!("re:{lit}"), move |v| re.is_match(v))))
+            }
+            "contains" => {
+                let needle = lit.clone();
+                Ok(Value::Bool(self.memoised(s, format!("contains:{lit}"), move |v| v.contains(needle.as_str()))))
+            }
+            "startsWith" => {
+                let p = lit.clone();
+                Ok(Value::Bool(str_test(s, move |v| v.starts_with(p.as_str()))))
+            }
+            "endsWith" => {
+                let p = lit.clone();
+                Ok(Value::Bool(str_test(s, move |v| v.ends_with(p.as_str()))))
+            }
+            _ => {
+                let Some(list) = self.lists.get(lit.as_str()).copied() else {
+                    let mut known: Vec<&str> = self.lists.keys().map(String::as_str).collect();
+                    known.sort_unstable();
+                    return fail(arg.span, format!("unknown list `{lit}`; known lists: {}", known.join(", ")));
+                };
+                if name == "in_list" {
+                    let set = list.items().clone();
+                    return Ok(Value::Bool(str_test(s, move |v| set.contains(v))));
+                }
+                let NamedList::Patterns { regex, .. } = list else {
+                    return fail(arg.span, format!("list `{lit}` holds exact values; use in_list(.., \"{lit}\")"));
+                };
+                let re = regex.clone();
+                Ok(Value::Bool(self.memoised(s, format!("list:{lit}"), move |v| re.is_match(v))))
+            }
+        }
+    }
+
+    /// A string test whose result is memoised per request when it reads a field.
+    fn memoised(&mut self, s: StrE, key: String, test: impl Fn(&str) -> bool + Send + Sync + 'static) -> BoolFn {
+        match s {
+            StrE::Lit(v) => {
+                let hit = test(&v);
+                Box::new(move |_| hit)
+            }
+            StrE::Read(read, field) => {
+                let slot = self.slot(key, field.path);
+                Box::new(move |f| f.memo(slot, || test(read(f))))
+            }
+        }
+    }
+}
+
+fn str_test(s: StrE, test: impl Fn(&str) -> bool + Send + Sync + 'static) -> BoolFn {
+    match s {
+        StrE::Lit(v) => {
+            let hit = test(&v);
+            Box::new(move |_| hit)
+        }
+        StrE::Read(read, _) => Box::new(move |f| test(read(f))),
+    }
+}
+
+fn compare_strs(eq: bool, a: StrE, b: StrE) -> BoolFn {
+    match (a, b) {
+        (StrE::Read(r, _), StrE::Lit(v)) | (StrE::Lit(v), StrE::Read(r, _)) => {
+            Box::new(move |f| (r(f) == v) == eq)
+        }
+        (StrE::Read(r1, _), StrE::Read(r2, _)) => Box::new(move |f| (r1(f) == r2(f)) == eq),
+        (StrE::Lit(a), StrE::Lit(b)) => {
+            let v = (a == b) == eq;
+            Box::new(move |_| v)
+        }
+    }
+}
+
+/// `transfer.channel == "countr"` is a load error, not a rule that never fires.
+fn check_str_values(field_side: &StrE, other: &StrE, other_span: Span) -> Result<(), CompileError> {
+    if let (StrE::Read(_, field), StrE::Lit(v)) = (field_side, other) {
+        check_value(field, v, other_span)?;
+    }
+    Ok(())
+}
+
+fn check_value(field: &schema::Field, value: &str, span: Span) -> Result<(), CompileError> {
+    if field.values.is_empty() || field.values.contains(&value) {
+        return Ok(());
+    }
+    fail(span, format!("`{}` is never \"{value}\"; it is one of: {}", field.path, field.values.join(", ")))
+}
+
+fn has(args: &[Expr], span: Span) -> Result<Value, CompileError> {
+    let [arg] = args else {
+        return fail(span, "`has` takes one field, e.g. has(customer.limit_raised_ago)");
+    };
+    let ExprKind::Path(parts) = &arg.kind else {
+        return fail(arg.span, "`has` takes a field name");
+    };
+    let path = parts.join(".");
+    let field = lookup_field(&path, arg.span)?;
+    match field.read {
+        Read::Duration(read) if field.optional => Ok(Value::Bool(Box::new(move |f| read(f) != NEVER))),
+        _ => fail(arg.span, format!("`{path}` is always present; `has` is for optional fields")),
+    }
+}
+
+fn lookup_field(path: &str, span: Span) -> Result<&'static schema::Field, CompileError> {
+    match schema::lookup(path) {
+        Some(field) => Ok(field),
+        None => {
+            let mut msg = format!("unknown field `{path}`");
+            if let Some(best) = closest(path) {
+                msg.push_str(&format!("; did you mean `{best}`?"));
+            }
+            fail(span, msg)
+        }
+    }
+}
+
+fn field_value(path: &str, span: Span) -> Result<Value, CompileError> {
+    let field = lookup_field(path, span)?;
+    Ok(match field.read {
+        Read::Int(r) => Value::Int(IntE::Read(r)),
+        Read::Duration(r) => Value::Duration(IntE::Read(r)),
+        Read::Str(r) => Value::Str(StrE::Read(r, field)),
+        Read::Bool(r) => Value::Bool(Box::new(r)),
+        Read::Observations(r) => Value::Observations(r, field),
+    })
+}
+
+fn unknown_function(name: &str) -> String {
+    format!(
+        "unknown function `{name}`; functions are has, size, in_list, matches_list and the string methods matches, contains, startsWith, endsWith"
+    )
+}
+
+fn one_line(s: &str) -> String {
+    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+/// The schema field nearest to a misspelt one, if any is close.
+fn closest(path: &str) -> Option<&'static str> {
+    schema::FIELDS
+        .iter()
+        .map(|f| (edit_distance(path, f.path), f.path))
+        .filter(|(d, p)| *d <= 3.max(p.len() / 4))
+        .min()
+        .map(|(_, p)| p)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::parser::parse;
+
+    fn compile(src: &str) -> Result<BoolFn, CompileError> {
+        let lists = HashMap::from([
+            ("mules".to_string(), NamedList::values(["123".to_string()])),
+            ("scam_words".to_string(), NamedList::keywords(&["刷单".to_string(), "Refund".to_string()]).unwrap()),
+        ]);
+        Compiler::new(&lists).condition(&parse(src).unwrap())
+    }
+
+    fn eval(src: &str, facts: &Facts) -> bool {
+        compile(src).unwrap_or_else(|e| panic!("{src}: {e}"))(facts)
+    }
+
+    #[test]
+    fn evaluates_fields_literals_and_functions() {
+        let memo = vec![std::cell::Cell::new(0u8); 8];
+        let f = Facts {
+            transfer_amount: 40_000_000,
+            transfer_channel: "counter",
+            transfer_memo: "帮忙刷单 please REFUND",
+            customer_age: 58,
+            customer_limit_raised_ago: 600,
+            customer_observations: 0b1,
+            payee_account: "123",
+            payee_first_paid_ago: NEVER,
+            regex_memo: &memo,
+            ..Facts::default()
+        };
+        assert!(eval("transfer.amount >= 40000000 && customer.age < 60", &f));
+        assert!(eval("customer.limit_raised_ago <= 24h && has(customer.limit_raised_ago)", &f));
+        assert!(!eval("has(payee.first_paid_ago)", &f));
+        assert!(!eval("payee.first_paid_ago < 3650d", &f));
+        assert!(eval("transfer.channel in ['counter', 'atm']", &f));
+        assert!(eval("\"on_phone_with_stranger\" in customer.observations", &f));
+        assert!(!eval("'coached' in customer.observations", &f));
+        assert!(eval("size(customer.observations) == 1 && customer.observations.size() == 1", &f));
+        assert!(eval("in_list(payee.account, 'mules') && matches_list(transfer.memo, 'scam_words')", &f));
+        assert!(eval("transfer.memo.matches(r'刷.') && transfer.memo.contains('please')", &f));
+        assert!(eval("transfer.amount * 10 >= 400000000 - 1 && -1 < 0", &f));
+        assert!(eval("!(transfer.channel == 'atm') && transfer.channel != 'atm'", &f));
+    }
+
+    #[test]
+    fn rejects_what_would_silently_be_false() {
+        let cases = [
+            ("customer.agee >= 60", "did you mean `customer.age`"),
+            ("customer.age >= '60'", "cannot compare int with string"),
+            ("customer.limit_raised_ago < 24", "cannot compare duration with int"),
+            ("transfer.memo.matches('(')", "bad regex"),
+            ("in_list(payee.account, 'nope')", "unknown list `nope`"),
+            ("transfer.channel == 'countr'", "never \"countr\""),
+            ("'on_phone' in customer.observations", "never \"on_phone\""),
+            ("customer.age", "must be a bool"),
+            ("has(customer.age)", "always present"),
+            ("transfer.memo.lower() == 'x'", "unknown function"),
+            ("matches_list(payee.account, 'mules')", "exact values"),
+            ("transfer.memo < 'a'", "does not order"),
+        ];
+        for (src, want) in cases {
+            match compile(src) {
+                Ok(_) => panic!("{src} compiled"),
+                Err(e) => assert!(e.message.contains(want), "{src}: {}", e.message),
+            }
+        }
+    }
+
+    #[test]
+    fn regexes_are_shared_and_memoised_once_per_request() {
+        let lists = HashMap::new();
+        let mut c = Compiler::new(&lists);
+        let a = c.condition(&parse("transfer.memo.matches('a+')").unwrap()).unwrap();
+        let b = c.condition(&parse("transfer.memo.matches('a+') && payee.name.matches('a+')").unwrap()).unwrap();
+        assert_eq!(c.regexes.len(), 1);
+        assert_eq!(c.memo_slots(), 2);
+        let memo = vec![std::cell::Cell::new(0u8); 2];
+        let f = Facts { transfer_memo: "aaa", payee_name: "b", regex_memo: &memo, ..Facts::default() };
+        assert!(a(&f));
+        assert_eq!(memo[0].get(), 2);
+        assert!(!b(&f));
+        assert_eq!(memo[1].get(), 1);
+    }
+}

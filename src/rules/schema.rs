@@ -1,0 +1,209 @@
+//! The context schema: every field a rule may read, its type, its meaning and how
+//! it is read from [`Facts`]. This table is the one place that defines the
+//! schema: the type checker, the compiled readers and `docs/rules.md` all come
+//! from it.
+//!
+//! Must not compute facts (the engine fills [`Facts`] from a transfer and state).
+
+use crate::model::{Channel, Observation};
+use std::cell::Cell;
+
+/// A duration field with no value ("never") reads as this: infinitely long ago.
+/// So `customer.limit_raised_ago < 24h` is false for a customer who never raised
+/// the limit, and `has(customer.limit_raised_ago)` tells the two apart.
+pub const NEVER: i64 = i64::MAX;
+
+/// Everything a rule can see about one transfer, flattened for fast reads.
+#[derive(Debug, Clone, Default)]
+pub struct Facts<'a> {
+    pub transfer_amount: i64,
+    pub transfer_currency: &'a str,
+    pub transfer_channel: &'a str,
+    pub transfer_memo: &'a str,
+    pub transfer_hour: i64,
+    pub bank_id: &'a str,
+    pub branch_id: &'a str,
+    pub customer_age: i64,
+    pub customer_account_age_days: i64,
+    pub customer_daily_limit: i64,
+    pub customer_limit_raised_ago: i64,
+    pub customer_limit_raised_to_max: bool,
+    pub customer_observations: u8,
+    pub payee_account: &'a str,
+    pub payee_name: &'a str,
+    pub payee_bank: &'a str,
+    pub payee_is_new: bool,
+    pub payee_first_paid_ago: i64,
+    pub payee_watchlisted: bool,
+    pub payee_distinct_senders_24h: i64,
+    pub history_transfers_1h: i64,
+    pub history_transfers_24h: i64,
+    pub history_amount_24h: i64,
+    pub history_new_payees_24h: i64,
+    /// Per-request memo of regex results, one slot per (pattern, field) in the
+    /// ruleset: 0 = not computed yet, 1 = no match, 2 = match.
+    pub regex_memo: &'a [Cell<u8>],
+}
+
+impl Facts<'_> {
+    /// Returns the memoised result in `slot`, computing it once per request.
+    #[inline]
+    pub fn memo(&self, slot: usize, compute: impl FnOnce() -> bool) -> bool {
+        match self.regex_memo.get(slot) {
+            Some(cell) => match cell.get() {
+                0 => {
+                    let v = compute();
+                    cell.set(1 + u8::from(v));
+                    v
+                }
+                v => v == 2,
+            },
+            None => compute(),
+        }
+    }
+}
+
+/// The type of a field or expression in the condition language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ty {
+    Int,
+    /// Seconds; written `30m`, `24h`, `7d`.
+    Duration,
+    Str,
+    Bool,
+    /// The set of teller observations.
+    Observations,
+    ListInt,
+    ListStr,
+}
+
+impl Ty {
+    pub fn name(self) -> &'static str {
+        match self {
+            Ty::Int => "int",
+            Ty::Duration => "duration",
+            Ty::Str => "string",
+            Ty::Bool => "bool",
+            Ty::Observations => "list of observations",
+            Ty::ListInt => "list of int",
+            Ty::ListStr => "list of string",
+        }
+    }
+}
+
+pub type StrRead = for<'a, 'b> fn(&'b Facts<'a>) -> &'a str;
+
+/// How a field is read from [`Facts`].
+#[derive(Clone, Copy)]
+pub enum Read {
+    Int(fn(&Facts) -> i64),
+    /// Seconds, or [`NEVER`] when absent.
+    Duration(fn(&Facts) -> i64),
+    Str(StrRead),
+    Bool(fn(&Facts) -> bool),
+    Observations(fn(&Facts) -> u8),
+}
+
+impl Read {
+    pub fn ty(self) -> Ty {
+        match self {
+            Read::Int(_) => Ty::Int,
+            Read::Duration(_) => Ty::Duration,
+            Read::Str(_) => Ty::Str,
+            Read::Bool(_) => Ty::Bool,
+            Read::Observations(_) => Ty::Observations,
+        }
+    }
+}
+
+pub struct Field {
+    pub path: &'static str,
+    pub read: Read,
+    /// May be absent (`has(path)` tells); only durations are.
+    pub optional: bool,
+    /// The only values a string field takes, checked against literals at load.
+    pub values: &'static [&'static str],
+    pub doc: &'static str,
+}
+
+const CHANNELS: &[&str] = &["counter", "atm", "mobile", "online"];
+pub const OBSERVATIONS: &[&str] = &[
+    "on_phone_with_stranger",
+    "agitated",
+    "refuses_to_explain",
+    "accompanied_by_stranger",
+    "coached",
+    "urgent",
+];
+
+const fn field(path: &'static str, read: Read, doc: &'static str) -> Field {
+    Field { path, read, optional: false, values: &[], doc }
+}
+
+/// The context schema.
+pub static FIELDS: &[Field] = &[
+    field("transfer.amount", Read::Int(|f| f.transfer_amount), "Amount in minor units (fen for CNY): 400,000 CNY is `40000000`."),
+    field("transfer.currency", Read::Str(|f| f.transfer_currency), "ISO 4217 code, upper case, e.g. `\"CNY\"`."),
+    Field { values: CHANNELS, ..field("transfer.channel", Read::Str(|f| f.transfer_channel), "How the customer sends: `counter`, `atm`, `mobile` or `online`.") },
+    field("transfer.memo", Read::Str(|f| f.transfer_memo), "The customer's stated purpose (free text, may be empty)."),
+    field("transfer.hour", Read::Int(|f| f.transfer_hour), "Local hour of the request, 0-23, in the ruleset's `utc_offset`."),
+    field("bank.id", Read::Str(|f| f.bank_id), "The bank's id."),
+    field("branch.id", Read::Str(|f| f.branch_id), "The branch the request came from."),
+    field("customer.age", Read::Int(|f| f.customer_age), "Whole years from the birth date to the transfer's local date."),
+    field("customer.account_age_days", Read::Int(|f| f.customer_account_age_days), "Days since the account was opened."),
+    field("customer.daily_limit", Read::Int(|f| f.customer_daily_limit), "The customer's daily transfer limit in minor units."),
+    Field { optional: true, ..field("customer.limit_raised_ago", Read::Duration(|f| f.customer_limit_raised_ago), "Time since the last raise of the daily limit; absent (never) compares as infinitely long ago.") },
+    field("customer.limit_raised_to_max", Read::Bool(|f| f.customer_limit_raised_to_max), "The last limit change raised the limit to the bank's maximum."),
+    Field { values: OBSERVATIONS, ..field("customer.observations", Read::Observations(|f| f.customer_observations), "What the teller saw; test with `\"coached\" in customer.observations`.") },
+    field("payee.account", Read::Str(|f| f.payee_account), "The payee's account number (compare with lists; never logged in full)."),
+    field("payee.name", Read::Str(|f| f.payee_name), "The payee's name."),
+    field("payee.bank", Read::Str(|f| f.payee_bank), "The payee's bank code."),
+    field("payee.is_new", Read::Bool(|f| f.payee_is_new), "This customer has never paid this payee (by bank and account)."),
+    Field { optional: true, ..field("payee.first_paid_ago", Read::Duration(|f| f.payee_first_paid_ago), "Time since this customer first paid this payee; absent for a new payee.") },
+    field("payee.watchlisted", Read::Bool(|f| f.payee_watchlisted), "The account is on an unexpired police watchlist entry."),
+    field("payee.distinct_senders_24h", Read::Int(|f| f.payee_distinct_senders_24h), "Different customers who paid this account in the last 24 h, this one included (fan-in: the mule signal)."),
+    field("history.transfers_1h", Read::Int(|f| f.history_transfers_1h), "This customer's counted transfers in the hour before this one."),
+    field("history.transfers_24h", Read::Int(|f| f.history_transfers_24h), "This customer's counted transfers in the 24 h before this one."),
+    field("history.amount_24h", Read::Int(|f| f.history_amount_24h), "Sum of those transfers' amounts, minor units."),
+    field("history.new_payees_24h", Read::Int(|f| f.history_new_payees_24h), "How many of those went to a payee that was new at the time."),
+];
+
+pub fn lookup(path: &str) -> Option<&'static Field> {
+    FIELDS.iter().find(|f| f.path == path)
+}
+
+/// The field table of `docs/rules.md`, generated from [`FIELDS`].
+pub fn field_table_markdown() -> String {
+    let mut out = String::from("| field | type | meaning |\n|---|---|---|\n");
+    for f in FIELDS {
+        let mut ty = f.read.ty().name().to_string();
+        if f.optional {
+            ty.push_str(" (optional)");
+        }
+        out.push_str(&format!("| `{}` | {} | {} |\n", f.path, ty, f.doc));
+    }
+    out
+}
+
+// Keep the observation names in the schema in step with the model.
+const _: () = assert!(OBSERVATIONS.len() == Observation::ALL.len());
+const _: () = assert!(CHANNELS.len() == Channel::ALL.len());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_match_the_model() {
+        for (name, o) in OBSERVATIONS.iter().zip(Observation::ALL) {
+            assert_eq!(*name, o.as_str());
+        }
+        for (name, c) in CHANNELS.iter().zip(Channel::ALL) {
+            assert_eq!(*name, c.as_str());
+        }
+        let mut paths: Vec<_> = FIELDS.iter().map(|f| f.path).collect();
+        paths.sort();
+        paths.dedup();
+        assert_eq!(paths.len(), FIELDS.len(), "duplicate field path");
+    }
+}

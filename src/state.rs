@@ -1,0 +1,397 @@
+//! In-memory state the rules read: per customer the payees already paid, recent
+//! transfers (velocity windows) and the last limit change; per payee account the
+//! customers who paid it lately (fan-in, the mule signal); the police watchlist.
+//!
+//! Concurrent maps (dashmap): different customers never contend; one customer's
+//! record is changed under its shard lock. Time is always passed in (the
+//! transfer's time), never read from the clock. Windows are bounded: entries
+//! older than [`WINDOW_SECS`] are pruned on write and by [`State::prune`].
+//! Must not know about rules, tokio or tonic.
+
+use crate::model::{LimitChange, Minor, Payee, UnixSeconds};
+use dashmap::DashMap;
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+
+/// The longest window any fact looks back over.
+pub const WINDOW_SECS: i64 = 24 * 3600;
+const HOUR_SECS: i64 = 3600;
+/// A customer's window keeps at most this many transfers (counts saturate there),
+/// so a runaway client cannot grow one record without bound.
+pub const MAX_RECENT: usize = 512;
+/// Fan-in keeps at most this many senders per payee account.
+pub const MAX_SENDERS: usize = 4096;
+
+/// Identifies a payee (bank code and account) inside a customer's record in 8
+/// bytes rather than the full strings: 5 known payees fit in 80 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PayeeKey(pub u64);
+
+impl PayeeKey {
+    pub fn of(payee: &Payee) -> PayeeKey {
+        PayeeKey(stable_hash(&(payee.bank_code.trim(), payee.account.trim())))
+    }
+}
+
+fn stable_hash<T: Hash + ?Sized>(value: &T) -> u64 {
+    // SipHash with fixed keys: the same on every start, so keys can be rebuilt
+    // from a journal. 64 bits make a collision among one customer's payees
+    // (or one account's senders) vanishingly unlikely.
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new_with_keys(0x7472_616e_7366_6572, 0x6775_6172_6421_0001);
+    value.hash(&mut h);
+    h.finish()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KnownPayee {
+    key: PayeeKey,
+    first_paid: UnixSeconds,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Recent {
+    at: UnixSeconds,
+    amount: Minor,
+    new_payee: bool,
+}
+
+#[derive(Debug, Default)]
+struct CustomerRecord {
+    /// Sorted by key for binary search.
+    known: Vec<KnownPayee>,
+    /// Oldest first.
+    recent: VecDeque<Recent>,
+    limit: Option<LimitChange>,
+}
+
+#[derive(Debug, Default)]
+struct PayeeRecord {
+    /// (sender key, last time paid), one per distinct customer.
+    senders: Vec<(u64, UnixSeconds)>,
+}
+
+/// A police watchlist entry: transfers to `account` hit `payee.watchlisted`
+/// until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEntry {
+    pub account: String,
+    pub station_id: String,
+    pub reason: String,
+    pub added_at: UnixSeconds,
+    /// None: until removed.
+    pub expires_at: Option<UnixSeconds>,
+}
+
+impl WatchEntry {
+    pub fn is_active(&self, at: UnixSeconds) -> bool {
+        self.expires_at.is_none_or(|e| at < e)
+    }
+}
+
+/// What the engine reads about one transfer, taken under one customer's lock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// None: this customer never paid this payee.
+    pub payee_first_paid: Option<UnixSeconds>,
+    pub payee_watchlisted: bool,
+    /// Distinct customers who paid the payee in the last 24 h, this one included.
+    pub payee_distinct_senders_24h: i64,
+    pub transfers_1h: i64,
+    pub transfers_24h: i64,
+    pub amount_24h: Minor,
+    pub new_payees_24h: i64,
+    pub last_limit_change: Option<LimitChange>,
+}
+
+/// The change a counted transfer makes to state. The engine returns it; the
+/// caller decides when to apply it (at once for ALLOW/WARN, on release for HOLD)
+/// and can revert it (a cancelled transfer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferRecord {
+    pub customer_id: String,
+    pub payee: PayeeKey,
+    pub amount: Minor,
+    pub at: UnixSeconds,
+}
+
+/// Counts of what is held, for metrics and memory reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizes {
+    pub customers: usize,
+    pub payees: usize,
+    pub watchlist: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct State {
+    customers: DashMap<Box<str>, CustomerRecord>,
+    payees: DashMap<PayeeKey, PayeeRecord>,
+    watchlist: DashMap<String, WatchEntry>,
+}
+
+fn in_window(at: UnixSeconds, now: UnixSeconds, window: i64) -> bool {
+    at <= now && now - at < window
+}
+
+impl State {
+    pub fn new() -> State {
+        State::default()
+    }
+
+    /// Reads what the rules need about `customer_id` paying `payee` at `now`.
+    pub fn snapshot(&self, customer_id: &str, payee: &Payee, now: UnixSeconds) -> Snapshot {
+        let key = PayeeKey::of(payee);
+        let sender = stable_hash(customer_id);
+        let mut snap = Snapshot {
+            payee_watchlisted: self.is_watchlisted(&payee.account, now),
+            ..Snapshot::default()
+        };
+        let mut this_customer_counted = false;
+        if let Some(p) = self.payees.get(&key) {
+            for (s, at) in &p.senders {
+                if in_window(*at, now, WINDOW_SECS) {
+                    snap.payee_distinct_senders_24h += 1;
+                    this_customer_counted |= *s == sender;
+                }
+            }
+        }
+        if !this_customer_counted {
+            snap.payee_distinct_senders_24h += 1;
+        }
+        if let Some(c) = self.customers.get(customer_id) {
+            if let Ok(i) = c.known.binary_search_by_key(&key, |k| k.key) {
+                let first = c.known[i].first_paid;
+                // A payee first paid after `now` (a replay out of order) is still new now.
+                snap.payee_first_paid = (first <= now).then_some(first);
+            }
+            for r in c.recent.iter().rev() {
+                if !in_window(r.at, now, WINDOW_SECS) {
+                    if r.at > now {
+                        continue;
+                    }
+                    break;
+                }
+                snap.transfers_24h += 1;
+                snap.amount_24h = snap.amount_24h.saturating_add(r.amount);
+                snap.new_payees_24h += i64::from(r.new_payee);
+                snap.transfers_1h += i64::from(in_window(r.at, now, HOUR_SECS));
+            }
+            snap.last_limit_change = c.limit;
+        }
+        snap
+    }
+
+    /// Counts a transfer: its payee becomes known, it enters the windows and the
+    /// payee's fan-in.
+    pub fn apply(&self, record: &TransferRecord) {
+        let mut c = self.customers.entry(record.customer_id.as_str().into()).or_default();
+        let new_payee = match c.known.binary_search_by_key(&record.payee, |k| k.key) {
+            Ok(i) => {
+                let k = &mut c.known[i];
+                if record.at < k.first_paid {
+                    k.first_paid = record.at;
+                }
+                false
+            }
+            Err(i) => {
+                c.known.insert(i, KnownPayee { key: record.payee, first_paid: record.at });
+                true
+            }
+        };
+        let entry = Recent { at: record.at, amount: record.amount, new_payee };
+        // Keep time order even when records arrive slightly out of order.
+        let pos = c.recent.iter().rposition(|r| r.at <= record.at).map_or(0, |p| p + 1);
+        c.recent.insert(pos, entry);
+        let newest = c.recent.back().map_or(record.at, |r| r.at);
+        while c.recent.front().is_some_and(|r| newest - r.at >= WINDOW_SECS) || c.recent.len() > MAX_RECENT {
+            c.recent.pop_front();
+        }
+        drop(c);
+        let sender = stable_hash(record.customer_id.as_str());
+        let mut p = self.payees.entry(record.payee).or_default();
+        p.senders.retain(|(_, at)| record.at - *at < WINDOW_SECS);
+        match p.senders.iter().position(|(s, _)| *s == sender) {
+            Some(i) => p.senders[i].1 = p.senders[i].1.max(record.at),
+            None if p.senders.len() < MAX_SENDERS => p.senders.push((sender, record.at)),
+            None => {}
+        }
+    }
+
+    /// Undoes [`State::apply`] for a cancelled transfer: it leaves the windows,
+    /// and the payee is forgotten again if this transfer made it known.
+    pub fn revert(&self, record: &TransferRecord) {
+        if let Some(mut c) = self.customers.get_mut(record.customer_id.as_str()) {
+            if let Some(pos) = c.recent.iter().rposition(|r| r.at == record.at && r.amount == record.amount) {
+                c.recent.remove(pos);
+            }
+            if let Ok(i) = c.known.binary_search_by_key(&record.payee, |k| k.key) {
+                if c.known[i].first_paid == record.at {
+                    c.known.remove(i);
+                }
+            }
+        }
+        let sender = stable_hash(record.customer_id.as_str());
+        if let Some(mut p) = self.payees.get_mut(&record.payee) {
+            p.senders.retain(|(s, at)| !(*s == sender && *at == record.at));
+        }
+    }
+
+    /// Records a limit change; only the latest (by `changed_at`) is kept.
+    pub fn record_limit_change(&self, customer_id: &str, change: LimitChange) {
+        let mut c = self.customers.entry(customer_id.into()).or_default();
+        if c.limit.is_none_or(|l| l.changed_at <= change.changed_at) {
+            c.limit = Some(change);
+        }
+    }
+
+    /// Marks a payee as known from `at` (e.g. imported history) without counting
+    /// a transfer in the windows.
+    pub fn record_known_payee(&self, customer_id: &str, payee: &Payee, at: UnixSeconds) {
+        let key = PayeeKey::of(payee);
+        let mut c = self.customers.entry(customer_id.into()).or_default();
+        match c.known.binary_search_by_key(&key, |k| k.key) {
+            Ok(i) => c.known[i].first_paid = c.known[i].first_paid.min(at),
+            Err(i) => c.known.insert(i, KnownPayee { key, first_paid: at }),
+        }
+    }
+
+    pub fn watchlist_upsert(&self, entry: WatchEntry) {
+        self.watchlist.insert(normalise_account(&entry.account), entry);
+    }
+
+    pub fn watchlist_remove(&self, account: &str) -> Option<WatchEntry> {
+        self.watchlist.remove(&normalise_account(account)).map(|(_, e)| e)
+    }
+
+    pub fn watchlist_entries(&self) -> Vec<WatchEntry> {
+        let mut v: Vec<WatchEntry> = self.watchlist.iter().map(|e| e.value().clone()).collect();
+        v.sort_by(|a, b| a.account.cmp(&b.account));
+        v
+    }
+
+    pub fn is_watchlisted(&self, account: &str, at: UnixSeconds) -> bool {
+        if self.watchlist.is_empty() {
+            return false;
+        }
+        self.watchlist.get(&normalise_account(account)).is_some_and(|e| e.is_active(at))
+    }
+
+    /// Drops window entries and watchlist entries that can no longer match at `now`.
+    pub fn prune(&self, now: UnixSeconds) {
+        for mut c in self.customers.iter_mut() {
+            while c.recent.front().is_some_and(|r| now - r.at >= WINDOW_SECS) {
+                c.recent.pop_front();
+            }
+            if c.recent.is_empty() && c.recent.capacity() > 0 {
+                c.recent = VecDeque::new();
+            }
+        }
+        self.payees.retain(|_, p| {
+            p.senders.retain(|(_, at)| now - *at < WINDOW_SECS);
+            !p.senders.is_empty()
+        });
+        self.watchlist.retain(|_, e| e.is_active(now));
+    }
+
+    pub fn sizes(&self) -> Sizes {
+        Sizes { customers: self.customers.len(), payees: self.payees.len(), watchlist: self.watchlist.len() }
+    }
+}
+
+/// Accounts are compared without spaces or dashes, as tellers type them both ways.
+pub fn normalise_account(account: &str) -> String {
+    account.chars().filter(|c| !c.is_whitespace() && *c != '-').collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payee(account: &str) -> Payee {
+        Payee { account: account.into(), name: "n".into(), bank_code: "b".into() }
+    }
+
+    fn pay(state: &State, customer: &str, account: &str, amount: Minor, at: UnixSeconds) {
+        state.apply(&TransferRecord {
+            customer_id: customer.into(),
+            payee: PayeeKey::of(&payee(account)),
+            amount,
+            at,
+        });
+    }
+
+    #[test]
+    fn a_paid_payee_is_known_afterwards_and_windows_count() {
+        let s = State::new();
+        assert_eq!(s.snapshot("c1", &payee("p1"), 1000).payee_first_paid, None);
+        pay(&s, "c1", "p1", 100, 1000);
+        pay(&s, "c1", "p2", 200, 1000 + 2 * HOUR_SECS);
+        let snap = s.snapshot("c1", &payee("p1"), 1000 + 2 * HOUR_SECS + 60);
+        assert_eq!(snap.payee_first_paid, Some(1000));
+        assert_eq!((snap.transfers_1h, snap.transfers_24h, snap.amount_24h, snap.new_payees_24h), (1, 2, 300, 2));
+        let later = s.snapshot("c1", &payee("p1"), 1000 + WINDOW_SECS + 60);
+        assert_eq!(later.transfers_24h, 1);
+        assert_eq!(later.payee_first_paid, Some(1000), "known payees outlive the window");
+    }
+
+    #[test]
+    fn fan_in_counts_distinct_senders_including_this_one() {
+        let s = State::new();
+        assert_eq!(s.snapshot("c0", &payee("mule"), 10).payee_distinct_senders_24h, 1);
+        for i in 0..5 {
+            pay(&s, &format!("c{i}"), "mule", 100, 10 + i);
+            pay(&s, &format!("c{i}"), "mule", 100, 20 + i);
+        }
+        assert_eq!(s.snapshot("c9", &payee("mule"), 100).payee_distinct_senders_24h, 6);
+        assert_eq!(s.snapshot("c1", &payee("mule"), 100).payee_distinct_senders_24h, 5);
+        assert_eq!(s.snapshot("c9", &payee("mule"), 100 + WINDOW_SECS).payee_distinct_senders_24h, 1);
+    }
+
+    #[test]
+    fn revert_forgets_a_cancelled_transfer() {
+        let s = State::new();
+        let rec = TransferRecord { customer_id: "c".into(), payee: PayeeKey::of(&payee("p")), amount: 5, at: 50 };
+        s.apply(&rec);
+        s.revert(&rec);
+        let snap = s.snapshot("c", &payee("p"), 60);
+        assert_eq!((snap.payee_first_paid, snap.transfers_24h, snap.payee_distinct_senders_24h), (None, 0, 1));
+    }
+
+    #[test]
+    fn watchlist_entries_expire_and_match_normalised_accounts() {
+        let s = State::new();
+        s.watchlist_upsert(WatchEntry {
+            account: "6222 0000-1111".into(),
+            station_id: "ps".into(),
+            reason: "mule".into(),
+            added_at: 0,
+            expires_at: Some(100),
+        });
+        assert!(s.is_watchlisted("622200001111", 99));
+        assert!(!s.is_watchlisted("622200001111", 100));
+        s.prune(100);
+        assert_eq!(s.sizes().watchlist, 0);
+    }
+
+    #[test]
+    fn windows_stay_bounded() {
+        let s = State::new();
+        for i in 0..(MAX_RECENT as i64 + 100) {
+            pay(&s, "c", "p", 1, i);
+        }
+        assert_eq!(s.snapshot("c", &payee("p"), 10_000).transfers_24h, MAX_RECENT as i64);
+        s.prune(10_000 + WINDOW_SECS);
+        assert_eq!(s.snapshot("c", &payee("p"), 10_000 + WINDOW_SECS).transfers_24h, 0);
+        assert_eq!(s.sizes().payees, 0);
+    }
+
+    #[test]
+    fn the_latest_limit_change_wins() {
+        let s = State::new();
+        let ch = |at| LimitChange { old_limit: 1, new_limit: 2, is_maximum: false, changed_at: at };
+        s.record_limit_change("c", ch(20));
+        s.record_limit_change("c", ch(10));
+        assert_eq!(s.snapshot("c", &payee("p"), 30).last_limit_change, Some(ch(20)));
+    }
+}
