@@ -8,9 +8,11 @@
 //! - [`engine`]: evaluates a ruleset on a transfer and a state snapshot; pure.
 //! - [`state`]: in-memory customer, payee and watchlist state (dashmap).
 //! - [`ruletest`]: the analysts' rule test cases in `rules/tests/`.
+//! - [`cli`]: subcommands of the one binary.
 //!
 //! The core modules never import tokio or tonic; see ARCHITECTURE.md.
 
+pub mod cli;
 pub mod engine;
 pub mod model;
 pub mod rules;
