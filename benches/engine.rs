@@ -1,1 +1,126 @@
-fn main(){}
+//! Engine benchmarks: the shipped ruleset on realistic transfers, with state for
+//! 1,000,000 customers warm in memory. Also prints allocations per evaluation
+//! and bytes of state per customer (from a counting allocator).
+//!
+//! cargo bench --bench engine
+
+#[path = "../tests/support/counting_alloc.rs"]
+mod counting_alloc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use std::hint::black_box;
+use std::path::Path;
+use time::macros::date;
+use transfer_guard::engine;
+use transfer_guard::model::{Channel, Customer, LimitChange, Observation, Observations, Payee, Transfer};
+use transfer_guard::rules::Ruleset;
+use transfer_guard::state::State;
+
+#[global_allocator]
+static ALLOC: counting_alloc::Counting = counting_alloc::Counting;
+
+const CUSTOMERS: usize = 1_000_000;
+const NOW: i64 = 1_773_109_200; // 2026-03-10 10:20 +08:00
+
+fn customer_id(i: usize) -> String {
+    format!("cust-{i:07}")
+}
+
+fn payee(i: usize, j: usize) -> Payee {
+    Payee { account: format!("62220200{i:07}{j}"), name: format!("收款人{j}"), bank_code: "icbc".into() }
+}
+
+fn transfer(i: usize, known_payee: bool, seed_case: bool) -> Transfer {
+    let mut observations = Observations::default();
+    if seed_case {
+        observations.insert(Observation::OnPhoneWithStranger);
+    }
+    Transfer {
+        request_id: format!("req-{i}"),
+        requested_at: NOW,
+        bank_id: "psbc".into(),
+        branch_id: "psbc-heshan-zhongshan".into(),
+        teller_id: "t-01".into(),
+        channel: if seed_case { Channel::Counter } else { Channel::Mobile },
+        customer: Customer {
+            customer_id: customer_id(i),
+            account_id: format!("acct-{i}"),
+            birth_date: date!(1968 - 05 - 10),
+            account_opened_on: date!(2008 - 01 - 01),
+            daily_limit: 50_000_000,
+            last_limit_change: seed_case.then_some(LimitChange {
+                old_limit: 5_000_000,
+                new_limit: 50_000_000,
+                is_maximum: true,
+                changed_at: NOW - 900,
+            }),
+        },
+        payee: if known_payee { payee(i, 2) } else { payee(i, 9) },
+        amount: if seed_case { 40_000_000 } else { 350_000 },
+        currency: "CNY".into(),
+        memo: if seed_case { "投资理财 导师推荐".into() } else { "房租".into() },
+        observations,
+    }
+}
+
+fn ruleset() -> Ruleset {
+    Ruleset::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")).expect("shipped rules compile")
+}
+
+/// 1,000,000 customers, each with 5 known payees and no recent transfers.
+fn warm_state() -> (State, f64) {
+    let before = counting_alloc::live_bytes();
+    let state = State::new();
+    for i in 0..CUSTOMERS {
+        let id = customer_id(i);
+        for j in 0..5 {
+            state.record_known_payee(&id, &payee(i, j), NOW - 30 * 86_400);
+        }
+    }
+    let bytes = (counting_alloc::live_bytes() - before) as f64 / CUSTOMERS as f64;
+    (state, bytes)
+}
+
+fn benches(c: &mut Criterion) {
+    let rules = ruleset();
+    let (state, bytes_per_customer) = warm_state();
+    println!("state: {CUSTOMERS} customers with 5 known payees: {bytes_per_customer:.0} bytes per customer");
+
+    // Spread requests over the whole keyspace so lookups miss the cache as in production.
+    let step = 7919;
+    let ordinary: Vec<Transfer> = (0..1024).map(|k| transfer((k * step) % CUSTOMERS, true, false)).collect();
+    let seed: Vec<Transfer> = (0..1024).map(|k| transfer((k * step) % CUSTOMERS, false, true)).collect();
+
+    for (name, set) in [("ordinary", &ordinary), ("seed_case", &seed)] {
+        let snap = state.snapshot(&set[0].customer.customer_id, &set[0].payee, NOW);
+        let before = counting_alloc::allocations();
+        let ev = engine::evaluate(&rules, &set[0], &snap);
+        let allocs = counting_alloc::allocations() - before;
+        println!("evaluate/{name}: {} hits, {allocs} allocations (the decision's hits and the state record)", ev.decision.hits.len());
+    }
+
+    let mut group = c.benchmark_group("engine");
+    for (name, set) in [("ordinary", &ordinary), ("seed_case", &seed)] {
+        let snap = state.snapshot(&set[0].customer.customer_id, &set[0].payee, NOW);
+        group.bench_function(BenchmarkId::new("evaluate", name), |b| {
+            b.iter(|| black_box(engine::evaluate(&rules, black_box(&set[0]), black_box(&snap))))
+        });
+        let mut k = 0;
+        group.bench_function(BenchmarkId::new("screen_1m_customers", name), |b| {
+            b.iter(|| {
+                k = (k + 1) & 1023;
+                black_box(engine::screen(&rules, black_box(&set[k]), &state))
+            })
+        });
+    }
+    group.finish();
+
+    c.bench_function("rules/compile_shipped", |b| b.iter(|| black_box(ruleset())));
+}
+
+criterion_group! {
+    name = engine_benches;
+    config = Criterion::default().sample_size(50).measurement_time(std::time::Duration::from_secs(4));
+    targets = benches
+}
+criterion_main!(engine_benches);

@@ -56,13 +56,42 @@ struct Recent {
     new_payee: bool,
 }
 
+/// Kept small on purpose (32 bytes): most customers have known payees and no
+/// recent activity, so the windows and limit change live behind one optional box.
 #[derive(Debug, Default)]
 struct CustomerRecord {
-    /// Sorted by key for binary search.
+    /// Sorted by key for binary search; grown one slot at a time (new payees are rare).
     known: Vec<KnownPayee>,
+    activity: Option<Box<Activity>>,
+}
+
+#[derive(Debug, Default)]
+struct Activity {
     /// Oldest first.
     recent: VecDeque<Recent>,
     limit: Option<LimitChange>,
+}
+
+impl CustomerRecord {
+    fn activity(&mut self) -> &mut Activity {
+        self.activity.get_or_insert_with(Box::default)
+    }
+
+    /// Inserts or updates a known payee; returns whether it was new.
+    fn know(&mut self, key: PayeeKey, at: UnixSeconds) -> bool {
+        match self.known.binary_search_by_key(&key, |k| k.key) {
+            Ok(i) => {
+                let k = &mut self.known[i];
+                k.first_paid = k.first_paid.min(at);
+                false
+            }
+            Err(i) => {
+                self.known.reserve_exact(1);
+                self.known.insert(i, KnownPayee { key, first_paid: at });
+                true
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -165,7 +194,8 @@ impl State {
                 // A payee first paid after `now` (a replay out of order) is still new now.
                 snap.payee_first_paid = (first <= now).then_some(first);
             }
-            for r in c.recent.iter().rev() {
+            let activity = c.activity.as_deref();
+            for r in activity.into_iter().flat_map(|a| a.recent.iter().rev()) {
                 if !in_window(r.at, now, WINDOW_SECS) {
                     if r.at > now {
                         continue;
@@ -177,7 +207,7 @@ impl State {
                 snap.new_payees_24h += i64::from(r.new_payee);
                 snap.transfers_1h += i64::from(in_window(r.at, now, HOUR_SECS));
             }
-            snap.last_limit_change = c.limit;
+            snap.last_limit_change = activity.and_then(|a| a.limit);
         }
         snap
     }
@@ -186,26 +216,15 @@ impl State {
     /// payee's fan-in.
     pub fn apply(&self, record: &TransferRecord) {
         let mut c = self.customers.entry(record.customer_id.as_str().into()).or_default();
-        let new_payee = match c.known.binary_search_by_key(&record.payee, |k| k.key) {
-            Ok(i) => {
-                let k = &mut c.known[i];
-                if record.at < k.first_paid {
-                    k.first_paid = record.at;
-                }
-                false
-            }
-            Err(i) => {
-                c.known.insert(i, KnownPayee { key: record.payee, first_paid: record.at });
-                true
-            }
-        };
+        let new_payee = c.know(record.payee, record.at);
+        let recent = &mut c.activity().recent;
         let entry = Recent { at: record.at, amount: record.amount, new_payee };
         // Keep time order even when records arrive slightly out of order.
-        let pos = c.recent.iter().rposition(|r| r.at <= record.at).map_or(0, |p| p + 1);
-        c.recent.insert(pos, entry);
-        let newest = c.recent.back().map_or(record.at, |r| r.at);
-        while c.recent.front().is_some_and(|r| newest - r.at >= WINDOW_SECS) || c.recent.len() > MAX_RECENT {
-            c.recent.pop_front();
+        let pos = recent.iter().rposition(|r| r.at <= record.at).map_or(0, |p| p + 1);
+        recent.insert(pos, entry);
+        let newest = recent.back().map_or(record.at, |r| r.at);
+        while recent.front().is_some_and(|r| newest - r.at >= WINDOW_SECS) || recent.len() > MAX_RECENT {
+            recent.pop_front();
         }
         drop(c);
         let sender = stable_hash(record.customer_id.as_str());
@@ -222,8 +241,10 @@ impl State {
     /// and the payee is forgotten again if this transfer made it known.
     pub fn revert(&self, record: &TransferRecord) {
         if let Some(mut c) = self.customers.get_mut(record.customer_id.as_str()) {
-            if let Some(pos) = c.recent.iter().rposition(|r| r.at == record.at && r.amount == record.amount) {
-                c.recent.remove(pos);
+            if let Some(a) = c.activity.as_deref_mut() {
+                if let Some(pos) = a.recent.iter().rposition(|r| r.at == record.at && r.amount == record.amount) {
+                    a.recent.remove(pos);
+                }
             }
             if let Ok(i) = c.known.binary_search_by_key(&record.payee, |k| k.key) {
                 if c.known[i].first_paid == record.at {
@@ -240,20 +261,16 @@ impl State {
     /// Records a limit change; only the latest (by `changed_at`) is kept.
     pub fn record_limit_change(&self, customer_id: &str, change: LimitChange) {
         let mut c = self.customers.entry(customer_id.into()).or_default();
-        if c.limit.is_none_or(|l| l.changed_at <= change.changed_at) {
-            c.limit = Some(change);
+        let a = c.activity();
+        if a.limit.is_none_or(|l| l.changed_at <= change.changed_at) {
+            a.limit = Some(change);
         }
     }
 
     /// Marks a payee as known from `at` (e.g. imported history) without counting
     /// a transfer in the windows.
     pub fn record_known_payee(&self, customer_id: &str, payee: &Payee, at: UnixSeconds) {
-        let key = PayeeKey::of(payee);
-        let mut c = self.customers.entry(customer_id.into()).or_default();
-        match c.known.binary_search_by_key(&key, |k| k.key) {
-            Ok(i) => c.known[i].first_paid = c.known[i].first_paid.min(at),
-            Err(i) => c.known.insert(i, KnownPayee { key, first_paid: at }),
-        }
+        self.customers.entry(customer_id.into()).or_default().know(PayeeKey::of(payee), at);
     }
 
     pub fn watchlist_upsert(&self, entry: WatchEntry) {
@@ -280,11 +297,16 @@ impl State {
     /// Drops window entries and watchlist entries that can no longer match at `now`.
     pub fn prune(&self, now: UnixSeconds) {
         for mut c in self.customers.iter_mut() {
-            while c.recent.front().is_some_and(|r| now - r.at >= WINDOW_SECS) {
-                c.recent.pop_front();
+            let Some(a) = c.activity.as_deref_mut() else { continue };
+            while a.recent.front().is_some_and(|r| now - r.at >= WINDOW_SECS) {
+                a.recent.pop_front();
             }
-            if c.recent.is_empty() && c.recent.capacity() > 0 {
-                c.recent = VecDeque::new();
+            if a.recent.is_empty() {
+                if a.limit.is_none() {
+                    c.activity = None;
+                } else {
+                    a.recent = VecDeque::new();
+                }
             }
         }
         self.payees.retain(|_, p| {

@@ -15,6 +15,8 @@ pub mod compile;
 pub mod diagnostic;
 pub mod lexer;
 pub mod parser;
+#[cfg(test)]
+mod proptests;
 pub mod schema;
 
 use crate::model::Action;

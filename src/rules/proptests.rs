@@ -1,0 +1,261 @@
+//! Property tests of the condition language: the parser never panics, printing
+//! and re-parsing gives the same tree, and the compiled closures give the same
+//! answer as a plain tree-walking interpreter (the "simple way") on random
+//! well-typed expressions over random facts.
+
+use super::compile::{Compiler, NamedList};
+use super::parser::{parse, BinOp, Expr, ExprKind, UnOp};
+use super::schema::{self, Facts, Read, NEVER};
+use proptest::prelude::*;
+use std::cell::Cell;
+use std::collections::HashMap;
+
+/// A tiny deterministic generator: proptest supplies the seed.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[(self.next() % items.len() as u64) as usize]
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const INT_FIELDS: &[&str] = &[
+    "transfer.amount",
+    "transfer.hour",
+    "customer.age",
+    "customer.daily_limit",
+    "payee.distinct_senders_24h",
+    "history.transfers_1h",
+    "history.amount_24h",
+];
+const DUR_FIELDS: &[&str] = &["customer.limit_raised_ago", "payee.first_paid_ago"];
+const BOOL_FIELDS: &[&str] = &["payee.is_new", "payee.watchlisted", "customer.limit_raised_to_max"];
+const STR_FIELDS: &[&str] = &["transfer.memo", "payee.name", "transfer.currency"];
+const WORDS: &[&str] = &["", "a", "ab", "刷单", "CNY", "x\"y", "Refund"];
+const PATTERNS: &[&str] = &["a+", "^a", "刷.", "(?i)refund", "b$"];
+
+fn lit_str(g: &mut Gen) -> String {
+    let w = g.pick(WORDS);
+    format!("\"{}\"", w.replace('"', "\\\""))
+}
+
+fn gen_int(g: &mut Gen, depth: u32) -> String {
+    match if depth == 0 { g.below(2) } else { g.below(5) } {
+        0 => g.pick(INT_FIELDS).to_string(),
+        1 => (g.below(2001) as i64 - 1000).to_string(),
+        2 => format!("({} {} {})", gen_int(g, depth - 1), g.pick(&["+", "-", "*"]), gen_int(g, depth - 1)),
+        3 => format!("size({})", g.pick(STR_FIELDS)),
+        _ => format!("-({})", gen_int(g, depth - 1)),
+    }
+}
+
+fn gen_dur(g: &mut Gen, depth: u32) -> String {
+    match if depth == 0 { g.below(2) } else { g.below(3) } {
+        0 => g.pick(DUR_FIELDS).to_string(),
+        1 => format!("{}{}", g.below(100), g.pick(&["s", "m", "h", "d"])),
+        _ => format!("({} {} {})", gen_dur(g, depth - 1), g.pick(&["+", "-"]), gen_dur(g, depth - 1)),
+    }
+}
+
+fn gen_str(g: &mut Gen) -> String {
+    if g.below(2) == 0 {
+        g.pick(STR_FIELDS).to_string()
+    } else {
+        lit_str(g)
+    }
+}
+
+fn gen_bool(g: &mut Gen, depth: u32) -> String {
+    let cmp = ["==", "!=", "<", "<=", ">", ">="];
+    match if depth == 0 { g.below(3) } else { g.below(13) } {
+        0 => g.pick(BOOL_FIELDS).to_string(),
+        1 => g.pick(&["true", "false"]).to_string(),
+        2 => format!("{}.{}({})", g.pick(STR_FIELDS), g.pick(&["contains", "startsWith", "endsWith"]), lit_str(g)),
+        3 => format!("({} {} {})", gen_int(g, depth - 1), g.pick(&cmp), gen_int(g, depth - 1)),
+        4 => format!("({} {} {})", gen_dur(g, depth - 1), g.pick(&cmp), gen_dur(g, depth - 1)),
+        5 => format!("({} {} {})", gen_str(g), g.pick(&["==", "!="]), gen_str(g)),
+        6 => format!("({} in [{}, {}])", gen_str(g), lit_str(g), lit_str(g)),
+        7 => format!("(\"{}\" in customer.observations)", g.pick(schema::OBSERVATIONS)),
+        8 => format!("{}.matches(r\"{}\")", g.pick(STR_FIELDS), g.pick(PATTERNS)),
+        9 => format!("{}(transfer.memo, \"{}\")", g.pick(&["in_list", "matches_list"]), "words"),
+        10 => format!("!({})", gen_bool(g, depth - 1)),
+        11 => format!("has({})", g.pick(DUR_FIELDS)),
+        _ => format!("({} {} {})", gen_bool(g, depth - 1), g.pick(&["&&", "||"]), gen_bool(g, depth - 1)),
+    }
+}
+
+/// Values of the reference interpreter.
+#[derive(Debug, Clone, PartialEq)]
+enum V {
+    Int(i64),
+    Str(String),
+    Bool(bool),
+    Obs(u8),
+    List(Vec<V>),
+}
+
+fn reference(e: &Expr, f: &Facts, words: &[&str]) -> V {
+    let int = |v: V| match v {
+        V::Int(n) => n,
+        other => panic!("not an int: {other:?}"),
+    };
+    let boolean = |v: V| match v {
+        V::Bool(b) => b,
+        other => panic!("not a bool: {other:?}"),
+    };
+    match &e.kind {
+        ExprKind::Int(n) | ExprKind::Duration(n) => V::Int(*n),
+        ExprKind::Str(s) => V::Str(s.clone()),
+        ExprKind::Bool(b) => V::Bool(*b),
+        ExprKind::List(items) => V::List(items.iter().map(|i| reference(i, f, words)).collect()),
+        ExprKind::Path(p) => match schema::lookup(&p.join(".")).expect("known field").read {
+            Read::Int(r) | Read::Duration(r) => V::Int(r(f)),
+            Read::Str(r) => V::Str(r(f).to_string()),
+            Read::Bool(r) => V::Bool(r(f)),
+            Read::Observations(r) => V::Obs(r(f)),
+        },
+        ExprKind::Unary(UnOp::Not, x) => V::Bool(!boolean(reference(x, f, words))),
+        ExprKind::Unary(UnOp::Neg, x) => V::Int(int(reference(x, f, words)).saturating_neg()),
+        ExprKind::Binary(BinOp::And, l, r) => {
+            V::Bool(boolean(reference(l, f, words)) && boolean(reference(r, f, words)))
+        }
+        ExprKind::Binary(BinOp::Or, l, r) => {
+            V::Bool(boolean(reference(l, f, words)) || boolean(reference(r, f, words)))
+        }
+        ExprKind::Binary(op, l, r) => {
+            let (a, b) = (reference(l, f, words), reference(r, f, words));
+            match op {
+                BinOp::Add => V::Int(int(a).saturating_add(int(b))),
+                BinOp::Sub => V::Int(int(a).saturating_sub(int(b))),
+                BinOp::Mul => V::Int(int(a).saturating_mul(int(b))),
+                BinOp::Eq => V::Bool(a == b),
+                BinOp::Ne => V::Bool(a != b),
+                BinOp::Lt => V::Bool(int(a) < int(b)),
+                BinOp::Le => V::Bool(int(a) <= int(b)),
+                BinOp::Gt => V::Bool(int(a) > int(b)),
+                BinOp::Ge => V::Bool(int(a) >= int(b)),
+                BinOp::In => match (a, b) {
+                    (V::Str(s), V::Obs(bits)) => {
+                        let i = schema::OBSERVATIONS.iter().position(|o| *o == s).unwrap();
+                        V::Bool(bits & (1 << i) != 0)
+                    }
+                    (a, V::List(items)) => V::Bool(items.contains(&a)),
+                    other => panic!("bad in: {other:?}"),
+                },
+                _ => unreachable!(),
+            }
+        }
+        ExprKind::Call { target, name, args } => {
+            let (subject, rest) = match target {
+                Some(t) => (reference(t, f, words), &args[..]),
+                None if name == "has" => {
+                    let ExprKind::Path(p) = &args[0].kind else { panic!() };
+                    let Read::Duration(r) = schema::lookup(&p.join(".")).unwrap().read else { panic!() };
+                    return V::Bool(r(f) != NEVER);
+                }
+                None => (reference(&args[0], f, words), &args[1..]),
+            };
+            let V::Str(s) = subject else { panic!("not a string") };
+            let arg = rest.first().map(|a| match reference(a, f, words) {
+                V::Str(x) => x,
+                other => panic!("{other:?}"),
+            });
+            let arg = arg.unwrap_or_default();
+            match name.as_str() {
+                "size" => V::Int(s.chars().count() as i64),
+                "contains" => V::Bool(s.contains(&arg)),
+                "startsWith" => V::Bool(s.starts_with(&arg)),
+                "endsWith" => V::Bool(s.ends_with(&arg)),
+                "matches" => V::Bool(regex::Regex::new(&arg).unwrap().is_match(&s)),
+                "in_list" => V::Bool(words.contains(&s.as_str())),
+                "matches_list" => V::Bool(words.iter().any(|w| s.to_lowercase().contains(&w.to_lowercase()))),
+                other => panic!("unknown {other}"),
+            }
+        }
+    }
+}
+
+fn facts_strategy() -> impl Strategy<Value = (Vec<i64>, Vec<i64>, Vec<bool>, Vec<usize>, u8)> {
+    (
+        prop::collection::vec(-5000i64..5000, INT_FIELDS.len()),
+        prop::collection::vec(prop_oneof![Just(NEVER), 0i64..400_000], 2),
+        prop::collection::vec(any::<bool>(), 3),
+        prop::collection::vec(0..WORDS.len(), 3),
+        any::<u8>(),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn parser_never_panics_on_any_text(src in "\\PC{0,80}") {
+        let _ = parse(&src);
+    }
+
+    #[test]
+    fn parser_never_panics_on_token_soup(parts in prop::collection::vec(
+        prop_oneof![Just("&&"), Just("||"), Just("!"), Just("("), Just(")"), Just("["), Just("]"), Just(","),
+                    Just("."), Just("=="), Just("<"), Just(">="), Just("in"), Just("a"), Just("b.c"), Just("1"),
+                    Just("2h"), Just("'s'"), Just("f"), Just("-"), Just("*")], 0..40)) {
+        let src = parts.join(" ");
+        if let Ok(e) = parse(&src) {
+            let lists = HashMap::new();
+            let _ = Compiler::new(&lists).condition(&e);
+        }
+    }
+
+    #[test]
+    fn compiled_matches_reference_interpreter(seed in 1u64.., depth in 0u32..5, facts in facts_strategy()) {
+        let mut g = Gen(seed);
+        let src = gen_bool(&mut g, depth);
+        let expr = parse(&src).unwrap_or_else(|e| panic!("{src}: {e}"));
+        // Printing and parsing again gives the same tree.
+        let printed = expr.to_string();
+        let reparsed = parse(&printed).unwrap_or_else(|e| panic!("{printed}: {e}"));
+        prop_assert_eq!(printed.clone(), reparsed.to_string());
+
+        let words = ["刷单", "refund"];
+        let lists = HashMap::from([(
+            "words".to_string(),
+            NamedList::keywords(&words.map(String::from)).unwrap(),
+        )]);
+        let mut compiler = Compiler::new(&lists);
+        let compiled = compiler.condition(&expr).unwrap_or_else(|e| panic!("{src}: {e}"));
+        let memo = vec![Cell::new(0u8); compiler.memo_slots()];
+        let (ints, durs, bools, strs, obs) = facts;
+        let f = Facts {
+            transfer_amount: ints[0],
+            transfer_hour: ints[1],
+            customer_age: ints[2],
+            customer_daily_limit: ints[3],
+            payee_distinct_senders_24h: ints[4],
+            history_transfers_1h: ints[5],
+            history_amount_24h: ints[6],
+            customer_limit_raised_ago: durs[0],
+            payee_first_paid_ago: durs[1],
+            payee_is_new: bools[0],
+            payee_watchlisted: bools[1],
+            customer_limit_raised_to_max: bools[2],
+            transfer_memo: WORDS[strs[0]],
+            payee_name: WORDS[strs[1]],
+            transfer_currency: WORDS[strs[2]],
+            customer_observations: obs & 0b11_1111,
+            regex_memo: &memo,
+            ..Facts::default()
+        };
+        let expected = reference(&expr, &f, &words) == V::Bool(true);
+        prop_assert_eq!(compiled(&f), expected, "{}", src);
+        // Memoised regex results give the same answer a second time.
+        prop_assert_eq!(compiled(&f), expected, "{} (memoised)", src);
+    }
+}
