@@ -96,7 +96,10 @@ fn benches(c: &mut Criterion) {
         let before = counting_alloc::allocations();
         let ev = engine::evaluate(&rules, &set[0], &snap);
         let allocs = counting_alloc::allocations() - before;
-        println!("evaluate/{name}: {} hits, {allocs} allocations (the decision's hits and the state record)", ev.decision.hits.len());
+        println!(
+            "evaluate/{name}: {} hits, {allocs} allocations (the decision's hits and the state record)",
+            ev.decision.hits.len()
+        );
     }
 
     let mut group = c.benchmark_group("engine");

@@ -1,14 +1,27 @@
-//! Subcommands of the one `transfer-guard` binary. Parses flags with clap and
-//! calls the library; `anyhow` lives here and in `main`, nowhere else.
+//! Subcommands of the one `transfer-guard` binary: the server, the analysts'
+//! rule tools, and a gRPC client for every role (teller, officer, analyst).
+//! Parses flags with clap and calls the library; `anyhow` lives here and in
+//! `main`, nowhere else.
 
-use crate::rules::{schema, Ruleset};
+use crate::api::proto as pb;
+use crate::model::{format_minor, parse_major_units};
+use crate::rules::{parse_duration, schema, Ruleset};
 use crate::ruletest;
+use crate::server::{self, Config, Overrides};
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use pbjson_types::Timestamp;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use tonic::transport::Channel;
 
 #[derive(Parser)]
-#[command(name = "transfer-guard", version, about = "Screens outgoing bank transfers for fraud and alerts the police station that covers the branch")]
+#[command(
+    name = "transfer-guard",
+    version,
+    about = "Screens outgoing bank transfers for fraud and alerts the police station that covers the branch",
+    after_help = "Examples:\n  transfer-guard serve\n  transfer-guard screen --file seed.json\n  transfer-guard alerts watch --station heshan-zhongshan-ps\n  transfer-guard rules check rules/"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -16,9 +29,261 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Analyst tools for the rules folder.
+    /// Run the service (defaults: rules from ./rules, data in ./data, gRPC on 127.0.0.1:50051).
+    ///
+    /// Precedence: flags, then TRANSFER_GUARD_* env vars, then the --config file, then defaults.
+    Serve(ServeArgs),
+    /// Screen a transfer (teller). From a JSON ScreenRequest (--file, or - for stdin) or flags.
+    Screen(Box<ScreenArgs>),
+    /// Record a customer event (core banking).
+    #[command(subcommand)]
+    Event(EventCommand),
+    /// A screened transfer's status (teller).
+    #[command(subcommand)]
+    Transfer(TransferCommand),
+    /// The police station's queue (officer).
+    #[command(subcommand)]
+    Alerts(AlertsCommand),
+    /// The police watchlist of mule accounts (officer).
+    #[command(subcommand)]
+    Watchlist(WatchlistCommand),
+    /// Analyst tools: offline (check, test, fields) and against a server (show, reload, dry-run).
     #[command(subcommand)]
     Rules(RulesCommand),
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// gRPC listen address.
+    #[arg(long, env = "TRANSFER_GUARD_LISTEN")]
+    listen: Option<String>,
+    /// The rules folder.
+    #[arg(long, env = "TRANSFER_GUARD_RULES")]
+    rules: Option<PathBuf>,
+    /// Where data is kept.
+    #[arg(long, env = "TRANSFER_GUARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// A TOML config file (keys: listen, rules, data_dir).
+    #[arg(long, env = "TRANSFER_GUARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "TRANSFER_GUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Clone)]
+pub struct Client {
+    /// The server.
+    #[arg(long, global = true, env = "TRANSFER_GUARD_ADDR", default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// Print the answer as proto3 JSON.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct ScreenArgs {
+    #[command(flatten)]
+    client: Client,
+    /// A ScreenRequest in proto3 JSON (as grpcurl speaks it); `-` reads stdin.
+    #[arg(long, short)]
+    file: Option<PathBuf>,
+    /// Evaluate without touching state or raising alerts.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    transfer: TransferFlags,
+}
+
+#[derive(Args)]
+pub struct TransferFlags {
+    /// Idempotency key (default: generated).
+    #[arg(long)]
+    request_id: Option<String>,
+    #[arg(long, default_value = "psbc")]
+    bank: String,
+    #[arg(long, default_value = "psbc-heshan-zhongshan")]
+    branch: String,
+    #[arg(long, default_value = "teller-01")]
+    teller: String,
+    /// counter, atm, mobile or online.
+    #[arg(long, default_value = "counter")]
+    channel: String,
+    #[arg(long, default_value = "customer-0001")]
+    customer_id: String,
+    #[arg(long, default_value = "6210980000000001")]
+    account_id: String,
+    #[arg(long, default_value = "1968-05-10")]
+    birth_date: String,
+    #[arg(long, default_value = "2008-01-01")]
+    opened_on: String,
+    /// Daily limit in yuan.
+    #[arg(long, default_value = "50000")]
+    daily_limit: String,
+    #[arg(long, default_value = "6217000099998888777")]
+    payee_account: String,
+    #[arg(long, default_value = "陈某某")]
+    payee_name: String,
+    #[arg(long, default_value = "ccb")]
+    payee_bank: String,
+    /// Amount in yuan, e.g. 400000 or 1234.50.
+    #[arg(long, default_value = "1000")]
+    amount: String,
+    #[arg(long, default_value = "CNY")]
+    currency: String,
+    #[arg(long, default_value = "")]
+    memo: String,
+    /// A teller observation (repeatable): on_phone_with_stranger, agitated, refuses_to_explain,
+    /// accompanied_by_stranger, coached, urgent.
+    #[arg(long = "observe")]
+    observations: Vec<String>,
+}
+
+#[derive(Subcommand)]
+pub enum EventCommand {
+    /// The customer's daily limit changed.
+    LimitChanged {
+        #[command(flatten)]
+        client: Client,
+        #[arg(long)]
+        customer_id: String,
+        /// Old limit in yuan.
+        #[arg(long)]
+        old: String,
+        /// New limit in yuan.
+        #[arg(long)]
+        new: String,
+        /// The new limit is the bank's maximum.
+        #[arg(long)]
+        maximum: bool,
+        #[arg(long)]
+        event_id: Option<String>,
+    },
+    /// The bank executed a screened transfer.
+    Executed {
+        #[command(flatten)]
+        client: Client,
+        request_id: String,
+        #[arg(long)]
+        event_id: Option<String>,
+    },
+    /// The bank cancelled a screened transfer: it leaves the customer's history.
+    Cancelled {
+        #[command(flatten)]
+        client: Client,
+        request_id: String,
+        #[arg(long)]
+        event_id: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TransferCommand {
+    /// The current status.
+    Get {
+        #[command(flatten)]
+        client: Client,
+        request_id: String,
+    },
+    /// Wait for the officer's decision or the hold's expiry, printing each change.
+    Watch {
+        #[command(flatten)]
+        client: Client,
+        request_id: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OutcomeArg {
+    Dissuaded,
+    FraudConfirmed,
+    FalseAlarm,
+    CustomerProceeded,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DecisionArg {
+    Release,
+    Block,
+}
+
+#[derive(Subcommand)]
+pub enum AlertsCommand {
+    /// Stream a station's alerts; resume with --after CURSOR.
+    Watch {
+        #[command(flatten)]
+        client: Client,
+        /// Station id (repeatable).
+        #[arg(long = "station", required = true)]
+        stations: Vec<String>,
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+    /// List alerts, newest first.
+    List {
+        #[command(flatten)]
+        client: Client,
+        #[arg(long = "station")]
+        stations: Vec<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Claim an alert for an officer.
+    Claim {
+        #[command(flatten)]
+        client: Client,
+        alert_id: String,
+        #[arg(long)]
+        officer: String,
+    },
+    /// Resolve an alert; a held transfer needs --decision.
+    Resolve {
+        #[command(flatten)]
+        client: Client,
+        alert_id: String,
+        #[arg(long)]
+        officer: String,
+        #[arg(long, value_enum)]
+        outcome: OutcomeArg,
+        #[arg(long, value_enum)]
+        decision: Option<DecisionArg>,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum WatchlistCommand {
+    /// Add or update an account.
+    Add {
+        #[command(flatten)]
+        client: Client,
+        account: String,
+        #[arg(long)]
+        station: String,
+        #[arg(long)]
+        reason: String,
+        /// e.g. 30d; none = until removed.
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// Remove an account.
+    Rm {
+        #[command(flatten)]
+        client: Client,
+        account: String,
+    },
+    /// List every entry.
+    Ls {
+        #[command(flatten)]
+        client: Client,
+    },
 }
 
 #[derive(Subcommand)]
@@ -43,10 +308,23 @@ pub enum RulesCommand {
     },
     /// Print the context field table of docs/rules.md, generated from the schema.
     Fields,
+    /// Show the ruleset a server is running.
+    Show {
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Ask a server to reload its rules folder (kept on any error).
+    Reload {
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Screen on a server without touching state or raising alerts.
+    DryRun(Box<ScreenArgs>),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        Command::Serve(args) => serve(args),
         Command::Rules(RulesCommand::Check { dir }) => Ok(match load(&dir) {
             Ok(rs) => {
                 println!("ok: {} rules, {} lists, version {}", rs.rules.len(), rs.lists.len(), rs.version);
@@ -59,7 +337,59 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             print!("{}", schema::field_table_markdown());
             Ok(0)
         }
+        other => runtime()?.block_on(client(other)),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRANSFER_GUARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<i32> {
+    init_logs(args.log_format);
+    let config = Config::resolve(&Overrides {
+        listen: args.listen,
+        rules: args.rules,
+        data_dir: args.data_dir,
+        config: args.config,
+    })?;
+    let guard = match server::open(&config.rules_dir) {
+        Ok(g) => g,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}\n");
+            }
+            bail!("the rules in {} did not load ({} error(s))", config.rules_dir.display(), errors.len());
+        }
+    };
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listen on {}", config.listen))?;
+        let ruleset = guard.ruleset();
+        tracing::info!(
+            listen = %listener.local_addr()?,
+            rules = %config.rules_dir.display(),
+            version = %ruleset.version,
+            rules_count = ruleset.rules.len(),
+            "transfer-guard serving"
+        );
+        server::run(listener, guard, server::shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(0)
+    })
 }
 
 /// Loads a ruleset, printing every diagnostic to stderr on failure.
@@ -91,7 +421,7 @@ fn rules_test(dir: &Path, verbose: bool) -> anyhow::Result<i32> {
             return Ok(1);
         }
     };
-    let failed: Vec<_> = results.iter().filter(|r| !r.passed()).collect();
+    let failed = results.iter().filter(|r| !r.passed()).count();
     for r in &results {
         if r.passed() {
             if verbose {
@@ -104,11 +434,399 @@ fn rules_test(dir: &Path, verbose: bool) -> anyhow::Result<i32> {
             }
         }
     }
-    println!("{} passed, {} failed", results.len() - failed.len(), failed.len());
-    Ok(i32::from(!failed.is_empty()))
+    println!("{} passed, {} failed", results.len() - failed, failed);
+    Ok(i32::from(failed > 0))
 }
 
-/// Reads a file for a subcommand, naming it in the error.
-pub fn read(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+async fn connect(addr: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(addr.to_string())
+        .with_context(|| format!("bad server address {addr}"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach transfer-guard at {addr}"))
+}
+
+fn now() -> Timestamp {
+    Timestamp { seconds: crate::service::wall_clock(), nanos: 0 }
+}
+
+fn generated_id(prefix: &str) -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{prefix}-{}-{}", t.as_secs(), t.subsec_nanos())
+}
+
+fn yuan(field: &str, s: &str) -> anyhow::Result<i64> {
+    parse_major_units(s).with_context(|| format!("--{field}: `{s}` is not an amount in yuan (e.g. 1234.50)"))
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Maps a gRPC error to a readable one, listing BadRequest fields.
+fn rpc_error(status: tonic::Status) -> anyhow::Error {
+    use tonic_types::StatusExt;
+    match status.get_details_bad_request() {
+        Some(bad) => {
+            let mut msg = format!("{:?}: the server refused these fields:", status.code());
+            for v in bad.field_violations {
+                msg.push_str(&format!("\n  {}: {}", v.field, v.description));
+            }
+            anyhow::anyhow!(msg)
+        }
+        None => anyhow::anyhow!("{:?}: {}", status.code(), status.message()),
+    }
+}
+
+fn screen_request(args: &ScreenArgs) -> anyhow::Result<pb::ScreenRequest> {
+    if let Some(path) = &args.file {
+        let text = if path == Path::new("-") {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            s
+        } else {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?
+        };
+        let mut r: pb::ScreenRequest = serde_json::from_str(&text).context("not a ScreenRequest in proto3 JSON")?;
+        if r.requested_at.is_none() {
+            r.requested_at = Some(now());
+        }
+        if r.request_id.is_empty() {
+            r.request_id = generated_id("cli");
+        }
+        return Ok(r);
+    }
+    let t = &args.transfer;
+    let channel = match t.channel.as_str() {
+        "counter" => pb::Channel::Counter,
+        "atm" => pb::Channel::Atm,
+        "mobile" => pb::Channel::Mobile,
+        "online" => pb::Channel::Online,
+        other => bail!("--channel: unknown `{other}`; use counter, atm, mobile or online"),
+    };
+    let observations = t
+        .observations
+        .iter()
+        .map(|o| {
+            pb::Observation::from_str_name(&format!("OBSERVATION_{}", o.to_uppercase()))
+                .map(|o| o as i32)
+                .with_context(|| format!("--observe: unknown observation `{o}`"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(pb::ScreenRequest {
+        request_id: t.request_id.clone().unwrap_or_else(|| generated_id("cli")),
+        requested_at: Some(now()),
+        bank_id: t.bank.clone(),
+        branch_id: t.branch.clone(),
+        teller_id: t.teller.clone(),
+        channel: channel as i32,
+        customer: Some(pb::Customer {
+            customer_id: t.customer_id.clone(),
+            account_id: t.account_id.clone(),
+            birth_date: t.birth_date.clone(),
+            account_opened_on: t.opened_on.clone(),
+            daily_limit_minor: yuan("daily-limit", &t.daily_limit)?,
+            last_limit_change: None,
+        }),
+        payee: Some(pb::Payee {
+            account: t.payee_account.clone(),
+            name: t.payee_name.clone(),
+            bank_code: t.payee_bank.clone(),
+        }),
+        amount_minor: yuan("amount", &t.amount)?,
+        currency: t.currency.clone(),
+        memo: t.memo.clone(),
+        observations,
+    })
+}
+
+fn print_decision(r: &pb::ScreenResponse) {
+    let action = pb::Action::try_from(r.action).map_or("?", |a| a.as_str_name().trim_start_matches("ACTION_"));
+    println!("{action}  score {}  request {}  ruleset {}", r.score, r.request_id, r.ruleset_version);
+    if !r.alert_id.is_empty() {
+        println!("alert {} sent to station {}", r.alert_id, r.station_id);
+    }
+    if let Some(t) = &r.hold_expires_at {
+        println!("held until {} (watch with: transfer-guard transfer watch {})", rfc3339(t.seconds), r.request_id);
+    }
+    for h in &r.hits {
+        let mark = if h.shadow { "shadow" } else { "+" };
+        println!("  {mark} {} ({})\n      {}\n      {}", h.rule_id, h.score, h.reason_zh, h.reason_en);
+    }
+}
+
+fn rfc3339(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| secs.to_string())
+}
+
+fn print_status(s: &pb::TransferStatus) {
+    let state =
+        pb::TransferState::try_from(s.state).map_or("?", |x| x.as_str_name().trim_start_matches("TRANSFER_STATE_"));
+    let mut line = format!("{}  {state}", s.request_id);
+    if !s.outcome.is_empty() {
+        line.push_str(&format!("  outcome {} by {}", s.outcome, s.officer_id));
+    }
+    if !s.note.is_empty() {
+        line.push_str(&format!("  note: {}", s.note));
+    }
+    println!("{line}");
+}
+
+fn print_alert(a: &pb::Alert) {
+    let state = pb::AlertState::try_from(a.state).map_or("?", |x| x.as_str_name().trim_start_matches("ALERT_STATE_"));
+    let t = a.transfer.clone().unwrap_or_default();
+    println!(
+        "{}  {state}  station {}  score {}  {} {} from {} (age {}) to {} at {}",
+        a.alert_id,
+        a.station_id,
+        a.score,
+        format_minor(t.amount_minor),
+        t.currency,
+        t.customer_account_masked,
+        t.customer_age_band,
+        t.payee_account_masked,
+        t.branch_id
+    );
+    for h in &a.hits {
+        println!("    {} ({}): {}", h.rule_id, h.score, h.reason_zh);
+    }
+}
+
+async fn screen(args: ScreenArgs, dry_run: bool) -> anyhow::Result<()> {
+    let request = screen_request(&args)?;
+    let channel = connect(&args.client.addr).await?;
+    let response = if dry_run {
+        pb::rules_client::RulesClient::new(channel).dry_run(request).await
+    } else {
+        pb::screening_client::ScreeningClient::new(channel).screen(request).await
+    }
+    .map_err(rpc_error)?
+    .into_inner();
+    if args.client.json {
+        print_json(&response)
+    } else {
+        print_decision(&response);
+        Ok(())
+    }
+}
+
+async fn client(command: Command) -> anyhow::Result<i32> {
+    use pb::alerts_client::AlertsClient;
+    use pb::rules_client::RulesClient;
+    use pb::screening_client::ScreeningClient;
+    use pb::watchlist_client::WatchlistClient;
+    match command {
+        Command::Screen(args) => {
+            let dry = args.dry_run;
+            screen(*args, dry).await?;
+        }
+        Command::Rules(RulesCommand::DryRun(args)) => screen(*args, true).await?,
+        Command::Event(e) => {
+            use pb::record_event_request::Event;
+            let (client, event_id, event) = match e {
+                EventCommand::LimitChanged { client, customer_id, old, new, maximum, event_id } => {
+                    let ev = Event::LimitChanged(pb::LimitChanged {
+                        customer_id,
+                        old_limit_minor: yuan("old", &old)?,
+                        new_limit_minor: yuan("new", &new)?,
+                        is_maximum: maximum,
+                        changed_at: Some(now()),
+                    });
+                    (client, event_id, ev)
+                }
+                EventCommand::Executed { client, request_id, event_id } => {
+                    (client, event_id, Event::TransferExecuted(pb::TransferExecuted { request_id }))
+                }
+                EventCommand::Cancelled { client, request_id, event_id } => {
+                    (client, event_id, Event::TransferCancelled(pb::TransferCancelled { request_id }))
+                }
+            };
+            let request =
+                pb::RecordEventRequest { event_id: event_id.unwrap_or_else(|| generated_id("ev")), event: Some(event) };
+            let r = ScreeningClient::new(connect(&client.addr).await?)
+                .record_event(request)
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if client.json {
+                print_json(&r)?;
+            } else {
+                println!("recorded {}{}", r.event_id, if r.duplicate { " (already recorded)" } else { "" });
+            }
+        }
+        Command::Transfer(TransferCommand::Get { client, request_id }) => {
+            let s = ScreeningClient::new(connect(&client.addr).await?)
+                .get_transfer(pb::GetTransferRequest { request_id })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if client.json {
+                print_json(&s)?;
+            } else {
+                print_status(&s);
+            }
+        }
+        Command::Transfer(TransferCommand::Watch { client, request_id }) => {
+            let mut stream = ScreeningClient::new(connect(&client.addr).await?)
+                .watch_transfer(pb::GetTransferRequest { request_id })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            while let Some(s) = stream.message().await.map_err(rpc_error)? {
+                if client.json {
+                    println!("{}", serde_json::to_string(&s)?);
+                } else {
+                    print_status(&s);
+                }
+            }
+        }
+        Command::Alerts(AlertsCommand::Watch { client, stations, after }) => {
+            let mut stream = AlertsClient::new(connect(&client.addr).await?)
+                .watch_alerts(pb::WatchAlertsRequest { station_ids: stations, after_cursor: after })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            while let Some(e) = stream.message().await.map_err(rpc_error)? {
+                if client.json {
+                    println!("{}", serde_json::to_string(&e)?);
+                } else {
+                    println!("[cursor {}] {}", e.cursor, e.kind);
+                    if let Some(a) = &e.alert {
+                        print_alert(a);
+                    }
+                }
+            }
+        }
+        Command::Alerts(AlertsCommand::List { client, stations, limit }) => {
+            let r = AlertsClient::new(connect(&client.addr).await?)
+                .list_alerts(pb::ListAlertsRequest { station_ids: stations, limit, ..Default::default() })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if client.json {
+                print_json(&r)?;
+            } else {
+                r.alerts.iter().for_each(print_alert);
+            }
+        }
+        Command::Alerts(AlertsCommand::Claim { client, alert_id, officer }) => {
+            let a = AlertsClient::new(connect(&client.addr).await?)
+                .claim_alert(pb::ClaimAlertRequest { alert_id, officer_id: officer })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if client.json {
+                print_json(&a)?;
+            } else {
+                print_alert(&a);
+            }
+        }
+        Command::Alerts(AlertsCommand::Resolve { client, alert_id, officer, outcome, decision, note }) => {
+            let outcome = match outcome {
+                OutcomeArg::Dissuaded => pb::Outcome::Dissuaded,
+                OutcomeArg::FraudConfirmed => pb::Outcome::FraudConfirmed,
+                OutcomeArg::FalseAlarm => pb::Outcome::FalseAlarm,
+                OutcomeArg::CustomerProceeded => pb::Outcome::CustomerProceeded,
+            };
+            let decision = match decision {
+                None => pb::HoldDecision::Unspecified,
+                Some(DecisionArg::Release) => pb::HoldDecision::Release,
+                Some(DecisionArg::Block) => pb::HoldDecision::Block,
+            };
+            let a = AlertsClient::new(connect(&client.addr).await?)
+                .resolve_alert(pb::ResolveAlertRequest {
+                    alert_id,
+                    officer_id: officer,
+                    outcome: outcome as i32,
+                    hold_decision: decision as i32,
+                    note,
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if client.json {
+                print_json(&a)?;
+            } else {
+                print_alert(&a);
+            }
+        }
+        Command::Watchlist(WatchlistCommand::Add { client, account, station, reason, expires_in }) => {
+            let expires_at = match expires_in {
+                None => None,
+                Some(d) => Some(Timestamp {
+                    seconds: now().seconds
+                        + parse_duration(&d).with_context(|| format!("--expires-in: `{d}` is not e.g. 30d"))?,
+                    nanos: 0,
+                }),
+            };
+            let e = WatchlistClient::new(connect(&client.addr).await?)
+                .upsert_entry(pb::WatchlistEntry {
+                    account,
+                    issuer_station_id: station,
+                    reason,
+                    expires_at,
+                    added_at: None,
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            print_json(&e)?;
+        }
+        Command::Watchlist(WatchlistCommand::Rm { client, account }) => {
+            let r = WatchlistClient::new(connect(&client.addr).await?)
+                .remove_entry(pb::RemoveEntryRequest { account })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            println!("{}", if r.removed { "removed" } else { "no such entry" });
+        }
+        Command::Watchlist(WatchlistCommand::Ls { client }) => {
+            let r = WatchlistClient::new(connect(&client.addr).await?)
+                .list_entries(pb::ListEntriesRequest {})
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            print_json(&r)?;
+        }
+        Command::Rules(RulesCommand::Show { client }) => {
+            let r = RulesClient::new(connect(&client.addr).await?)
+                .get_ruleset(pb::GetRulesetRequest {})
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if client.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "{} {} (warn {}, hold {}, block {})",
+                    r.name, r.version, r.warn_threshold, r.hold_threshold, r.block_threshold
+                );
+                for rule in &r.rules {
+                    println!("  {:<40} {:>5} {:<6} {}", rule.id, rule.score, rule.mode, rule.title);
+                }
+            }
+        }
+        Command::Rules(RulesCommand::Reload { client }) => {
+            let r = RulesClient::new(connect(&client.addr).await?)
+                .reload_rules(pb::ReloadRulesRequest {})
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if r.reloaded {
+                println!("reloaded: version {}", r.version);
+            } else {
+                for e in &r.errors {
+                    eprintln!("{e}\n");
+                }
+                eprintln!("not reloaded; still running version {}", r.version);
+                return Ok(1);
+            }
+        }
+        Command::Serve(_) | Command::Rules(_) => unreachable!("handled without a client"),
+    }
+    Ok(0)
 }

@@ -9,7 +9,7 @@
 use crate::model::{age_on, Decision, Hit, Transfer};
 use crate::rules::schema::{Facts, NEVER};
 use crate::rules::{Mode, Ruleset};
-use crate::state::{PayeeKey, Snapshot, State, TransferRecord};
+use crate::state::{Snapshot, State, TransferRecord};
 use std::cell::{Cell, RefCell};
 use time::OffsetDateTime;
 
@@ -46,7 +46,7 @@ pub fn evaluate(ruleset: &Ruleset, transfer: &Transfer, snapshot: &Snapshot) -> 
             decision,
             record: TransferRecord {
                 customer_id: transfer.customer.customer_id.clone(),
-                payee: PayeeKey::of(&transfer.payee),
+                payee: snapshot.payee_key,
                 amount: transfer.amount,
                 at: transfer.requested_at,
             },
@@ -87,14 +87,10 @@ pub fn decide(ruleset: &Ruleset, facts: &Facts) -> Decision {
 }
 
 /// Flattens a transfer and a state snapshot into what the rules read.
-pub fn facts<'a>(
-    ruleset: &Ruleset,
-    transfer: &'a Transfer,
-    snapshot: &Snapshot,
-    memo: &'a [Cell<u8>],
-) -> Facts<'a> {
+pub fn facts<'a>(ruleset: &Ruleset, transfer: &'a Transfer, snapshot: &Snapshot, memo: &'a [Cell<u8>]) -> Facts<'a> {
     let now = transfer.requested_at;
-    let local = OffsetDateTime::from_unix_timestamp(now).unwrap_or(OffsetDateTime::UNIX_EPOCH).to_offset(ruleset.utc_offset);
+    let local =
+        OffsetDateTime::from_unix_timestamp(now).unwrap_or(OffsetDateTime::UNIX_EPOCH).to_offset(ruleset.utc_offset);
     let today = local.date();
     let customer = &transfer.customer;
 

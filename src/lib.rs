@@ -12,9 +12,13 @@
 //!
 //! The core modules never import tokio or tonic; see ARCHITECTURE.md.
 
+pub mod alerts;
+pub mod api;
 pub mod cli;
 pub mod engine;
 pub mod model;
 pub mod rules;
 pub mod ruletest;
+pub mod server;
+pub mod service;
 pub mod state;

@@ -245,11 +245,7 @@ pub fn mask_account(account: &str) -> String {
     } else {
         (0, 0)
     };
-    chars
-        .iter()
-        .enumerate()
-        .map(|(i, c)| if i < head || i >= n - tail { *c } else { '*' })
-        .collect()
+    chars.iter().enumerate().map(|(i, c)| if i < head || i >= n - tail { *c } else { '*' }).collect()
 }
 
 /// Masks a person's name: keeps the first character only (`张**`).
@@ -259,6 +255,30 @@ pub fn mask_name(name: &str) -> String {
         Some(first) => std::iter::once(first).chain(chars.map(|_| '*')).collect(),
         None => String::new(),
     }
+}
+
+/// Parses an amount in major units ("400000", "1234.5", "0.01") into minor
+/// units exactly, without floats. At most two decimals.
+pub fn parse_major_units(s: &str) -> Option<Minor> {
+    let s = s.trim().replace([',', '_'], "");
+    let (whole, frac) = s.split_once('.').unwrap_or((&s, ""));
+    if whole.is_empty()
+        || frac.len() > 2
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let whole: i64 = whole.parse().ok()?;
+    let frac: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<2}").parse().ok()? };
+    whole.checked_mul(100)?.checked_add(frac)
+}
+
+/// Formats minor units as major units with two decimals: 40000050 → "400000.50".
+pub fn format_minor(amount: Minor) -> String {
+    let sign = if amount < 0 { "-" } else { "" };
+    let a = amount.unsigned_abs();
+    format!("{sign}{}.{:02}", a / 100, a % 100)
 }
 
 /// Age band for alerts, so officers see "60-69" rather than a birth date.
@@ -302,6 +322,17 @@ mod tests {
         assert_eq!(age_on(date!(1968 - 05 - 10), date!(2026 - 05 - 09)), 57);
         assert_eq!(age_on(date!(1968 - 05 - 10), date!(2026 - 05 - 10)), 58);
         assert_eq!(age_band(58), "45-59");
+    }
+
+    #[test]
+    fn money_parses_exactly() {
+        assert_eq!(parse_major_units("400000"), Some(40_000_000));
+        assert_eq!(parse_major_units("1,234.5"), Some(123_450));
+        assert_eq!(parse_major_units("0.01"), Some(1));
+        assert_eq!(parse_major_units("1.234"), None);
+        assert_eq!(parse_major_units("-1"), None);
+        assert_eq!(parse_major_units("abc"), None);
+        assert_eq!(format_minor(40_000_050), "400000.50");
     }
 
     #[test]

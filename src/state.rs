@@ -10,6 +10,7 @@
 
 use crate::model::{LimitChange, Minor, Payee, UnixSeconds};
 use dashmap::DashMap;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 
@@ -24,7 +25,7 @@ pub const MAX_SENDERS: usize = 4096;
 
 /// Identifies a payee (bank code and account) inside a customer's record in 8
 /// bytes rather than the full strings: 5 known payees fit in 80 bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PayeeKey(pub u64);
 
 impl PayeeKey {
@@ -121,6 +122,8 @@ impl WatchEntry {
 /// What the engine reads about one transfer, taken under one customer's lock.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Snapshot {
+    /// The payee's key, computed once per request.
+    pub payee_key: PayeeKey,
     /// None: this customer never paid this payee.
     pub payee_first_paid: Option<UnixSeconds>,
     pub payee_watchlisted: bool,
@@ -171,13 +174,14 @@ impl State {
     /// Reads what the rules need about `customer_id` paying `payee` at `now`.
     pub fn snapshot(&self, customer_id: &str, payee: &Payee, now: UnixSeconds) -> Snapshot {
         let key = PayeeKey::of(payee);
-        let sender = stable_hash(customer_id);
         let mut snap = Snapshot {
+            payee_key: key,
             payee_watchlisted: self.is_watchlisted(&payee.account, now),
             ..Snapshot::default()
         };
         let mut this_customer_counted = false;
         if let Some(p) = self.payees.get(&key) {
+            let sender = stable_hash(customer_id);
             for (s, at) in &p.senders {
                 if in_window(*at, now, WINDOW_SECS) {
                     snap.payee_distinct_senders_24h += 1;
@@ -274,11 +278,11 @@ impl State {
     }
 
     pub fn watchlist_upsert(&self, entry: WatchEntry) {
-        self.watchlist.insert(normalise_account(&entry.account), entry);
+        self.watchlist.insert(normalise_account(&entry.account).into_owned(), entry);
     }
 
     pub fn watchlist_remove(&self, account: &str) -> Option<WatchEntry> {
-        self.watchlist.remove(&normalise_account(account)).map(|(_, e)| e)
+        self.watchlist.remove(normalise_account(account).as_ref()).map(|(_, e)| e)
     }
 
     pub fn watchlist_entries(&self) -> Vec<WatchEntry> {
@@ -288,10 +292,7 @@ impl State {
     }
 
     pub fn is_watchlisted(&self, account: &str, at: UnixSeconds) -> bool {
-        if self.watchlist.is_empty() {
-            return false;
-        }
-        self.watchlist.get(&normalise_account(account)).is_some_and(|e| e.is_active(at))
+        self.watchlist.get(normalise_account(account).as_ref()).is_some_and(|e| e.is_active(at))
     }
 
     /// Drops window entries and watchlist entries that can no longer match at `now`.
@@ -322,8 +323,12 @@ impl State {
 }
 
 /// Accounts are compared without spaces or dashes, as tellers type them both ways.
-pub fn normalise_account(account: &str) -> String {
-    account.chars().filter(|c| !c.is_whitespace() && *c != '-').collect()
+pub fn normalise_account(account: &str) -> Cow<'_, str> {
+    if account.contains(|c: char| c.is_whitespace() || c == '-') {
+        Cow::Owned(account.chars().filter(|c| !c.is_whitespace() && *c != '-').collect())
+    } else {
+        Cow::Borrowed(account)
+    }
 }
 
 #[cfg(test)]
@@ -335,12 +340,7 @@ mod tests {
     }
 
     fn pay(state: &State, customer: &str, account: &str, amount: Minor, at: UnixSeconds) {
-        state.apply(&TransferRecord {
-            customer_id: customer.into(),
-            payee: PayeeKey::of(&payee(account)),
-            amount,
-            at,
-        });
+        state.apply(&TransferRecord { customer_id: customer.into(), payee: PayeeKey::of(&payee(account)), amount, at });
     }
 
     #[test]

@@ -22,7 +22,8 @@ fn evaluating_conditions_allocates_nothing() {
     // allocate is every evaluation after that.
     for (round, case) in cases.iter().chain(cases.iter()).enumerate() {
         let state = transfer_guard::state::State::new();
-        let snapshot = state.snapshot(&case.transfer.customer.customer_id, &case.transfer.payee, case.transfer.requested_at);
+        let snapshot =
+            state.snapshot(&case.transfer.customer.customer_id, &case.transfer.payee, case.transfer.requested_at);
         let before = counting_alloc::allocations();
         let facts = engine::facts(&ruleset, &case.transfer, &snapshot, &memo);
         let mut matched = 0;

@@ -8,6 +8,7 @@
 use super::parser::{BinOp, Expr, ExprKind, UnOp};
 use super::schema::{self, Facts, Read, StrRead, Ty, NEVER};
 use super::Span;
+use aho_corasick::AhoCorasick;
 use regex::{Regex, RegexBuilder};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -35,6 +36,9 @@ fn fail<T>(span: Span, message: impl Into<String>) -> Result<T, CompileError> {
 pub enum NamedList {
     /// Exact values (accounts, names); `in_list`.
     Values(HashSet<String>),
+    /// Case-insensitive (ASCII) substrings, found in one pass by an Aho-Corasick
+    /// automaton; `matches_list`.
+    Keywords { items: HashSet<String>, matcher: Arc<AhoCorasick> },
     /// Substrings or regexes, joined into one regex; `matches_list` (and
     /// `in_list` for exact equality with an item).
     Patterns { items: HashSet<String>, regex: Arc<Regex> },
@@ -45,10 +49,13 @@ impl NamedList {
         NamedList::Values(items.into_iter().collect())
     }
 
-    /// Keywords match as case-insensitive substrings.
-    pub fn keywords(items: &[String]) -> Result<NamedList, regex::Error> {
-        let escaped: Vec<String> = items.iter().map(|k| regex::escape(k)).collect();
-        NamedList::joined(items, &format!("(?i){}", escaped.join("|")))
+    /// Keywords match as substrings, ignoring ASCII case.
+    pub fn keywords(items: &[String]) -> Result<NamedList, aho_corasick::BuildError> {
+        let matcher = AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+            .build(items.iter().filter(|k| !k.is_empty()))?;
+        Ok(NamedList::Keywords { items: items.iter().cloned().collect(), matcher: Arc::new(matcher) })
     }
 
     pub fn patterns(items: &[String]) -> Result<NamedList, (usize, regex::Error)> {
@@ -66,7 +73,7 @@ impl NamedList {
 
     fn items(&self) -> &HashSet<String> {
         match self {
-            NamedList::Values(items) | NamedList::Patterns { items, .. } => items,
+            NamedList::Values(items) | NamedList::Keywords { items, .. } | NamedList::Patterns { items, .. } => items,
         }
     }
 }
@@ -268,10 +275,7 @@ impl<'l> Compiler<'l> {
         let lv = self.value(l)?;
         let rv = self.value(r)?;
         let mismatch = |lv: &Value, rv: &Value| {
-            fail(
-                span,
-                format!("`{}` cannot compare {} with {}", op.symbol(), lv.ty().name(), rv.ty().name()),
-            )
+            fail(span, format!("`{}` cannot compare {} with {}", op.symbol(), lv.ty().name(), rv.ty().name()))
         };
         match op {
             BinOp::Add | BinOp::Sub | BinOp::Mul => {
@@ -297,9 +301,7 @@ impl<'l> Compiler<'l> {
             BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
                 let ordering = !matches!(op, BinOp::Eq | BinOp::Ne);
                 Ok(Value::Bool(match (lv, rv) {
-                    (Value::Int(a), Value::Int(b)) | (Value::Duration(a), Value::Duration(b)) => {
-                        compare_ints(op, a, b)
-                    }
+                    (Value::Int(a), Value::Int(b)) | (Value::Duration(a), Value::Duration(b)) => compare_ints(op, a, b),
                     (Value::Bool(a), Value::Bool(b)) if !ordering => compare!(op, a, b),
                     (Value::Str(a), Value::Str(b)) if !ordering => {
                         check_str_values(&a, &b, r.span)?;
@@ -353,13 +355,13 @@ impl<'l> Compiler<'l> {
                 Box::new(move |f| read(f) & bit != 0)
             }
             (Value::Str(_), Value::Observations(..)) => {
-                return fail(l.span, "test observations with a string literal, e.g. `\"coached\" in customer.observations`")
+                return fail(
+                    l.span,
+                    "test observations with a string literal, e.g. `\"coached\" in customer.observations`",
+                )
             }
             (lv, rv) => {
-                return fail(
-                    span.to(r.span),
-                    format!("`in` cannot look for {} in {}", lv.ty().name(), rv.ty().name()),
-                )
+                return fail(span.to(r.span), format!("`in` cannot look for {} in {}", lv.ty().name(), rv.ty().name()))
             }
         }))
     }
@@ -381,7 +383,14 @@ impl<'l> Compiler<'l> {
             if rest.len() == n {
                 Ok(())
             } else {
-                fail(span, format!("`{name}` takes {} argument(s), got {}", n + usize::from(target.is_none()), rest.len() + usize::from(target.is_none())))
+                fail(
+                    span,
+                    format!(
+                        "`{name}` takes {} argument(s), got {}",
+                        n + usize::from(target.is_none()),
+                        rest.len() + usize::from(target.is_none())
+                    ),
+                )
             }
         };
         match name {
@@ -393,7 +402,12 @@ impl<'l> Compiler<'l> {
                     Value::Observations(read, _) => IntE::Dyn(Box::new(move |f| i64::from(read(f).count_ones()))),
                     Value::ListInt(v) => IntE::Lit(v.len() as i64),
                     Value::ListStr(v, _) => IntE::Lit(v.len() as i64),
-                    other => return fail(subject.span, format!("`size` needs a string or a list, found {}", other.ty().name())),
+                    other => {
+                        return fail(
+                            subject.span,
+                            format!("`size` needs a string or a list, found {}", other.ty().name()),
+                        )
+                    }
                 }));
             }
             "matches" | "contains" | "startsWith" | "endsWith" | "in_list" | "matches_list" => {}
@@ -435,11 +449,20 @@ impl<'l> Compiler<'l> {
                     let set = list.items().clone();
                     return Ok(Value::Bool(str_test(s, move |v| set.contains(v))));
                 }
-                let NamedList::Patterns { regex, .. } = list else {
-                    return fail(arg.span, format!("list `{lit}` holds exact values; use in_list(.., \"{lit}\")"));
-                };
-                let re = regex.clone();
-                Ok(Value::Bool(self.memoised(s, format!("list:{lit}"), move |v| re.is_match(v))))
+                let key = format!("list:{lit}");
+                match list {
+                    NamedList::Patterns { regex, .. } => {
+                        let re = regex.clone();
+                        Ok(Value::Bool(self.memoised(s, key, move |v| re.is_match(v))))
+                    }
+                    NamedList::Keywords { matcher, .. } => {
+                        let ac = matcher.clone();
+                        Ok(Value::Bool(self.memoised(s, key, move |v| ac.is_match(v))))
+                    }
+                    NamedList::Values(_) => {
+                        fail(arg.span, format!("list `{lit}` holds exact values; use in_list(.., \"{lit}\")"))
+                    }
+                }
             }
         }
     }
@@ -471,9 +494,7 @@ fn str_test(s: StrE, test: impl Fn(&str) -> bool + Send + Sync + 'static) -> Boo
 
 fn compare_strs(eq: bool, a: StrE, b: StrE) -> BoolFn {
     match (a, b) {
-        (StrE::Read(r, _), StrE::Lit(v)) | (StrE::Lit(v), StrE::Read(r, _)) => {
-            Box::new(move |f| (r(f) == v) == eq)
-        }
+        (StrE::Read(r, _), StrE::Lit(v)) | (StrE::Lit(v), StrE::Read(r, _)) => Box::new(move |f| (r(f) == v) == eq),
         (StrE::Read(r1, _), StrE::Read(r2, _)) => Box::new(move |f| (r1(f) == r2(f)) == eq),
         (StrE::Lit(a), StrE::Lit(b)) => {
             let v = (a == b) == eq;

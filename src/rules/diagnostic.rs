@@ -75,7 +75,15 @@ impl fmt::Display for Diagnostic {
                 .source_line
                 .chars()
                 .take(self.col - 1)
-                .map(|c| if c == '\t' { "\t" } else if is_wide(c) { "  " } else { " " })
+                .map(|c| {
+                    if c == '\t' {
+                        "\t"
+                    } else if is_wide(c) {
+                        "  "
+                    } else {
+                        " "
+                    }
+                })
                 .collect();
             let width: usize = self
                 .source_line
@@ -85,12 +93,7 @@ impl fmt::Display for Diagnostic {
                 .map(|c| if is_wide(c) { 2 } else { 1 })
                 .sum::<usize>()
                 .max(1);
-            write!(
-                f,
-                "\n{pad} |\n{num} | {}\n{pad} | {indent}{}",
-                self.source_line,
-                "^".repeat(width)
-            )?;
+            write!(f, "\n{pad} |\n{num} | {}\n{pad} | {indent}{}", self.source_line, "^".repeat(width))?;
         }
         Ok(())
     }

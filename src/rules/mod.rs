@@ -289,8 +289,8 @@ impl Ruleset {
                 let items: Vec<String> = raw.items.iter().map(|i| i.get_ref().clone()).collect();
                 let list = match raw.kind.get_ref().as_str() {
                     "values" => Ok(NamedList::values(items)),
-                    "keywords" => NamedList::keywords(&items).map_err(|e| (0, e)),
-                    "patterns" => NamedList::patterns(&items),
+                    "keywords" => NamedList::keywords(&items).map_err(|e| (0, e.to_string())),
+                    "patterns" => NamedList::patterns(&items).map_err(|(i, e)| (i, e.to_string())),
                     other => {
                         diags.push(at(
                             raw.kind.span(),
@@ -307,7 +307,7 @@ impl Ruleset {
                     }
                     Err((i, e)) => {
                         let span = raw.items.get(i).map_or(raw.kind.span(), |s| s.span());
-                        diags.push(at(span, format!("bad regex in list `{name}`: {}", first_line(&e.to_string()))));
+                        diags.push(at(span, format!("bad regex in list `{name}`: {}", first_line(&e))));
                     }
                 }
             }
@@ -517,9 +517,10 @@ fn compile_rule(
     }
     let when = raw.when.get_ref();
     let offset = string_content_offset(&src.text, raw.when.span(), when);
-    let condition = match parser::parse(when).map_err(|e| (e.message, e.span)).and_then(|expr| {
-        compiler.condition(&expr).map_err(|e| (e.message, e.span))
-    }) {
+    let condition = match parser::parse(when)
+        .map_err(|e| (e.message, e.span))
+        .and_then(|expr| compiler.condition(&expr).map_err(|e| (e.message, e.span)))
+    {
         Ok(c) => Some(c),
         Err((message, span)) => {
             let span = match offset {
@@ -589,7 +590,9 @@ mod tests {
     }
 
     fn rule(when: &str) -> String {
-        format!("[[rule]]\nid = \"x\"\ntitle = \"t\"\nscore = 1\nreason = {{ zh = \"z\", en = \"e\" }}\nwhen = {when}\n")
+        format!(
+            "[[rule]]\nid = \"x\"\ntitle = \"t\"\nscore = 1\nreason = {{ zh = \"z\", en = \"e\" }}\nwhen = {when}\n"
+        )
     }
 
     #[test]

@@ -75,7 +75,11 @@ pub enum ExprKind {
     Unary(UnOp, Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
     /// `name(args)` or, with a target, `target.name(args)`.
-    Call { target: Option<Box<Expr>>, name: String, args: Vec<Expr> },
+    Call {
+        target: Option<Box<Expr>>,
+        name: String,
+        args: Vec<Expr>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -261,10 +265,7 @@ impl Parser {
                 parts.push(name);
                 expr.span = expr.span.to(name_span);
             } else {
-                return Err(ParseError {
-                    message: format!("`.{name}` can only follow a field name"),
-                    span: name_span,
-                });
+                return Err(ParseError { message: format!("`.{name}` can only follow a field name"), span: name_span });
             }
         }
         Ok(expr)
@@ -312,9 +313,7 @@ impl Parser {
                 let close = self.expect(Tok::RParen, "`)`")?;
                 return Ok(Expr { kind: inner.kind, span: span.to(close) });
             }
-            other => {
-                return Err(ParseError { message: format!("expected a value, found {}", other.describe()), span })
-            }
+            other => return Err(ParseError { message: format!("expected a value, found {}", other.describe()), span }),
         };
         Ok(Expr { kind, span })
     }

@@ -127,14 +127,8 @@ pub struct Field {
 }
 
 const CHANNELS: &[&str] = &["counter", "atm", "mobile", "online"];
-pub const OBSERVATIONS: &[&str] = &[
-    "on_phone_with_stranger",
-    "agitated",
-    "refuses_to_explain",
-    "accompanied_by_stranger",
-    "coached",
-    "urgent",
-];
+pub const OBSERVATIONS: &[&str] =
+    &["on_phone_with_stranger", "agitated", "refuses_to_explain", "accompanied_by_stranger", "coached", "urgent"];
 
 const fn field(path: &'static str, read: Read, doc: &'static str) -> Field {
     Field { path, read, optional: false, values: &[], doc }
@@ -142,30 +136,110 @@ const fn field(path: &'static str, read: Read, doc: &'static str) -> Field {
 
 /// The context schema.
 pub static FIELDS: &[Field] = &[
-    field("transfer.amount", Read::Int(|f| f.transfer_amount), "Amount in minor units (fen for CNY): 400,000 CNY is `40000000`."),
+    field(
+        "transfer.amount",
+        Read::Int(|f| f.transfer_amount),
+        "Amount in minor units (fen for CNY): 400,000 CNY is `40000000`.",
+    ),
     field("transfer.currency", Read::Str(|f| f.transfer_currency), "ISO 4217 code, upper case, e.g. `\"CNY\"`."),
-    Field { values: CHANNELS, ..field("transfer.channel", Read::Str(|f| f.transfer_channel), "How the customer sends: `counter`, `atm`, `mobile` or `online`.") },
+    Field {
+        values: CHANNELS,
+        ..field(
+            "transfer.channel",
+            Read::Str(|f| f.transfer_channel),
+            "How the customer sends: `counter`, `atm`, `mobile` or `online`.",
+        )
+    },
     field("transfer.memo", Read::Str(|f| f.transfer_memo), "The customer's stated purpose (free text, may be empty)."),
-    field("transfer.hour", Read::Int(|f| f.transfer_hour), "Local hour of the request, 0-23, in the ruleset's `utc_offset`."),
+    field(
+        "transfer.hour",
+        Read::Int(|f| f.transfer_hour),
+        "Local hour of the request, 0-23, in the ruleset's `utc_offset`.",
+    ),
     field("bank.id", Read::Str(|f| f.bank_id), "The bank's id."),
     field("branch.id", Read::Str(|f| f.branch_id), "The branch the request came from."),
-    field("customer.age", Read::Int(|f| f.customer_age), "Whole years from the birth date to the transfer's local date."),
-    field("customer.account_age_days", Read::Int(|f| f.customer_account_age_days), "Days since the account was opened."),
-    field("customer.daily_limit", Read::Int(|f| f.customer_daily_limit), "The customer's daily transfer limit in minor units."),
-    Field { optional: true, ..field("customer.limit_raised_ago", Read::Duration(|f| f.customer_limit_raised_ago), "Time since the last raise of the daily limit; absent (never) compares as infinitely long ago.") },
-    field("customer.limit_raised_to_max", Read::Bool(|f| f.customer_limit_raised_to_max), "The last limit change raised the limit to the bank's maximum."),
-    Field { values: OBSERVATIONS, ..field("customer.observations", Read::Observations(|f| f.customer_observations), "What the teller saw; test with `\"coached\" in customer.observations`.") },
-    field("payee.account", Read::Str(|f| f.payee_account), "The payee's account number (compare with lists; never logged in full)."),
+    field(
+        "customer.age",
+        Read::Int(|f| f.customer_age),
+        "Whole years from the birth date to the transfer's local date.",
+    ),
+    field(
+        "customer.account_age_days",
+        Read::Int(|f| f.customer_account_age_days),
+        "Days since the account was opened.",
+    ),
+    field(
+        "customer.daily_limit",
+        Read::Int(|f| f.customer_daily_limit),
+        "The customer's daily transfer limit in minor units.",
+    ),
+    Field {
+        optional: true,
+        ..field(
+            "customer.limit_raised_ago",
+            Read::Duration(|f| f.customer_limit_raised_ago),
+            "Time since the last raise of the daily limit; absent (never) compares as infinitely long ago.",
+        )
+    },
+    field(
+        "customer.limit_raised_to_max",
+        Read::Bool(|f| f.customer_limit_raised_to_max),
+        "The last limit change raised the limit to the bank's maximum.",
+    ),
+    Field {
+        values: OBSERVATIONS,
+        ..field(
+            "customer.observations",
+            Read::Observations(|f| f.customer_observations),
+            "What the teller saw; test with `\"coached\" in customer.observations`.",
+        )
+    },
+    field(
+        "payee.account",
+        Read::Str(|f| f.payee_account),
+        "The payee's account number (compare with lists; never logged in full).",
+    ),
     field("payee.name", Read::Str(|f| f.payee_name), "The payee's name."),
     field("payee.bank", Read::Str(|f| f.payee_bank), "The payee's bank code."),
-    field("payee.is_new", Read::Bool(|f| f.payee_is_new), "This customer has never paid this payee (by bank and account)."),
-    Field { optional: true, ..field("payee.first_paid_ago", Read::Duration(|f| f.payee_first_paid_ago), "Time since this customer first paid this payee; absent for a new payee.") },
-    field("payee.watchlisted", Read::Bool(|f| f.payee_watchlisted), "The account is on an unexpired police watchlist entry."),
-    field("payee.distinct_senders_24h", Read::Int(|f| f.payee_distinct_senders_24h), "Different customers who paid this account in the last 24 h, this one included (fan-in: the mule signal)."),
-    field("history.transfers_1h", Read::Int(|f| f.history_transfers_1h), "This customer's counted transfers in the hour before this one."),
-    field("history.transfers_24h", Read::Int(|f| f.history_transfers_24h), "This customer's counted transfers in the 24 h before this one."),
+    field(
+        "payee.is_new",
+        Read::Bool(|f| f.payee_is_new),
+        "This customer has never paid this payee (by bank and account).",
+    ),
+    Field {
+        optional: true,
+        ..field(
+            "payee.first_paid_ago",
+            Read::Duration(|f| f.payee_first_paid_ago),
+            "Time since this customer first paid this payee; absent for a new payee.",
+        )
+    },
+    field(
+        "payee.watchlisted",
+        Read::Bool(|f| f.payee_watchlisted),
+        "The account is on an unexpired police watchlist entry.",
+    ),
+    field(
+        "payee.distinct_senders_24h",
+        Read::Int(|f| f.payee_distinct_senders_24h),
+        "Different customers who paid this account in the last 24 h, this one included (fan-in: the mule signal).",
+    ),
+    field(
+        "history.transfers_1h",
+        Read::Int(|f| f.history_transfers_1h),
+        "This customer's counted transfers in the hour before this one.",
+    ),
+    field(
+        "history.transfers_24h",
+        Read::Int(|f| f.history_transfers_24h),
+        "This customer's counted transfers in the 24 h before this one.",
+    ),
     field("history.amount_24h", Read::Int(|f| f.history_amount_24h), "Sum of those transfers' amounts, minor units."),
-    field("history.new_payees_24h", Read::Int(|f| f.history_new_payees_24h), "How many of those went to a payee that was new at the time."),
+    field(
+        "history.new_payees_24h",
+        Read::Int(|f| f.history_new_payees_24h),
+        "How many of those went to a payee that was new at the time.",
+    ),
 ];
 
 pub fn lookup(path: &str) -> Option<&'static Field> {

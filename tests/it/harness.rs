@@ -1,8 +1,13 @@
-//! What every integration test needs: temp dirs, the built binary, the repo's
-//! rules folder.
+//! What every integration test needs: the real server on 127.0.0.1:0 with a
+//! temp data dir, real tonic clients, the built binary, rules folders.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use transfer_guard::api::proto as pb;
+use transfer_guard::service::{wall_clock, TransferGuard};
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -21,11 +26,19 @@ pub fn transfer_guard(args: &[&str]) -> Output {
         .expect("run transfer-guard")
 }
 
-/// A temp copy of the shipped rules folder (without tests) to break on purpose.
+/// A temp copy of the shipped rules folder, to change on purpose.
 pub fn rules_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     copy_dir(&rules_dir(), dir.path());
     dir
+}
+
+/// Replaces `from` with `to` in a file of a rules folder.
+pub fn edit(dir: &Path, file: &str, from: &str, to: &str) {
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{file} has no `{from}`");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -39,4 +52,117 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), target).unwrap();
         }
     }
+}
+
+/// The real server, in-process on an ephemeral loopback port.
+pub struct TestServer {
+    pub addr: String,
+    pub guard: Arc<TransferGuard>,
+    pub rules: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts on a copy of the shipped rules, after `prepare` edits the copy.
+    pub async fn start_with(prepare: impl FnOnce(&Path)) -> TestServer {
+        let rules = rules_copy();
+        prepare(rules.path());
+        let guard = transfer_guard::server::open(rules.path()).unwrap_or_else(|e| panic!("{e:#?}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(transfer_guard::server::run(listener, guard.clone(), async {
+            let _ = stopped.await;
+        }));
+        let task = tokio::spawn(async move {
+            task.await.unwrap().unwrap();
+        });
+        TestServer { addr, guard, rules, stop: Some(stop), task: Some(task) }
+    }
+
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.addr.clone()).unwrap().connect().await.expect("connect")
+    }
+
+    pub async fn screening(&self) -> pb::screening_client::ScreeningClient<Channel> {
+        pb::screening_client::ScreeningClient::new(self.channel().await)
+    }
+
+    pub async fn alerts(&self) -> pb::alerts_client::AlertsClient<Channel> {
+        pb::alerts_client::AlertsClient::new(self.channel().await)
+    }
+
+    pub async fn rules(&self) -> pb::rules_client::RulesClient<Channel> {
+        pb::rules_client::RulesClient::new(self.channel().await)
+    }
+
+    pub async fn watchlist(&self) -> pb::watchlist_client::WatchlistClient<Channel> {
+        pb::watchlist_client::WatchlistClient::new(self.channel().await)
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(std::time::Duration::from_secs(10), task).await.expect("graceful stop").unwrap();
+        }
+    }
+}
+
+pub fn now() -> pbjson_types::Timestamp {
+    pbjson_types::Timestamp { seconds: wall_clock(), nanos: 0 }
+}
+
+/// An ordinary transfer: a salary-sized payment at the counter.
+pub fn ordinary(request_id: &str, customer_id: &str, payee_account: &str) -> pb::ScreenRequest {
+    pb::ScreenRequest {
+        request_id: request_id.into(),
+        requested_at: Some(now()),
+        bank_id: "psbc".into(),
+        branch_id: "psbc-heshan-zhongshan".into(),
+        teller_id: "teller-07".into(),
+        channel: pb::Channel::Counter as i32,
+        customer: Some(pb::Customer {
+            customer_id: customer_id.into(),
+            account_id: "6210981234567890".into(),
+            birth_date: "1981-06-15".into(),
+            account_opened_on: "2015-04-01".into(),
+            daily_limit_minor: 5_000_000,
+            last_limit_change: None,
+        }),
+        payee: Some(pb::Payee { account: payee_account.into(), name: "王房东".into(), bank_code: "icbc".into() }),
+        amount_minor: 350_000,
+        currency: "CNY".into(),
+        memo: "房租".into(),
+        observations: vec![],
+    }
+}
+
+/// The seed case: 58, limit raised to the maximum minutes ago, 400,000 CNY to a
+/// new payee for "investment", on the phone with a stranger.
+pub fn seed_case(request_id: &str) -> pb::ScreenRequest {
+    let mut r = ordinary(request_id, "zhongshan-customer-58", "6217000099998888777");
+    let customer = r.customer.as_mut().unwrap();
+    customer.birth_date = "1968-05-10".into();
+    customer.daily_limit_minor = 50_000_000;
+    customer.last_limit_change = Some(pb::LimitChanged {
+        customer_id: "zhongshan-customer-58".into(),
+        old_limit_minor: 5_000_000,
+        new_limit_minor: 50_000_000,
+        is_maximum: true,
+        changed_at: Some(pbjson_types::Timestamp { seconds: wall_clock() - 900, nanos: 0 }),
+    });
+    r.payee =
+        Some(pb::Payee { account: "6217000099998888777".into(), name: "陈某某".into(), bank_code: "ccb".into() });
+    r.amount_minor = 40_000_000;
+    r.memo = "投资理财 导师推荐".into();
+    r.observations = vec![pb::Observation::OnPhoneWithStranger as i32];
+    r
 }

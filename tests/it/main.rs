@@ -1,5 +1,7 @@
 //! One integration-test binary (faster to link than one per file), with a small
 //! shared harness.
 
+mod api;
 mod harness;
+mod holds;
 mod rules;

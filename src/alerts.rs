@@ -1,0 +1,504 @@
+//! The police side: routing (bank branch → police station), alerts and their
+//! lifecycle (NEW → CLAIMED → RESOLVED, or ESCALATED when nobody claims one by
+//! its deadline), and an ordered event log with cursors that station watchers
+//! stream from and resume with.
+//!
+//! Alert times run on the server's clock (an officer's deadline is real time),
+//! passed in as `now`. Must not decide transfers (the service does) or know tonic.
+
+use crate::model::{Action, Channel, Hit, Observations, UnixSeconds};
+use crate::rules::{parse_duration, Diagnostic, Span};
+use serde::Deserialize;
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::Mutex;
+use tokio::sync::broadcast;
+use toml::Spanned;
+
+/// Events kept for watchers to resume from; older cursors get "resume too old".
+pub const EVENT_RETENTION: usize = 100_000;
+
+/// Which police station covers which branch, and whom each escalates to.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    pub default_station: String,
+    pub stations: HashMap<String, Station>,
+    branch_to_station: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Station {
+    pub id: String,
+    pub name: String,
+    /// Where an unclaimed alert goes (the city anti-fraud centre), if anywhere.
+    pub escalate_to: Option<String>,
+    pub claim_deadline_secs: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouting {
+    default_station: Spanned<String>,
+    #[serde(default)]
+    station: Vec<RawStation>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStation {
+    id: Spanned<String>,
+    name: String,
+    #[serde(default)]
+    branches: Vec<Spanned<String>>,
+    #[serde(default)]
+    escalate_to: Option<Spanned<String>>,
+    claim_deadline: Spanned<String>,
+}
+
+impl Routing {
+    /// Reads `stations.toml` from the rules folder; errors carry file:line:col.
+    pub fn load_dir(dir: &Path) -> Result<Routing, Vec<Diagnostic>> {
+        let path = dir.join("stations.toml");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| vec![Diagnostic::file(&path.display().to_string(), format!("cannot read: {e}"))])?;
+        Routing::parse("stations.toml", &text)
+    }
+
+    pub fn parse(file: &str, text: &str) -> Result<Routing, Vec<Diagnostic>> {
+        let at = |span: std::ops::Range<usize>, msg: String| {
+            Diagnostic::at(file, text, Span { start: span.start, end: span.end }, msg)
+        };
+        let raw: RawRouting = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            vec![at(span, e.message().trim().to_string())]
+        })?;
+        let mut diags = Vec::new();
+        let mut stations = HashMap::new();
+        let mut branch_to_station: HashMap<String, String> = HashMap::new();
+        for s in &raw.station {
+            let id = s.id.get_ref().clone();
+            let deadline = match parse_duration(s.claim_deadline.get_ref()) {
+                Some(d) if d > 0 => d,
+                _ => {
+                    diags.push(at(s.claim_deadline.span(), "claim_deadline must be a duration such as \"10m\"".into()));
+                    0
+                }
+            };
+            for b in &s.branches {
+                if let Some(other) = branch_to_station.insert(b.get_ref().clone(), id.clone()) {
+                    diags.push(at(b.span(), format!("branch `{}` is already covered by `{other}`", b.get_ref())));
+                }
+            }
+            let station = Station {
+                id: id.clone(),
+                name: s.name.clone(),
+                escalate_to: s.escalate_to.as_ref().map(|e| e.get_ref().clone()).filter(|e| !e.is_empty()),
+                claim_deadline_secs: deadline,
+            };
+            if stations.insert(id.clone(), station).is_some() {
+                diags.push(at(s.id.span(), format!("station `{id}` is defined twice")));
+            }
+        }
+        for s in &raw.station {
+            if let Some(e) = &s.escalate_to {
+                if !e.get_ref().is_empty() && !stations.contains_key(e.get_ref()) {
+                    diags.push(at(e.span(), format!("unknown station `{}`", e.get_ref())));
+                }
+            }
+        }
+        if !stations.contains_key(raw.default_station.get_ref()) {
+            diags.push(at(raw.default_station.span(), format!("unknown station `{}`", raw.default_station.get_ref())));
+        }
+        if diags.is_empty() {
+            Ok(Routing { default_station: raw.default_station.into_inner(), stations, branch_to_station })
+        } else {
+            Err(diags)
+        }
+    }
+
+    /// The station covering `branch_id`, and whether it was a default fallback.
+    pub fn route(&self, branch_id: &str) -> (&Station, bool) {
+        match self.branch_to_station.get(branch_id).and_then(|s| self.stations.get(s)) {
+            Some(s) => (s, false),
+            None => (&self.stations[&self.default_station], true),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertState {
+    New,
+    Claimed,
+    Escalated,
+    Resolved,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Dissuaded,
+    FraudConfirmed,
+    FalseAlarm,
+    CustomerProceeded,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Dissuaded => "dissuaded",
+            Outcome::FraudConfirmed => "fraud_confirmed",
+            Outcome::FalseAlarm => "false_alarm",
+            Outcome::CustomerProceeded => "customer_proceeded",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldDecision {
+    Release,
+    Block,
+}
+
+/// What an officer sees of a transfer: no full account number, no birth date.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferSummary {
+    pub request_id: String,
+    pub amount: i64,
+    pub currency: String,
+    pub channel: Channel,
+    pub bank_id: String,
+    pub branch_id: String,
+    pub teller_id: String,
+    pub customer_age_band: &'static str,
+    pub customer_account_masked: String,
+    pub payee_account_masked: String,
+    pub payee_name_masked: String,
+    pub payee_bank_code: String,
+    pub memo: String,
+    pub observations: Observations,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    pub id: String,
+    pub station_id: String,
+    pub escalation_station_id: Option<String>,
+    pub state: AlertState,
+    pub action: Action,
+    pub score: i64,
+    pub hits: Vec<Hit>,
+    pub ruleset_version: String,
+    pub transfer: TransferSummary,
+    pub created_at: UnixSeconds,
+    pub claim_deadline: UnixSeconds,
+    pub officer_id: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub hold_decision: Option<HoldDecision>,
+    pub note: String,
+    pub updated_at: UnixSeconds,
+    /// The transfer is waiting on this alert (a HOLD not yet decided).
+    pub awaiting_decision: bool,
+}
+
+impl Alert {
+    pub fn visible_to(&self, stations: &[String]) -> bool {
+        stations.iter().any(|s| *s == self.station_id || self.escalation_station_id.as_ref() == Some(s))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertEvent {
+    pub cursor: u64,
+    /// `<alert id>:<sequence>`: stable, so JetStream can deduplicate on it.
+    pub event_id: String,
+    pub kind: &'static str,
+    pub alert: Alert,
+    pub at: UnixSeconds,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AlertError {
+    #[error("no alert `{0}`")]
+    NotFound(String),
+    #[error("alert `{id}` is {state}; {why}")]
+    Conflict { id: String, state: &'static str, why: &'static str },
+    #[error("hold_decision is required: the transfer is waiting on this alert")]
+    DecisionRequired,
+}
+
+/// The alert book: every alert and the ordered log of their events.
+pub struct AlertBook {
+    inner: Mutex<Book>,
+    live: broadcast::Sender<AlertEvent>,
+}
+
+#[derive(Default)]
+struct Book {
+    alerts: HashMap<String, Alert>,
+    sequence: HashMap<String, u32>,
+    events: VecDeque<AlertEvent>,
+    next_cursor: u64,
+}
+
+impl Book {
+    fn record(&mut self, kind: &'static str, alert: &Alert, now: UnixSeconds) -> AlertEvent {
+        self.next_cursor += 1;
+        let seq = self.sequence.entry(alert.id.clone()).or_insert(0);
+        *seq += 1;
+        let event = AlertEvent {
+            cursor: self.next_cursor,
+            event_id: format!("{}:{}", alert.id, seq),
+            kind,
+            alert: alert.clone(),
+            at: now,
+        };
+        self.events.push_back(event.clone());
+        while self.events.len() > EVENT_RETENTION {
+            self.events.pop_front();
+        }
+        event
+    }
+}
+
+fn state_name(s: AlertState) -> &'static str {
+    match s {
+        AlertState::New => "new",
+        AlertState::Claimed => "claimed",
+        AlertState::Escalated => "escalated",
+        AlertState::Resolved => "resolved",
+    }
+}
+
+/// What watchers get when they resume from a cursor.
+pub enum Backlog {
+    Events(Vec<AlertEvent>),
+    /// The cursor is older than the retained events.
+    TooOld {
+        oldest: u64,
+    },
+}
+
+impl Default for AlertBook {
+    fn default() -> Self {
+        AlertBook::new()
+    }
+}
+
+impl AlertBook {
+    pub fn new() -> AlertBook {
+        // Live fan-out buffer; a watcher that falls further behind re-reads the log.
+        let (live, _) = broadcast::channel(4096);
+        AlertBook { inner: Mutex::new(Book::default()), live }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
+        // A panic while holding the lock cannot leave the book half-written
+        // (every change is one insert and one push), so a poisoned lock is usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, event: AlertEvent) {
+        let _ = self.live.send(event);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<AlertEvent> {
+        self.live.subscribe()
+    }
+
+    /// Events after `cursor` for `stations`.
+    pub fn backlog(&self, stations: &[String], after: u64) -> Backlog {
+        let book = self.lock();
+        let oldest = book.events.front().map_or(book.next_cursor + 1, |e| e.cursor);
+        if after + 1 < oldest && after < book.next_cursor {
+            return Backlog::TooOld { oldest };
+        }
+        Backlog::Events(
+            book.events.iter().filter(|e| e.cursor > after && e.alert.visible_to(stations)).cloned().collect(),
+        )
+    }
+
+    pub fn raise(&self, alert: Alert) -> AlertEvent {
+        let mut book = self.lock();
+        let event = book.record("raised", &alert, alert.created_at);
+        book.alerts.insert(alert.id.clone(), alert);
+        drop(book);
+        self.publish(event.clone());
+        event
+    }
+
+    pub fn get(&self, id: &str) -> Option<Alert> {
+        self.lock().alerts.get(id).cloned()
+    }
+
+    pub fn list(
+        &self,
+        stations: &[String],
+        states: &[AlertState],
+        created: (Option<UnixSeconds>, Option<UnixSeconds>),
+        limit: usize,
+    ) -> Vec<Alert> {
+        let book = self.lock();
+        let mut v: Vec<Alert> = book
+            .alerts
+            .values()
+            .filter(|a| stations.is_empty() || a.visible_to(stations))
+            .filter(|a| states.is_empty() || states.contains(&a.state))
+            .filter(|a| created.0.is_none_or(|t| a.created_at >= t) && created.1.is_none_or(|t| a.created_at < t))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        v.truncate(limit);
+        v
+    }
+
+    fn change(
+        &self,
+        id: &str,
+        kind: &'static str,
+        now: UnixSeconds,
+        f: impl FnOnce(&mut Alert) -> Result<(), AlertError>,
+    ) -> Result<Alert, AlertError> {
+        let mut book = self.lock();
+        let alert = book.alerts.get_mut(id).ok_or_else(|| AlertError::NotFound(id.to_string()))?;
+        f(alert)?;
+        alert.updated_at = now;
+        let alert = alert.clone();
+        let event = book.record(kind, &alert, now);
+        drop(book);
+        self.publish(event);
+        Ok(alert)
+    }
+
+    pub fn claim(&self, id: &str, officer: &str, now: UnixSeconds) -> Result<Alert, AlertError> {
+        self.change(id, "claimed", now, |a| match a.state {
+            AlertState::New | AlertState::Escalated => {
+                a.state = AlertState::Claimed;
+                a.officer_id = Some(officer.to_string());
+                Ok(())
+            }
+            AlertState::Claimed if a.officer_id.as_deref() == Some(officer) => Ok(()),
+            s => Err(AlertError::Conflict { id: a.id.clone(), state: state_name(s), why: "it cannot be claimed" }),
+        })
+    }
+
+    /// Resolves an alert. The caller decides whether a hold decision applies
+    /// (only while the transfer is still held).
+    pub fn resolve(
+        &self,
+        id: &str,
+        officer: &str,
+        outcome: Outcome,
+        decision: Option<HoldDecision>,
+        note: &str,
+        now: UnixSeconds,
+    ) -> Result<Alert, AlertError> {
+        self.change(id, "resolved", now, |a| {
+            if a.state == AlertState::Resolved {
+                return Err(AlertError::Conflict {
+                    id: a.id.clone(),
+                    state: "resolved",
+                    why: "it cannot change again",
+                });
+            }
+            a.state = AlertState::Resolved;
+            a.officer_id = Some(officer.to_string());
+            a.outcome = Some(outcome);
+            if decision.is_some() {
+                a.hold_decision = decision;
+            }
+            a.awaiting_decision = false;
+            a.note = note.to_string();
+            Ok(())
+        })
+    }
+
+    /// The hold behind this alert expired: the transfer no longer waits on it.
+    pub fn hold_expired(&self, id: &str, decision: HoldDecision, now: UnixSeconds) -> Result<Alert, AlertError> {
+        self.change(id, "expired", now, |a| {
+            if !a.awaiting_decision {
+                return Err(AlertError::Conflict {
+                    id: a.id.clone(),
+                    state: state_name(a.state),
+                    why: "no hold waits on it",
+                });
+            }
+            a.awaiting_decision = false;
+            a.hold_decision = Some(decision);
+            Ok(())
+        })
+    }
+
+    /// Escalates every NEW alert past its claim deadline; returns them.
+    pub fn escalate_overdue(&self, routing: &Routing, now: UnixSeconds) -> Vec<Alert> {
+        let overdue: Vec<String> = self
+            .lock()
+            .alerts
+            .values()
+            .filter(|a| a.state == AlertState::New && a.claim_deadline <= now)
+            .map(|a| a.id.clone())
+            .collect();
+        overdue
+            .into_iter()
+            .filter_map(|id| {
+                self.change(&id, "escalated", now, |a| {
+                    if a.state != AlertState::New {
+                        return Err(AlertError::Conflict { id: a.id.clone(), state: state_name(a.state), why: "" });
+                    }
+                    a.state = AlertState::Escalated;
+                    a.escalation_station_id = routing
+                        .stations
+                        .get(&a.station_id)
+                        .and_then(|s| s.escalate_to.clone())
+                        .or_else(|| Some(routing.default_station.clone()))
+                        .filter(|e| *e != a.station_id);
+                    Ok(())
+                })
+                .ok()
+            })
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().alerts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATIONS: &str = r#"
+default_station = "city-centre"
+
+[[station]]
+id = "zhongshan-ps"
+name = "中山派出所"
+branches = ["psbc-heshan-zhongshan"]
+escalate_to = "city-centre"
+claim_deadline = "10m"
+
+[[station]]
+id = "city-centre"
+name = "反诈中心"
+claim_deadline = "15m"
+"#;
+
+    #[test]
+    fn routes_branches_and_falls_back_to_the_default() {
+        let r = Routing::parse("stations.toml", STATIONS).unwrap();
+        assert_eq!(r.route("psbc-heshan-zhongshan").0.id, "zhongshan-ps");
+        let (s, fallback) = r.route("unknown-branch");
+        assert_eq!((s.id.as_str(), fallback), ("city-centre", true));
+    }
+
+    #[test]
+    fn routing_errors_have_locations() {
+        let bad = STATIONS.replace("escalate_to = \"city-centre\"", "escalate_to = \"nowhere\"");
+        let e = Routing::parse("stations.toml", &bad).unwrap_err();
+        assert_eq!(e[0].location(), "stations.toml:8:15");
+        assert!(e[0].message.contains("unknown station `nowhere`"));
+    }
+}

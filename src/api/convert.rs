@@ -1,0 +1,454 @@
+//! Wire ↔ domain: validates every proto request field by field and converts it
+//! into a domain type; converts decisions, alerts and statuses back.
+//!
+//! Every problem is collected (not only the first) as a [`FieldViolation`]
+//! naming the field by its proto path, e.g. `customer.birth_date`. Must not hold
+//! business logic: nothing here decides anything.
+
+use super::proto as pb;
+use crate::model::{
+    Action, Channel, Customer, Date, Decision, Hit, LimitChange, Observation, Observations, Payee, Transfer,
+    UnixSeconds,
+};
+use crate::state::{normalise_account, WatchEntry};
+use pbjson_types::Timestamp;
+
+/// The largest amount accepted: 100 billion CNY in fen. Anything above is a
+/// typo or an attack, not a transfer.
+pub const MAX_AMOUNT_MINOR: i64 = 10_000_000_000_000;
+/// Earliest and latest times accepted (2000-01-01, 2100-01-01 UTC).
+const MIN_TIME: i64 = 946_684_800;
+const MAX_TIME: i64 = 4_102_444_800;
+
+/// ISO 4217 codes of the currencies a Chinese bank sends abroad or at home.
+pub const CURRENCIES: &[&str] = &[
+    "CNY", "USD", "EUR", "HKD", "MOP", "TWD", "JPY", "GBP", "AUD", "CAD", "CHF", "SGD", "KRW", "NZD", "THB", "MYR",
+    "RUB", "AED", "SAR", "SEK", "NOK", "DKK", "INR", "IDR", "PHP", "VND", "ZAR", "BRL", "MXN", "TRY", "KZT", "PKR",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+/// Collects field problems while a request is checked.
+#[derive(Debug, Default)]
+pub struct Violations(pub Vec<FieldViolation>);
+
+impl Violations {
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation { field: field.into(), description: description.into() });
+    }
+
+    pub fn into_result<T>(self, value: T) -> Result<T, Vec<FieldViolation>> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.0)
+        }
+    }
+
+    /// A required identifier: not empty, at most `max` characters, no control characters.
+    pub fn id(&mut self, field: &str, value: &str, max: usize) -> String {
+        if value.trim().is_empty() {
+            self.add(field, "required");
+        } else {
+            self.text(field, value, max);
+        }
+        value.trim().to_string()
+    }
+
+    /// Free text: at most `max` characters, no control characters but newline.
+    pub fn text(&mut self, field: &str, value: &str, max: usize) -> String {
+        let n = value.chars().count();
+        if n > max {
+            self.add(field, format!("at most {max} characters, got {n}"));
+        } else if value.chars().any(|c| c.is_control() && c != '\n') {
+            self.add(field, "contains control characters");
+        }
+        value.to_string()
+    }
+
+    pub fn time(&mut self, field: &str, ts: Option<&Timestamp>) -> UnixSeconds {
+        match ts {
+            None => {
+                self.add(field, "required");
+                0
+            }
+            Some(t) if !(0..1_000_000_000).contains(&t.nanos) => {
+                self.add(field, "nanos must be within 0..1e9");
+                0
+            }
+            Some(t) if !(MIN_TIME..MAX_TIME).contains(&t.seconds) => {
+                self.add(field, "must be between 2000-01-01 and 2100-01-01");
+                0
+            }
+            Some(t) => t.seconds,
+        }
+    }
+
+    pub fn date(&mut self, field: &str, value: &str) -> Option<Date> {
+        let format = time::macros::format_description!("[year]-[month]-[day]");
+        match Date::parse(value, &format) {
+            Ok(d) if (1900..=2100).contains(&d.year()) => Some(d),
+            Ok(_) => {
+                self.add(field, "year must be between 1900 and 2100");
+                None
+            }
+            Err(_) if value.is_empty() => {
+                self.add(field, "required, as YYYY-MM-DD");
+                None
+            }
+            Err(_) => {
+                self.add(field, format!("not a valid date `{}`; use YYYY-MM-DD", truncate(value)));
+                None
+            }
+        }
+    }
+
+    pub fn amount(&mut self, field: &str, value: i64, allow_zero: bool) -> i64 {
+        let low = i64::from(!allow_zero);
+        if value < low {
+            self.add(field, if allow_zero { "must not be negative" } else { "must be positive (minor units)" });
+        } else if value > MAX_AMOUNT_MINOR {
+            self.add(field, format!("must be at most {MAX_AMOUNT_MINOR} minor units"));
+        }
+        value
+    }
+
+    pub fn account(&mut self, field: &str, value: &str) -> String {
+        let normal = normalise_account(value.trim()).into_owned();
+        if normal.is_empty() {
+            self.add(field, "required");
+        } else if !(4..=34).contains(&normal.len()) || !normal.chars().all(|c| c.is_ascii_alphanumeric()) {
+            self.add(field, "4 to 34 letters or digits (spaces and dashes are ignored)");
+        }
+        normal
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(32).collect()
+}
+
+fn local_date(at: UnixSeconds) -> Date {
+    // Dates are compared in China Standard Time, where the branches are.
+    time::OffsetDateTime::from_unix_timestamp(at + 8 * 3600).map_or(Date::MIN, |t| t.date())
+}
+
+pub fn channel(v: &mut Violations, field: &str, raw: i32) -> Channel {
+    match pb::Channel::try_from(raw) {
+        Ok(pb::Channel::Counter) => Channel::Counter,
+        Ok(pb::Channel::Atm) => Channel::Atm,
+        Ok(pb::Channel::Mobile) => Channel::Mobile,
+        Ok(pb::Channel::Online) => Channel::Online,
+        Ok(pb::Channel::Unspecified) => {
+            v.add(field, "required");
+            Channel::Mobile
+        }
+        Err(_) => {
+            v.add(field, format!("unknown channel {raw}"));
+            Channel::Mobile
+        }
+    }
+}
+
+pub fn observation_to_pb(o: Observation) -> pb::Observation {
+    match o {
+        Observation::OnPhoneWithStranger => pb::Observation::OnPhoneWithStranger,
+        Observation::Agitated => pb::Observation::Agitated,
+        Observation::RefusesToExplain => pb::Observation::RefusesToExplain,
+        Observation::AccompaniedByStranger => pb::Observation::AccompaniedByStranger,
+        Observation::Coached => pb::Observation::Coached,
+        Observation::Urgent => pb::Observation::Urgent,
+    }
+}
+
+pub fn channel_to_pb(c: Channel) -> pb::Channel {
+    match c {
+        Channel::Counter => pb::Channel::Counter,
+        Channel::Atm => pb::Channel::Atm,
+        Channel::Mobile => pb::Channel::Mobile,
+        Channel::Online => pb::Channel::Online,
+    }
+}
+
+fn observation(raw: i32) -> Option<Observation> {
+    let o = pb::Observation::try_from(raw).ok()?;
+    Observation::ALL.into_iter().find(|m| observation_to_pb(*m) == o)
+}
+
+pub fn limit_change(v: &mut Violations, field: &str, raw: &pb::LimitChanged) -> LimitChange {
+    LimitChange {
+        old_limit: v.amount(&format!("{field}.old_limit_minor"), raw.old_limit_minor, true),
+        new_limit: v.amount(&format!("{field}.new_limit_minor"), raw.new_limit_minor, true),
+        is_maximum: raw.is_maximum,
+        changed_at: v.time(&format!("{field}.changed_at"), raw.changed_at.as_ref()),
+    }
+}
+
+pub fn payee(v: &mut Violations, field: &str, raw: Option<&pb::Payee>) -> Payee {
+    let Some(p) = raw else {
+        v.add(field, "required");
+        return Payee { account: String::new(), name: String::new(), bank_code: String::new() };
+    };
+    Payee {
+        account: v.account(&format!("{field}.account"), &p.account),
+        name: v.id(&format!("{field}.name"), &p.name, 128),
+        bank_code: v.id(&format!("{field}.bank_code"), &p.bank_code, 32),
+    }
+}
+
+impl TryFrom<&pb::ScreenRequest> for Transfer {
+    type Error = Vec<FieldViolation>;
+
+    fn try_from(r: &pb::ScreenRequest) -> Result<Transfer, Self::Error> {
+        let mut v = Violations::default();
+        let request_id = v.id("request_id", &r.request_id, 128);
+        let requested_at = v.time("requested_at", r.requested_at.as_ref());
+        let bank_id = v.id("bank_id", &r.bank_id, 64);
+        let branch_id = v.id("branch_id", &r.branch_id, 64);
+        let channel = channel(&mut v, "channel", r.channel);
+        let teller_id = if channel == Channel::Counter {
+            v.id("teller_id", &r.teller_id, 64)
+        } else {
+            v.text("teller_id", &r.teller_id, 64)
+        };
+        let today = local_date(requested_at);
+        let customer = match &r.customer {
+            None => {
+                v.add("customer", "required");
+                None
+            }
+            Some(c) => {
+                let customer_id = v.id("customer.customer_id", &c.customer_id, 64);
+                let account_id = v.account("customer.account_id", &c.account_id);
+                let birth_date = v.date("customer.birth_date", &c.birth_date);
+                let opened = v.date("customer.account_opened_on", &c.account_opened_on);
+                if let Some(b) = birth_date {
+                    if requested_at != 0 && b > today {
+                        v.add("customer.birth_date", "is after requested_at");
+                    }
+                }
+                if let Some(o) = opened {
+                    if requested_at != 0 && o > today {
+                        v.add("customer.account_opened_on", "is after requested_at");
+                    }
+                }
+                let daily_limit = v.amount("customer.daily_limit_minor", c.daily_limit_minor, false);
+                let last_limit_change =
+                    c.last_limit_change.as_ref().map(|l| limit_change(&mut v, "customer.last_limit_change", l));
+                if let Some(l) = &c.last_limit_change {
+                    if !l.customer_id.is_empty() && l.customer_id != c.customer_id {
+                        v.add("customer.last_limit_change.customer_id", "differs from customer.customer_id");
+                    }
+                }
+                match (birth_date, opened) {
+                    (Some(birth_date), Some(account_opened_on)) => Some(Customer {
+                        customer_id,
+                        account_id,
+                        birth_date,
+                        account_opened_on,
+                        daily_limit,
+                        last_limit_change,
+                    }),
+                    _ => None,
+                }
+            }
+        };
+        let payee = payee(&mut v, "payee", r.payee.as_ref());
+        let amount = v.amount("amount_minor", r.amount_minor, false);
+        let currency = r.currency.trim().to_string();
+        if currency.is_empty() {
+            v.add("currency", "required");
+        } else if !CURRENCIES.contains(&currency.as_str()) {
+            v.add("currency", format!("unknown currency `{}`; use an upper-case ISO 4217 code", truncate(&currency)));
+        }
+        let memo = v.text("memo", &r.memo, 256);
+        let mut observations = Observations::default();
+        for (i, raw) in r.observations.iter().enumerate() {
+            match observation(*raw) {
+                Some(o) => observations.insert(o),
+                None => v.add(format!("observations[{i}]"), format!("unknown observation {raw}")),
+            }
+        }
+        let customer = v.into_result(customer)?;
+        Ok(Transfer {
+            request_id,
+            requested_at,
+            bank_id,
+            branch_id,
+            teller_id,
+            channel,
+            customer: customer.expect("present when there are no violations"),
+            payee,
+            amount,
+            currency,
+            memo,
+            observations,
+        })
+    }
+}
+
+pub fn action_to_pb(a: Action) -> pb::Action {
+    match a {
+        Action::Allow => pb::Action::Allow,
+        Action::Warn => pb::Action::Warn,
+        Action::Hold => pb::Action::Hold,
+        Action::Block => pb::Action::Block,
+    }
+}
+
+pub fn hit_to_pb(h: &Hit) -> pb::Hit {
+    pb::Hit {
+        rule_id: h.rule_id.to_string(),
+        score: h.score,
+        reason_zh: h.reason_zh.to_string(),
+        reason_en: h.reason_en.to_string(),
+        shadow: h.shadow,
+    }
+}
+
+pub fn timestamp(at: UnixSeconds) -> Timestamp {
+    Timestamp { seconds: at, nanos: 0 }
+}
+
+pub fn decision_to_pb(request_id: &str, d: &Decision) -> pb::ScreenResponse {
+    pb::ScreenResponse {
+        request_id: request_id.to_string(),
+        action: action_to_pb(d.action) as i32,
+        score: d.score,
+        hits: d.hits.iter().map(hit_to_pb).collect(),
+        alert_id: String::new(),
+        station_id: String::new(),
+        ruleset_version: d.ruleset_version.to_string(),
+        hold_expires_at: None,
+    }
+}
+
+impl TryFrom<&pb::WatchlistEntry> for WatchEntry {
+    type Error = Vec<FieldViolation>;
+
+    fn try_from(r: &pb::WatchlistEntry) -> Result<WatchEntry, Self::Error> {
+        let mut v = Violations::default();
+        let account = v.account("account", &r.account);
+        let station_id = v.id("issuer_station_id", &r.issuer_station_id, 64);
+        let reason = v.id("reason", &r.reason, 256);
+        let expires_at = r.expires_at.as_ref().map(|t| v.time("expires_at", Some(t)));
+        let added_at = r.added_at.as_ref().map_or(0, |t| v.time("added_at", Some(t)));
+        v.into_result(WatchEntry { account, station_id, reason, added_at, expires_at })
+    }
+}
+
+pub fn watch_entry_to_pb(e: &WatchEntry) -> pb::WatchlistEntry {
+    pb::WatchlistEntry {
+        account: e.account.clone(),
+        issuer_station_id: e.station_id.clone(),
+        reason: e.reason.clone(),
+        expires_at: e.expires_at.map(timestamp),
+        added_at: Some(timestamp(e.added_at)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub fn valid() -> pb::ScreenRequest {
+        pb::ScreenRequest {
+            request_id: "r-1".into(),
+            requested_at: Some(Timestamp { seconds: 1_773_109_200, nanos: 0 }),
+            bank_id: "psbc".into(),
+            branch_id: "psbc-heshan-zhongshan".into(),
+            teller_id: "t-1".into(),
+            channel: pb::Channel::Counter as i32,
+            customer: Some(pb::Customer {
+                customer_id: "c-1".into(),
+                account_id: "6210000000000001".into(),
+                birth_date: "1968-05-10".into(),
+                account_opened_on: "2008-01-01".into(),
+                daily_limit_minor: 50_000_000,
+                last_limit_change: None,
+            }),
+            payee: Some(pb::Payee {
+                account: "6217 0000 9999 8888".into(),
+                name: "陈某".into(),
+                bank_code: "ccb".into(),
+            }),
+            amount_minor: 40_000_000,
+            currency: "CNY".into(),
+            memo: "投资".into(),
+            observations: vec![pb::Observation::OnPhoneWithStranger as i32],
+        }
+    }
+
+    fn fields(r: &pb::ScreenRequest) -> Vec<String> {
+        Transfer::try_from(r).unwrap_err().into_iter().map(|f| f.field).collect()
+    }
+
+    #[test]
+    fn a_valid_request_converts() {
+        let t = Transfer::try_from(&valid()).unwrap();
+        assert_eq!(t.payee.account, "6217000099998888");
+        assert!(t.observations.contains(Observation::OnPhoneWithStranger));
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        type Breaker = Box<dyn Fn(&mut pb::ScreenRequest)>;
+        let cases: Vec<(&str, Breaker)> = vec![
+            ("request_id", Box::new(|r| r.request_id.clear())),
+            ("requested_at", Box::new(|r| r.requested_at = None)),
+            ("bank_id", Box::new(|r| r.bank_id = " ".into())),
+            ("branch_id", Box::new(|r| r.branch_id = "x".repeat(65))),
+            ("teller_id", Box::new(|r| r.teller_id.clear())),
+            ("channel", Box::new(|r| r.channel = 0)),
+            ("channel", Box::new(|r| r.channel = 99)),
+            ("customer", Box::new(|r| r.customer = None)),
+            ("customer.customer_id", Box::new(|r| r.customer.as_mut().unwrap().customer_id.clear())),
+            ("customer.birth_date", Box::new(|r| r.customer.as_mut().unwrap().birth_date = "1968-02-30".into())),
+            ("customer.birth_date", Box::new(|r| r.customer.as_mut().unwrap().birth_date = "2030-01-01".into())),
+            ("customer.account_opened_on", Box::new(|r| r.customer.as_mut().unwrap().account_opened_on = "x".into())),
+            ("customer.daily_limit_minor", Box::new(|r| r.customer.as_mut().unwrap().daily_limit_minor = 0)),
+            ("payee", Box::new(|r| r.payee = None)),
+            ("payee.account", Box::new(|r| r.payee.as_mut().unwrap().account = "12".into())),
+            ("payee.name", Box::new(|r| r.payee.as_mut().unwrap().name.clear())),
+            ("amount_minor", Box::new(|r| r.amount_minor = 0)),
+            ("amount_minor", Box::new(|r| r.amount_minor = -5)),
+            ("amount_minor", Box::new(|r| r.amount_minor = MAX_AMOUNT_MINOR + 1)),
+            ("currency", Box::new(|r| r.currency = "XXX".into())),
+            ("memo", Box::new(|r| r.memo = "字".repeat(257))),
+            ("observations[0]", Box::new(|r| r.observations = vec![42])),
+        ];
+        for (field, break_it) in cases {
+            let mut r = valid();
+            break_it(&mut r);
+            assert_eq!(fields(&r), vec![field.to_string()], "{field}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn conversion_never_panics(
+            request_id in "\\PC{0,140}", secs in any::<i64>(), nanos in any::<i32>(), channel in any::<i32>(),
+            birth in "\\PC{0,12}", account in "\\PC{0,40}", amount in any::<i64>(), currency in "\\PC{0,4}",
+            observations in prop::collection::vec(any::<i32>(), 0..4),
+        ) {
+            let mut r = valid();
+            r.request_id = request_id;
+            r.requested_at = Some(Timestamp { seconds: secs, nanos });
+            r.channel = channel;
+            r.customer.as_mut().unwrap().birth_date = birth;
+            r.payee.as_mut().unwrap().account = account;
+            r.amount_minor = amount;
+            r.currency = currency;
+            r.observations = observations;
+            if let Ok(t) = Transfer::try_from(&r) {
+                prop_assert!(t.amount > 0 && t.amount <= MAX_AMOUNT_MINOR);
+                prop_assert!(!t.request_id.is_empty());
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Serving: configuration (defaults < config file < env < flags), and
+//! [`run`], which serves every gRPC service, health and reflection on a bound
+//! listener until `shutdown` completes, then drains in-flight calls.
+//!
+//! `run` takes a listener so tests bind `127.0.0.1:0`. Must not hold business
+//! logic (that is `service`) or wire mapping (that is `api`).
+
+use crate::api::proto::{
+    alerts_server::AlertsServer, rules_server::RulesServer, screening_server::ScreeningServer,
+    watchlist_server::WatchlistServer, FILE_DESCRIPTOR_SET,
+};
+use crate::api::services::Api;
+use crate::service::{wall_clock, TransferGuard};
+use serde::Deserialize;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+pub const DEFAULT_RULES: &str = "rules";
+pub const DEFAULT_DATA: &str = "data";
+
+/// How often holds are expired and overdue alerts escalated.
+pub const TICK: Duration = Duration::from_millis(250);
+
+/// What `serve` runs with, after defaults, the config file, env and flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub rules_dir: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+/// The config file (TOML). Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub rules: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// What came from flags or `TRANSFER_GUARD_*` env vars (clap merges those two,
+/// flags first).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub rules: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("listen address `{0}` is not HOST:PORT")]
+    Listen(String),
+}
+
+impl Config {
+    pub fn resolve(o: &Overrides) -> Result<Config, ConfigError> {
+        let file = match &o.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let shown = path.display().to_string();
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+                toml::from_str(&text).map_err(|e| {
+                    let d = crate::rules::Diagnostic::at(
+                        &shown,
+                        &text,
+                        e.span().map_or(Default::default(), |r| crate::rules::Span { start: r.start, end: r.end }),
+                        e.message().trim(),
+                    );
+                    ConfigError::Parse { path: d.location(), message: d.message }
+                })?
+            }
+        };
+        let listen = o.listen.clone().or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+        Ok(Config {
+            listen: listen.parse().map_err(|_| ConfigError::Listen(listen.clone()))?,
+            rules_dir: o.rules.clone().or(file.rules).unwrap_or_else(|| DEFAULT_RULES.into()),
+            data_dir: o.data_dir.clone().or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA.into()),
+        })
+    }
+}
+
+/// Builds the service from the rules folder (compiled and tested).
+pub fn open(rules_dir: &Path) -> Result<Arc<TransferGuard>, Vec<String>> {
+    TransferGuard::open(rules_dir).map(Arc::new)
+}
+
+/// Serves until `shutdown` completes; in-flight calls finish, streams end.
+pub async fn run(
+    listener: TcpListener,
+    guard: Arc<TransferGuard>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (stop_streams, streams_stop) = watch::channel(false);
+    let api = Api { guard: guard.clone(), shutdown: streams_stop };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ScreeningServer<Api>>().await;
+    health.set_serving::<AlertsServer<Api>>().await;
+    health.set_serving::<WatchlistServer<Api>>().await;
+    health.set_serving::<RulesServer<Api>>().await;
+    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor set is valid");
+
+    let ticker = {
+        let guard = guard.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(TICK);
+            loop {
+                every.tick().await;
+                guard.tick(wall_clock());
+            }
+        })
+    };
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight calls");
+        let _ = stop_streams.send(true);
+    };
+    let served = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(ScreeningServer::new(api.clone()))
+        .add_service(AlertsServer::new(api.clone()))
+        .add_service(WatchlistServer::new(api.clone()))
+        .add_service(RulesServer::new(api))
+        .serve_with_incoming_shutdown(incoming, signal)
+        .await;
+    ticker.abort();
+    served
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_and_env_beat_the_file_which_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tg.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:6000\"\nrules = \"/etc/tg/rules\"\n").unwrap();
+        let o = Overrides { config: Some(file.clone()), rules: Some("mine".into()), ..Overrides::default() };
+        let c = Config::resolve(&o).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:6000");
+        assert_eq!(c.rules_dir, PathBuf::from("mine"));
+        assert_eq!(c.data_dir, PathBuf::from("data"));
+        assert_eq!(Config::resolve(&Overrides::default()).unwrap().listen.to_string(), DEFAULT_LISTEN);
+
+        std::fs::write(&file, "listen = 5\n").unwrap();
+        let e = Config::resolve(&Overrides { config: Some(file), ..Overrides::default() }).unwrap_err();
+        assert!(e.to_string().contains("tg.toml:1:10"), "{e}");
+    }
+}

@@ -1,0 +1,585 @@
+//! The application: one [`TransferGuard`] ties the ruleset, state, alerts and
+//! transfer statuses together and enforces what the API promises —
+//! idempotent screens and events, per-customer serialisation, history that
+//! counts only what went out (ALLOW/WARN unless cancelled, HOLD once released,
+//! never BLOCK), and the hold loop (officer's decision or expiry).
+//!
+//! Speaks domain types only; the `api` module maps the wire onto it. Must not
+//! block on I/O while holding a lock, or read rules from disk on the hot path.
+
+use crate::alerts::{
+    Alert, AlertBook, AlertError, AlertEvent, AlertState, HoldDecision, Outcome, Routing, TransferSummary,
+};
+use crate::engine::{self, Evaluation};
+use crate::model::{age_band, mask_account, mask_name, Action, Decision, LimitChange, Payee, Transfer, UnixSeconds};
+use crate::rules::{Diagnostic, ExpiryAction, Ruleset};
+use crate::ruletest;
+use crate::state::{State, TransferRecord, WatchEntry};
+use arc_swap::ArcSwap;
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// Where a screened transfer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferState {
+    Allowed,
+    Warned,
+    Held,
+    Released,
+    Blocked,
+    Expired,
+    Cancelled,
+    Executed,
+}
+
+impl TransferState {
+    pub fn is_final(self) -> bool {
+        !matches!(self, TransferState::Allowed | TransferState::Warned | TransferState::Held | TransferState::Released)
+    }
+
+    /// The transfer is in the customer's history (its payee known, in the windows).
+    fn counts(self) -> bool {
+        matches!(
+            self,
+            TransferState::Allowed | TransferState::Warned | TransferState::Released | TransferState::Executed
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferState::Allowed => "allowed",
+            TransferState::Warned => "warned",
+            TransferState::Held => "held",
+            TransferState::Released => "released",
+            TransferState::Blocked => "blocked",
+            TransferState::Expired => "expired",
+            TransferState::Cancelled => "cancelled",
+            TransferState::Executed => "executed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferStatus {
+    pub request_id: String,
+    pub state: TransferState,
+    pub action: Action,
+    pub alert_id: Option<String>,
+    pub station_id: Option<String>,
+    pub hold_expires_at: Option<UnixSeconds>,
+    pub outcome: Option<Outcome>,
+    pub officer_id: Option<String>,
+    pub note: String,
+    pub updated_at: UnixSeconds,
+}
+
+/// The answer to a screen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Screened {
+    pub request_id: String,
+    pub decision: Decision,
+    pub alert_id: Option<String>,
+    pub station_id: Option<String>,
+    pub hold_expires_at: Option<UnixSeconds>,
+}
+
+struct ScreenEntry {
+    fingerprint: u64,
+    answer: Screened,
+    record: TransferRecord,
+    status: watch::Sender<TransferStatus>,
+}
+
+/// A customer event, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CustomerEvent {
+    LimitChanged { customer_id: String, change: LimitChange },
+    PayeeAdded { customer_id: String, payee: Payee, added_at: UnixSeconds },
+    TransferExecuted { request_id: String },
+    TransferCancelled { request_id: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("request_id `{0}` was already used for a different request")]
+    RequestIdReused(String),
+    #[error("event_id `{0}` was already used for a different event")]
+    EventIdReused(String),
+    #[error("no transfer with request_id `{0}`")]
+    UnknownTransfer(String),
+    #[error("transfer `{id}` is {state}; it cannot be {what}")]
+    TransferFinal { id: String, state: &'static str, what: &'static str },
+    #[error(transparent)]
+    Alert(#[from] AlertError),
+}
+
+/// Result of a reload: the version in force and the errors, if it was refused.
+#[derive(Debug, Clone)]
+pub struct Reload {
+    pub reloaded: bool,
+    pub version: String,
+    pub errors: Vec<String>,
+}
+
+/// How many stripes serialise per-customer screening (snapshot, decide, apply
+/// as one step). Different customers in different stripes never wait on each
+/// other. Lock order: stripe, then a `screens` entry, then state's maps, then
+/// the alert book, then `holds`; paths that start at a `screens` entry never
+/// take a stripe.
+const CUSTOMER_STRIPES: usize = 1024;
+
+pub struct TransferGuard {
+    rules_dir: PathBuf,
+    ruleset: ArcSwap<Ruleset>,
+    routing: ArcSwap<Routing>,
+    state: State,
+    alerts: AlertBook,
+    screens: DashMap<String, ScreenEntry>,
+    events: DashMap<String, u64>,
+    /// (expires at, request id) of every transfer still held.
+    holds: Mutex<BTreeSet<(UnixSeconds, String)>>,
+    customer_stripes: Box<[Mutex<()>]>,
+    alert_counter: AtomicU64,
+    started_at: UnixSeconds,
+}
+
+/// The server's clock, for hold expiry and claim deadlines (real time).
+pub fn wall_clock() -> UnixSeconds {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+fn stripe_of(customer_id: &str) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(customer_id) as usize % CUSTOMER_STRIPES
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing here can panic half-way through a change, so poison is harmless.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Compiles the rules folder and runs its tests: the gate for every ruleset
+/// that goes live.
+pub fn load_checked(dir: &Path) -> Result<(Ruleset, Routing), Vec<String>> {
+    let render = |d: Vec<Diagnostic>| d.iter().map(|d| d.to_string()).collect::<Vec<_>>();
+    let ruleset = Ruleset::load_dir(dir).map_err(render)?;
+    let routing = Routing::load_dir(dir).map_err(render)?;
+    let tests = dir.join("tests");
+    if tests.is_dir() {
+        let results = ruletest::run_dir(&ruleset, &tests).map_err(render)?;
+        let failed: Vec<String> = results
+            .iter()
+            .filter(|r| !r.passed())
+            .map(|r| format!("{}: rule test failed: {}: {}", r.location, r.name, r.failures.join("; ")))
+            .collect();
+        if !failed.is_empty() {
+            return Err(failed);
+        }
+    }
+    Ok((ruleset, routing))
+}
+
+impl TransferGuard {
+    pub fn new(rules_dir: PathBuf, ruleset: Ruleset, routing: Routing) -> TransferGuard {
+        TransferGuard {
+            rules_dir,
+            ruleset: ArcSwap::from_pointee(ruleset),
+            routing: ArcSwap::from_pointee(routing),
+            state: State::new(),
+            alerts: AlertBook::new(),
+            screens: DashMap::new(),
+            events: DashMap::new(),
+            holds: Mutex::new(BTreeSet::new()),
+            customer_stripes: (0..CUSTOMER_STRIPES).map(|_| Mutex::new(())).collect(),
+            alert_counter: AtomicU64::new(0),
+            started_at: wall_clock(),
+        }
+    }
+
+    /// Loads and tests the rules folder, then builds the service.
+    pub fn open(rules_dir: &Path) -> Result<TransferGuard, Vec<String>> {
+        let (ruleset, routing) = load_checked(rules_dir)?;
+        Ok(TransferGuard::new(rules_dir.to_path_buf(), ruleset, routing))
+    }
+
+    pub fn ruleset(&self) -> Arc<Ruleset> {
+        self.ruleset.load_full()
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn alerts(&self) -> &AlertBook {
+        &self.alerts
+    }
+
+    /// Screens a transfer; `fingerprint` identifies the request body for idempotency.
+    pub fn screen(&self, transfer: Transfer, fingerprint: u64) -> Result<Screened, ServiceError> {
+        if let Some(done) = self.replay(&transfer.request_id, fingerprint)? {
+            return Ok(done);
+        }
+        let _customer = lock(&self.customer_stripes[stripe_of(&transfer.customer.customer_id)]);
+        let ruleset = self.ruleset.load();
+        let evaluation = engine::screen(&ruleset, &transfer, &self.state);
+        match self.screens.entry(transfer.request_id.clone()) {
+            Entry::Occupied(e) => {
+                // The same id raced in from another customer's stripe.
+                let entry = e.get();
+                if entry.fingerprint == fingerprint {
+                    Ok(entry.answer.clone())
+                } else {
+                    Err(ServiceError::RequestIdReused(transfer.request_id))
+                }
+            }
+            Entry::Vacant(slot) => {
+                let (entry, answer) = self.settle(&ruleset, &transfer, evaluation, fingerprint);
+                slot.insert(entry);
+                Ok(answer)
+            }
+        }
+    }
+
+    fn replay(&self, request_id: &str, fingerprint: u64) -> Result<Option<Screened>, ServiceError> {
+        match self.screens.get(request_id) {
+            Some(e) if e.fingerprint == fingerprint => Ok(Some(e.answer.clone())),
+            Some(_) => Err(ServiceError::RequestIdReused(request_id.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies a fresh decision: counts the transfer, or raises its alert.
+    fn settle(
+        &self,
+        ruleset: &Ruleset,
+        transfer: &Transfer,
+        evaluation: Evaluation,
+        fingerprint: u64,
+    ) -> (ScreenEntry, Screened) {
+        let now = wall_clock();
+        let Evaluation { decision, record, customer_age } = evaluation;
+        let mut answer = Screened {
+            request_id: transfer.request_id.clone(),
+            decision,
+            alert_id: None,
+            station_id: None,
+            hold_expires_at: None,
+        };
+        let state = match answer.decision.action {
+            Action::Allow => TransferState::Allowed,
+            Action::Warn => TransferState::Warned,
+            Action::Hold => TransferState::Held,
+            Action::Block => TransferState::Blocked,
+        };
+        if state.counts() {
+            self.state.apply(&record);
+        }
+        if answer.decision.action.raises_alert() {
+            let routing = self.routing.load();
+            let (station, _fallback) = routing.route(&transfer.branch_id);
+            let id = format!("al-{:x}-{:06x}", self.started_at, self.alert_counter.fetch_add(1, Ordering::Relaxed) + 1);
+            let held = answer.decision.action == Action::Hold;
+            if held {
+                let expires = now + ruleset.hold.expiry_secs;
+                answer.hold_expires_at = Some(expires);
+                lock(&self.holds).insert((expires, transfer.request_id.clone()));
+            }
+            self.alerts.raise(Alert {
+                id: id.clone(),
+                station_id: station.id.clone(),
+                escalation_station_id: None,
+                state: AlertState::New,
+                action: answer.decision.action,
+                score: answer.decision.score,
+                hits: answer.decision.hits.iter().filter(|h| !h.shadow).cloned().collect(),
+                ruleset_version: answer.decision.ruleset_version.to_string(),
+                transfer: summary(transfer, customer_age),
+                created_at: now,
+                claim_deadline: now + station.claim_deadline_secs,
+                officer_id: None,
+                outcome: None,
+                hold_decision: None,
+                note: String::new(),
+                updated_at: now,
+                awaiting_decision: held,
+            });
+            answer.alert_id = Some(id);
+            answer.station_id = Some(station.id.clone());
+        }
+        let status = TransferStatus {
+            request_id: transfer.request_id.clone(),
+            state,
+            action: answer.decision.action,
+            alert_id: answer.alert_id.clone(),
+            station_id: answer.station_id.clone(),
+            hold_expires_at: answer.hold_expires_at,
+            outcome: None,
+            officer_id: None,
+            note: String::new(),
+            updated_at: now,
+        };
+        let (status, _) = watch::channel(status);
+        (ScreenEntry { fingerprint, answer: answer.clone(), record, status }, answer)
+    }
+
+    /// Screens without touching state or raising alerts.
+    pub fn dry_run(&self, transfer: &Transfer) -> Screened {
+        let ruleset = self.ruleset.load();
+        let evaluation = engine::screen(&ruleset, transfer, &self.state);
+        Screened {
+            request_id: transfer.request_id.clone(),
+            decision: evaluation.decision,
+            alert_id: None,
+            station_id: None,
+            hold_expires_at: None,
+        }
+    }
+
+    pub fn transfer_status(&self, request_id: &str) -> Result<TransferStatus, ServiceError> {
+        self.screens
+            .get(request_id)
+            .map(|e| e.status.borrow().clone())
+            .ok_or_else(|| ServiceError::UnknownTransfer(request_id.to_string()))
+    }
+
+    /// A receiver that sees the current status and every change.
+    pub fn watch_transfer(&self, request_id: &str) -> Result<watch::Receiver<TransferStatus>, ServiceError> {
+        self.screens
+            .get(request_id)
+            .map(|e| e.status.subscribe())
+            .ok_or_else(|| ServiceError::UnknownTransfer(request_id.to_string()))
+    }
+
+    /// Records a customer event; returns true when `event_id` was seen before.
+    pub fn record_event(&self, event_id: &str, fingerprint: u64, event: CustomerEvent) -> Result<bool, ServiceError> {
+        if let Some(seen) = self.events.get(event_id) {
+            return if *seen == fingerprint {
+                Ok(true)
+            } else {
+                Err(ServiceError::EventIdReused(event_id.to_string()))
+            };
+        }
+        match event {
+            CustomerEvent::LimitChanged { customer_id, change } => {
+                let _c = lock(&self.customer_stripes[stripe_of(&customer_id)]);
+                self.state.record_limit_change(&customer_id, change);
+            }
+            CustomerEvent::PayeeAdded { customer_id, payee, added_at } => {
+                let _c = lock(&self.customer_stripes[stripe_of(&customer_id)]);
+                self.state.record_known_payee(&customer_id, &payee, added_at);
+            }
+            CustomerEvent::TransferExecuted { request_id } => {
+                self.change_transfer(&request_id, "executed", |entry, status| match status.state {
+                    TransferState::Allowed | TransferState::Warned | TransferState::Released => {
+                        let _ = entry;
+                        Ok(Some(TransferState::Executed))
+                    }
+                    TransferState::Executed => Ok(None),
+                    _ => Err(()),
+                })?;
+            }
+            CustomerEvent::TransferCancelled { request_id } => {
+                self.change_transfer(&request_id, "cancelled", |entry, status| {
+                    if status.state.counts() {
+                        self.state.revert(&entry.record);
+                    }
+                    match status.state {
+                        TransferState::Cancelled => Ok(None),
+                        TransferState::Blocked | TransferState::Expired => Err(()),
+                        _ => Ok(Some(TransferState::Cancelled)),
+                    }
+                })?;
+                lock(&self.holds).retain(|(_, id)| *id != request_id);
+            }
+        }
+        match self.events.entry(event_id.to_string()) {
+            Entry::Occupied(e) if *e.get() != fingerprint => Err(ServiceError::EventIdReused(event_id.to_string())),
+            Entry::Occupied(_) => Ok(true),
+            Entry::Vacant(v) => {
+                v.insert(fingerprint);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Moves a transfer to a new state under its entry's lock.
+    fn change_transfer(
+        &self,
+        request_id: &str,
+        what: &'static str,
+        decide: impl FnOnce(&ScreenEntry, &TransferStatus) -> Result<Option<TransferState>, ()>,
+    ) -> Result<(), ServiceError> {
+        let entry = self.screens.get_mut(request_id).ok_or_else(|| ServiceError::UnknownTransfer(request_id.into()))?;
+        let status = entry.status.borrow().clone();
+        match decide(&entry, &status) {
+            Ok(Some(next)) => {
+                entry.status.send_modify(|s| {
+                    s.state = next;
+                    s.updated_at = wall_clock();
+                });
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(()) => Err(ServiceError::TransferFinal { id: request_id.into(), state: status.state.as_str(), what }),
+        }
+    }
+
+    pub fn claim_alert(&self, alert_id: &str, officer: &str) -> Result<Alert, ServiceError> {
+        Ok(self.alerts.claim(alert_id, officer, wall_clock())?)
+    }
+
+    /// Resolves an alert; a held transfer is released (and counted) or blocked.
+    pub fn resolve_alert(
+        &self,
+        alert_id: &str,
+        officer: &str,
+        outcome: Outcome,
+        decision: Option<HoldDecision>,
+        note: &str,
+    ) -> Result<Alert, ServiceError> {
+        let alert = self.alerts.get(alert_id).ok_or_else(|| AlertError::NotFound(alert_id.into()))?;
+        let request_id = alert.transfer.request_id.clone();
+        // Take the transfer's entry lock first, so expiry cannot race the officer.
+        let entry = self.screens.get_mut(&request_id);
+        let held = entry.as_ref().is_some_and(|e| e.status.borrow().state == TransferState::Held);
+        if held && decision.is_none() {
+            return Err(AlertError::DecisionRequired.into());
+        }
+        if !held && decision.is_some() && alert.action == Action::Hold {
+            // The hold expired, or the bank cancelled the transfer: too late to decide it.
+            return Err(AlertError::Conflict {
+                id: alert.id,
+                state: "past its hold",
+                why: "resolve without a hold decision to record the outcome",
+            }
+            .into());
+        }
+        let now = wall_clock();
+        let alert = self.alerts.resolve(alert_id, officer, outcome, decision.filter(|_| held), note, now)?;
+        if let (Some(entry), true) = (entry, held) {
+            let next = match alert.hold_decision {
+                Some(HoldDecision::Release) => {
+                    self.state.apply(&entry.record);
+                    TransferState::Released
+                }
+                _ => TransferState::Blocked,
+            };
+            entry.status.send_modify(|s| {
+                s.state = next;
+                s.outcome = Some(outcome);
+                s.officer_id = Some(officer.to_string());
+                s.note = note.to_string();
+                s.hold_expires_at = None;
+                s.updated_at = now;
+            });
+            lock(&self.holds).retain(|(_, id)| *id != request_id);
+        }
+        Ok(alert)
+    }
+
+    /// Escalates overdue alerts and ends expired holds. Called by a timer.
+    pub fn tick(&self, now: UnixSeconds) {
+        let routing = self.routing.load();
+        self.alerts.escalate_overdue(&routing, now);
+        let due: Vec<String> = {
+            let mut holds = lock(&self.holds);
+            let mut due = Vec::new();
+            while let Some(first) = holds.first() {
+                if first.0 > now {
+                    break;
+                }
+                let (_, id) = holds.pop_first().expect("first exists");
+                due.push(id);
+            }
+            due
+        };
+        let expiry = self.ruleset.load().hold.expiry_action;
+        for request_id in due {
+            let Some(entry) = self.screens.get_mut(&request_id) else { continue };
+            if entry.status.borrow().state != TransferState::Held {
+                continue;
+            }
+            let (next, decision) = match expiry {
+                ExpiryAction::Block => (TransferState::Expired, HoldDecision::Block),
+                ExpiryAction::Release => {
+                    self.state.apply(&entry.record);
+                    (TransferState::Released, HoldDecision::Release)
+                }
+            };
+            if let Some(alert_id) = entry.answer.alert_id.as_deref() {
+                let _ = self.alerts.hold_expired(alert_id, decision, now);
+            }
+            entry.status.send_modify(|s| {
+                s.state = next;
+                s.hold_expires_at = None;
+                s.note = "hold expired".into();
+                s.updated_at = now;
+            });
+        }
+    }
+
+    pub fn watchlist_upsert(&self, mut entry: WatchEntry) -> WatchEntry {
+        if entry.added_at == 0 {
+            entry.added_at = wall_clock();
+        }
+        self.state.watchlist_upsert(entry.clone());
+        entry
+    }
+
+    pub fn watchlist_remove(&self, account: &str) -> bool {
+        self.state.watchlist_remove(account).is_some()
+    }
+
+    pub fn watchlist(&self) -> Vec<WatchEntry> {
+        self.state.watchlist_entries()
+    }
+
+    /// Recompiles and tests the rules folder; swaps it in only if all is well.
+    pub fn reload(&self) -> Reload {
+        match load_checked(&self.rules_dir) {
+            Ok((ruleset, routing)) => {
+                let version = ruleset.version.to_string();
+                self.ruleset.store(Arc::new(ruleset));
+                self.routing.store(Arc::new(routing));
+                Reload { reloaded: true, version, errors: Vec::new() }
+            }
+            Err(errors) => Reload { reloaded: false, version: self.ruleset.load().version.to_string(), errors },
+        }
+    }
+
+    pub fn backlog(&self, stations: &[String], after: u64) -> crate::alerts::Backlog {
+        self.alerts.backlog(stations, after)
+    }
+
+    pub fn subscribe_alerts(&self) -> tokio::sync::broadcast::Receiver<AlertEvent> {
+        self.alerts.subscribe()
+    }
+
+    pub fn screened_count(&self) -> usize {
+        self.screens.len()
+    }
+}
+
+fn summary(t: &Transfer, customer_age: i64) -> TransferSummary {
+    TransferSummary {
+        request_id: t.request_id.clone(),
+        amount: t.amount,
+        currency: t.currency.clone(),
+        channel: t.channel,
+        bank_id: t.bank_id.clone(),
+        branch_id: t.branch_id.clone(),
+        teller_id: t.teller_id.clone(),
+        customer_age_band: age_band(customer_age),
+        customer_account_masked: mask_account(&t.customer.account_id),
+        payee_account_masked: mask_account(&t.payee.account),
+        payee_name_masked: mask_name(&t.payee.name),
+        payee_bank_code: t.payee.bank_code.clone(),
+        memo: t.memo.clone(),
+        observations: t.observations,
+    }
+}

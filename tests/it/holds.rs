@@ -1,0 +1,227 @@
+//! The loop from the counter to the police station and back: alerts reach the
+//! right station's watchers, officers claim and resolve, the teller's
+//! WatchTransfer sees the outcome; holds expire; unclaimed alerts escalate;
+//! watchers resume from a cursor. Also live rule reloads.
+
+use crate::harness::{edit, ordinary, seed_case, TestServer};
+use std::time::Duration;
+use tonic::Code;
+use transfer_guard::api::proto as pb;
+
+const STATION: &str = "heshan-zhongshan-ps";
+const OTHER: &str = "heshan-shaping-ps";
+
+async fn next_event(stream: &mut tonic::Streaming<pb::AlertEvent>) -> pb::AlertEvent {
+    tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("an event in time").unwrap().unwrap()
+}
+
+async fn watch(server: &TestServer, station: &str, after: u64) -> tonic::Streaming<pb::AlertEvent> {
+    server
+        .alerts()
+        .await
+        .watch_alerts(pb::WatchAlertsRequest { station_ids: vec![station.into()], after_cursor: after })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn seed_alert_reaches_its_station_and_the_officer_releases_the_teller() {
+    let server = TestServer::start().await;
+    let mut right = watch(&server, STATION, 0).await;
+    let mut other = watch(&server, OTHER, 0).await;
+    let mut teller = server.screening().await;
+
+    let held = teller.screen(seed_case("seed-loop")).await.unwrap().into_inner();
+    assert_eq!(held.action, pb::Action::Hold as i32);
+    let raised = next_event(&mut right).await;
+    assert_eq!(raised.kind, "raised");
+    let alert = raised.alert.unwrap();
+    assert_eq!(alert.alert_id, held.alert_id);
+    let summary = alert.transfer.unwrap();
+    assert_eq!(summary.payee_account_masked, "6217***********8777");
+    assert_eq!(summary.customer_age_band, "45-59");
+    assert!(tokio::time::timeout(Duration::from_millis(300), other.message()).await.is_err(), "other station saw it");
+
+    let mut waiting =
+        teller.watch_transfer(pb::GetTransferRequest { request_id: "seed-loop".into() }).await.unwrap().into_inner();
+    let first = waiting.message().await.unwrap().unwrap();
+    assert_eq!(first.state, pb::TransferState::Held as i32);
+
+    let mut officer = server.alerts().await;
+    officer
+        .claim_alert(pb::ClaimAlertRequest { alert_id: held.alert_id.clone(), officer_id: "officer-li".into() })
+        .await
+        .unwrap();
+    let no_decision = officer
+        .resolve_alert(pb::ResolveAlertRequest {
+            alert_id: held.alert_id.clone(),
+            officer_id: "officer-li".into(),
+            outcome: pb::Outcome::Dissuaded as i32,
+            hold_decision: 0,
+            note: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(no_decision.code(), Code::InvalidArgument);
+    let resolved = officer
+        .resolve_alert(pb::ResolveAlertRequest {
+            alert_id: held.alert_id.clone(),
+            officer_id: "officer-li".into(),
+            outcome: pb::Outcome::FalseAlarm as i32,
+            hold_decision: pb::HoldDecision::Release as i32,
+            note: "家人确认是购房款".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resolved.state, pb::AlertState::Resolved as i32);
+
+    let last = tokio::time::timeout(Duration::from_secs(5), waiting.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(last.state, pb::TransferState::Released as i32);
+    assert_eq!(last.outcome, "false_alarm");
+    assert!(waiting.message().await.unwrap().is_none(), "the stream ends at a final state");
+    assert_eq!(next_event(&mut right).await.kind, "claimed");
+    assert_eq!(next_event(&mut right).await.kind, "resolved");
+
+    let again = officer
+        .resolve_alert(pb::ResolveAlertRequest {
+            alert_id: held.alert_id.clone(),
+            officer_id: "officer-li".into(),
+            outcome: pb::Outcome::FraudConfirmed as i32,
+            hold_decision: pb::HoldDecision::Block as i32,
+            note: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+
+    // Released: the transfer now counts, so the payee is known.
+    let mut next = seed_case("seed-loop-2");
+    next.amount_minor = 100_000;
+    let second = teller.screen(next).await.unwrap().into_inner();
+    assert!(second.hits.iter().all(|h| h.rule_id != "new_payee_large"), "{second:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_hold_takes_the_expiry_action_and_cannot_be_resolved() {
+    let server = TestServer::start_with(|dir| edit(dir, "ruleset.toml", "expiry = \"30m\"", "expiry = \"1s\"")).await;
+    let mut teller = server.screening().await;
+    let held = teller.screen(seed_case("seed-expire")).await.unwrap().into_inner();
+    let mut waiting =
+        teller.watch_transfer(pb::GetTransferRequest { request_id: "seed-expire".into() }).await.unwrap().into_inner();
+    let mut last = waiting.message().await.unwrap().unwrap();
+    while let Ok(Some(Ok(Some(s)))) = tokio::time::timeout(Duration::from_secs(10), waiting.message()).await.map(Some) {
+        last = s;
+    }
+    assert_eq!(last.state, pb::TransferState::Expired as i32, "{last:?}");
+    let late = server
+        .alerts()
+        .await
+        .resolve_alert(pb::ResolveAlertRequest {
+            alert_id: held.alert_id,
+            officer_id: "officer-wang".into(),
+            outcome: pb::Outcome::Dissuaded as i32,
+            hold_decision: pb::HoldDecision::Release as i32,
+            note: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), Code::FailedPrecondition, "{late:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_unclaimed_alert_escalates_and_both_stations_see_it() {
+    let server = TestServer::start_with(|dir| {
+        edit(
+            dir,
+            "stations.toml",
+            "escalate_to = \"jiangmen-anti-fraud-centre\"\nclaim_deadline = \"10m\"",
+            "escalate_to = \"jiangmen-anti-fraud-centre\"\nclaim_deadline = \"1s\"",
+        );
+    })
+    .await;
+    let mut centre = watch(&server, "jiangmen-anti-fraud-centre", 0).await;
+    let held = server.screening().await.screen(seed_case("seed-escalate")).await.unwrap().into_inner();
+    let escalated = next_event(&mut centre).await;
+    assert_eq!(escalated.kind, "escalated");
+    let alert = escalated.alert.unwrap();
+    assert_eq!((alert.alert_id.as_str(), alert.station_id.as_str()), (held.alert_id.as_str(), STATION));
+    assert_eq!(alert.escalation_station_id, "jiangmen-anti-fraud-centre");
+    let listed = server
+        .alerts()
+        .await
+        .list_alerts(pb::ListAlertsRequest {
+            station_ids: vec![STATION.into()],
+            states: vec![pb::AlertState::Escalated as i32],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.alerts.len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_watcher_that_reconnects_with_its_cursor_misses_nothing_and_repeats_nothing() {
+    let server = TestServer::start().await;
+    let mut teller = server.screening().await;
+    let mut first = watch(&server, STATION, 0).await;
+    let mut seen = Vec::new();
+    for i in 0..3 {
+        teller.screen(seed_case(&format!("seed-w{i}"))).await.unwrap();
+        seen.push(next_event(&mut first).await);
+    }
+    drop(first);
+    let last_cursor = seen.last().unwrap().cursor;
+    for i in 3..6 {
+        teller.screen(seed_case(&format!("seed-w{i}"))).await.unwrap();
+    }
+    let mut resumed = watch(&server, STATION, last_cursor).await;
+    for i in 6..8 {
+        teller.screen(seed_case(&format!("seed-w{i}"))).await.unwrap();
+    }
+    for _ in 3..8 {
+        seen.push(next_event(&mut resumed).await);
+    }
+    let ids: Vec<String> =
+        seen.iter().map(|e| e.alert.as_ref().unwrap().transfer.as_ref().unwrap().request_id.clone()).collect();
+    let expected: Vec<String> = (0..8).map(|i| format!("seed-w{i}")).collect();
+    assert_eq!(ids, expected);
+    assert!(seen.windows(2).all(|w| w[0].cursor < w[1].cursor));
+    assert!(tokio::time::timeout(Duration::from_millis(300), resumed.message()).await.is_err(), "nothing repeated");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_broken_reload_keeps_the_running_rules_and_a_good_one_changes_decisions() {
+    let server = TestServer::start().await;
+    let mut rules = server.rules().await;
+    let before = rules.get_ruleset(pb::GetRulesetRequest {}).await.unwrap().into_inner();
+    edit(server.rules.path(), "amounts.toml", "transfer.amount >= 100000000", "transfer.amont >= 100000000");
+    let refused = rules.reload_rules(pb::ReloadRulesRequest {}).await.unwrap().into_inner();
+    assert!(!refused.reloaded);
+    assert_eq!(refused.version, before.version);
+    assert!(refused.errors.iter().any(|e| e.contains("amounts.toml:") && e.contains("transfer.amont")), "{refused:?}");
+
+    edit(server.rules.path(), "amounts.toml", "transfer.amont >= 100000000", "transfer.amount >= 100000000");
+    edit(
+        server.rules.path(),
+        "teller.toml",
+        "score = 30\nreason.zh = \"客户办理业务时",
+        "score = 31\nreason.zh = \"客户办理业务时",
+    );
+    let mut r = ordinary("after-reload", "customer-x", "6222020000001234");
+    r.observations = vec![pb::Observation::OnPhoneWithStranger as i32];
+    let old = rules.dry_run(r.clone()).await.unwrap().into_inner();
+    let reloaded = rules.reload_rules(pb::ReloadRulesRequest {}).await.unwrap().into_inner();
+    assert!(reloaded.reloaded, "{reloaded:?}");
+    assert_ne!(reloaded.version, before.version);
+    let new = server.screening().await.screen(r).await.unwrap().into_inner();
+    assert_eq!((old.score, new.score), (30, 31));
+    assert_eq!(new.ruleset_version, reloaded.version);
+    server.stop().await;
+}
