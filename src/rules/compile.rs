@@ -11,7 +11,7 @@ use super::Span;
 use aho_corasick::AhoCorasick;
 use regex::{Regex, RegexBuilder};
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 pub type BoolFn = Box<dyn Fn(&Facts) -> bool + Send + Sync>;
 type IntFn = Box<dyn Fn(&Facts) -> i64 + Send + Sync>;
@@ -89,6 +89,56 @@ pub struct Compiler<'l> {
     lists: HashMap<String, &'l NamedList>,
     regexes: HashMap<String, Arc<Regex>>,
     slots: HashMap<(String, &'static str), usize>,
+    keyword_scans: HashMap<&'static str, KeywordScanBuilder>,
+}
+
+/// Every keyword list tested on one field, gathered so that one Aho-Corasick
+/// pass over the field answers all of them (and fills all their memo slots).
+#[derive(Default)]
+struct KeywordScanBuilder {
+    cell: Arc<OnceLock<KeywordScan>>,
+    /// (list name, memo slot), in bit order.
+    lists: Vec<(String, usize)>,
+}
+
+/// At most this many keyword lists share one pass over a field (a u64 bit set).
+const MAX_LISTS_PER_SCAN: usize = 64;
+
+struct KeywordScan {
+    /// All keywords of all the lists; `owner[pattern]` is its list's bit.
+    combined: Option<AhoCorasick>,
+    owner: Vec<u8>,
+    /// Fallback when the combined automaton cannot be built.
+    per_list: Vec<Arc<AhoCorasick>>,
+    slots: Vec<usize>,
+}
+
+impl KeywordScan {
+    fn scan(&self, text: &str, facts: &Facts, bit: usize) -> bool {
+        let mut found = 0u64;
+        match &self.combined {
+            Some(ac) => {
+                let all = if self.slots.len() == 64 { u64::MAX } else { (1u64 << self.slots.len()) - 1 };
+                for m in ac.find_overlapping_iter(text) {
+                    found |= 1 << self.owner[m.pattern().as_usize()];
+                    if found == all {
+                        break;
+                    }
+                }
+            }
+            None => {
+                for (i, ac) in self.per_list.iter().enumerate() {
+                    found |= u64::from(ac.is_match(text)) << i;
+                }
+            }
+        }
+        for (i, slot) in self.slots.iter().enumerate() {
+            if let Some(cell) = facts.regex_memo.get(*slot) {
+                cell.set(1 + ((found >> i) & 1) as u8);
+            }
+        }
+        (found >> bit) & 1 == 1
+    }
 }
 
 /// An integer-valued (or duration-valued) expression, kept specialised so the
@@ -170,6 +220,33 @@ impl<'l> Compiler<'l> {
 
     /// How many regex memo slots the compiled rules use.
     pub fn memo_slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Builds the shared keyword automata; call once after the last condition
+    /// and before evaluating any. Returns the memo slots needed.
+    pub fn finish(&mut self) -> usize {
+        for builder in self.keyword_scans.values() {
+            let mut keywords = Vec::new();
+            let mut owner = Vec::new();
+            let mut per_list = Vec::new();
+            for (bit, (name, _)) in builder.lists.iter().enumerate() {
+                if let Some(NamedList::Keywords { items, matcher }) = self.lists.get(name.as_str()) {
+                    for k in items.iter().filter(|k| !k.is_empty()) {
+                        keywords.push(k.as_str());
+                        owner.push(bit as u8);
+                    }
+                    per_list.push(matcher.clone());
+                }
+            }
+            let combined = AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+                .build(&keywords)
+                .ok();
+            let slots = builder.lists.iter().map(|(_, slot)| *slot).collect();
+            let _ = builder.cell.set(KeywordScan { combined, owner, per_list, slots });
+        }
         self.slots.len()
     }
 
@@ -455,16 +532,39 @@ impl<'l> Compiler<'l> {
                         let re = regex.clone();
                         Ok(Value::Bool(self.memoised(s, key, move |v| re.is_match(v))))
                     }
-                    NamedList::Keywords { matcher, .. } => {
-                        let ac = matcher.clone();
-                        Ok(Value::Bool(self.memoised(s, key, move |v| ac.is_match(v))))
-                    }
+                    NamedList::Keywords { matcher, .. } => match s {
+                        StrE::Read(read, field) if self.scan_has_room(field.path, lit) => {
+                            let slot = self.slot(key, field.path);
+                            let builder = self.keyword_scans.entry(field.path).or_default();
+                            let bit = match builder.lists.iter().position(|(n, _)| n == lit) {
+                                Some(bit) => bit,
+                                None => {
+                                    builder.lists.push((lit.clone(), slot));
+                                    builder.lists.len() - 1
+                                }
+                            };
+                            let cell = builder.cell.clone();
+                            Ok(Value::Bool(Box::new(move |f| {
+                                f.memo(slot, || cell.get().is_some_and(|scan| scan.scan(read(f), f, bit)))
+                            })))
+                        }
+                        s => {
+                            let ac = matcher.clone();
+                            Ok(Value::Bool(self.memoised(s, key, move |v| ac.is_match(v))))
+                        }
+                    },
                     NamedList::Values(_) => {
                         fail(arg.span, format!("list `{lit}` holds exact values; use in_list(.., \"{lit}\")"))
                     }
                 }
             }
         }
+    }
+
+    fn scan_has_room(&self, field: &str, list: &str) -> bool {
+        self.keyword_scans
+            .get(field)
+            .is_none_or(|b| b.lists.len() < MAX_LISTS_PER_SCAN || b.lists.iter().any(|(n, _)| n == list))
     }
 
     /// A string test whose result is memoised per request when it reads a field.
@@ -600,7 +700,10 @@ mod tests {
             ("mules".to_string(), NamedList::values(["123".to_string()])),
             ("scam_words".to_string(), NamedList::keywords(&["刷单".to_string(), "Refund".to_string()]).unwrap()),
         ]);
-        Compiler::new(&lists).condition(&parse(src).unwrap())
+        let mut c = Compiler::new(&lists);
+        let f = c.condition(&parse(src).unwrap());
+        c.finish();
+        f
     }
 
     fn eval(src: &str, facts: &Facts) -> bool {

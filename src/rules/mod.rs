@@ -327,7 +327,7 @@ impl Ruleset {
                 }
             }
         }
-        let memo_slots = compiler.memo_slots();
+        let memo_slots = compiler.finish();
         drop(compiler);
 
         match settings {

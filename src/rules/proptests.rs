@@ -231,7 +231,7 @@ proptest! {
         )]);
         let mut compiler = Compiler::new(&lists);
         let compiled = compiler.condition(&expr).unwrap_or_else(|e| panic!("{src}: {e}"));
-        let memo = vec![Cell::new(0u8); compiler.memo_slots()];
+        let memo = vec![Cell::new(0u8); compiler.finish()];
         let (ints, durs, bools, strs, obs) = facts;
         let f = Facts {
             transfer_amount: ints[0],

@@ -270,3 +270,27 @@ async fn a_recorded_limit_raise_and_the_watchlist_change_decisions() {
     assert_eq!(fields, ["account", "issuer_station_id", "reason"]);
     server.stop().await;
 }
+
+/// The CLI client speaks the same proto3 JSON as grpcurl: the example files
+/// screen through the real binary against the real server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_screens_the_example_files() {
+    let server = TestServer::start().await;
+    let addr = server.addr.clone();
+    let run = move |file: &'static str| {
+        let addr = addr.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::harness::transfer_guard(&["screen", "--addr", &addr, "--file", file, "--json"])
+        })
+    };
+    let seed = run("examples/seed-case.json").await.unwrap();
+    assert!(seed.status.success(), "{}", String::from_utf8_lossy(&seed.stderr));
+    let answer: pb::ScreenResponse = serde_json::from_slice(&seed.stdout).expect("proto3 JSON");
+    assert_eq!(answer.action, pb::Action::Hold as i32, "{answer:?}");
+    assert_eq!(answer.station_id, "heshan-zhongshan-ps");
+
+    let rent = run("examples/rent.json").await.unwrap();
+    let answer: pb::ScreenResponse = serde_json::from_slice(&rent.stdout).expect("proto3 JSON");
+    assert_eq!(answer.action, pb::Action::Allow as i32, "{answer:?}");
+    server.stop().await;
+}
