@@ -77,6 +77,9 @@ impl Routing {
         let mut branch_to_station: HashMap<String, String> = HashMap::new();
         for s in &raw.station {
             let id = s.id.get_ref().clone();
+            if id.is_empty() || !id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_') {
+                diags.push(at(s.id.span(), "a station id is lower-case ascii letters, digits, `-` and `_` (it names a NATS subject)".into()));
+            }
             let deadline = match parse_duration(s.claim_deadline.get_ref()) {
                 Some(d) if d > 0 => d,
                 _ => {
@@ -269,6 +272,9 @@ fn state_name(s: AlertState) -> &'static str {
 }
 
 /// What watchers get when they resume from a cursor.
+pub type EventsAfter = Backlog;
+
+/// What watchers get when they resume from a cursor.
 pub enum Backlog {
     Events(Vec<AlertEvent>),
     /// The cursor is older than the retained events.
@@ -314,6 +320,21 @@ impl AlertBook {
         Backlog::Events(
             book.events.iter().filter(|e| e.cursor > after && e.alert.visible_to(stations)).cloned().collect(),
         )
+    }
+
+    /// Every event after `cursor`, whatever the station (the NATS outbox).
+    pub fn events_after(&self, after: u64) -> EventsAfter {
+        let book = self.lock();
+        let oldest = book.events.front().map_or(book.next_cursor + 1, |e| e.cursor);
+        if after + 1 < oldest && after < book.next_cursor {
+            return EventsAfter::TooOld { oldest };
+        }
+        EventsAfter::Events(book.events.iter().filter(|e| e.cursor > after).cloned().collect())
+    }
+
+    /// The cursor of the newest event (0 before the first).
+    pub fn last_cursor(&self) -> u64 {
+        self.lock().next_cursor
     }
 
     pub fn raise(&self, alert: Alert) -> AlertEvent {

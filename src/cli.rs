@@ -69,6 +69,15 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "TRANSFER_GUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Also publish alert events to this NATS server's JetStream, e.g. nats://127.0.0.1:4222.
+    #[arg(long, env = "TRANSFER_GUARD_NATS_URL")]
+    nats_url: Option<String>,
+    /// The JetStream stream (created if missing). Default TRANSFER_GUARD_ALERTS.
+    #[arg(long, env = "TRANSFER_GUARD_NATS_STREAM")]
+    nats_stream: Option<String>,
+    /// Subject prefix; station S gets PREFIX.S. Default transferguard.alerts.
+    #[arg(long, env = "TRANSFER_GUARD_NATS_SUBJECT_PREFIX")]
+    nats_subject_prefix: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -362,6 +371,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         rules: args.rules,
         data_dir: args.data_dir,
         config: args.config,
+        nats_url: args.nats_url,
+        nats_stream: args.nats_stream,
+        nats_subject_prefix: args.nats_subject_prefix,
     })?;
     let guard = match server::open(&config.rules_dir) {
         Ok(g) => g,
@@ -386,7 +398,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             rules_count = ruleset.rules.len(),
             "transfer-guard serving"
         );
-        server::run(listener, guard, server::shutdown_signal()).await?;
+        server::run_with(listener, guard, config.nats.clone(), server::shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(0)
     })

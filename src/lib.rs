@@ -15,6 +15,7 @@
 pub mod alerts;
 pub mod api;
 pub mod cli;
+pub mod delivery;
 pub mod engine;
 pub mod model;
 pub mod rules;

@@ -10,6 +10,7 @@ use crate::api::proto::{
     watchlist_server::WatchlistServer, FILE_DESCRIPTOR_SET,
 };
 use crate::api::services::Api;
+use crate::delivery::{self, DeliveryProgress, NatsConfig};
 use crate::service::{wall_clock, TransferGuard};
 use serde::Deserialize;
 use std::future::Future;
@@ -35,6 +36,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub rules_dir: PathBuf,
     pub data_dir: PathBuf,
+    /// Publish alert events to NATS JetStream too.
+    pub nats: Option<NatsConfig>,
 }
 
 /// The config file (TOML). Every key is optional.
@@ -44,6 +47,9 @@ pub struct FileConfig {
     pub listen: Option<String>,
     pub rules: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
+    pub nats_url: Option<String>,
+    pub nats_stream: Option<String>,
+    pub nats_subject_prefix: Option<String>,
 }
 
 /// What came from flags or `TRANSFER_GUARD_*` env vars (clap merges those two,
@@ -54,6 +60,9 @@ pub struct Overrides {
     pub rules: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
     pub config: Option<PathBuf>,
+    pub nats_url: Option<String>,
+    pub nats_stream: Option<String>,
+    pub nats_subject_prefix: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +95,18 @@ impl Config {
             }
         };
         let listen = o.listen.clone().or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let nats = o.nats_url.clone().or(file.nats_url).filter(|u| !u.is_empty()).map(|url| {
+            let mut n = NatsConfig::new(url);
+            if let Some(s) = o.nats_stream.clone().or(file.nats_stream) {
+                n.stream = s;
+            }
+            if let Some(p) = o.nats_subject_prefix.clone().or(file.nats_subject_prefix) {
+                n.subject_prefix = p;
+            }
+            n
+        });
         Ok(Config {
+            nats,
             listen: listen.parse().map_err(|_| ConfigError::Listen(listen.clone()))?,
             rules_dir: o.rules.clone().or(file.rules).unwrap_or_else(|| DEFAULT_RULES.into()),
             data_dir: o.data_dir.clone().or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA.into()),
@@ -105,7 +125,22 @@ pub async fn run(
     guard: Arc<TransferGuard>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    run_with(listener, guard, None, shutdown).await
+}
+
+/// [`run`], also publishing alert events to NATS JetStream when `nats` is set.
+pub async fn run_with(
+    listener: TcpListener,
+    guard: Arc<TransferGuard>,
+    nats: Option<NatsConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
     let (stop_streams, streams_stop) = watch::channel(false);
+    let publisher = nats.map(|config| {
+        tracing::info!(url = %config.url, stream = %config.stream, "publishing alerts to NATS JetStream");
+        let progress = Arc::new(DeliveryProgress::default());
+        tokio::spawn(delivery::run(guard.clone(), config, progress, streams_stop.clone()))
+    });
     let api = Api { guard: guard.clone(), shutdown: streams_stop };
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -148,6 +183,10 @@ pub async fn run(
         .serve_with_incoming_shutdown(incoming, signal)
         .await;
     ticker.abort();
+    if let Some(p) = publisher {
+        // Give the publisher a moment to send what is pending, then stop it.
+        let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
+    }
     served
 }
 

@@ -148,7 +148,7 @@ pub fn alert_to_pb(a: &Alert) -> pb::Alert {
     }
 }
 
-fn event_to_pb(e: &AlertEvent) -> pb::AlertEvent {
+pub fn event_to_pb(e: &AlertEvent) -> pb::AlertEvent {
     pb::AlertEvent {
         cursor: e.cursor,
         event_id: e.event_id.clone(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use transfer_guard::api::proto as pb;
+use transfer_guard::delivery::NatsConfig;
 use transfer_guard::service::{wall_clock, TransferGuard};
 
 pub fn repo() -> PathBuf {
@@ -66,13 +67,18 @@ pub struct TestServer {
 impl TestServer {
     /// Starts on a copy of the shipped rules, after `prepare` edits the copy.
     pub async fn start_with(prepare: impl FnOnce(&Path)) -> TestServer {
+        TestServer::start_full(prepare, None).await
+    }
+
+    /// Also publishing alert events to NATS when `nats` is set.
+    pub async fn start_full(prepare: impl FnOnce(&Path), nats: Option<NatsConfig>) -> TestServer {
         let rules = rules_copy();
         prepare(rules.path());
         let guard = transfer_guard::server::open(rules.path()).unwrap_or_else(|e| panic!("{e:#?}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(transfer_guard::server::run(listener, guard.clone(), async {
+        let task = tokio::spawn(transfer_guard::server::run_with(listener, guard.clone(), nats, async {
             let _ = stopped.await;
         }));
         let task = tokio::spawn(async move {
@@ -165,4 +171,55 @@ pub fn seed_case(request_id: &str) -> pb::ScreenRequest {
     r.memo = "投资理财 导师推荐".into();
     r.observations = vec![pb::Observation::OnPhoneWithStranger as i32];
     r
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `nats-server -js` process of the test's own, on loopback with a temp store.
+pub struct NatsServer {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl NatsServer {
+    pub fn start(port: u16, store: &Path) -> NatsServer {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", store.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server on PATH (Debian package nats-server)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        NatsServer { port, child }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A stream name and subject prefix no other test run uses.
+pub fn unique_nats(url: &str) -> NatsConfig {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let tag = format!("{}_{}", std::process::id(), t.as_nanos());
+    NatsConfig { url: url.into(), stream: format!("TGTEST_{tag}"), subject_prefix: format!("tgtest.{tag}.alerts") }
 }

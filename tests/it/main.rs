@@ -4,4 +4,5 @@
 mod api;
 mod harness;
 mod holds;
+mod nats;
 mod rules;
