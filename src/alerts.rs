@@ -77,8 +77,13 @@ impl Routing {
         let mut branch_to_station: HashMap<String, String> = HashMap::new();
         for s in &raw.station {
             let id = s.id.get_ref().clone();
-            if id.is_empty() || !id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_') {
-                diags.push(at(s.id.span(), "a station id is lower-case ascii letters, digits, `-` and `_` (it names a NATS subject)".into()));
+            if id.is_empty()
+                || !id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+            {
+                diags.push(at(
+                    s.id.span(),
+                    "a station id is lower-case ascii letters, digits, `-` and `_` (it names a NATS subject)".into(),
+                ));
             }
             let deadline = match parse_duration(s.claim_deadline.get_ref()) {
                 Some(d) if d > 0 => d,

@@ -69,6 +69,9 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "TRANSFER_GUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Prometheus metrics listen address (GET /metrics).
+    #[arg(long, env = "TRANSFER_GUARD_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// Also publish alert events to this NATS server's JetStream, e.g. nats://127.0.0.1:4222.
     #[arg(long, env = "TRANSFER_GUARD_NATS_URL")]
     nats_url: Option<String>,
@@ -374,6 +377,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         nats_url: args.nats_url,
         nats_stream: args.nats_stream,
         nats_subject_prefix: args.nats_subject_prefix,
+        metrics_listen: args.metrics_listen,
     })?;
     let guard = match server::open(&config.rules_dir) {
         Ok(g) => g,
@@ -398,7 +402,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             rules_count = ruleset.rules.len(),
             "transfer-guard serving"
         );
-        server::run_with(listener, guard, config.nats.clone(), server::shutdown_signal()).await?;
+        let metrics = tokio::net::TcpListener::bind(config.metrics_listen)
+            .await
+            .with_context(|| format!("listen for metrics on {}", config.metrics_listen))?;
+        tracing::info!(metrics = %metrics.local_addr()?, "metrics at /metrics");
+        let extras = server::Extras { nats: config.nats.clone(), metrics: Some(metrics) };
+        server::run_with(listener, guard, extras, server::shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(0)
     })

@@ -46,7 +46,6 @@ impl NatsConfig {
 pub struct DeliveryProgress {
     /// Cursor of the last event acknowledged by JetStream.
     pub published_cursor: AtomicU64,
-    pub publish_failures: AtomicU64,
     pub published_messages: AtomicU64,
 }
 
@@ -116,7 +115,10 @@ pub async fn run(
                 Duration::from_secs(1)
             }
             Err(e) => {
-                progress.publish_failures.fetch_add(1, Ordering::Relaxed);
+                guard.metrics().publish_failures.inc();
+                let pending =
+                    guard.alerts().last_cursor().saturating_sub(progress.published_cursor.load(Ordering::Relaxed));
+                guard.metrics().outbox_depth.set(pending as i64);
                 failures += 1;
                 tracing::warn!(error = %e, pending = guard.alerts().last_cursor().saturating_sub(progress.published_cursor.load(Ordering::Relaxed)), "publishing alerts to NATS failed; will retry");
                 backoff(failures)
@@ -148,7 +150,9 @@ async fn publish_pending(
     for event in events {
         let payload = serde_json::to_vec(&crate::api::services::event_to_pb(&event)).map_err(|e| e.to_string())?;
         for station in targets(&event) {
-            let publish = PublishMessage::build().payload(payload.clone().into()).message_id(format!("{}/{station}", event.event_id));
+            let publish = PublishMessage::build()
+                .payload(payload.clone().into())
+                .message_id(format!("{}/{station}", event.event_id));
             let ack = js
                 .send_publish(config.subject(station), publish)
                 .await
@@ -157,6 +161,7 @@ async fn publish_pending(
             progress.published_messages.fetch_add(1, Ordering::Relaxed);
         }
         progress.published_cursor.store(event.cursor, Ordering::Relaxed);
+        guard.metrics().outbox_depth.set(guard.alerts().last_cursor().saturating_sub(event.cursor) as i64);
     }
     Ok(())
 }

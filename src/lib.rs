@@ -8,6 +8,12 @@
 //! - [`engine`]: evaluates a ruleset on a transfer and a state snapshot; pure.
 //! - [`state`]: in-memory customer, payee and watchlist state (dashmap).
 //! - [`ruletest`]: the analysts' rule test cases in `rules/tests/`.
+//! - [`alerts`]: routing (branch → police station), alert lifecycle, event log.
+//! - [`service`]: the application — idempotency, history, the hold loop.
+//! - [`api`]: proto ↔ domain conversion and validation; the tonic services.
+//! - [`server`]: configuration, serving, health, reflection, shutdown.
+//! - [`delivery`]: alert events to NATS JetStream.
+//! - [`telemetry`]: Prometheus metrics and `/metrics`.
 //! - [`cli`]: subcommands of the one binary.
 //!
 //! The core modules never import tokio or tonic; see ARCHITECTURE.md.
@@ -23,3 +29,4 @@ pub mod ruletest;
 pub mod server;
 pub mod service;
 pub mod state;
+pub mod telemetry;

@@ -26,6 +26,7 @@ use tonic::transport::Server;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_RULES: &str = "rules";
 pub const DEFAULT_DATA: &str = "data";
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 
 /// How often holds are expired and overdue alerts escalated.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -38,6 +39,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Publish alert events to NATS JetStream too.
     pub nats: Option<NatsConfig>,
+    /// Where `/metrics` is served.
+    pub metrics_listen: SocketAddr,
 }
 
 /// The config file (TOML). Every key is optional.
@@ -50,6 +53,7 @@ pub struct FileConfig {
     pub nats_url: Option<String>,
     pub nats_stream: Option<String>,
     pub nats_subject_prefix: Option<String>,
+    pub metrics_listen: Option<String>,
 }
 
 /// What came from flags or `TRANSFER_GUARD_*` env vars (clap merges those two,
@@ -63,6 +67,7 @@ pub struct Overrides {
     pub nats_url: Option<String>,
     pub nats_stream: Option<String>,
     pub nats_subject_prefix: Option<String>,
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +110,10 @@ impl Config {
             }
             n
         });
+        let metrics_listen =
+            o.metrics_listen.clone().or(file.metrics_listen).unwrap_or_else(|| DEFAULT_METRICS_LISTEN.into());
         Ok(Config {
+            metrics_listen: metrics_listen.parse().map_err(|_| ConfigError::Listen(metrics_listen.clone()))?,
             nats,
             listen: listen.parse().map_err(|_| ConfigError::Listen(listen.clone()))?,
             rules_dir: o.rules.clone().or(file.rules).unwrap_or_else(|| DEFAULT_RULES.into()),
@@ -125,18 +133,39 @@ pub async fn run(
     guard: Arc<TransferGuard>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    run_with(listener, guard, None, shutdown).await
+    run_with(listener, guard, Extras::default(), shutdown).await
 }
 
-/// [`run`], also publishing alert events to NATS JetStream when `nats` is set.
+/// What `serve` may add to the gRPC services.
+#[derive(Default)]
+pub struct Extras {
+    /// Publish alert events to NATS JetStream too.
+    pub nats: Option<NatsConfig>,
+    /// Serve `/metrics` here.
+    pub metrics: Option<TcpListener>,
+}
+
+/// [`run`], with NATS delivery and the metrics endpoint when asked for.
 pub async fn run_with(
     listener: TcpListener,
     guard: Arc<TransferGuard>,
-    nats: Option<NatsConfig>,
+    extras: Extras,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (stop_streams, streams_stop) = watch::channel(false);
-    let publisher = nats.map(|config| {
+    let metrics_server = extras.metrics.map(|listener| {
+        let g = guard.clone();
+        let mut stop = streams_stop.clone();
+        tokio::spawn(crate::telemetry::serve_metrics(
+            listener,
+            guard.metrics().clone(),
+            move || g.refresh_gauges(),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ))
+    });
+    let publisher = extras.nats.map(|config| {
         tracing::info!(url = %config.url, stream = %config.stream, "publishing alerts to NATS JetStream");
         let progress = Arc::new(DeliveryProgress::default());
         tokio::spawn(delivery::run(guard.clone(), config, progress, streams_stop.clone()))
@@ -183,6 +212,9 @@ pub async fn run_with(
         .serve_with_incoming_shutdown(incoming, signal)
         .await;
     ticker.abort();
+    if let Some(m) = metrics_server {
+        let _ = tokio::time::timeout(Duration::from_secs(2), m).await;
+    }
     if let Some(p) = publisher {
         // Give the publisher a moment to send what is pending, then stop it.
         let _ = tokio::time::timeout(Duration::from_secs(2), p).await;

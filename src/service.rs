@@ -15,6 +15,7 @@ use crate::model::{age_band, mask_account, mask_name, Action, Decision, LimitCha
 use crate::rules::{Diagnostic, ExpiryAction, Ruleset};
 use crate::ruletest;
 use crate::state::{State, TransferRecord, WatchEntry};
+use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
@@ -146,6 +147,7 @@ pub struct TransferGuard {
     customer_stripes: Box<[Mutex<()>]>,
     alert_counter: AtomicU64,
     started_at: UnixSeconds,
+    metrics: Arc<Metrics>,
 }
 
 /// The server's clock, for hold expiry and claim deadlines (real time).
@@ -198,7 +200,28 @@ impl TransferGuard {
             customer_stripes: (0..CUSTOMER_STRIPES).map(|_| Mutex::new(())).collect(),
             alert_counter: AtomicU64::new(0),
             started_at: wall_clock(),
+            metrics: Arc::new(Metrics::new()),
         }
+        .with_ruleset_metric()
+    }
+
+    fn with_ruleset_metric(self) -> Self {
+        self.metrics.set_ruleset(&self.ruleset.load().version);
+        self
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Refreshes the gauges read from state (before a scrape).
+    pub fn refresh_gauges(&self) {
+        let sizes = self.state.sizes();
+        self.metrics.state_size.with_label_values(&["customers"]).set(sizes.customers as i64);
+        self.metrics.state_size.with_label_values(&["payees"]).set(sizes.payees as i64);
+        self.metrics.state_size.with_label_values(&["watchlist"]).set(sizes.watchlist as i64);
+        self.metrics.state_size.with_label_values(&["alerts"]).set(self.alerts.len() as i64);
+        self.metrics.state_size.with_label_values(&["transfers"]).set(self.screens.len() as i64);
     }
 
     /// Loads and tests the rules folder, then builds the service.
@@ -224,9 +247,17 @@ impl TransferGuard {
         if let Some(done) = self.replay(&transfer.request_id, fingerprint)? {
             return Ok(done);
         }
+        let started = std::time::Instant::now();
         let _customer = lock(&self.customer_stripes[stripe_of(&transfer.customer.customer_id)]);
         let ruleset = self.ruleset.load();
         let evaluation = engine::screen(&ruleset, &transfer, &self.state);
+        let action = evaluation.decision.action.as_str();
+        self.metrics.screen_seconds.with_label_values(&[action]).observe(started.elapsed().as_secs_f64());
+        self.metrics.decisions.with_label_values(&[action]).inc();
+        for hit in &evaluation.decision.hits {
+            let mode = if hit.shadow { "shadow" } else { "active" };
+            self.metrics.rule_hits.with_label_values(&[&hit.rule_id, mode]).inc();
+        }
         match self.screens.entry(transfer.request_id.clone()) {
             Entry::Occupied(e) => {
                 // The same id raced in from another customer's stripe.
@@ -281,7 +312,12 @@ impl TransferGuard {
         }
         if answer.decision.action.raises_alert() {
             let routing = self.routing.load();
-            let (station, _fallback) = routing.route(&transfer.branch_id);
+            let (station, fallback) = routing.route(&transfer.branch_id);
+            if fallback {
+                self.metrics.unrouted_branches.inc();
+                tracing::warn!(branch = %transfer.branch_id, station = %station.id, "branch has no station mapping; alert sent to the default station");
+            }
+            self.metrics.alerts.with_label_values(&[&station.id, "raised"]).inc();
             let id = format!("al-{:x}-{:06x}", self.started_at, self.alert_counter.fetch_add(1, Ordering::Relaxed) + 1);
             let held = answer.decision.action == Action::Hold;
             if held {
@@ -430,7 +466,9 @@ impl TransferGuard {
     }
 
     pub fn claim_alert(&self, alert_id: &str, officer: &str) -> Result<Alert, ServiceError> {
-        Ok(self.alerts.claim(alert_id, officer, wall_clock())?)
+        let alert = self.alerts.claim(alert_id, officer, wall_clock())?;
+        self.metrics.alerts.with_label_values(&[&alert.station_id, "claimed"]).inc();
+        Ok(alert)
     }
 
     /// Resolves an alert; a held transfer is released (and counted) or blocked.
@@ -461,13 +499,18 @@ impl TransferGuard {
         }
         let now = wall_clock();
         let alert = self.alerts.resolve(alert_id, officer, outcome, decision.filter(|_| held), note, now)?;
+        self.metrics.alerts.with_label_values(&[&alert.station_id, "resolved"]).inc();
         if let (Some(entry), true) = (entry, held) {
             let next = match alert.hold_decision {
                 Some(HoldDecision::Release) => {
                     self.state.apply(&entry.record);
+                    self.metrics.hold_outcomes.with_label_values(&["release"]).inc();
                     TransferState::Released
                 }
-                _ => TransferState::Blocked,
+                _ => {
+                    self.metrics.hold_outcomes.with_label_values(&["block"]).inc();
+                    TransferState::Blocked
+                }
             };
             entry.status.send_modify(|s| {
                 s.state = next;
@@ -485,7 +528,9 @@ impl TransferGuard {
     /// Escalates overdue alerts and ends expired holds. Called by a timer.
     pub fn tick(&self, now: UnixSeconds) {
         let routing = self.routing.load();
-        self.alerts.escalate_overdue(&routing, now);
+        for alert in self.alerts.escalate_overdue(&routing, now) {
+            self.metrics.alerts.with_label_values(&[&alert.station_id, "escalated"]).inc();
+        }
         let due: Vec<String> = {
             let mut holds = lock(&self.holds);
             let mut due = Vec::new();
@@ -505,14 +550,20 @@ impl TransferGuard {
                 continue;
             }
             let (next, decision) = match expiry {
-                ExpiryAction::Block => (TransferState::Expired, HoldDecision::Block),
+                ExpiryAction::Block => {
+                    self.metrics.hold_outcomes.with_label_values(&["expired_block"]).inc();
+                    (TransferState::Expired, HoldDecision::Block)
+                }
                 ExpiryAction::Release => {
                     self.state.apply(&entry.record);
+                    self.metrics.hold_outcomes.with_label_values(&["expired_release"]).inc();
                     (TransferState::Released, HoldDecision::Release)
                 }
             };
             if let Some(alert_id) = entry.answer.alert_id.as_deref() {
-                let _ = self.alerts.hold_expired(alert_id, decision, now);
+                if let Ok(alert) = self.alerts.hold_expired(alert_id, decision, now) {
+                    self.metrics.alerts.with_label_values(&[&alert.station_id, "expired"]).inc();
+                }
             }
             entry.status.send_modify(|s| {
                 s.state = next;
@@ -541,14 +592,23 @@ impl TransferGuard {
 
     /// Recompiles and tests the rules folder; swaps it in only if all is well.
     pub fn reload(&self) -> Reload {
-        match load_checked(&self.rules_dir) {
+        let started = std::time::Instant::now();
+        let result = load_checked(&self.rules_dir);
+        self.metrics.reload_seconds.observe(started.elapsed().as_secs_f64());
+        match result {
             Ok((ruleset, routing)) => {
                 let version = ruleset.version.to_string();
                 self.ruleset.store(Arc::new(ruleset));
                 self.routing.store(Arc::new(routing));
+                self.metrics.set_ruleset(&version);
+                tracing::info!(%version, "rules reloaded");
                 Reload { reloaded: true, version, errors: Vec::new() }
             }
-            Err(errors) => Reload { reloaded: false, version: self.ruleset.load().version.to_string(), errors },
+            Err(errors) => {
+                self.metrics.reload_failures.inc();
+                tracing::error!(errors = errors.len(), first = %errors.first().map_or("", |e| e.as_str()), "rules reload refused; the running ruleset stays");
+                Reload { reloaded: false, version: self.ruleset.load().version.to_string(), errors }
+            }
         }
     }
 

@@ -58,6 +58,7 @@ fn copy_dir(from: &Path, to: &Path) {
 /// The real server, in-process on an ephemeral loopback port.
 pub struct TestServer {
     pub addr: String,
+    pub metrics_addr: String,
     pub guard: Arc<TransferGuard>,
     pub rules: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
@@ -70,7 +71,8 @@ impl TestServer {
         TestServer::start_full(prepare, None).await
     }
 
-    /// Also publishing alert events to NATS when `nats` is set.
+    /// Also publishing alert events to NATS when `nats` is set, and serving
+    /// `/metrics` (its address in `metrics_addr`).
     pub async fn start_full(prepare: impl FnOnce(&Path), nats: Option<NatsConfig>) -> TestServer {
         let rules = rules_copy();
         prepare(rules.path());
@@ -78,13 +80,16 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(transfer_guard::server::run_with(listener, guard.clone(), nats, async {
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = metrics.local_addr().unwrap().to_string();
+        let extras = transfer_guard::server::Extras { nats, metrics: Some(metrics) };
+        let task = tokio::spawn(transfer_guard::server::run_with(listener, guard.clone(), extras, async {
             let _ = stopped.await;
         }));
         let task = tokio::spawn(async move {
             task.await.unwrap().unwrap();
         });
-        TestServer { addr, guard, rules, stop: Some(stop), task: Some(task) }
+        TestServer { addr, metrics_addr, guard, rules, stop: Some(stop), task: Some(task) }
     }
 
     pub async fn start() -> TestServer {

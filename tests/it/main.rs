@@ -4,5 +4,6 @@
 mod api;
 mod harness;
 mod holds;
+mod metrics;
 mod nats;
 mod rules;

@@ -1,0 +1,144 @@
+//! Prometheus metrics (one registry, no globals) and the HTTP endpoint that
+//! serves them at `/metrics` on its own listener.
+//!
+//! Must not hold labels that carry personal data: stations, actions, rule ids
+//! and outcomes only, never accounts or customers.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use std::future::Future;
+use std::sync::Arc;
+
+/// Every metric the service exports.
+pub struct Metrics {
+    pub registry: Registry,
+    /// Screening latency in seconds, by action; buckets from 10 µs.
+    pub screen_seconds: HistogramVec,
+    pub decisions: IntCounterVec,
+    pub rule_hits: IntCounterVec,
+    pub alerts: IntCounterVec,
+    pub unrouted_branches: IntCounter,
+    pub hold_outcomes: IntCounterVec,
+    pub outbox_depth: IntGauge,
+    pub publish_failures: IntCounter,
+    pub ruleset_info: IntGaugeVec,
+    pub reload_failures: IntCounter,
+    pub state_size: IntGaugeVec,
+    pub reload_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("transfer_guard".into()), None).expect("valid prefix");
+        let buckets = vec![
+            0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05, 0.25, 1.0,
+        ];
+        let m = Metrics {
+            screen_seconds: HistogramVec::new(
+                HistogramOpts::new("screen_duration_seconds", "Time to screen one transfer, by action")
+                    .buckets(buckets),
+                &["action"],
+            )
+            .expect("valid metric"),
+            decisions: IntCounterVec::new(Opts::new("decisions_total", "Screening decisions by action"), &["action"])
+                .expect("valid metric"),
+            rule_hits: IntCounterVec::new(
+                Opts::new("rule_hits_total", "Rule hits by rule id and mode"),
+                &["rule", "mode"],
+            )
+            .expect("valid metric"),
+            alerts: IntCounterVec::new(
+                Opts::new("alerts_total", "Alert events by station and kind"),
+                &["station", "kind"],
+            )
+            .expect("valid metric"),
+            unrouted_branches: IntCounter::new(
+                "unrouted_branch_alerts_total",
+                "Alerts from branches with no station mapping, sent to the default station",
+            )
+            .expect("valid metric"),
+            hold_outcomes: IntCounterVec::new(
+                Opts::new("hold_outcomes_total", "How holds ended: release, block, expired_block, expired_release"),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            outbox_depth: IntGauge::new("nats_outbox_depth", "Alert events not yet acknowledged by NATS JetStream")
+                .expect("valid metric"),
+            publish_failures: IntCounter::new("nats_publish_failures_total", "Failed attempts to publish to NATS")
+                .expect("valid metric"),
+            ruleset_info: IntGaugeVec::new(Opts::new("ruleset_info", "The ruleset in force (value 1)"), &["version"])
+                .expect("valid metric"),
+            reload_failures: IntCounter::new("ruleset_reload_failures_total", "Rule reloads refused")
+                .expect("valid metric"),
+            state_size: IntGaugeVec::new(Opts::new("state_entries", "Entries held in memory, by kind"), &["kind"])
+                .expect("valid metric"),
+            reload_seconds: Histogram::with_opts(HistogramOpts::new(
+                "ruleset_reload_duration_seconds",
+                "Time to compile and test a ruleset",
+            ))
+            .expect("valid metric"),
+            registry,
+        };
+        for c in [
+            Box::new(m.screen_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.decisions.clone()),
+            Box::new(m.rule_hits.clone()),
+            Box::new(m.alerts.clone()),
+            Box::new(m.unrouted_branches.clone()),
+            Box::new(m.hold_outcomes.clone()),
+            Box::new(m.outbox_depth.clone()),
+            Box::new(m.publish_failures.clone()),
+            Box::new(m.ruleset_info.clone()),
+            Box::new(m.reload_failures.clone()),
+            Box::new(m.state_size.clone()),
+            Box::new(m.reload_seconds.clone()),
+        ] {
+            m.registry.register(c).expect("each metric is registered once");
+        }
+        m
+    }
+
+    /// Marks `version` as the ruleset in force.
+    pub fn set_ruleset(&self, version: &str) {
+        self.ruleset_info.reset();
+        self.ruleset_info.with_label_values(&[version]).set(1);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encoding to memory cannot fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown`; `refresh` runs before
+/// each scrape (gauges read from state).
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    refresh: impl Fn() + Send + Sync + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let refresh = Arc::new(refresh);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            let refresh = refresh.clone();
+            async move {
+                refresh();
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render())
+            }
+        }),
+    );
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,52 @@
+//! `/metrics` over real HTTP: decisions, rule hits, alerts by station, branches
+//! with no station mapping, the ruleset in force.
+
+use crate::harness::{ordinary, seed_case, TestServer};
+use std::io::{Read, Write};
+
+fn scrape(addr: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).expect("metrics listener");
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+fn value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_decisions_alerts_and_unrouted_branches() {
+    let server = TestServer::start().await;
+    let mut teller = server.screening().await;
+    teller.screen(seed_case("m-1")).await.unwrap();
+    teller.screen(ordinary("m-2", "customer-m", "6222020000008002")).await.unwrap();
+    let mut lost = seed_case("m-3");
+    lost.branch_id = "branch-nobody-covers".into();
+    let r = teller.screen(lost).await.unwrap().into_inner();
+    assert_eq!(r.station_id, "jiangmen-anti-fraud-centre", "the default station");
+
+    let addr = server.metrics_addr.clone();
+    let text = tokio::task::spawn_blocking(move || scrape(&addr)).await.unwrap();
+    assert_eq!(value(&text, "transfer_guard_decisions_total{action=\"HOLD\"}"), 2.0, "{text}");
+    assert_eq!(value(&text, "transfer_guard_decisions_total{action=\"ALLOW\"}"), 1.0);
+    assert_eq!(value(&text, "transfer_guard_unrouted_branch_alerts_total"), 1.0);
+    assert_eq!(value(&text, "transfer_guard_alerts_total{kind=\"raised\",station=\"heshan-zhongshan-ps\"}"), 1.0);
+    assert_eq!(
+        value(&text, "transfer_guard_rule_hits_total{mode=\"active\",rule=\"limit_raised_to_max_new_payee_large\"}"),
+        2.0
+    );
+    assert_eq!(value(&text, "transfer_guard_screen_duration_seconds_count{action=\"HOLD\"}"), 2.0);
+    let version = server.guard.ruleset().version.to_string();
+    assert_eq!(value(&text, &format!("transfer_guard_ruleset_info{{version=\"{version}\"}}")), 1.0);
+    assert_eq!(value(&text, "transfer_guard_state_entries{kind=\"customers\"}"), 1.0, "only the ALLOW counted");
+    assert!(!text.contains("6217000099998888777"), "no account numbers in metrics");
+    server.stop().await;
+}
