@@ -485,6 +485,16 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints an answer as proto3 JSON with `--json`, else for a person.
+fn show<T: serde::Serialize>(json: bool, value: &T, human: impl FnOnce(&T)) -> anyhow::Result<()> {
+    if json {
+        print_json(value)
+    } else {
+        human(value);
+        Ok(())
+    }
+}
+
 /// Maps a gRPC error to a readable one, listing BadRequest fields.
 fn rpc_error(status: tonic::Status) -> anyhow::Error {
     use tonic_types::StatusExt;
@@ -627,12 +637,7 @@ async fn screen(args: ScreenArgs, dry_run: bool) -> anyhow::Result<()> {
     }
     .map_err(rpc_error)?
     .into_inner();
-    if args.client.json {
-        print_json(&response)
-    } else {
-        print_decision(&response);
-        Ok(())
-    }
+    show(args.client.json, &response, print_decision)
 }
 
 async fn client(command: Command) -> anyhow::Result<i32> {
@@ -673,11 +678,9 @@ async fn client(command: Command) -> anyhow::Result<i32> {
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
-            if client.json {
-                print_json(&r)?;
-            } else {
-                println!("recorded {}{}", r.event_id, if r.duplicate { " (already recorded)" } else { "" });
-            }
+            show(client.json, &r, |r| {
+                println!("recorded {}{}", r.event_id, if r.duplicate { " (already recorded)" } else { "" })
+            })?;
         }
         Command::Transfer(TransferCommand::Get { client, request_id }) => {
             let s = ScreeningClient::new(connect(&client.addr).await?)
@@ -685,11 +688,7 @@ async fn client(command: Command) -> anyhow::Result<i32> {
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
-            if client.json {
-                print_json(&s)?;
-            } else {
-                print_status(&s);
-            }
+            show(client.json, &s, print_status)?;
         }
         Command::Transfer(TransferCommand::Watch { client, request_id }) => {
             let mut stream = ScreeningClient::new(connect(&client.addr).await?)
@@ -728,11 +727,7 @@ async fn client(command: Command) -> anyhow::Result<i32> {
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
-            if client.json {
-                print_json(&r)?;
-            } else {
-                r.alerts.iter().for_each(print_alert);
-            }
+            show(client.json, &r, |r| r.alerts.iter().for_each(print_alert))?;
         }
         Command::Alerts(AlertsCommand::Claim { client, alert_id, officer }) => {
             let a = AlertsClient::new(connect(&client.addr).await?)
@@ -740,11 +735,7 @@ async fn client(command: Command) -> anyhow::Result<i32> {
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
-            if client.json {
-                print_json(&a)?;
-            } else {
-                print_alert(&a);
-            }
+            show(client.json, &a, print_alert)?;
         }
         Command::Alerts(AlertsCommand::Resolve { client, alert_id, officer, outcome, decision, note }) => {
             let outcome = match outcome {
@@ -769,11 +760,7 @@ async fn client(command: Command) -> anyhow::Result<i32> {
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
-            if client.json {
-                print_json(&a)?;
-            } else {
-                print_alert(&a);
-            }
+            show(client.json, &a, print_alert)?;
         }
         Command::Watchlist(WatchlistCommand::Add { client, account, station, reason, expires_in }) => {
             let expires_at = match expires_in {
