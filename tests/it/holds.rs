@@ -225,3 +225,41 @@ async fn a_broken_reload_keeps_the_running_rules_and_a_good_one_changes_decision
     assert_eq!(new.ruleset_version, reloaded.version);
     server.stop().await;
 }
+
+/// `transfer-guard alerts watch --station X` prints alerts as they come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prints_a_stations_alerts_as_they_come() {
+    use std::io::{BufRead, BufReader};
+    let server = TestServer::start().await;
+    let mut watcher = std::process::Command::new(env!("CARGO_BIN_EXE_transfer-guard"))
+        .args(["alerts", "watch", "--station", STATION, "--addr", &server.addr])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = watcher.stdout.take().unwrap();
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The watcher subscribes before the alerts exist; give it time to connect.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut teller = server.screening().await;
+    let first = teller.screen(seed_case("cli-watch-1")).await.unwrap().into_inner();
+    let second = teller.screen(seed_case("cli-watch-2")).await.unwrap().into_inner();
+    let mut printed = String::new();
+    while !(printed.contains(&first.alert_id) && printed.contains(&second.alert_id)) {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.recv()).await.expect("a line in time").unwrap();
+        printed.push_str(&line);
+        printed.push('\n');
+    }
+    assert!(printed.contains("[cursor 1] raised") && printed.contains("station heshan-zhongshan-ps"), "{printed}");
+    assert!(printed.contains("6217***********8777") && !printed.contains("6217000099998888777"), "{printed}");
+    watcher.kill().unwrap();
+    let _ = watcher.wait();
+    server.stop().await;
+}

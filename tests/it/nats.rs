@@ -10,6 +10,11 @@ use transfer_guard::delivery::{decode, NatsConfig};
 /// Reads a station's subject with a durable pull consumer until `want`
 /// messages came, then waits a little longer to be sure no more come.
 async fn read_station(config: &NatsConfig, station: &str, want: usize) -> Vec<pb::AlertEvent> {
+    read_as(config, station, &format!("station-{station}"), want).await
+}
+
+/// The same with a durable consumer of the given name.
+async fn read_as(config: &NatsConfig, station: &str, durable: &str, want: usize) -> Vec<pb::AlertEvent> {
     let client = async_nats::connect(config.url.as_str()).await.expect("connect to NATS");
     let js = jetstream::new(client);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -22,9 +27,9 @@ async fn read_station(config: &NatsConfig, station: &str, want: usize) -> Vec<pb
     };
     let consumer = stream
         .get_or_create_consumer(
-            &format!("station-{station}"),
+            durable,
             consumer::pull::Config {
-                durable_name: Some(format!("station-{station}")),
+                durable_name: Some(durable.to_string()),
                 filter_subject: config.subject(station),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ..Default::default()
@@ -123,5 +128,8 @@ async fn events_wait_while_nats_is_down_and_arrive_in_order_once() {
     let all = read_station(&config, "heshan-zhongshan-ps", 3).await;
     // The durable consumer already acknowledged the first two.
     assert_eq!(request_ids(&all), ["fault-2", "fault-3", "fault-4"]);
+    // A new consumer reading the whole stream sees each alert exactly once, in order.
+    let whole = read_as(&config, "heshan-zhongshan-ps", "auditor", 5).await;
+    assert_eq!(request_ids(&whole), ["fault-0", "fault-1", "fault-2", "fault-3", "fault-4"]);
     server.stop().await;
 }
