@@ -90,6 +90,9 @@ pub struct Screened {
 }
 
 struct ScreenEntry {
+    /// Server time the answer was given; retries are recognised for
+    /// [`IDEMPOTENCY_SECS`] after it.
+    answered_at: UnixSeconds,
     fingerprint: u64,
     answer: Screened,
     record: TransferRecord,
@@ -127,6 +130,12 @@ pub struct Reload {
     pub errors: Vec<String>,
 }
 
+/// How long request and event ids are remembered for idempotent retries (and
+/// transfer statuses kept for GetTransfer). Held transfers are kept until decided.
+pub const IDEMPOTENCY_SECS: i64 = 48 * 3600;
+/// How often old ids, statuses and window entries are pruned.
+const PRUNE_EVERY_SECS: i64 = 60;
+
 /// How many stripes serialise per-customer screening (snapshot, decide, apply
 /// as one step). Different customers in different stripes never wait on each
 /// other. Lock order: stripe, then a `screens` entry, then state's maps, then
@@ -141,7 +150,9 @@ pub struct TransferGuard {
     state: State,
     alerts: AlertBook,
     screens: DashMap<String, ScreenEntry>,
-    events: DashMap<String, u64>,
+    /// event id → (fingerprint, recorded at).
+    events: DashMap<String, (u64, UnixSeconds)>,
+    last_prune: AtomicU64,
     /// (expires at, request id) of every transfer still held.
     holds: Mutex<BTreeSet<(UnixSeconds, String)>>,
     customer_stripes: Box<[Mutex<()>]>,
@@ -196,6 +207,7 @@ impl TransferGuard {
             alerts: AlertBook::new(),
             screens: DashMap::new(),
             events: DashMap::new(),
+            last_prune: AtomicU64::new(0),
             holds: Mutex::new(BTreeSet::new()),
             customer_stripes: (0..CUSTOMER_STRIPES).map(|_| Mutex::new(())).collect(),
             alert_counter: AtomicU64::new(0),
@@ -360,7 +372,7 @@ impl TransferGuard {
             updated_at: now,
         };
         let (status, _) = watch::channel(status);
-        (ScreenEntry { fingerprint, answer: answer.clone(), record, status }, answer)
+        (ScreenEntry { answered_at: now, fingerprint, answer: answer.clone(), record, status }, answer)
     }
 
     /// Screens without touching state or raising alerts.
@@ -394,7 +406,7 @@ impl TransferGuard {
     /// Records a customer event; returns true when `event_id` was seen before.
     pub fn record_event(&self, event_id: &str, fingerprint: u64, event: CustomerEvent) -> Result<bool, ServiceError> {
         if let Some(seen) = self.events.get(event_id) {
-            return if *seen == fingerprint {
+            return if seen.0 == fingerprint {
                 Ok(true)
             } else {
                 Err(ServiceError::EventIdReused(event_id.to_string()))
@@ -434,10 +446,10 @@ impl TransferGuard {
             }
         }
         match self.events.entry(event_id.to_string()) {
-            Entry::Occupied(e) if *e.get() != fingerprint => Err(ServiceError::EventIdReused(event_id.to_string())),
+            Entry::Occupied(e) if e.get().0 != fingerprint => Err(ServiceError::EventIdReused(event_id.to_string())),
             Entry::Occupied(_) => Ok(true),
             Entry::Vacant(v) => {
-                v.insert(fingerprint);
+                v.insert((fingerprint, wall_clock()));
                 Ok(false)
             }
         }
@@ -525,8 +537,25 @@ impl TransferGuard {
         Ok(alert)
     }
 
-    /// Escalates overdue alerts and ends expired holds. Called by a timer.
+    /// Forgets ids and statuses older than [`IDEMPOTENCY_SECS`] (never a
+    /// transfer still held) and drops window entries that can no longer count.
+    pub fn prune(&self, now: UnixSeconds) {
+        let cutoff = now - IDEMPOTENCY_SECS;
+        self.screens.retain(|_, e| e.answered_at >= cutoff || e.status.borrow().state == TransferState::Held);
+        self.events.retain(|_, (_, at)| *at >= cutoff);
+        self.state.prune(now);
+    }
+
+    /// Escalates overdue alerts and ends expired holds; prunes once a minute.
+    /// Called by a timer.
     pub fn tick(&self, now: UnixSeconds) {
+        let last = self.last_prune.load(Ordering::Relaxed) as i64;
+        if now - last >= PRUNE_EVERY_SECS {
+            self.last_prune.store(now as u64, Ordering::Relaxed);
+            if last != 0 {
+                self.prune(now);
+            }
+        }
         let routing = self.routing.load();
         for alert in self.alerts.escalate_overdue(&routing, now) {
             self.metrics.alerts.with_label_values(&[&alert.station_id, "escalated"]).inc();

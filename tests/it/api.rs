@@ -294,3 +294,18 @@ async fn the_cli_screens_the_example_files() {
     assert_eq!(answer.action, pb::Action::Allow as i32, "{answer:?}");
     server.stop().await;
 }
+
+/// Ids and statuses are remembered for 48 h, then forgotten (held ones stay).
+#[tokio::test]
+async fn old_ids_are_pruned_but_held_transfers_stay() {
+    let server = TestServer::start().await;
+    let mut client = server.screening().await;
+    client.screen(ordinary("old-1", "customer-o", "6222020000000101")).await.unwrap();
+    client.screen(seed_case("old-held")).await.unwrap();
+    let later = transfer_guard::service::wall_clock() + transfer_guard::service::IDEMPOTENCY_SECS + 1;
+    server.guard.prune(later);
+    assert_eq!(server.guard.screened_count(), 1);
+    let held = client.get_transfer(pb::GetTransferRequest { request_id: "old-held".into() }).await.unwrap();
+    assert_eq!(held.into_inner().state, pb::TransferState::Held as i32);
+    server.stop().await;
+}
