@@ -69,13 +69,11 @@ pub fn decide(ruleset: &Ruleset, facts: &Facts) -> Decision {
             score = score.saturating_add(rule.score);
             min_action = min_action.max(rule.min_action);
         }
-        hits.push(Hit {
-            rule_id: rule.id.clone(),
-            score: rule.score,
-            reason_zh: rule.reason_zh.clone(),
-            reason_en: rule.reason_en.clone(),
-            shadow,
-        });
+        if hits.capacity() == 0 {
+            // One allocation for the usual handful of hits.
+            hits.reserve_exact(8);
+        }
+        hits.push(Hit { text: rule.text.clone(), score: rule.score, shadow });
     }
     let by_score = ruleset.thresholds.action_for(score);
     Decision {
@@ -214,7 +212,7 @@ reason = { zh = "试", en = "trial" }
         let ev = screen(&rs, &t, &state);
         assert_eq!(ev.decision.score, 70);
         assert_eq!(ev.decision.action, Action::Hold);
-        let ids: Vec<&str> = ev.decision.hits.iter().map(|h| &*h.rule_id).collect();
+        let ids: Vec<&str> = ev.decision.hits.iter().map(|h| h.rule_id()).collect();
         assert_eq!(ids, ["big", "raised", "trial"]);
         assert!(ev.decision.hits[2].shadow);
         assert_eq!(ev.customer_age, 58);

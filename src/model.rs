@@ -211,15 +211,34 @@ pub struct Transfer {
     pub observations: Observations,
 }
 
+/// A rule's id and the words a clerk reads aloud, shared (one reference count)
+/// by every hit of that rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleText {
+    pub rule_id: Box<str>,
+    pub reason_zh: Box<str>,
+    pub reason_en: Box<str>,
+}
+
 /// A rule that matched, with the words a clerk can read aloud.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hit {
-    pub rule_id: Arc<str>,
+    pub text: Arc<RuleText>,
     pub score: i64,
-    pub reason_zh: Arc<str>,
-    pub reason_en: Arc<str>,
     /// Shadow hits are reported and counted but never change the action.
     pub shadow: bool,
+}
+
+impl Hit {
+    pub fn rule_id(&self) -> &str {
+        &self.text.rule_id
+    }
+    pub fn reason_zh(&self) -> &str {
+        &self.text.reason_zh
+    }
+    pub fn reason_en(&self) -> &str {
+        &self.text.reason_en
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

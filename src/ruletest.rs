@@ -385,7 +385,7 @@ pub fn run_case(ruleset: &Ruleset, case: &Case) -> CaseResult {
         }
     }
     let decision = engine::screen(ruleset, &case.transfer, &state).decision;
-    let hits: BTreeSet<String> = decision.hits.iter().map(|h| h.rule_id.to_string()).collect();
+    let hits: BTreeSet<String> = decision.hits.iter().map(|h| h.rule_id().to_string()).collect();
     let mut failures = Vec::new();
     if decision.action != case.expect_action {
         failures.push(format!(

@@ -268,7 +268,7 @@ impl TransferGuard {
         self.metrics.decisions.with_label_values(&[action]).inc();
         for hit in &evaluation.decision.hits {
             let mode = if hit.shadow { "shadow" } else { "active" };
-            self.metrics.rule_hits.with_label_values(&[&hit.rule_id, mode]).inc();
+            self.metrics.rule_hits.with_label_values(&[hit.rule_id(), mode]).inc();
         }
         match self.screens.entry(transfer.request_id.clone()) {
             Entry::Occupied(e) => {

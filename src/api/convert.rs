@@ -302,10 +302,10 @@ pub fn action_to_pb(a: Action) -> pb::Action {
 
 pub fn hit_to_pb(h: &Hit) -> pb::Hit {
     pb::Hit {
-        rule_id: h.rule_id.to_string(),
+        rule_id: h.rule_id().to_string(),
         score: h.score,
-        reason_zh: h.reason_zh.to_string(),
-        reason_en: h.reason_en.to_string(),
+        reason_zh: h.reason_zh().to_string(),
+        reason_en: h.reason_en().to_string(),
         shadow: h.shadow,
     }
 }

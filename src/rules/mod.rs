@@ -115,6 +115,8 @@ pub struct Rule {
     pub mode: Mode,
     /// `file:line` of the rule, for reports.
     pub location: String,
+    /// Shared with every hit of this rule.
+    pub text: Arc<crate::model::RuleText>,
     condition: BoolFn,
 }
 
@@ -535,7 +537,13 @@ fn compile_rule(
     if diags.len() != before {
         return None;
     }
+    let text = Arc::new(crate::model::RuleText {
+        rule_id: id.as_str().into(),
+        reason_zh: raw.reason.zh.get_ref().as_str().into(),
+        reason_en: raw.reason.en.get_ref().as_str().into(),
+    });
     Some(Rule {
+        text,
         id: id.into(),
         title: raw.title,
         when: when.clone(),
