@@ -50,6 +50,32 @@ pub enum Command {
     /// Analyst tools: offline (check, test, fields) and against a server (show, reload, dry-run).
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Load-test a server's Screen with realistic requests; print throughput and latency percentiles.
+    ///
+    /// Example: transfer-guard bench --concurrency 64 --duration 10s --baseline
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// The server (loopback only in tests and docs).
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// Callers in flight (closed loop), or the most in flight (open loop).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// How long to send, e.g. 10s.
+    #[arg(long, default_value = "10s")]
+    duration: String,
+    /// Requests per second (open loop, latency from the intended send time); none = closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// HTTP/2 connections the callers share.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Also bench an in-process no-op server of the same shape, the same way, and print the ratio.
+    #[arg(long)]
+    baseline: bool,
 }
 
 #[derive(Args)]
@@ -349,8 +375,41 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             print!("{}", schema::field_table_markdown());
             Ok(0)
         }
+        Command::Bench(args) => runtime()?.block_on(bench(args)),
         other => runtime()?.block_on(client(other)),
     }
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
+    let duration = parse_duration(&args.duration)
+        .filter(|d| *d > 0)
+        .with_context(|| format!("--duration: `{}` is not e.g. 10s", args.duration))?;
+    let mut config = crate::loadgen::LoadConfig {
+        addr: args.addr.clone(),
+        concurrency: args.concurrency,
+        duration: std::time::Duration::from_secs(duration as u64),
+        rate: args.rate,
+        connections: args.connections,
+    };
+    let mode = match args.rate {
+        Some(r) => format!("open loop at {r:.0} req/s, at most {} in flight", args.concurrency),
+        None => format!("closed loop, {} callers", args.concurrency),
+    };
+    println!("{mode}, {} connections, {}", args.connections, args.duration);
+    let run_id = generated_id("bench");
+    let target = crate::loadgen::run(&config, &run_id).await.with_context(|| format!("connect to {}", args.addr))?;
+    println!("screening {}: {}", args.addr, target.summary());
+    let [_, allow, warn, hold, block] = target.actions;
+    println!("  actions: ALLOW {allow}, WARN {warn}, HOLD {hold}, BLOCK {block}");
+    if args.baseline {
+        let (addr, stop) = crate::loadgen::start_noop().await?;
+        config.addr = addr;
+        let noop = crate::loadgen::run(&config, &run_id).await?;
+        let _ = stop.send(());
+        println!("no-op baseline (in-process): {}", noop.summary());
+        println!("ratio screening / no-op throughput: {:.2}", target.throughput() / noop.throughput());
+    }
+    Ok(i32::from(target.errors > 0))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -834,7 +893,7 @@ async fn client(command: Command) -> anyhow::Result<i32> {
                 return Ok(1);
             }
         }
-        Command::Serve(_) | Command::Rules(_) => unreachable!("handled without a client"),
+        Command::Serve(_) | Command::Rules(_) | Command::Bench(_) => unreachable!("handled before"),
     }
     Ok(0)
 }

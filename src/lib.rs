@@ -14,6 +14,7 @@
 //! - [`server`]: configuration, serving, health, reflection, shutdown.
 //! - [`delivery`]: alert events to NATS JetStream.
 //! - [`telemetry`]: Prometheus metrics and `/metrics`.
+//! - [`loadgen`]: the `bench` load generator and its no-op baseline server.
 //! - [`cli`]: subcommands of the one binary.
 //!
 //! The core modules never import tokio or tonic; see ARCHITECTURE.md.
@@ -23,6 +24,7 @@ pub mod api;
 pub mod cli;
 pub mod delivery;
 pub mod engine;
+pub mod loadgen;
 pub mod model;
 pub mod rules;
 pub mod ruletest;

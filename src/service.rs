@@ -39,10 +39,6 @@ pub enum TransferState {
 }
 
 impl TransferState {
-    pub fn is_final(self) -> bool {
-        !matches!(self, TransferState::Allowed | TransferState::Warned | TransferState::Held | TransferState::Released)
-    }
-
     /// The transfer is in the customer's history (its payee known, in the windows).
     fn counts(self) -> bool {
         matches!(
@@ -422,9 +418,8 @@ impl TransferGuard {
                 self.state.record_known_payee(&customer_id, &payee, added_at);
             }
             CustomerEvent::TransferExecuted { request_id } => {
-                self.change_transfer(&request_id, "executed", |entry, status| match status.state {
+                self.change_transfer(&request_id, "executed", |_, status| match status.state {
                     TransferState::Allowed | TransferState::Warned | TransferState::Released => {
-                        let _ = entry;
                         Ok(Some(TransferState::Executed))
                     }
                     TransferState::Executed => Ok(None),
@@ -480,6 +475,7 @@ impl TransferGuard {
     pub fn claim_alert(&self, alert_id: &str, officer: &str) -> Result<Alert, ServiceError> {
         let alert = self.alerts.claim(alert_id, officer, wall_clock())?;
         self.metrics.alerts.with_label_values(&[&alert.station_id, "claimed"]).inc();
+        tracing::info!(alert_id, station = %alert.station_id, officer, "alert claimed");
         Ok(alert)
     }
 
@@ -512,6 +508,14 @@ impl TransferGuard {
         let now = wall_clock();
         let alert = self.alerts.resolve(alert_id, officer, outcome, decision.filter(|_| held), note, now)?;
         self.metrics.alerts.with_label_values(&[&alert.station_id, "resolved"]).inc();
+        tracing::info!(
+            alert_id,
+            station = %alert.station_id,
+            officer,
+            outcome = outcome.as_str(),
+            decision = ?alert.hold_decision,
+            "alert resolved"
+        );
         if let (Some(entry), true) = (entry, held) {
             let next = match alert.hold_decision {
                 Some(HoldDecision::Release) => {

@@ -5,7 +5,7 @@
 use super::convert::{self, FieldViolation, Violations};
 use super::proto as pb;
 use crate::alerts::{self, Alert, AlertEvent, AlertState, Backlog, HoldDecision, Outcome};
-use crate::model::Transfer;
+use crate::model::{mask_account, Transfer};
 use crate::service::{CustomerEvent, Screened, ServiceError, TransferGuard, TransferState, TransferStatus};
 use prost::Message;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -175,9 +175,41 @@ type Stream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Se
 #[tonic::async_trait]
 impl pb::screening_server::Screening for Api {
     async fn screen(&self, request: Request<pb::ScreenRequest>) -> Result<Response<pb::ScreenResponse>, Status> {
+        let started = std::time::Instant::now();
         let request = request.into_inner();
-        let transfer = Transfer::try_from(&request).map_err(invalid)?;
+        let transfer = Transfer::try_from(&request).map_err(|v| {
+            // Field names only: a bad value may be an account number.
+            let fields: Vec<&str> = v.iter().map(|f| f.field.as_str()).collect();
+            tracing::debug!(method = "Screen", ?fields, "invalid request");
+            invalid(v)
+        })?;
+        let (request_id, branch) = (transfer.request_id.clone(), transfer.branch_id.clone());
+        let payee = mask_account(&transfer.payee.account);
         let screened = self.guard.screen(transfer, fingerprint(&request)).map_err(status_of)?;
+        let d = &screened.decision;
+        let duration_us = started.elapsed().as_micros() as u64;
+        macro_rules! log_decision {
+            ($level:ident) => {
+                tracing::$level!(
+                    method = "Screen",
+                    %request_id,
+                    %branch,
+                    action = d.action.as_str(),
+                    score = d.score,
+                    hits = d.hits.len(),
+                    %payee,
+                    alert_id = screened.alert_id.as_deref().unwrap_or(""),
+                    station = screened.station_id.as_deref().unwrap_or(""),
+                    duration_us,
+                    "screened"
+                )
+            };
+        }
+        if d.action.raises_alert() {
+            log_decision!(info);
+        } else {
+            log_decision!(debug);
+        }
         Ok(Response::new(screened_to_pb(&screened)))
     }
 

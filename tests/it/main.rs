@@ -6,4 +6,5 @@ mod harness;
 mod holds;
 mod metrics;
 mod nats;
+mod ops;
 mod rules;

@@ -1,0 +1,295 @@
+//! The `bench` subcommand: a load generator for `Screen` with latency
+//! percentiles from an HDR histogram, closed loop (C callers, each waiting for
+//! its answer) or open loop (a fixed rate, latency measured from the intended
+//! send time so coordinated omission cannot hide queueing), and an in-process
+//! no-op server of the same service shape as the transport's baseline.
+//!
+//! Sends only to the address it is given (loopback in tests and docs), for a
+//! bounded time, then stops.
+
+use crate::api::proto as pb;
+use hdrhistogram::Histogram;
+use pbjson_types::Timestamp;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    pub addr: String,
+    /// Callers in flight (closed loop), or the most in flight (open loop).
+    pub concurrency: usize,
+    pub duration: Duration,
+    /// Requests per second for an open loop; None for a closed loop.
+    pub rate: Option<f64>,
+    /// HTTP/2 connections the callers share.
+    pub connections: usize,
+}
+
+#[derive(Debug)]
+pub struct LoadReport {
+    pub ok: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Latency in microseconds.
+    pub latency: Histogram<u64>,
+    pub actions: [u64; 5],
+}
+
+impl LoadReport {
+    pub fn throughput(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn percentile_us(&self, q: f64) -> u64 {
+        self.latency.value_at_quantile(q)
+    }
+
+    /// One line of figures.
+    pub fn summary(&self) -> String {
+        format!(
+            "{:.0} req/s ({} ok, {} errors in {:.1} s); latency µs p50 {} p90 {} p99 {} p99.9 {} max {}",
+            self.throughput(),
+            self.ok,
+            self.errors,
+            self.elapsed.as_secs_f64(),
+            self.percentile_us(0.50),
+            self.percentile_us(0.90),
+            self.percentile_us(0.99),
+            self.percentile_us(0.999),
+            self.latency.max()
+        )
+    }
+}
+
+fn now() -> Timestamp {
+    Timestamp { seconds: crate::service::wall_clock(), nanos: 0 }
+}
+
+/// A realistic request: mostly ordinary payments among 100,000 customers and
+/// their usual payees, some first payments, about 1 in 100 like the seed case.
+pub fn request(run: &str, k: u64) -> pb::ScreenRequest {
+    let customer = k.wrapping_mul(2_654_435_761) % 100_000;
+    let seed_like = k % 100 == 7;
+    let payee = if seed_like { 900_000 + k % 1000 } else { customer * 4 + k % 4 };
+    let amount = if seed_like { 40_000_000 } else { [35_000, 120_000, 350_000, 800_000, 2_500_000][(k % 5) as usize] };
+    pb::ScreenRequest {
+        request_id: format!("{run}-{k}"),
+        requested_at: Some(now()),
+        bank_id: "psbc".into(),
+        branch_id: ["psbc-heshan-zhongshan", "psbc-heshan-shaping", "icbc-heshan-zhongshan"][(k % 3) as usize].into(),
+        teller_id: "teller-01".into(),
+        channel: if k % 3 == 0 { pb::Channel::Counter } else { pb::Channel::Mobile } as i32,
+        customer: Some(pb::Customer {
+            customer_id: format!("cust-{customer:06}"),
+            account_id: format!("621098{customer:010}"),
+            birth_date: if customer % 5 == 0 { "1952-03-08" } else { "1979-11-21" }.into(),
+            account_opened_on: "2012-06-01".into(),
+            daily_limit_minor: 50_000_000,
+            last_limit_change: seed_like.then(|| pb::LimitChanged {
+                customer_id: format!("cust-{customer:06}"),
+                old_limit_minor: 5_000_000,
+                new_limit_minor: 50_000_000,
+                is_maximum: true,
+                changed_at: Some(Timestamp { seconds: crate::service::wall_clock() - 600, nanos: 0 }),
+            }),
+        }),
+        payee: Some(pb::Payee {
+            account: format!("622202{payee:010}"),
+            name: "收款人".into(),
+            bank_code: "icbc".into(),
+        }),
+        amount_minor: amount,
+        currency: "CNY".into(),
+        memo: if seed_like {
+            "投资理财 导师推荐"
+        } else {
+            ["房租", "生活费", "货款", ""][(k % 4) as usize]
+        }
+        .into(),
+        observations: if seed_like { vec![pb::Observation::OnPhoneWithStranger as i32] } else { vec![] },
+    }
+}
+
+async fn channels(addr: &str, n: usize) -> Result<Vec<Channel>, tonic::transport::Error> {
+    let mut v = Vec::new();
+    for _ in 0..n.max(1) {
+        v.push(Endpoint::from_shared(addr.to_string())?.tcp_nodelay(true).connect().await?);
+    }
+    Ok(v)
+}
+
+struct Tally {
+    latency: Mutex<Histogram<u64>>,
+    ok: AtomicU64,
+    errors: AtomicU64,
+    actions: [AtomicU64; 5],
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")),
+            ok: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            actions: Default::default(),
+        }
+    }
+
+    fn record(&self, latency: Duration, result: Result<tonic::Response<pb::ScreenResponse>, tonic::Status>) {
+        match result {
+            Ok(r) => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                let a = r.into_inner().action.clamp(0, 4) as usize;
+                self.actions[a].fetch_add(1, Ordering::Relaxed);
+                let us = (latency.as_micros() as u64).clamp(1, 60_000_000);
+                let _ = self.latency.lock().unwrap_or_else(|e| e.into_inner()).record(us);
+            }
+            Err(_) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Runs the load and reports.
+pub async fn run(config: &LoadConfig, run_id: &str) -> Result<LoadReport, tonic::transport::Error> {
+    let channels = channels(&config.addr, config.connections).await?;
+    let tally = Arc::new(Tally::new());
+    let counter = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + config.duration;
+    match config.rate {
+        None => {
+            let mut tasks = Vec::new();
+            for i in 0..config.concurrency.max(1) {
+                let mut client = pb::screening_client::ScreeningClient::new(channels[i % channels.len()].clone());
+                let (tally, counter, run_id) = (tally.clone(), counter.clone(), run_id.to_string());
+                tasks.push(tokio::spawn(async move {
+                    while Instant::now() < deadline {
+                        let k = counter.fetch_add(1, Ordering::Relaxed);
+                        let r = request(&run_id, k);
+                        let sent = Instant::now();
+                        let result = client.screen(r).await;
+                        tally.record(sent.elapsed(), result);
+                    }
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        }
+        Some(rate) => {
+            let period = Duration::from_secs_f64(1.0 / rate.max(1.0));
+            let limit = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut k = 0u64;
+            loop {
+                let intended = start + period.mul_f64(k as f64);
+                if intended >= deadline {
+                    break;
+                }
+                tokio::time::sleep_until(intended.into()).await;
+                let permit = limit.clone().acquire_owned().await.expect("never closed");
+                let mut client =
+                    pb::screening_client::ScreeningClient::new(channels[k as usize % channels.len()].clone());
+                let (tally, r) = (tally.clone(), request(run_id, k));
+                tasks.spawn(async move {
+                    let result = client.screen(r).await;
+                    // From the intended send time: waiting for a permit is queueing too.
+                    tally.record(intended.elapsed(), result);
+                    drop(permit);
+                });
+                k += 1;
+                while tasks.try_join_next().is_some() {}
+            }
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+    let elapsed = start.elapsed();
+    let tally = Arc::try_unwrap(tally).unwrap_or_else(|_| unreachable!("all tasks joined"));
+    Ok(LoadReport {
+        ok: tally.ok.into_inner(),
+        errors: tally.errors.into_inner(),
+        elapsed,
+        latency: tally.latency.into_inner().unwrap_or_else(|e| e.into_inner()),
+        actions: tally.actions.map(AtomicU64::into_inner),
+    })
+}
+
+/// A Screening service that decodes the request and answers ALLOW at once:
+/// what the transport alone costs.
+#[derive(Clone, Default)]
+pub struct NoopScreening;
+
+#[tonic::async_trait]
+impl pb::screening_server::Screening for NoopScreening {
+    async fn screen(
+        &self,
+        request: tonic::Request<pb::ScreenRequest>,
+    ) -> Result<tonic::Response<pb::ScreenResponse>, tonic::Status> {
+        let r = request.into_inner();
+        Ok(tonic::Response::new(pb::ScreenResponse {
+            request_id: r.request_id,
+            action: pb::Action::Allow as i32,
+            ruleset_version: "noop".into(),
+            ..Default::default()
+        }))
+    }
+
+    async fn record_event(
+        &self,
+        _: tonic::Request<pb::RecordEventRequest>,
+    ) -> Result<tonic::Response<pb::RecordEventResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no-op baseline"))
+    }
+
+    async fn get_transfer(
+        &self,
+        _: tonic::Request<pb::GetTransferRequest>,
+    ) -> Result<tonic::Response<pb::TransferStatus>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no-op baseline"))
+    }
+
+    type WatchTransferStream = tokio_stream::Empty<Result<pb::TransferStatus, tonic::Status>>;
+
+    async fn watch_transfer(
+        &self,
+        _: tonic::Request<pb::GetTransferRequest>,
+    ) -> Result<tonic::Response<Self::WatchTransferStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no-op baseline"))
+    }
+}
+
+/// Starts the no-op server on an ephemeral loopback port; returns its address
+/// and a sender that stops it.
+pub async fn start_noop() -> std::io::Result<(String, tokio::sync::oneshot::Sender<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(pb::screening_server::ScreeningServer::new(NoopScreening))
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Ok((addr, stop))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Transfer;
+
+    #[test]
+    fn generated_requests_are_valid() {
+        for k in 0..500 {
+            let r = request("t", k);
+            Transfer::try_from(&r).unwrap_or_else(|e| panic!("{k}: {e:?}"));
+        }
+    }
+}

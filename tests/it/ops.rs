@@ -1,0 +1,93 @@
+//! Operations: the real binary's logs mask accounts and names and it stops
+//! cleanly on SIGTERM; the load generator and its no-op baseline work.
+
+use crate::harness::{free_port, ordinary, repo, seed_case, TestServer};
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use transfer_guard::api::proto as pb;
+use transfer_guard::loadgen::{self, LoadConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_show_full_accounts_or_names_and_sigterm_stops_cleanly() {
+    let (port, metrics_port) = (free_port(), free_port());
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_transfer-guard"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+        ])
+        .args(["--data-dir", data.path().to_str().unwrap(), "--log-format", "json"])
+        .env("TRANSFER_GUARD_LOG", "debug")
+        .current_dir(repo())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.unwrap();
+    let mut client = pb::screening_client::ScreeningClient::new(channel.clone());
+    let held = client.screen(seed_case("log-seed")).await.unwrap().into_inner();
+    client.screen(ordinary("log-rent", "customer-log", "6222020000008002")).await.unwrap();
+    let mut bad = ordinary("log-bad", "customer-log", "6222020000008002");
+    bad.customer.as_mut().unwrap().account_id = "6210-9812-3456-7890-BAD!".into();
+    assert!(client.screen(bad).await.is_err());
+    let mut alerts = pb::alerts_client::AlertsClient::new(channel);
+    alerts
+        .claim_alert(pb::ClaimAlertRequest { alert_id: held.alert_id.clone(), officer_id: "officer-li".into() })
+        .await
+        .unwrap();
+
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || {
+        let mut stderr = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        (child.wait().unwrap(), stderr)
+    });
+    let (status, logs) =
+        tokio::time::timeout(Duration::from_secs(20), status).await.expect("stops on SIGTERM").unwrap();
+    assert!(status.success(), "{status:?}\n{logs}");
+    assert!(logs.contains("\"request_id\":\"log-seed\"") && logs.contains("\"action\":\"HOLD\""), "{logs}");
+    assert!(logs.contains("\"request_id\":\"log-rent\""), "a span of fields for every screen: {logs}");
+    assert!(logs.contains("6217***********8777"), "the payee appears masked: {logs}");
+    assert!(logs.contains("alert claimed") && logs.contains("stopped"), "{logs}");
+    for secret in ["6217000099998888777", "6210981234567890", "621098123456", "陈某某", "王房东"] {
+        assert!(!logs.contains(secret), "`{secret}` in the logs:\n{logs}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generator_measures_closed_and_open_loops_and_the_baseline() {
+    let server = TestServer::start().await;
+    let closed = LoadConfig {
+        addr: server.addr.clone(),
+        concurrency: 4,
+        duration: Duration::from_millis(800),
+        rate: None,
+        connections: 2,
+    };
+    let report = loadgen::run(&closed, "lg-closed").await.unwrap();
+    assert!(report.ok > 0 && report.errors == 0, "{report:?}");
+    assert_eq!(report.latency.len(), report.ok);
+    assert_eq!(report.actions.iter().sum::<u64>(), report.ok);
+
+    let open = LoadConfig { rate: Some(200.0), ..closed.clone() };
+    let report = loadgen::run(&open, "lg-open").await.unwrap();
+    // 200/s for 0.8 s is 160 intended sends, each answered.
+    assert_eq!((report.ok, report.errors), (160, 0), "{report:?}");
+
+    let (addr, stop) = loadgen::start_noop().await.unwrap();
+    let noop = loadgen::run(&LoadConfig { addr, ..closed }, "lg-noop").await.unwrap();
+    assert!(noop.ok > 0 && noop.errors == 0);
+    let _ = stop.send(());
+    server.stop().await;
+}
