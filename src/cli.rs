@@ -438,7 +438,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         nats_subject_prefix: args.nats_subject_prefix,
         metrics_listen: args.metrics_listen,
     })?;
-    let guard = match server::open(&config.rules_dir) {
+    let guard = match crate::service::TransferGuard::open(&config.rules_dir) {
         Ok(g) => g,
         Err(errors) => {
             for e in &errors {
@@ -449,6 +449,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     };
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+    let audit_path = config.data_dir.join("audit.jsonl");
+    let audit = crate::audit::AuditLog::open(&audit_path)
+        .with_context(|| format!("open the audit file {}", audit_path.display()))?;
+    let guard = std::sync::Arc::new(guard.with_audit(audit));
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

@@ -12,6 +12,7 @@
 //! - [`service`]: the application — idempotency, history, the hold loop.
 //! - [`api`]: proto ↔ domain conversion and validation; the tonic services.
 //! - [`server`]: configuration, serving, health, reflection, shutdown.
+//! - [`audit`]: the append-only JSON-lines audit trail.
 //! - [`delivery`]: alert events to NATS JetStream.
 //! - [`telemetry`]: Prometheus metrics and `/metrics`.
 //! - [`loadgen`]: the `bench` load generator and its no-op baseline server.
@@ -21,6 +22,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod delivery;
 pub mod engine;

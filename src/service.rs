@@ -10,6 +10,7 @@
 use crate::alerts::{
     Alert, AlertBook, AlertError, AlertEvent, AlertState, HoldDecision, Outcome, Routing, TransferSummary,
 };
+use crate::audit::{AuditLog, AuditRecord};
 use crate::engine::{self, Evaluation};
 use crate::model::{age_band, mask_account, mask_name, Action, Decision, LimitChange, Payee, Transfer, UnixSeconds};
 use crate::rules::{Diagnostic, ExpiryAction, Ruleset};
@@ -155,6 +156,7 @@ pub struct TransferGuard {
     alert_counter: AtomicU64,
     started_at: UnixSeconds,
     metrics: Arc<Metrics>,
+    audit: Option<AuditLog>,
 }
 
 /// The server's clock, for hold expiry and claim deadlines (real time).
@@ -209,8 +211,38 @@ impl TransferGuard {
             alert_counter: AtomicU64::new(0),
             started_at: wall_clock(),
             metrics: Arc::new(Metrics::new()),
+            audit: None,
         }
         .with_ruleset_metric()
+    }
+
+    /// Writes the audit trail to `audit` from now on.
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        let version = self.ruleset.load().version.to_string();
+        audit.record(AuditRecord::Ruleset { at: wall_clock(), version, loaded: true, errors: 0 });
+        self.audit = Some(audit);
+        self
+    }
+
+    fn audit(&self, record: impl FnOnce() -> AuditRecord) {
+        if let Some(a) = &self.audit {
+            a.record(record());
+        }
+    }
+
+    fn audit_alert(&self, event: &'static str, alert: &Alert) {
+        self.audit(|| AuditRecord::Alert {
+            at: alert.updated_at,
+            event,
+            alert_id: alert.id.clone(),
+            station_id: alert.station_id.clone(),
+            officer_id: alert.officer_id.clone(),
+            outcome: alert.outcome.map(Outcome::as_str),
+            hold_decision: alert.hold_decision.map(|d| match d {
+                HoldDecision::Release => "release",
+                HoldDecision::Block => "block",
+            }),
+        });
     }
 
     fn with_ruleset_metric(self) -> Self {
@@ -279,6 +311,7 @@ impl TransferGuard {
             Entry::Vacant(slot) => {
                 let (entry, answer) = self.settle(&ruleset, &transfer, evaluation, fingerprint);
                 slot.insert(entry);
+                self.audit(|| decision_record(&transfer, &answer));
                 Ok(answer)
             }
         }
@@ -333,7 +366,7 @@ impl TransferGuard {
                 answer.hold_expires_at = Some(expires);
                 lock(&self.holds).insert((expires, transfer.request_id.clone()));
             }
-            self.alerts.raise(Alert {
+            let event = self.alerts.raise(Alert {
                 id: id.clone(),
                 station_id: station.id.clone(),
                 escalation_station_id: None,
@@ -352,6 +385,7 @@ impl TransferGuard {
                 updated_at: now,
                 awaiting_decision: held,
             });
+            self.audit_alert("raised", &event.alert);
             answer.alert_id = Some(id);
             answer.station_id = Some(station.id.clone());
         }
@@ -476,6 +510,7 @@ impl TransferGuard {
         let alert = self.alerts.claim(alert_id, officer, wall_clock())?;
         self.metrics.alerts.with_label_values(&[&alert.station_id, "claimed"]).inc();
         tracing::info!(alert_id, station = %alert.station_id, officer, "alert claimed");
+        self.audit_alert("claimed", &alert);
         Ok(alert)
     }
 
@@ -516,6 +551,7 @@ impl TransferGuard {
             decision = ?alert.hold_decision,
             "alert resolved"
         );
+        self.audit_alert("resolved", &alert);
         if let (Some(entry), true) = (entry, held) {
             let next = match alert.hold_decision {
                 Some(HoldDecision::Release) => {
@@ -563,6 +599,7 @@ impl TransferGuard {
         let routing = self.routing.load();
         for alert in self.alerts.escalate_overdue(&routing, now) {
             self.metrics.alerts.with_label_values(&[&alert.station_id, "escalated"]).inc();
+            self.audit_alert("escalated", &alert);
         }
         let due: Vec<String> = {
             let mut holds = lock(&self.holds);
@@ -596,6 +633,7 @@ impl TransferGuard {
             if let Some(alert_id) = entry.answer.alert_id.as_deref() {
                 if let Ok(alert) = self.alerts.hold_expired(alert_id, decision, now) {
                     self.metrics.alerts.with_label_values(&[&alert.station_id, "expired"]).inc();
+                    self.audit_alert("expired", &alert);
                 }
             }
             entry.status.send_modify(|s| {
@@ -612,11 +650,28 @@ impl TransferGuard {
             entry.added_at = wall_clock();
         }
         self.state.watchlist_upsert(entry.clone());
+        self.audit(|| AuditRecord::Watchlist {
+            at: entry.added_at,
+            op: "upsert",
+            account: mask_account(&entry.account),
+            station_id: entry.station_id.clone(),
+            reason: entry.reason.clone(),
+        });
         entry
     }
 
     pub fn watchlist_remove(&self, account: &str) -> bool {
-        self.state.watchlist_remove(account).is_some()
+        let removed = self.state.watchlist_remove(account);
+        if let Some(e) = &removed {
+            self.audit(|| AuditRecord::Watchlist {
+                at: wall_clock(),
+                op: "remove",
+                account: mask_account(&e.account),
+                station_id: e.station_id.clone(),
+                reason: e.reason.clone(),
+            });
+        }
+        removed.is_some()
     }
 
     pub fn watchlist(&self) -> Vec<WatchEntry> {
@@ -635,10 +690,22 @@ impl TransferGuard {
                 self.routing.store(Arc::new(routing));
                 self.metrics.set_ruleset(&version);
                 tracing::info!(%version, "rules reloaded");
+                self.audit(|| AuditRecord::Ruleset {
+                    at: wall_clock(),
+                    version: version.clone(),
+                    loaded: true,
+                    errors: 0,
+                });
                 Reload { reloaded: true, version, errors: Vec::new() }
             }
             Err(errors) => {
                 self.metrics.reload_failures.inc();
+                self.audit(|| AuditRecord::Ruleset {
+                    at: wall_clock(),
+                    version: self.ruleset.load().version.to_string(),
+                    loaded: false,
+                    errors: errors.len(),
+                });
                 tracing::error!(errors = errors.len(), first = %errors.first().map_or("", |e| e.as_str()), "rules reload refused; the running ruleset stays");
                 Reload { reloaded: false, version: self.ruleset.load().version.to_string(), errors }
             }
@@ -655,6 +722,29 @@ impl TransferGuard {
 
     pub fn screened_count(&self) -> usize {
         self.screens.len()
+    }
+}
+
+fn decision_record(t: &Transfer, s: &Screened) -> AuditRecord {
+    let (shadow, active): (Vec<_>, Vec<_>) = s.decision.hits.iter().partition(|h| h.shadow);
+    AuditRecord::Decision {
+        at: t.requested_at,
+        request_id: t.request_id.clone(),
+        bank_id: t.bank_id.clone(),
+        branch_id: t.branch_id.clone(),
+        channel: t.channel.as_str(),
+        amount_minor: t.amount,
+        currency: t.currency.clone(),
+        customer_account: mask_account(&t.customer.account_id),
+        payee_account: mask_account(&t.payee.account),
+        payee_name: mask_name(&t.payee.name),
+        action: s.decision.action.as_str(),
+        score: s.decision.score,
+        hits: active.iter().map(|h| h.rule_id().to_string()).collect(),
+        shadow_hits: shadow.iter().map(|h| h.rule_id().to_string()).collect(),
+        ruleset_version: s.decision.ruleset_version.to_string(),
+        alert_id: s.alert_id.clone(),
+        station_id: s.station_id.clone(),
     }
 }
 

@@ -61,6 +61,8 @@ pub struct TestServer {
     pub metrics_addr: String,
     pub guard: Arc<TransferGuard>,
     pub rules: tempfile::TempDir,
+    /// The data dir; the audit trail is `audit.jsonl` in it.
+    pub data: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -76,7 +78,10 @@ impl TestServer {
     pub async fn start_full(prepare: impl FnOnce(&Path), nats: Option<NatsConfig>) -> TestServer {
         let rules = rules_copy();
         prepare(rules.path());
-        let guard = transfer_guard::server::open(rules.path()).unwrap_or_else(|e| panic!("{e:#?}"));
+        let data = tempfile::tempdir().unwrap();
+        let audit = transfer_guard::audit::AuditLog::open(&data.path().join("audit.jsonl")).unwrap();
+        let guard = TransferGuard::open(rules.path()).unwrap_or_else(|e| panic!("{e:#?}")).with_audit(audit);
+        let guard = Arc::new(guard);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -89,7 +94,7 @@ impl TestServer {
         let task = tokio::spawn(async move {
             task.await.unwrap().unwrap();
         });
-        TestServer { addr, metrics_addr, guard, rules, stop: Some(stop), task: Some(task) }
+        TestServer { addr, metrics_addr, guard, rules, data, stop: Some(stop), task: Some(task) }
     }
 
     pub async fn start() -> TestServer {

@@ -91,3 +91,82 @@ async fn the_load_generator_measures_closed_and_open_loops_and_the_baseline() {
     let _ = stop.send(());
     server.stop().await;
 }
+
+/// Every decision, alert change, watchlist change and ruleset change is in the
+/// audit file, masked.
+#[tokio::test]
+async fn the_audit_trail_records_every_change_masked() {
+    let server = TestServer::start().await;
+    let mut teller = server.screening().await;
+    let held = teller.screen(seed_case("audit-seed")).await.unwrap().into_inner();
+    teller.screen(seed_case("audit-seed")).await.unwrap(); // a retry is not a new decision
+    teller.screen(ordinary("audit-rent", "customer-a", "6222020000008002")).await.unwrap();
+    let mut officer = server.alerts().await;
+    officer
+        .claim_alert(pb::ClaimAlertRequest { alert_id: held.alert_id.clone(), officer_id: "officer-li".into() })
+        .await
+        .unwrap();
+    officer
+        .resolve_alert(pb::ResolveAlertRequest {
+            alert_id: held.alert_id.clone(),
+            officer_id: "officer-li".into(),
+            outcome: pb::Outcome::Dissuaded as i32,
+            hold_decision: pb::HoldDecision::Block as i32,
+            note: String::new(),
+        })
+        .await
+        .unwrap();
+    server
+        .watchlist()
+        .await
+        .upsert_entry(pb::WatchlistEntry {
+            account: "6222000055556666".into(),
+            issuer_station_id: "heshan-zhongshan-ps".into(),
+            reason: "涉诈收款账户".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    server.rules().await.reload_rules(pb::ReloadRulesRequest {}).await.unwrap();
+
+    let path = server.data.path().join("audit.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines: Vec<serde_json::Value> = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).expect("JSON lines")).collect();
+        if lines.len() >= 8 || Instant::now() > deadline {
+            assert!(!text.contains("6217000099998888777") && !text.contains("陈某某"), "{text}");
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let kinds: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            format!(
+                "{}:{}",
+                l["kind"].as_str().unwrap(),
+                l["event"].as_str().or(l["op"].as_str()).or(l["action"].as_str()).unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "ruleset:",
+            "alert:raised",
+            "decision:HOLD",
+            "decision:ALLOW",
+            "alert:claimed",
+            "alert:resolved",
+            "watchlist:upsert",
+            "ruleset:"
+        ],
+        "{lines:#?}"
+    );
+    assert_eq!(lines[2]["payee_account"], "6217***********8777");
+    assert_eq!(lines[2]["payee_name"], "陈**");
+    assert_eq!(lines[5]["hold_decision"], "block");
+    server.stop().await;
+}
