@@ -20,6 +20,9 @@ use std::sync::Arc;
 const BUFFER: usize = 65_536;
 
 /// One line of the audit file.
+// Decisions are most records, so they stay inline: boxing them would add an
+// allocation per decision to move a value through the channel once.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AuditRecord {
