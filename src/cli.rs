@@ -76,6 +76,10 @@ pub struct BenchArgs {
     /// Also bench an in-process no-op server of the same shape, the same way, and print the ratio.
     #[arg(long)]
     baseline: bool,
+    /// Ignore --addr: start the real service in this process (rules from RULES, audit file in a
+    /// temp dir), so that it and the no-op baseline are measured the same way.
+    #[arg(long, value_name = "RULES")]
+    in_process: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -384,8 +388,27 @@ async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     let duration = parse_duration(&args.duration)
         .filter(|d| *d > 0)
         .with_context(|| format!("--duration: `{}` is not e.g. 10s", args.duration))?;
+    let mut stop_in_process = None;
+    let addr = match &args.in_process {
+        None => args.addr.clone(),
+        Some(rules) => {
+            let guard = crate::service::TransferGuard::open(rules)
+                .map_err(|e| anyhow::anyhow!("the rules did not load:\n{}", e.join("\n")))?;
+            let dir = std::env::temp_dir().join(format!("transfer-guard-bench-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let guard = std::sync::Arc::new(guard.with_audit(crate::audit::AuditLog::open(&dir.join("audit.jsonl"))?));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = format!("http://{}", listener.local_addr()?);
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(server::run(listener, guard, async {
+                let _ = stopped.await;
+            }));
+            stop_in_process = Some((stop, dir));
+            addr
+        }
+    };
     let mut config = crate::loadgen::LoadConfig {
-        addr: args.addr.clone(),
+        addr: addr.clone(),
         concurrency: args.concurrency,
         duration: std::time::Duration::from_secs(duration as u64),
         rate: args.rate,
@@ -397,8 +420,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     };
     println!("{mode}, {} connections, {}", args.connections, args.duration);
     let run_id = generated_id("bench");
-    let target = crate::loadgen::run(&config, &run_id).await.with_context(|| format!("connect to {}", args.addr))?;
-    println!("screening {}: {}", args.addr, target.summary());
+    let target = crate::loadgen::run(&config, &run_id).await.with_context(|| format!("connect to {addr}"))?;
+    let label =
+        if stop_in_process.is_some() { "screening (in-process)".to_string() } else { format!("screening {addr}") };
+    println!("{label}: {}", target.summary());
+    if let Some((stop, dir)) = stop_in_process.take() {
+        let _ = stop.send(());
+        let _ = std::fs::remove_dir_all(dir);
+    }
     let [_, allow, warn, hold, block] = target.actions;
     println!("  actions: ALLOW {allow}, WARN {warn}, HOLD {hold}, BLOCK {block}");
     if args.baseline {

@@ -291,9 +291,7 @@ impl TransferGuard {
         let _customer = lock(&self.customer_stripes[stripe_of(&transfer.customer.customer_id)]);
         let ruleset = self.ruleset.load();
         let evaluation = engine::screen(&ruleset, &transfer, &self.state);
-        let action = evaluation.decision.action.as_str();
-        self.metrics.screen_seconds.with_label_values(&[action]).observe(started.elapsed().as_secs_f64());
-        self.metrics.decisions.with_label_values(&[action]).inc();
+        self.metrics.observe_screen(evaluation.decision.action, started.elapsed().as_secs_f64());
         for hit in &evaluation.decision.hits {
             let mode = if hit.shadow { "shadow" } else { "active" };
             self.metrics.rule_hits.with_label_values(&[hit.rule_id(), mode]).inc();
