@@ -28,6 +28,8 @@ pub struct Metrics {
     pub reload_failures: IntCounter,
     pub state_size: IntGaugeVec,
     pub reload_seconds: Histogram,
+    /// gRPC calls by method and code (streams: the code of opening them).
+    pub grpc_requests: IntCounterVec,
     /// Children of `screen_seconds` and `decisions` per action, resolved once:
     /// a label lookup per request costs a hash and a lock.
     screen_by_action: [Histogram; 4],
@@ -87,6 +89,11 @@ impl Metrics {
                 "Time to compile and test a ruleset",
             ))
             .expect("valid metric"),
+            grpc_requests: IntCounterVec::new(
+                Opts::new("grpc_requests_total", "gRPC calls by method and status code"),
+                &["method", "code"],
+            )
+            .expect("valid metric"),
             registry,
         };
         for c in [
@@ -102,6 +109,7 @@ impl Metrics {
             Box::new(m.reload_failures.clone()),
             Box::new(m.state_size.clone()),
             Box::new(m.reload_seconds.clone()),
+            Box::new(m.grpc_requests.clone()),
         ] {
             m.registry.register(c).expect("each metric is registered once");
         }
@@ -112,6 +120,10 @@ impl Metrics {
     pub fn observe_screen(&self, action: Action, seconds: f64) {
         self.screen_by_action[action as usize].observe(seconds);
         self.decisions_by_action[action as usize].inc();
+    }
+
+    pub fn observe_rpc(&self, method: &'static str, code: &'static str) {
+        self.grpc_requests.with_label_values(&[method, code]).inc();
     }
 
     /// Marks `version` as the ruleset in force.

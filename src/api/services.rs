@@ -24,6 +24,45 @@ pub struct Api {
     pub shutdown: watch::Receiver<bool>,
 }
 
+impl Api {
+    /// Runs a handler and counts it by method and gRPC code.
+    async fn rpc<T>(
+        &self,
+        method: &'static str,
+        handler: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let result = handler.await;
+        let code = match &result {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        };
+        self.guard.metrics().observe_rpc(method, code_name(code));
+        result
+    }
+}
+
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 /// `INVALID_ARGUMENT` naming every bad field, with `google.rpc.BadRequest` details.
 pub fn invalid(violations: Vec<FieldViolation>) -> Status {
     let message = violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ");
@@ -175,61 +214,71 @@ type Stream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Se
 #[tonic::async_trait]
 impl pb::screening_server::Screening for Api {
     async fn screen(&self, request: Request<pb::ScreenRequest>) -> Result<Response<pb::ScreenResponse>, Status> {
-        let started = std::time::Instant::now();
-        let request = request.into_inner();
-        let transfer = Transfer::try_from(&request).map_err(|v| {
-            // Field names only: a bad value may be an account number.
-            let fields: Vec<&str> = v.iter().map(|f| f.field.as_str()).collect();
-            tracing::debug!(method = "Screen", ?fields, "invalid request");
-            invalid(v)
-        })?;
-        let (request_id, branch) = (transfer.request_id.clone(), transfer.branch_id.clone());
-        let payee = mask_account(&transfer.payee.account);
-        let screened = self.guard.screen(transfer, fingerprint(&request)).map_err(status_of)?;
-        let d = &screened.decision;
-        let duration_us = started.elapsed().as_micros() as u64;
-        macro_rules! log_decision {
-            ($level:ident) => {
-                tracing::$level!(
-                    method = "Screen",
-                    %request_id,
-                    %branch,
-                    action = d.action.as_str(),
-                    score = d.score,
-                    hits = d.hits.len(),
-                    %payee,
-                    alert_id = screened.alert_id.as_deref().unwrap_or(""),
-                    station = screened.station_id.as_deref().unwrap_or(""),
-                    duration_us,
-                    "screened"
-                )
-            };
-        }
-        if d.action.raises_alert() {
-            log_decision!(info);
-        } else {
-            log_decision!(debug);
-        }
-        Ok(Response::new(screened_to_pb(&screened)))
+        self.rpc("Screen", async move {
+            let started = std::time::Instant::now();
+            let request = request.into_inner();
+            let transfer = Transfer::try_from(&request).map_err(|v| {
+                // Field names only: a bad value may be an account number.
+                let fields: Vec<&str> = v.iter().map(|f| f.field.as_str()).collect();
+                tracing::debug!(method = "Screen", ?fields, "invalid request");
+                invalid(v)
+            })?;
+            let (request_id, branch) = (transfer.request_id.clone(), transfer.branch_id.clone());
+            let payee = mask_account(&transfer.payee.account);
+            let screened = self.guard.screen(transfer, fingerprint(&request)).map_err(status_of)?;
+            let d = &screened.decision;
+            let duration_us = started.elapsed().as_micros() as u64;
+            macro_rules! log_decision {
+                ($level:ident) => {
+                    tracing::$level!(
+                        method = "Screen",
+                        %request_id,
+                        %branch,
+                        action = d.action.as_str(),
+                        score = d.score,
+                        hits = d.hits.len(),
+                        %payee,
+                        alert_id = screened.alert_id.as_deref().unwrap_or(""),
+                        station = screened.station_id.as_deref().unwrap_or(""),
+                        duration_us,
+                        "screened"
+                    )
+                };
+            }
+            if d.action.raises_alert() {
+                log_decision!(info);
+            } else {
+                log_decision!(debug);
+            }
+            Ok(Response::new(screened_to_pb(&screened)))
+        })
+        .await
     }
 
     async fn record_event(
         &self,
         request: Request<pb::RecordEventRequest>,
     ) -> Result<Response<pb::RecordEventResponse>, Status> {
-        let request = request.into_inner();
-        let event = customer_event(&request).map_err(invalid)?;
-        let duplicate = self.guard.record_event(&request.event_id, fingerprint(&request), event).map_err(status_of)?;
-        Ok(Response::new(pb::RecordEventResponse { event_id: request.event_id, duplicate }))
+        self.rpc("RecordEvent", async move {
+            let request = request.into_inner();
+            let event = customer_event(&request).map_err(invalid)?;
+            let duplicate =
+                self.guard.record_event(&request.event_id, fingerprint(&request), event).map_err(status_of)?;
+            Ok(Response::new(pb::RecordEventResponse { event_id: request.event_id, duplicate }))
+        })
+        .await
     }
 
     async fn get_transfer(
         &self,
         request: Request<pb::GetTransferRequest>,
     ) -> Result<Response<pb::TransferStatus>, Status> {
-        let id = request_id(&request.into_inner())?;
-        let status = self.guard.transfer_status(&id).map_err(status_of)?;
-        Ok(Response::new(status_to_pb(&status)))
+        self.rpc("GetTransfer", async move {
+            let id = request_id(&request.into_inner())?;
+            let status = self.guard.transfer_status(&id).map_err(status_of)?;
+            Ok(Response::new(status_to_pb(&status)))
+        })
+        .await
     }
 
     type WatchTransferStream = Stream<pb::TransferStatus>;
@@ -238,26 +287,29 @@ impl pb::screening_server::Screening for Api {
         &self,
         request: Request<pb::GetTransferRequest>,
     ) -> Result<Response<Self::WatchTransferStream>, Status> {
-        let id = request_id(&request.into_inner())?;
-        let mut updates = self.guard.watch_transfer(&id).map_err(status_of)?;
-        let (tx, rx) = mpsc::channel(8);
-        let mut shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                let status = updates.borrow_and_update().clone();
-                if tx.send(Ok(status_to_pb(&status))).await.is_err() || status.state != TransferState::Held {
-                    break;
-                }
-                tokio::select! {
-                    changed = updates.changed() => if changed.is_err() { break },
-                    _ = stopped(&mut shutdown) => {
-                        let _ = tx.send(Err(Status::unavailable("server shutting down; watch again"))).await;
+        self.rpc("WatchTransfer", async move {
+            let id = request_id(&request.into_inner())?;
+            let mut updates = self.guard.watch_transfer(&id).map_err(status_of)?;
+            let (tx, rx) = mpsc::channel(8);
+            let mut shutdown = self.shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    let status = updates.borrow_and_update().clone();
+                    if tx.send(Ok(status_to_pb(&status))).await.is_err() || status.state != TransferState::Held {
                         break;
                     }
+                    tokio::select! {
+                        changed = updates.changed() => if changed.is_err() { break },
+                        _ = stopped(&mut shutdown) => {
+                            let _ = tx.send(Err(Status::unavailable("server shutting down; watch again"))).await;
+                            break;
+                        }
+                    }
                 }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+            });
+            Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as Self::WatchTransferStream))
+        })
+        .await
     }
 }
 
@@ -303,209 +355,239 @@ impl pb::alerts_server::Alerts for Api {
         &self,
         request: Request<pb::WatchAlertsRequest>,
     ) -> Result<Response<Self::WatchAlertsStream>, Status> {
-        let r = request.into_inner();
-        let mut v = Violations::default();
-        if r.station_ids.is_empty() {
-            v.add("station_ids", "required: at least one station");
-        }
-        for (i, s) in r.station_ids.iter().enumerate() {
-            v.id(&format!("station_ids[{i}]"), s, 64);
-        }
-        v.into_result(()).map_err(invalid)?;
-        let guard = self.guard.clone();
-        // Subscribe before reading the backlog so no event falls in between.
-        let mut live = guard.subscribe_alerts();
-        let (tx, rx) = mpsc::channel(256);
-        let mut shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            let stations = r.station_ids;
-            let mut last = r.after_cursor;
-            let mut catch_up = true;
-            loop {
-                if catch_up {
-                    match guard.backlog(&stations, last) {
-                        Backlog::Events(events) => {
-                            for e in events {
-                                last = e.cursor;
-                                if tx.send(Ok(event_to_pb(&e))).await.is_err() {
-                                    return;
+        self.rpc("WatchAlerts", async move {
+            let r = request.into_inner();
+            let mut v = Violations::default();
+            if r.station_ids.is_empty() {
+                v.add("station_ids", "required: at least one station");
+            }
+            for (i, s) in r.station_ids.iter().enumerate() {
+                v.id(&format!("station_ids[{i}]"), s, 64);
+            }
+            v.into_result(()).map_err(invalid)?;
+            let guard = self.guard.clone();
+            // Subscribe before reading the backlog so no event falls in between.
+            let mut live = guard.subscribe_alerts();
+            let (tx, rx) = mpsc::channel(256);
+            let mut shutdown = self.shutdown.clone();
+            tokio::spawn(async move {
+                let stations = r.station_ids;
+                let mut last = r.after_cursor;
+                let mut catch_up = true;
+                loop {
+                    if catch_up {
+                        match guard.backlog(&stations, last) {
+                            Backlog::Events(events) => {
+                                for e in events {
+                                    last = e.cursor;
+                                    if tx.send(Ok(event_to_pb(&e))).await.is_err() {
+                                        return;
+                                    }
                                 }
                             }
+                            Backlog::TooOld { oldest } => {
+                                let msg = format!("cursor {last} is older than the retained events (oldest {oldest}); list alerts, then resume from {}", oldest - 1);
+                                let _ = tx.send(Err(Status::out_of_range(msg))).await;
+                                return;
+                            }
                         }
-                        Backlog::TooOld { oldest } => {
-                            let msg = format!("cursor {last} is older than the retained events (oldest {oldest}); list alerts, then resume from {}", oldest - 1);
-                            let _ = tx.send(Err(Status::out_of_range(msg))).await;
+                        catch_up = false;
+                    }
+                    let next = tokio::select! {
+                        next = live.recv() => next,
+                        _ = stopped(&mut shutdown) => {
+                            let _ = tx.send(Err(Status::unavailable(format!("server shutting down; resume after cursor {last}")))).await;
                             return;
                         }
-                    }
-                    catch_up = false;
-                }
-                let next = tokio::select! {
-                    next = live.recv() => next,
-                    _ = stopped(&mut shutdown) => {
-                        let _ = tx.send(Err(Status::unavailable(format!("server shutting down; resume after cursor {last}")))).await;
-                        return;
-                    }
-                };
-                match next {
-                    Ok(e) if e.cursor > last && e.alert.visible_to(&stations) => {
-                        last = e.cursor;
-                        if tx.send(Ok(event_to_pb(&e))).await.is_err() {
-                            return;
+                    };
+                    match next {
+                        Ok(e) if e.cursor > last && e.alert.visible_to(&stations) => {
+                            last = e.cursor;
+                            if tx.send(Ok(event_to_pb(&e))).await.is_err() {
+                                return;
+                            }
                         }
+                        Ok(_) => {}
+                        // Fell behind the live buffer: read the rest from the log.
+                        Err(broadcast::error::RecvError::Lagged(_)) => catch_up = true,
+                        Err(broadcast::error::RecvError::Closed) => return,
                     }
-                    Ok(_) => {}
-                    // Fell behind the live buffer: read the rest from the log.
-                    Err(broadcast::error::RecvError::Lagged(_)) => catch_up = true,
-                    Err(broadcast::error::RecvError::Closed) => return,
                 }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+            });
+            Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as Self::WatchAlertsStream))
+        })
+        .await
     }
 
     async fn list_alerts(
         &self,
         request: Request<pb::ListAlertsRequest>,
     ) -> Result<Response<pb::ListAlertsResponse>, Status> {
-        let r = request.into_inner();
-        let mut v = Violations::default();
-        let mut states = Vec::new();
-        for (i, s) in r.states.iter().enumerate() {
-            match pb::AlertState::try_from(*s) {
-                Ok(pb::AlertState::New) => states.push(AlertState::New),
-                Ok(pb::AlertState::Claimed) => states.push(AlertState::Claimed),
-                Ok(pb::AlertState::Escalated) => states.push(AlertState::Escalated),
-                Ok(pb::AlertState::Resolved) => states.push(AlertState::Resolved),
-                _ => v.add(format!("states[{i}]"), format!("unknown alert state {s}")),
+        self.rpc("ListAlerts", async move {
+            let r = request.into_inner();
+            let mut v = Violations::default();
+            let mut states = Vec::new();
+            for (i, s) in r.states.iter().enumerate() {
+                match pb::AlertState::try_from(*s) {
+                    Ok(pb::AlertState::New) => states.push(AlertState::New),
+                    Ok(pb::AlertState::Claimed) => states.push(AlertState::Claimed),
+                    Ok(pb::AlertState::Escalated) => states.push(AlertState::Escalated),
+                    Ok(pb::AlertState::Resolved) => states.push(AlertState::Resolved),
+                    _ => v.add(format!("states[{i}]"), format!("unknown alert state {s}")),
+                }
             }
-        }
-        let after = r.created_after.as_ref().map(|t| v.time("created_after", Some(t)));
-        let before = r.created_before.as_ref().map(|t| v.time("created_before", Some(t)));
-        if r.limit > 1000 {
-            v.add("limit", "at most 1000");
-        }
-        v.into_result(()).map_err(invalid)?;
-        let limit = if r.limit == 0 { 100 } else { r.limit as usize };
-        let alerts = self.guard.alerts().list(&r.station_ids, &states, (after, before), limit);
-        Ok(Response::new(pb::ListAlertsResponse { alerts: alerts.iter().map(alert_to_pb).collect() }))
+            let after = r.created_after.as_ref().map(|t| v.time("created_after", Some(t)));
+            let before = r.created_before.as_ref().map(|t| v.time("created_before", Some(t)));
+            if r.limit > 1000 {
+                v.add("limit", "at most 1000");
+            }
+            v.into_result(()).map_err(invalid)?;
+            let limit = if r.limit == 0 { 100 } else { r.limit as usize };
+            let alerts = self.guard.alerts().list(&r.station_ids, &states, (after, before), limit);
+            Ok(Response::new(pb::ListAlertsResponse { alerts: alerts.iter().map(alert_to_pb).collect() }))
+        })
+        .await
     }
 
     async fn claim_alert(&self, request: Request<pb::ClaimAlertRequest>) -> Result<Response<pb::Alert>, Status> {
-        let r = request.into_inner();
-        let mut v = Violations::default();
-        let alert_id = v.id("alert_id", &r.alert_id, 64);
-        let officer = v.id("officer_id", &r.officer_id, 64);
-        v.into_result(()).map_err(invalid)?;
-        let alert = self.guard.claim_alert(&alert_id, &officer).map_err(status_of)?;
-        Ok(Response::new(alert_to_pb(&alert)))
+        self.rpc("ClaimAlert", async move {
+            let r = request.into_inner();
+            let mut v = Violations::default();
+            let alert_id = v.id("alert_id", &r.alert_id, 64);
+            let officer = v.id("officer_id", &r.officer_id, 64);
+            v.into_result(()).map_err(invalid)?;
+            let alert = self.guard.claim_alert(&alert_id, &officer).map_err(status_of)?;
+            Ok(Response::new(alert_to_pb(&alert)))
+        })
+        .await
     }
 
     async fn resolve_alert(&self, request: Request<pb::ResolveAlertRequest>) -> Result<Response<pb::Alert>, Status> {
-        let r = request.into_inner();
-        let mut v = Violations::default();
-        let alert_id = v.id("alert_id", &r.alert_id, 64);
-        let officer = v.id("officer_id", &r.officer_id, 64);
-        let note = v.text("note", &r.note, 1024);
-        let outcome = match pb::Outcome::try_from(r.outcome) {
-            Ok(pb::Outcome::Dissuaded) => Some(Outcome::Dissuaded),
-            Ok(pb::Outcome::FraudConfirmed) => Some(Outcome::FraudConfirmed),
-            Ok(pb::Outcome::FalseAlarm) => Some(Outcome::FalseAlarm),
-            Ok(pb::Outcome::CustomerProceeded) => Some(Outcome::CustomerProceeded),
-            _ => {
-                v.add("outcome", "required: dissuaded, fraud_confirmed, false_alarm or customer_proceeded");
-                None
-            }
-        };
-        let decision = match pb::HoldDecision::try_from(r.hold_decision) {
-            Ok(pb::HoldDecision::Release) => Some(HoldDecision::Release),
-            Ok(pb::HoldDecision::Block) => Some(HoldDecision::Block),
-            Ok(pb::HoldDecision::Unspecified) => None,
-            Err(_) => {
-                v.add("hold_decision", format!("unknown hold decision {}", r.hold_decision));
-                None
-            }
-        };
-        let outcome = v.into_result(outcome).map_err(invalid)?.expect("checked");
-        let alert = self.guard.resolve_alert(&alert_id, &officer, outcome, decision, &note).map_err(status_of)?;
-        Ok(Response::new(alert_to_pb(&alert)))
+        self.rpc("ResolveAlert", async move {
+            let r = request.into_inner();
+            let mut v = Violations::default();
+            let alert_id = v.id("alert_id", &r.alert_id, 64);
+            let officer = v.id("officer_id", &r.officer_id, 64);
+            let note = v.text("note", &r.note, 1024);
+            let outcome = match pb::Outcome::try_from(r.outcome) {
+                Ok(pb::Outcome::Dissuaded) => Some(Outcome::Dissuaded),
+                Ok(pb::Outcome::FraudConfirmed) => Some(Outcome::FraudConfirmed),
+                Ok(pb::Outcome::FalseAlarm) => Some(Outcome::FalseAlarm),
+                Ok(pb::Outcome::CustomerProceeded) => Some(Outcome::CustomerProceeded),
+                _ => {
+                    v.add("outcome", "required: dissuaded, fraud_confirmed, false_alarm or customer_proceeded");
+                    None
+                }
+            };
+            let decision = match pb::HoldDecision::try_from(r.hold_decision) {
+                Ok(pb::HoldDecision::Release) => Some(HoldDecision::Release),
+                Ok(pb::HoldDecision::Block) => Some(HoldDecision::Block),
+                Ok(pb::HoldDecision::Unspecified) => None,
+                Err(_) => {
+                    v.add("hold_decision", format!("unknown hold decision {}", r.hold_decision));
+                    None
+                }
+            };
+            let outcome = v.into_result(outcome).map_err(invalid)?.expect("checked");
+            let alert = self.guard.resolve_alert(&alert_id, &officer, outcome, decision, &note).map_err(status_of)?;
+            Ok(Response::new(alert_to_pb(&alert)))
+        })
+        .await
     }
 }
 
 #[tonic::async_trait]
 impl pb::watchlist_server::Watchlist for Api {
     async fn upsert_entry(&self, request: Request<pb::WatchlistEntry>) -> Result<Response<pb::WatchlistEntry>, Status> {
-        let entry = crate::state::WatchEntry::try_from(&request.into_inner()).map_err(invalid)?;
-        let entry = self.guard.watchlist_upsert(entry);
-        Ok(Response::new(convert::watch_entry_to_pb(&entry)))
+        self.rpc("UpsertEntry", async move {
+            let entry = crate::state::WatchEntry::try_from(&request.into_inner()).map_err(invalid)?;
+            let entry = self.guard.watchlist_upsert(entry);
+            Ok(Response::new(convert::watch_entry_to_pb(&entry)))
+        })
+        .await
     }
 
     async fn remove_entry(
         &self,
         request: Request<pb::RemoveEntryRequest>,
     ) -> Result<Response<pb::RemoveEntryResponse>, Status> {
-        let mut v = Violations::default();
-        let account = v.account("account", &request.into_inner().account);
-        v.into_result(()).map_err(invalid)?;
-        Ok(Response::new(pb::RemoveEntryResponse { removed: self.guard.watchlist_remove(&account) }))
+        self.rpc("RemoveEntry", async move {
+            let mut v = Violations::default();
+            let account = v.account("account", &request.into_inner().account);
+            v.into_result(()).map_err(invalid)?;
+            Ok(Response::new(pb::RemoveEntryResponse { removed: self.guard.watchlist_remove(&account) }))
+        })
+        .await
     }
 
     async fn list_entries(
         &self,
         _request: Request<pb::ListEntriesRequest>,
     ) -> Result<Response<pb::ListEntriesResponse>, Status> {
-        let entries = self.guard.watchlist().iter().map(convert::watch_entry_to_pb).collect();
-        Ok(Response::new(pb::ListEntriesResponse { entries }))
+        self.rpc("ListEntries", async move {
+            let entries = self.guard.watchlist().iter().map(convert::watch_entry_to_pb).collect();
+            Ok(Response::new(pb::ListEntriesResponse { entries }))
+        })
+        .await
     }
 }
 
 #[tonic::async_trait]
 impl pb::rules_server::Rules for Api {
     async fn get_ruleset(&self, _request: Request<pb::GetRulesetRequest>) -> Result<Response<pb::RulesetInfo>, Status> {
-        let rs = self.guard.ruleset();
-        Ok(Response::new(pb::RulesetInfo {
-            version: rs.version.to_string(),
-            name: rs.name.clone(),
-            warn_threshold: rs.thresholds.warn,
-            hold_threshold: rs.thresholds.hold,
-            block_threshold: rs.thresholds.block,
-            rules: rs
-                .rules
-                .iter()
-                .map(|r| pb::RuleInfo {
-                    id: r.id.to_string(),
-                    title: r.title.clone(),
-                    when: r.when.clone(),
-                    score: r.score,
-                    min_action: r.min_action.map_or(pb::Action::Unspecified, convert::action_to_pb) as i32,
-                    mode: r.mode.as_str().to_string(),
-                    tags: r.tags.clone(),
-                    reason_zh: r.reason_zh.to_string(),
-                    reason_en: r.reason_en.to_string(),
-                    location: r.location.clone(),
-                })
-                .collect(),
-        }))
+        self.rpc("GetRuleset", async move {
+            let rs = self.guard.ruleset();
+            Ok(Response::new(pb::RulesetInfo {
+                version: rs.version.to_string(),
+                name: rs.name.clone(),
+                warn_threshold: rs.thresholds.warn,
+                hold_threshold: rs.thresholds.hold,
+                block_threshold: rs.thresholds.block,
+                rules: rs
+                    .rules
+                    .iter()
+                    .map(|r| pb::RuleInfo {
+                        id: r.id.to_string(),
+                        title: r.title.clone(),
+                        when: r.when.clone(),
+                        score: r.score,
+                        min_action: r.min_action.map_or(pb::Action::Unspecified, convert::action_to_pb) as i32,
+                        mode: r.mode.as_str().to_string(),
+                        tags: r.tags.clone(),
+                        reason_zh: r.reason_zh.to_string(),
+                        reason_en: r.reason_en.to_string(),
+                        location: r.location.clone(),
+                    })
+                    .collect(),
+            }))
+        })
+        .await
     }
 
     async fn reload_rules(
         &self,
         _request: Request<pb::ReloadRulesRequest>,
     ) -> Result<Response<pb::ReloadRulesResponse>, Status> {
-        let guard = self.guard.clone();
-        // Compiling and testing reads files: keep it off the async workers.
-        let reload = tokio::task::spawn_blocking(move || guard.reload())
-            .await
-            .map_err(|e| Status::internal(format!("reload task failed: {e}")))?;
-        Ok(Response::new(pb::ReloadRulesResponse {
-            reloaded: reload.reloaded,
-            version: reload.version,
-            errors: reload.errors,
-        }))
+        self.rpc("ReloadRules", async move {
+            let guard = self.guard.clone();
+            // Compiling and testing reads files: keep it off the async workers.
+            let reload = tokio::task::spawn_blocking(move || guard.reload())
+                .await
+                .map_err(|e| Status::internal(format!("reload task failed: {e}")))?;
+            Ok(Response::new(pb::ReloadRulesResponse {
+                reloaded: reload.reloaded,
+                version: reload.version,
+                errors: reload.errors,
+            }))
+        })
+        .await
     }
 
     async fn dry_run(&self, request: Request<pb::ScreenRequest>) -> Result<Response<pb::ScreenResponse>, Status> {
-        let transfer = Transfer::try_from(&request.into_inner()).map_err(invalid)?;
-        Ok(Response::new(screened_to_pb(&self.guard.dry_run(&transfer))))
+        self.rpc("DryRun", async move {
+            let transfer = Transfer::try_from(&request.into_inner()).map_err(invalid)?;
+            Ok(Response::new(screened_to_pb(&self.guard.dry_run(&transfer))))
+        })
+        .await
     }
 }

@@ -31,6 +31,9 @@ async fn metrics_count_decisions_alerts_and_unrouted_branches() {
     let mut lost = seed_case("m-3");
     lost.branch_id = "branch-nobody-covers".into();
     let r = teller.screen(lost).await.unwrap().into_inner();
+    let mut bad = ordinary("m-4", "customer-m", "6222020000008002");
+    bad.amount_minor = 0;
+    assert!(teller.screen(bad).await.is_err());
     assert_eq!(r.station_id, "jiangmen-anti-fraud-centre", "the default station");
 
     let addr = server.metrics_addr.clone();
@@ -44,9 +47,11 @@ async fn metrics_count_decisions_alerts_and_unrouted_branches() {
         2.0
     );
     assert_eq!(value(&text, "transfer_guard_screen_duration_seconds_count{action=\"HOLD\"}"), 2.0);
+    assert_eq!(value(&text, "transfer_guard_grpc_requests_total{code=\"OK\",method=\"Screen\"}"), 3.0, "{text}");
     let version = server.guard.ruleset().version.to_string();
     assert_eq!(value(&text, &format!("transfer_guard_ruleset_info{{version=\"{version}\"}}")), 1.0);
     assert_eq!(value(&text, "transfer_guard_state_entries{kind=\"customers\"}"), 1.0, "only the ALLOW counted");
+    assert_eq!(value(&text, "transfer_guard_grpc_requests_total{code=\"INVALID_ARGUMENT\",method=\"Screen\"}"), 1.0);
     assert!(!text.contains("6217000099998888777"), "no account numbers in metrics");
     server.stop().await;
 }
