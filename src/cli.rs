@@ -498,7 +498,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             .await
             .with_context(|| format!("listen for metrics on {}", config.metrics_listen))?;
         tracing::info!(metrics = %metrics.local_addr()?, "metrics at /metrics");
-        let extras = server::Extras { nats: config.nats.clone(), metrics: Some(metrics) };
+        let extras = server::Extras { nats: config.nats.clone(), metrics: Some(metrics), watch_rules: true };
         server::run_with(listener, guard, extras, server::shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(0)

@@ -143,6 +143,76 @@ pub struct Extras {
     pub nats: Option<NatsConfig>,
     /// Serve `/metrics` here.
     pub metrics: Option<TcpListener>,
+    /// Reload when a file in the rules folder changes, and on SIGHUP.
+    pub watch_rules: bool,
+}
+
+/// How long the rules folder must be quiet before a change is reloaded, so an
+/// editor's save (write, rename, chmod) gives one reload.
+pub const RELOAD_SETTLE: Duration = Duration::from_millis(300);
+
+/// Starts watching the rules folder (before returning, so no change made after
+/// the server starts is missed) and SIGHUP; reloads until `stop` turns true.
+fn reload_on_change(guard: Arc<TransferGuard>, stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    use notify::Watcher;
+    let (tx, changes) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let watcher = {
+        let tx = tx.clone();
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok_and(|e| !e.kind.is_access()) {
+                let _ = tx.send(());
+            }
+        })
+    };
+    let watcher = match watcher {
+        Ok(mut w) => match w.watch(guard.rules_dir(), notify::RecursiveMode::Recursive) {
+            Ok(()) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the rules folder; reload with SIGHUP or ReloadRules");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the rules folder; reload with SIGHUP or ReloadRules");
+            None
+        }
+    };
+    #[cfg(unix)]
+    {
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading rules");
+                    let _ = tx.send(());
+                }
+            });
+        }
+    }
+    tokio::spawn(reload_loop(guard, watcher, changes, stop))
+}
+
+async fn reload_loop(
+    guard: Arc<TransferGuard>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    mut changes: tokio::sync::mpsc::UnboundedReceiver<()>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            change = changes.recv() => if change.is_none() { return },
+            _ = stop.changed() => return,
+        }
+        // Let the burst of events from one save settle.
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(RELOAD_SETTLE) => break,
+                more = changes.recv() => if more.is_none() { return },
+            }
+        }
+        let g = guard.clone();
+        let _ = tokio::task::spawn_blocking(move || g.reload()).await;
+    }
 }
 
 /// [`run`], with NATS delivery and the metrics endpoint when asked for.
@@ -165,6 +235,7 @@ pub async fn run_with(
             },
         ))
     });
+    let reloader = extras.watch_rules.then(|| reload_on_change(guard.clone(), streams_stop.clone()));
     let publisher = extras.nats.map(|config| {
         tracing::info!(url = %config.url, stream = %config.stream, "publishing alerts to NATS JetStream");
         let progress = Arc::new(DeliveryProgress::default());
@@ -212,6 +283,9 @@ pub async fn run_with(
         .serve_with_incoming_shutdown(incoming, signal)
         .await;
     ticker.abort();
+    if let Some(r) = reloader {
+        r.abort();
+    }
     if let Some(m) = metrics_server {
         let _ = tokio::time::timeout(Duration::from_secs(2), m).await;
     }

@@ -270,6 +270,10 @@ impl TransferGuard {
         Ok(TransferGuard::new(rules_dir.to_path_buf(), ruleset, routing))
     }
 
+    pub fn rules_dir(&self) -> &Path {
+        &self.rules_dir
+    }
+
     pub fn ruleset(&self) -> Arc<Ruleset> {
         self.ruleset.load_full()
     }

@@ -70,12 +70,12 @@ pub struct TestServer {
 impl TestServer {
     /// Starts on a copy of the shipped rules, after `prepare` edits the copy.
     pub async fn start_with(prepare: impl FnOnce(&Path)) -> TestServer {
-        TestServer::start_full(prepare, None).await
+        TestServer::start_full(prepare, None, false).await
     }
 
     /// Also publishing alert events to NATS when `nats` is set, and serving
     /// `/metrics` (its address in `metrics_addr`).
-    pub async fn start_full(prepare: impl FnOnce(&Path), nats: Option<NatsConfig>) -> TestServer {
+    pub async fn start_full(prepare: impl FnOnce(&Path), nats: Option<NatsConfig>, watch_rules: bool) -> TestServer {
         let rules = rules_copy();
         prepare(rules.path());
         let data = tempfile::tempdir().unwrap();
@@ -87,7 +87,7 @@ impl TestServer {
         let (stop, stopped) = oneshot::channel::<()>();
         let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics_addr = metrics.local_addr().unwrap().to_string();
-        let extras = transfer_guard::server::Extras { nats, metrics: Some(metrics) };
+        let extras = transfer_guard::server::Extras { nats, metrics: Some(metrics), watch_rules };
         let task = tokio::spawn(transfer_guard::server::run_with(listener, guard.clone(), extras, async {
             let _ = stopped.await;
         }));

@@ -263,3 +263,76 @@ async fn the_cli_prints_a_stations_alerts_as_they_come() {
     let _ = watcher.wait();
     server.stop().await;
 }
+
+/// Saving a rule file reloads it; a broken save is refused and the running
+/// rules stay; screens during 100 reloads all succeed, each with one version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_reload_when_files_change_and_screens_never_see_half_a_ruleset() {
+    let server = TestServer::start_full(|_| {}, None, true).await;
+    // Once the server answers, it is watching the folder.
+    let before = server.rules().await.get_ruleset(pb::GetRulesetRequest {}).await.unwrap().into_inner().version;
+    let teller_file = server.rules.path().join("teller.toml");
+    let original = std::fs::read_to_string(&teller_file).unwrap();
+    let changed = original.replacen("score = 30\n", "score = 32\n", 1);
+
+    std::fs::write(&teller_file, &changed).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while server.guard.ruleset().version.to_string() == before {
+        assert!(std::time::Instant::now() < deadline, "the change was not picked up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = server.guard.ruleset().version.to_string();
+
+    std::fs::write(&teller_file, original.replacen("score = 30\n", "score = 'x'\n", 1)).unwrap();
+    let failures = || server.guard.metrics().reload_failures.get();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while failures() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the broken save was not tried");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(server.guard.ruleset().version.to_string(), after, "the running rules stay");
+
+    // 100 reloads between two good versions while tellers screen.
+    std::fs::write(&teller_file, &original).unwrap();
+    let guard = server.guard.clone();
+    let dir = server.rules.path().to_path_buf();
+    let reloads = tokio::task::spawn_blocking(move || {
+        let mut versions = std::collections::BTreeSet::new();
+        for i in 0..100 {
+            let text = if i % 2 == 0 { &changed } else { &original };
+            std::fs::write(dir.join("teller.toml"), text).unwrap();
+            let r = guard.reload();
+            assert!(r.reloaded, "{:?}", r.errors);
+            versions.insert(r.version);
+        }
+        versions
+    });
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let mut client = server.screening().await;
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for i in 0..150 {
+                let mut r = crate::harness::ordinary(
+                    &format!("reload-{t}-{i}"),
+                    &format!("c-{t}-{i}"),
+                    &format!("62220200{t}{i:06}"),
+                );
+                r.observations = vec![pb::Observation::OnPhoneWithStranger as i32];
+                let answer = client.screen(r).await.expect("every screen succeeds").into_inner();
+                // One version per answer: the score matches the version's rule.
+                seen.push((answer.ruleset_version, answer.score));
+            }
+            seen
+        }));
+    }
+    let versions = reloads.await.unwrap();
+    assert_eq!(versions.len(), 2);
+    for t in tasks {
+        for (version, score) in t.await.unwrap() {
+            assert!(versions.contains(&version) || version == after, "{version}");
+            assert!(score == 30 || score == 32, "{score}");
+        }
+    }
+    server.stop().await;
+}

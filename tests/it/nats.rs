@@ -67,7 +67,7 @@ fn request_ids(events: &[pb::AlertEvent]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_alert_arrives_once_on_its_stations_subject() {
     let config = unique_nats("nats://127.0.0.1:4222");
-    let server = TestServer::start_full(|_| {}, Some(config.clone())).await;
+    let server = TestServer::start_full(|_| {}, Some(config.clone()), false).await;
     let mut teller = server.screening().await;
     let mut ids = Vec::new();
     for i in 0..3 {
@@ -106,7 +106,7 @@ async fn events_wait_while_nats_is_down_and_arrive_in_order_once() {
     let port = free_port();
     let nats = NatsServer::start(port, store.path());
     let config = unique_nats(&nats.url());
-    let server = TestServer::start_full(|_| {}, Some(config.clone())).await;
+    let server = TestServer::start_full(|_| {}, Some(config.clone()), false).await;
     let mut teller = server.screening().await;
     for i in 0..2 {
         teller.screen(seed_case(&format!("fault-{i}"))).await.unwrap();
