@@ -133,7 +133,7 @@ impl Routing {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AlertState {
     New,
     Claimed,
@@ -267,7 +267,7 @@ impl Book {
     }
 }
 
-fn state_name(s: AlertState) -> &'static str {
+pub fn state_name(s: AlertState) -> &'static str {
     match s {
         AlertState::New => "new",
         AlertState::Claimed => "claimed",
@@ -481,6 +481,15 @@ impl AlertBook {
                 .ok()
             })
             .collect()
+    }
+
+    /// How many alerts each station has in each state (for the metrics gauge).
+    pub fn counts(&self) -> HashMap<(String, AlertState), usize> {
+        let mut counts = HashMap::new();
+        for a in self.lock().alerts.values() {
+            *counts.entry((a.station_id.clone(), a.state)).or_insert(0) += 1;
+        }
+        counts
     }
 
     pub fn len(&self) -> usize {

@@ -262,6 +262,10 @@ impl TransferGuard {
         self.metrics.state_size.with_label_values(&["watchlist"]).set(sizes.watchlist as i64);
         self.metrics.state_size.with_label_values(&["alerts"]).set(self.alerts.len() as i64);
         self.metrics.state_size.with_label_values(&["transfers"]).set(self.screens.len() as i64);
+        self.metrics.alerts_by_state.reset();
+        for ((station, state), n) in self.alerts.counts() {
+            self.metrics.alerts_by_state.with_label_values(&[&station, crate::alerts::state_name(state)]).set(n as i64);
+        }
     }
 
     /// Loads and tests the rules folder, then builds the service.

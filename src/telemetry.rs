@@ -20,6 +20,8 @@ pub struct Metrics {
     pub decisions: IntCounterVec,
     pub rule_hits: IntCounterVec,
     pub alerts: IntCounterVec,
+    /// Alerts held now, by station and state.
+    pub alerts_by_state: IntGaugeVec,
     pub unrouted_branches: IntCounter,
     pub hold_outcomes: IntCounterVec,
     pub outbox_depth: IntGauge,
@@ -64,6 +66,11 @@ impl Metrics {
                 &["station", "kind"],
             )
             .expect("valid metric"),
+            alerts_by_state: IntGaugeVec::new(
+                Opts::new("alerts", "Alerts held now, by station and state"),
+                &["station", "state"],
+            )
+            .expect("valid metric"),
             unrouted_branches: IntCounter::new(
                 "unrouted_branch_alerts_total",
                 "Alerts from branches with no station mapping, sent to the default station",
@@ -101,6 +108,7 @@ impl Metrics {
             Box::new(m.decisions.clone()),
             Box::new(m.rule_hits.clone()),
             Box::new(m.alerts.clone()),
+            Box::new(m.alerts_by_state.clone()),
             Box::new(m.unrouted_branches.clone()),
             Box::new(m.hold_outcomes.clone()),
             Box::new(m.outbox_depth.clone()),

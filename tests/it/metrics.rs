@@ -41,6 +41,7 @@ async fn metrics_count_decisions_alerts_and_unrouted_branches() {
     assert_eq!(value(&text, "transfer_guard_decisions_total{action=\"HOLD\"}"), 2.0, "{text}");
     assert_eq!(value(&text, "transfer_guard_decisions_total{action=\"ALLOW\"}"), 1.0);
     assert_eq!(value(&text, "transfer_guard_unrouted_branch_alerts_total"), 1.0);
+    assert_eq!(value(&text, "transfer_guard_alerts{state=\"new\",station=\"heshan-zhongshan-ps\"}"), 1.0, "{text}");
     assert_eq!(value(&text, "transfer_guard_alerts_total{kind=\"raised\",station=\"heshan-zhongshan-ps\"}"), 1.0);
     assert_eq!(
         value(&text, "transfer_guard_rule_hits_total{mode=\"active\",rule=\"limit_raised_to_max_new_payee_large\"}"),
@@ -53,5 +54,42 @@ async fn metrics_count_decisions_alerts_and_unrouted_branches() {
     assert_eq!(value(&text, "transfer_guard_state_entries{kind=\"customers\"}"), 1.0, "only the ALLOW counted");
     assert_eq!(value(&text, "transfer_guard_grpc_requests_total{code=\"INVALID_ARGUMENT\",method=\"Screen\"}"), 1.0);
     assert!(!text.contains("6217000099998888777"), "no account numbers in metrics");
+    server.stop().await;
+}
+
+/// The exposition passes `promtool check metrics` (Debian package `prometheus`;
+/// `.ci/run` installs it). Without promtool on PATH the check says so and passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool() {
+    let Ok(which) = std::process::Command::new("sh").args(["-c", "command -v promtool"]).output() else { return };
+    if !which.status.success() {
+        eprintln!("promtool not installed: skipping `promtool check metrics`");
+        return;
+    }
+    let server = TestServer::start().await;
+    server.screening().await.screen(seed_case("promtool-1")).await.unwrap();
+    let addr = server.metrics_addr.clone();
+    let response = tokio::task::spawn_blocking(move || scrape(&addr)).await.unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap();
+    let check = tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
     server.stop().await;
 }
