@@ -50,6 +50,33 @@ pub enum Command {
     /// Analyst tools: offline (check, test, fields) and against a server (show, reload, dry-run).
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Write simulated labelled traffic (ordinary life and scams) as JSON lines to stdout.
+    ///
+    /// Example: transfer-guard simulate --customers 10000 --days 30 --seed 1 > history.jsonl
+    Simulate {
+        #[arg(long, default_value_t = 10_000)]
+        customers: usize,
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Replay a JSON-lines history through a ruleset and a fresh state; report actions, rule hits,
+    /// alerts per station and, with labels, precision and recall.
+    ///
+    /// Example: transfer-guard backtest --rules rules --input history.jsonl --baseline old-rules
+    Backtest {
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        /// Another rules folder: list the decisions that change and why.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load-test a server's Screen with realistic requests; print throughput and latency percentiles.
     ///
     /// Example: transfer-guard bench --concurrency 64 --duration 10s --baseline
@@ -380,8 +407,76 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Bench(args) => runtime()?.block_on(bench(args)),
+        Command::Simulate { customers, days, seed } => {
+            use std::io::Write as _;
+            let out = std::io::stdout();
+            let mut out = std::io::BufWriter::new(out.lock());
+            for line in crate::simulate::generate(customers, days, seed) {
+                serde_json::to_writer(&mut out, &line)?;
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+            Ok(0)
+        }
+        Command::Backtest { rules, input, baseline, json } => backtest(&rules, &input, baseline.as_deref(), json),
         other => runtime()?.block_on(client(other)),
     }
+}
+
+fn backtest(rules: &Path, input: &Path, baseline: Option<&Path>, json: bool) -> anyhow::Result<i32> {
+    let load_rules = |dir: &Path| -> anyhow::Result<(Ruleset, crate::alerts::Routing)> {
+        let ruleset = load(dir).map_err(|_| anyhow::anyhow!("the rules in {} did not load", dir.display()))?;
+        let routing = crate::alerts::Routing::load_dir(dir)
+            .map_err(|d| anyhow::anyhow!("{}", d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
+        Ok((ruleset, routing))
+    };
+    let (ruleset, routing) = load_rules(rules)?;
+    let text = std::fs::read_to_string(input).with_context(|| format!("cannot read {}", input.display()))?;
+    let mut history = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let parsed: crate::simulate::Labelled = match serde_json::from_str(line) {
+            Ok(l) => l,
+            // A bare ScreenRequest (no label) is accepted too.
+            Err(_) => crate::simulate::Labelled {
+                request: serde_json::from_str(line)
+                    .with_context(|| format!("{}:{}: not a ScreenRequest", input.display(), n + 1))?,
+                label: String::new(),
+                scam_type: String::new(),
+            },
+        };
+        history.push(parsed);
+    }
+    let started = std::time::Instant::now();
+    let total = history.len() as u64;
+    let (report, replayed) = crate::backtest::run(&ruleset, &routing, &history, |done| {
+        if total >= 100_000 && !json {
+            eprint!("\r{done}/{total} transfers");
+        }
+    });
+    let elapsed = started.elapsed();
+    if total >= 100_000 && !json {
+        eprintln!();
+    }
+    if json {
+        print_json(&report)?;
+    } else {
+        println!("{}", crate::backtest::text(&report));
+        println!(
+            "replayed in {:.2} s ({:.0} transfers/s)",
+            elapsed.as_secs_f64(),
+            total as f64 / elapsed.as_secs_f64()
+        );
+    }
+    if let Some(base) = baseline {
+        let (base_rules, base_routing) = load_rules(base)?;
+        let (_, base_replayed) = crate::backtest::run(&base_rules, &base_routing, &history, |_| {});
+        let changes = crate::backtest::diff(&replayed, &base_replayed);
+        println!("\n{} decisions differ from the baseline {}:", changes.len(), base.display());
+        for c in changes.iter().take(50) {
+            println!("  {c}");
+        }
+    }
+    Ok(0)
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
@@ -926,7 +1021,11 @@ async fn client(command: Command) -> anyhow::Result<i32> {
                 return Ok(1);
             }
         }
-        Command::Serve(_) | Command::Rules(_) | Command::Bench(_) => unreachable!("handled before"),
+        Command::Serve(_)
+        | Command::Rules(_)
+        | Command::Bench(_)
+        | Command::Simulate { .. }
+        | Command::Backtest { .. } => unreachable!("handled before"),
     }
     Ok(0)
 }

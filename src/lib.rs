@@ -16,6 +16,8 @@
 //! - [`delivery`]: alert events to NATS JetStream.
 //! - [`telemetry`]: Prometheus metrics and `/metrics`.
 //! - [`loadgen`]: the `bench` load generator and its no-op baseline server.
+//! - [`simulate`]: labelled synthetic traffic for demos, backtests and load.
+//! - [`backtest`]: replays a history through a ruleset and reports.
 //! - [`cli`]: subcommands of the one binary.
 //!
 //! The core modules never import tokio or tonic; see ARCHITECTURE.md.
@@ -23,6 +25,7 @@
 pub mod alerts;
 pub mod api;
 pub mod audit;
+pub mod backtest;
 pub mod cli;
 pub mod delivery;
 pub mod engine;
@@ -32,5 +35,6 @@ pub mod rules;
 pub mod ruletest;
 pub mod server;
 pub mod service;
+pub mod simulate;
 pub mod state;
 pub mod telemetry;
