@@ -239,6 +239,116 @@ pub fn text(report: &Report) -> String {
     s
 }
 
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Horizontal bars as an inline SVG: `(label, value, colour)`.
+fn bars(rows: &[(String, u64, &str)]) -> String {
+    let max = rows.iter().map(|r| r.1).max().unwrap_or(1).max(1) as f64;
+    let height = 22 * rows.len() + 10;
+    let mut svg = format!(
+        r#"<svg width="760" height="{height}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="12">"#
+    );
+    for (i, (label, value, colour)) in rows.iter().enumerate() {
+        let y = 5 + i * 22;
+        let w = (*value as f64 / max * 420.0).max(1.0);
+        svg.push_str(&format!(
+            r#"<text x="0" y="{}" >{}</text><rect x="290" y="{}" width="{w:.1}" height="16" fill="{colour}"/><text x="{:.1}" y="{}">{value}</text>"#,
+            y + 13,
+            escape(label),
+            y,
+            296.0 + w,
+            y + 13
+        ));
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// A self-contained HTML page (inline CSS and SVG; opens offline).
+pub fn html(report: &Report, changes: &[String]) -> String {
+    let mut rules: Vec<_> = report.rules.iter().collect();
+    rules.sort_by_key(|r| std::cmp::Reverse(r.1.hits));
+    let rule_rows: Vec<(String, u64, &str)> = rules
+        .iter()
+        .map(|(id, r)| (format!("{id} ({})", r.mode), r.hits, if r.mode == "shadow" { "#b0b0b0" } else { "#3b6ea5" }))
+        .collect();
+    let mut score_rows = Vec::new();
+    let buckets: std::collections::BTreeSet<i64> =
+        report.score_histogram.values().flat_map(|h| h.keys().copied()).collect();
+    for b in buckets {
+        for (label, colour) in [("scam", "#c0392b"), ("ordinary", "#27ae60")] {
+            let n = report.score_histogram.get(label).and_then(|h| h.get(&b)).copied().unwrap_or(0);
+            score_rows.push((format!("score {b}-{} {label}", b + 9), n, colour));
+        }
+    }
+    let mut page = String::from(
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>transfer-guard backtest</title>
+<style>body{font-family:sans-serif;margin:2em;max-width:900px}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th:first-child,td:first-child{text-align:left}</style></head><body>"#,
+    );
+    page.push_str(&format!(
+        "<h1>Backtest</h1><p>Ruleset <code>{}</code>: {} transfers replayed, {} labelled, {} scams.</p>",
+        escape(&report.ruleset_version),
+        report.transfers,
+        report.labelled,
+        report.scams
+    ));
+    page.push_str("<h2>Actions</h2><table><tr><th>action</th><th>count</th><th>share</th></tr>");
+    for (a, n) in &report.actions {
+        page.push_str(&format!(
+            "<tr><td>{a}</td><td>{n}</td><td>{:.2} %</td></tr>",
+            100.0 * *n as f64 / report.transfers.max(1) as f64
+        ));
+    }
+    page.push_str("</table>");
+    if report.labelled > 0 {
+        page.push_str("<h2>Precision and recall</h2><table><tr><th>flagged at least</th><th>precision</th><th>recall</th><th>tp</th><th>fp</th><th>fn</th></tr>");
+        for (t, q) in &report.by_threshold {
+            page.push_str(&format!(
+                "<tr><td>{t}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                q.precision, q.recall, q.true_positives, q.false_positives, q.false_negatives
+            ));
+        }
+        page.push_str("</table><h2>Score distribution, scam vs ordinary</h2>");
+        page.push_str(&bars(&score_rows));
+    }
+    page.push_str("<h2>Rule hits</h2>");
+    page.push_str(&bars(&rule_rows));
+    page.push_str(
+        "<table><tr><th>rule</th><th>mode</th><th>hits</th><th>scam hits</th><th>precision</th><th>recall</th></tr>",
+    );
+    for (id, r) in &rules {
+        page.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td></tr>",
+            escape(id),
+            r.mode,
+            r.hits,
+            r.scam_hits,
+            r.precision,
+            r.recall
+        ));
+    }
+    page.push_str(
+        "</table><h2>Alerts per station per day</h2><table><tr><th>station</th><th>day</th><th>alerts</th></tr>",
+    );
+    for (station, days) in &report.alerts_per_station_day {
+        for (day, n) in days {
+            page.push_str(&format!("<tr><td>{}</td><td>{day}</td><td>{n}</td></tr>", escape(station)));
+        }
+    }
+    page.push_str("</table>");
+    if !changes.is_empty() {
+        page.push_str(&format!("<h2>Decisions that differ from the baseline ({})</h2><ul>", changes.len()));
+        for c in changes.iter().take(500) {
+            page.push_str(&format!("<li>{}</li>", escape(c)));
+        }
+        page.push_str("</ul>");
+    }
+    page.push_str("</body></html>\n");
+    page
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -76,6 +76,9 @@ pub enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Also write a self-contained HTML report (charts inline; opens offline).
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// Load-test a server's Screen with realistic requests; print throughput and latency percentiles.
     ///
@@ -418,12 +421,20 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             out.flush()?;
             Ok(0)
         }
-        Command::Backtest { rules, input, baseline, json } => backtest(&rules, &input, baseline.as_deref(), json),
+        Command::Backtest { rules, input, baseline, json, report } => {
+            backtest(&rules, &input, baseline.as_deref(), json, report.as_deref())
+        }
         other => runtime()?.block_on(client(other)),
     }
 }
 
-fn backtest(rules: &Path, input: &Path, baseline: Option<&Path>, json: bool) -> anyhow::Result<i32> {
+fn backtest(
+    rules: &Path,
+    input: &Path,
+    baseline: Option<&Path>,
+    json: bool,
+    html: Option<&Path>,
+) -> anyhow::Result<i32> {
     let load_rules = |dir: &Path| -> anyhow::Result<(Ruleset, crate::alerts::Routing)> {
         let ruleset = load(dir).map_err(|_| anyhow::anyhow!("the rules in {} did not load", dir.display()))?;
         let routing = crate::alerts::Routing::load_dir(dir)
@@ -448,15 +459,17 @@ fn backtest(rules: &Path, input: &Path, baseline: Option<&Path>, json: bool) -> 
     }
     let started = std::time::Instant::now();
     let total = history.len() as u64;
-    let (report, replayed) = crate::backtest::run(&ruleset, &routing, &history, |done| {
-        if total >= 100_000 && !json {
-            eprint!("\r{done}/{total} transfers");
-        }
-    });
-    let elapsed = started.elapsed();
-    if total >= 100_000 && !json {
-        eprintln!();
+    let bar = indicatif::ProgressBar::new(total).with_style(
+        indicatif::ProgressStyle::default_bar()
+            .template("{bar:40} {pos}/{len} transfers, {per_sec}, eta {eta}")
+            .expect("a valid template"),
+    );
+    if total < 100_000 || json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    let (report, replayed) = crate::backtest::run(&ruleset, &routing, &history, |done| bar.set_position(done));
+    bar.finish_and_clear();
+    let elapsed = started.elapsed();
     if json {
         print_json(&report)?;
     } else {
@@ -467,14 +480,20 @@ fn backtest(rules: &Path, input: &Path, baseline: Option<&Path>, json: bool) -> 
             total as f64 / elapsed.as_secs_f64()
         );
     }
+    let mut changes = Vec::new();
     if let Some(base) = baseline {
         let (base_rules, base_routing) = load_rules(base)?;
         let (_, base_replayed) = crate::backtest::run(&base_rules, &base_routing, &history, |_| {});
-        let changes = crate::backtest::diff(&replayed, &base_replayed);
+        changes = crate::backtest::diff(&replayed, &base_replayed);
         println!("\n{} decisions differ from the baseline {}:", changes.len(), base.display());
         for c in changes.iter().take(50) {
             println!("  {c}");
         }
+    }
+    if let Some(path) = html {
+        std::fs::write(path, crate::backtest::html(&report, &changes))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("report written to {}", path.display());
     }
     Ok(0)
 }

@@ -2,6 +2,7 @@
 //! shared harness.
 
 mod api;
+mod backtest;
 mod harness;
 mod holds;
 mod metrics;

@@ -1,0 +1,90 @@
+//! Backtests replay exactly what the server does, and the commands around them.
+
+use crate::harness::{repo, rules_dir, transfer_guard, TestServer};
+use transfer_guard::alerts::Routing;
+use transfer_guard::backtest;
+use transfer_guard::rules::Ruleset;
+use transfer_guard::simulate;
+
+/// The same simulated history screened through the real server one request at
+/// a time gives the same decisions as the backtest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backtest_decides_as_the_server_does() {
+    let history = simulate::generate(300, 6, 7);
+    let ruleset = Ruleset::load_dir(&rules_dir()).unwrap();
+    let routing = Routing::load_dir(&rules_dir()).unwrap();
+    let (_, replayed) = backtest::run(&ruleset, &routing, &history, |_| {});
+    assert!(replayed.len() > 500, "{}", replayed.len());
+    assert!(replayed.iter().any(|r| r.action >= transfer_guard::model::Action::Warn));
+
+    let server = TestServer::start().await;
+    let mut teller = server.screening().await;
+    for (line, expected) in history.iter().zip(&replayed) {
+        let answer = teller.screen(line.request.clone()).await.unwrap().into_inner();
+        assert_eq!(answer.request_id, expected.request_id);
+        let action = transfer_guard::model::Action::ALL[(answer.action - 1) as usize];
+        assert_eq!((action, answer.score), (expected.action, expected.score), "{}", expected.request_id);
+    }
+    server.stop().await;
+}
+
+/// `simulate` then `backtest --report` through the real binary: a summary, and
+/// a self-contained HTML page with charts.
+#[test]
+fn simulate_then_backtest_with_a_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = transfer_guard(&["simulate", "--customers", "400", "--days", "5", "--seed", "3"]);
+    assert!(out.status.success());
+    let history = dir.path().join("history.jsonl");
+    std::fs::write(&history, &out.stdout).unwrap();
+    let report = dir.path().join("report.html");
+    let out = transfer_guard(&[
+        "backtest",
+        "--rules",
+        repo().join("rules").to_str().unwrap(),
+        "--input",
+        history.to_str().unwrap(),
+        "--baseline",
+        repo().join("rules").to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("transfers replayed") && stdout.contains("flagged at least"), "{stdout}");
+    assert!(stdout.contains("0 decisions differ from the baseline"), "{stdout}");
+    let page = std::fs::read_to_string(report).unwrap();
+    assert!(page.starts_with("<!doctype html>") && page.contains("<svg") && page.contains("Rule hits"));
+    assert!(!page.contains("http://") || page.contains("http://www.w3.org/2000/svg"), "no outside resources");
+
+    let json = transfer_guard(&["backtest", "--input", history.to_str().unwrap(), "--json"]);
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON report");
+    assert!(value["transfers"].as_u64().unwrap() > 0);
+}
+
+/// A shadow rule never changes an action or a score, however it scores.
+#[test]
+fn shadow_rules_never_change_decisions() {
+    let sources = transfer_guard::rules::read_sources(&rules_dir()).unwrap();
+    let loud: Vec<_> = sources
+        .iter()
+        .cloned()
+        .map(|mut s| {
+            if s.path == "scams.toml" {
+                s.text = s.text.replace("mode = \"shadow\"\nwhen = 'matches_list(transfer.memo, \"kw_romance\") && payee.is_new'\nscore = 25", "mode = \"shadow\"\nwhen = 'transfer.amount > 0'\nscore = 900");
+                assert!(s.text.contains("score = 900"));
+            }
+            s
+        })
+        .collect();
+    let quiet = Ruleset::from_sources(sources).unwrap();
+    let loud = Ruleset::from_sources(loud).unwrap();
+    let routing = Routing::load_dir(&rules_dir()).unwrap();
+    let history = simulate::generate(500, 7, 11);
+    let (_, a) = backtest::run(&quiet, &routing, &history, |_| {});
+    let (report, b) = backtest::run(&loud, &routing, &history, |_| {});
+    assert_eq!(report.rules["memo_romance"].hits as usize, history.len(), "the shadow rule hit everything");
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((x.action, x.score), (y.action, y.score), "{}", x.request_id);
+    }
+}
