@@ -79,6 +79,10 @@ pub enum Command {
         /// Also write a self-contained HTML report (charts inline; opens offline).
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Count only transfers from this local date (YYYY-MM-DD, the ruleset's offset) in the
+        /// report; earlier ones just warm up the state.
+        #[arg(long)]
+        from: Option<String>,
     },
     /// Load-test a server's Screen with realistic requests; print throughput and latency percentiles.
     ///
@@ -421,8 +425,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             out.flush()?;
             Ok(0)
         }
-        Command::Backtest { rules, input, baseline, json, report } => {
-            backtest(&rules, &input, baseline.as_deref(), json, report.as_deref())
+        Command::Backtest { rules, input, baseline, json, report, from } => {
+            backtest(&rules, &input, baseline.as_deref(), json, report.as_deref(), from.as_deref())
         }
         other => runtime()?.block_on(client(other)),
     }
@@ -434,6 +438,7 @@ fn backtest(
     baseline: Option<&Path>,
     json: bool,
     html: Option<&Path>,
+    from: Option<&str>,
 ) -> anyhow::Result<i32> {
     let load_rules = |dir: &Path| -> anyhow::Result<(Ruleset, crate::alerts::Routing)> {
         let ruleset = load(dir).map_err(|_| anyhow::anyhow!("the rules in {} did not load", dir.display()))?;
@@ -442,6 +447,14 @@ fn backtest(
         Ok((ruleset, routing))
     };
     let (ruleset, routing) = load_rules(rules)?;
+    let measure_from = match from {
+        None => None,
+        Some(day) => {
+            let date = time::Date::parse(day, time::macros::format_description!("[year]-[month]-[day]"))
+                .with_context(|| format!("--from: `{day}` is not YYYY-MM-DD"))?;
+            Some(date.midnight().assume_offset(ruleset.utc_offset).unix_timestamp())
+        }
+    };
     let text = std::fs::read_to_string(input).with_context(|| format!("cannot read {}", input.display()))?;
     let mut history = Vec::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -467,7 +480,8 @@ fn backtest(
     if total < 100_000 || json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let (report, replayed) = crate::backtest::run(&ruleset, &routing, &history, |done| bar.set_position(done));
+    let (report, replayed) =
+        crate::backtest::run_from(&ruleset, &routing, &history, measure_from, |done| bar.set_position(done));
     bar.finish_and_clear();
     let elapsed = started.elapsed();
     if json {
@@ -483,7 +497,7 @@ fn backtest(
     let mut changes = Vec::new();
     if let Some(base) = baseline {
         let (base_rules, base_routing) = load_rules(base)?;
-        let (_, base_replayed) = crate::backtest::run(&base_rules, &base_routing, &history, |_| {});
+        let (_, base_replayed) = crate::backtest::run_from(&base_rules, &base_routing, &history, measure_from, |_| {});
         changes = crate::backtest::diff(&replayed, &base_replayed);
         println!("\n{} decisions differ from the baseline {}:", changes.len(), base.display());
         for c in changes.iter().take(50) {

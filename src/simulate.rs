@@ -41,8 +41,10 @@ pub const SCAM_TYPES: &[(&str, u32)] = &[
     ("婚恋交友", 6),
 ];
 
-/// 2026-03-01 00:00 +08:00: simulated time starts here.
+/// 2026-03-01 00:00 +08:00: simulated time starts here (after the warm-up).
 pub const START: i64 = 1_772_294_400;
+/// Days before START in which each customer first pays each usual payee.
+pub const WARMUP_DAYS: i64 = 30;
 const DAY: i64 = 86_400;
 const BRANCHES: &[&str] = &[
     "psbc-heshan-zhongshan",
@@ -148,6 +150,19 @@ pub fn generate(customers: usize, days: u32, seed: u64) -> Vec<Labelled> {
     let mut k = 0u64;
     let mut first_payee_counter = 0u64;
     let total_weight: u32 = SCAM_TYPES.iter().map(|(_, w)| w).sum();
+    // A warm-up month before START in which each customer pays each usual
+    // payee once, so a replay knows them; measure with `backtest --from` START.
+    for c in &people {
+        for p in &c.payees {
+            let at = START - WARMUP_DAYS * DAY + rng.random_range(0..WARMUP_DAYS * DAY);
+            let amount = pick(&mut rng, &[20_000, 50_000, 100_000, 300_000]);
+            out.push(Labelled {
+                request: request(c, &mut k, at, p, amount, "", false, vec![], None),
+                label: "ordinary".into(),
+                scam_type: String::new(),
+            });
+        }
+    }
     for day in 0..i64::from(days) {
         let day_start = START + day * DAY;
         for c in &people {
