@@ -68,10 +68,7 @@ impl Routing {
         let at = |span: std::ops::Range<usize>, msg: String| {
             Diagnostic::at(file, text, Span { start: span.start, end: span.end }, msg)
         };
-        let raw: RawRouting = toml::from_str(text).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            vec![at(span, e.message().trim().to_string())]
-        })?;
+        let raw: RawRouting = toml::from_str(text).map_err(|e| vec![Diagnostic::toml(file, text, &e)])?;
         let mut diags = Vec::new();
         let mut stations = HashMap::new();
         let mut branch_to_station: HashMap<String, String> = HashMap::new();
@@ -317,24 +314,21 @@ impl AlertBook {
 
     /// Events after `cursor` for `stations`.
     pub fn backlog(&self, stations: &[String], after: u64) -> Backlog {
+        self.events_matching(after, |e| e.alert.visible_to(stations))
+    }
+
+    /// Every event after `cursor`, whatever the station (the NATS outbox).
+    pub fn events_after(&self, after: u64) -> EventsAfter {
+        self.events_matching(after, |_| true)
+    }
+
+    fn events_matching(&self, after: u64, keep: impl Fn(&AlertEvent) -> bool) -> Backlog {
         let book = self.lock();
         let oldest = book.events.front().map_or(book.next_cursor + 1, |e| e.cursor);
         if after + 1 < oldest && after < book.next_cursor {
             return Backlog::TooOld { oldest };
         }
-        Backlog::Events(
-            book.events.iter().filter(|e| e.cursor > after && e.alert.visible_to(stations)).cloned().collect(),
-        )
-    }
-
-    /// Every event after `cursor`, whatever the station (the NATS outbox).
-    pub fn events_after(&self, after: u64) -> EventsAfter {
-        let book = self.lock();
-        let oldest = book.events.front().map_or(book.next_cursor + 1, |e| e.cursor);
-        if after + 1 < oldest && after < book.next_cursor {
-            return EventsAfter::TooOld { oldest };
-        }
-        EventsAfter::Events(book.events.iter().filter(|e| e.cursor > after).cloned().collect())
+        Backlog::Events(book.events.iter().filter(|e| e.cursor > after && keep(e)).cloned().collect())
     }
 
     /// The cursor of the newest event (0 before the first).

@@ -211,15 +211,8 @@ impl CaseResult {
 
 /// Loads every `*.toml` in `dir`, checking rule ids against `ruleset`.
 pub fn load_dir(dir: &Path, ruleset: &Ruleset) -> Result<Vec<Case>, Vec<Diagnostic>> {
-    let mut paths: Vec<_> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-            .collect(),
-        Err(e) => return Err(vec![Diagnostic::file(&dir.display().to_string(), format!("cannot read: {e}"))]),
-    };
-    paths.sort();
+    let paths = crate::rules::toml_files(dir)
+        .map_err(|e| vec![Diagnostic::file(&dir.display().to_string(), format!("cannot read: {e}"))])?;
     let mut cases = Vec::new();
     let mut diags = Vec::new();
     for path in paths {
@@ -241,10 +234,7 @@ pub fn load_dir(dir: &Path, ruleset: &Ruleset) -> Result<Vec<Case>, Vec<Diagnost
 
 /// Parses one case file.
 pub fn parse_cases(file: &str, text: &str, ruleset: &Ruleset) -> Result<Vec<Case>, Vec<Diagnostic>> {
-    let raw: RawFile = toml::from_str(text).map_err(|e| {
-        let span = e.span().map_or(Span::default(), |r| Span { start: r.start, end: r.end });
-        vec![Diagnostic::at(file, text, span, e.message().trim())]
-    })?;
+    let raw: RawFile = toml::from_str(text).map_err(|e| vec![Diagnostic::toml(file, text, &e)])?;
     let mut cases = Vec::new();
     let mut diags = Vec::new();
     for spanned in raw.case {

@@ -89,12 +89,7 @@ impl Config {
                 let text = std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
                 toml::from_str(&text).map_err(|e| {
-                    let d = crate::rules::Diagnostic::at(
-                        &shown,
-                        &text,
-                        e.span().map_or(Default::default(), |r| crate::rules::Span { start: r.start, end: r.end }),
-                        e.message().trim(),
-                    );
+                    let d = crate::rules::Diagnostic::toml(&shown, &text, &e);
                     ConfigError::Parse { path: d.location(), message: d.message }
                 })?
             }

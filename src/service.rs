@@ -291,14 +291,14 @@ impl TransferGuard {
     }
 
     /// Screens a transfer; `fingerprint` identifies the request body for idempotency.
-    pub fn screen(&self, transfer: Transfer, fingerprint: u64) -> Result<Screened, ServiceError> {
+    pub fn screen(&self, transfer: &Transfer, fingerprint: u64) -> Result<Screened, ServiceError> {
         if let Some(done) = self.replay(&transfer.request_id, fingerprint)? {
             return Ok(done);
         }
         let started = std::time::Instant::now();
         let _customer = lock(&self.customer_stripes[stripe_of(&transfer.customer.customer_id)]);
         let ruleset = self.ruleset.load();
-        let evaluation = engine::screen(&ruleset, &transfer, &self.state);
+        let evaluation = engine::screen(&ruleset, transfer, &self.state);
         self.metrics.observe_screen(evaluation.decision.action, started.elapsed().as_secs_f64());
         for hit in &evaluation.decision.hits {
             let mode = if hit.shadow { "shadow" } else { "active" };
@@ -311,13 +311,13 @@ impl TransferGuard {
                 if entry.fingerprint == fingerprint {
                     Ok(entry.answer.clone())
                 } else {
-                    Err(ServiceError::RequestIdReused(transfer.request_id))
+                    Err(ServiceError::RequestIdReused(transfer.request_id.clone()))
                 }
             }
             Entry::Vacant(slot) => {
-                let (entry, answer) = self.settle(&ruleset, &transfer, evaluation, fingerprint);
+                let (entry, answer) = self.settle(&ruleset, transfer, evaluation, fingerprint);
                 slot.insert(entry);
-                self.audit(|| decision_record(&transfer, &answer));
+                self.audit(|| decision_record(transfer, &answer));
                 Ok(answer)
             }
         }

@@ -223,21 +223,20 @@ impl pb::screening_server::Screening for Api {
                 tracing::debug!(method = "Screen", ?fields, "invalid request");
                 invalid(v)
             })?;
-            let (request_id, branch) = (transfer.request_id.clone(), transfer.branch_id.clone());
-            let payee = mask_account(&transfer.payee.account);
-            let screened = self.guard.screen(transfer, fingerprint(&request)).map_err(status_of)?;
+            let screened = self.guard.screen(&transfer, fingerprint(&request)).map_err(status_of)?;
             let d = &screened.decision;
             let duration_us = started.elapsed().as_micros() as u64;
             macro_rules! log_decision {
                 ($level:ident) => {
                     tracing::$level!(
                         method = "Screen",
-                        %request_id,
-                        %branch,
+                        request_id = %transfer.request_id,
+                        branch = %transfer.branch_id,
                         action = d.action.as_str(),
                         score = d.score,
                         hits = d.hits.len(),
-                        %payee,
+                        // Evaluated only when the line is logged.
+                        payee = %mask_account(&transfer.payee.account),
                         alert_id = screened.alert_id.as_deref().unwrap_or(""),
                         station = screened.station_id.as_deref().unwrap_or(""),
                         duration_us,

@@ -5,6 +5,7 @@
 //! out cannot fail and does not allocate when evaluated. Must not evaluate rules
 //! on transfers (the engine does) or read files (the loader does).
 
+use super::diagnostic::one_line;
 use super::parser::{BinOp, Expr, ExprKind, UnOp};
 use super::schema::{self, Facts, Read, StrRead, Ty, NEVER};
 use super::Span;
@@ -570,14 +571,11 @@ impl<'l> Compiler<'l> {
     /// A string test whose result is memoised per request when it reads a field.
     fn memoised(&mut self, s: StrE, key: String, test: impl Fn(&str) -> bool + Send + Sync + 'static) -> BoolFn {
         match s {
-            StrE::Lit(v) => {
-                let hit = test(&v);
-                Box::new(move |_| hit)
-            }
             StrE::Read(read, field) => {
                 let slot = self.slot(key, field.path);
                 Box::new(move |f| f.memo(slot, || test(read(f))))
             }
+            lit => str_test(lit, test),
         }
     }
 }
@@ -661,10 +659,6 @@ fn unknown_function(name: &str) -> String {
     format!(
         "unknown function `{name}`; functions are has, size, in_list, matches_list and the string methods matches, contains, startsWith, endsWith"
     )
-}
-
-fn one_line(s: &str) -> String {
-    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 /// The schema field nearest to a misspelt one, if any is close.

@@ -47,6 +47,12 @@ impl Diagnostic {
         }
     }
 
+    /// A TOML syntax or shape error in `text`, at the place the parser names.
+    pub fn toml(file: &str, text: &str, error: &toml::de::Error) -> Diagnostic {
+        let span = error.span().map_or(Span::default(), |r| Span { start: r.start, end: r.end });
+        Diagnostic::at(file, text, span, one_line(error.message()))
+    }
+
     /// `file:line:col`
     pub fn location(&self) -> String {
         if self.line == 0 {
@@ -55,6 +61,11 @@ impl Diagnostic {
             format!("{}:{}:{}", self.file, self.line, self.col)
         }
     }
+}
+
+/// A multi-line library message on one line, for `file:line:col: message`.
+pub fn one_line(s: &str) -> String {
+    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {

@@ -309,7 +309,7 @@ impl Ruleset {
                     }
                     Err((i, e)) => {
                         let span = raw.items.get(i).map_or(raw.kind.span(), |s| s.span());
-                        diags.push(at(span, format!("bad regex in list `{name}`: {}", first_line(&e))));
+                        diags.push(at(span, format!("bad regex in list `{name}`: {}", diagnostic::one_line(&e))));
                     }
                 }
             }
@@ -370,20 +370,14 @@ pub fn read_sources(dir: &Path) -> Result<Vec<Source>, Vec<Diagnostic>> {
     let mut sources = Vec::new();
     let mut diags = Vec::new();
     for sub in [dir.to_path_buf(), dir.join("lists")] {
-        let entries = match std::fs::read_dir(&sub) {
-            Ok(e) => e,
+        let paths = match toml_files(&sub) {
+            Ok(paths) => paths,
             Err(e) if sub != dir && e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
                 diags.push(Diagnostic::file(&sub.display().to_string(), format!("cannot read the rules folder: {e}")));
                 continue;
             }
         };
-        let mut paths: Vec<_> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "toml"))
-            .collect();
-        paths.sort();
         for path in paths {
             let shown = path.strip_prefix(dir).map_or(path.clone(), |p| p.to_path_buf());
             let shown = shown.to_string_lossy().replace('\\', "/");
@@ -400,19 +394,19 @@ pub fn read_sources(dir: &Path) -> Result<Vec<Source>, Vec<Diagnostic>> {
     }
 }
 
-fn first_line(s: &str) -> String {
-    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+fn parse_toml<T: serde::de::DeserializeOwned>(src: &Source, diags: &mut Vec<Diagnostic>) -> Option<T> {
+    toml::from_str::<T>(&src.text).map_err(|e| diags.push(Diagnostic::toml(&src.path, &src.text, &e))).ok()
 }
 
-fn parse_toml<T: serde::de::DeserializeOwned>(src: &Source, diags: &mut Vec<Diagnostic>) -> Option<T> {
-    match toml::from_str::<T>(&src.text) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let span = e.span().map_or(Span::default(), |r| Span { start: r.start, end: r.end });
-            diags.push(Diagnostic::at(&src.path, &src.text, span, first_line(e.message())));
-            None
-        }
-    }
+/// The `*.toml` files directly in `dir`, sorted by name.
+pub fn toml_files(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut paths: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    Ok(paths)
 }
 
 type Settings = (String, Thresholds, time::UtcOffset, HoldPolicy);
