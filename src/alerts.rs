@@ -11,7 +11,7 @@ use crate::rules::{parse_duration, Diagnostic, Span};
 use serde::Deserialize;
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 use toml::Spanned;
 
@@ -130,7 +130,7 @@ impl Routing {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum AlertState {
     New,
     Claimed,
@@ -138,7 +138,7 @@ pub enum AlertState {
     Resolved,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
     Dissuaded,
     FraudConfirmed,
@@ -157,14 +157,14 @@ impl Outcome {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum HoldDecision {
     Release,
     Block,
 }
 
 /// What an officer sees of a transfer: no full account number, no birth date.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TransferSummary {
     pub request_id: String,
     pub amount: i64,
@@ -173,7 +173,8 @@ pub struct TransferSummary {
     pub bank_id: String,
     pub branch_id: String,
     pub teller_id: String,
-    pub customer_age_band: &'static str,
+    #[serde(deserialize_with = "age_band")]
+    pub customer_age_band: StaticName,
     pub customer_account_masked: String,
     pub payee_account_masked: String,
     pub payee_name_masked: String,
@@ -182,7 +183,7 @@ pub struct TransferSummary {
     pub observations: Observations,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Alert {
     pub id: String,
     pub station_id: String,
@@ -210,12 +211,13 @@ impl Alert {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AlertEvent {
     pub cursor: u64,
     /// `<alert id>:<sequence>`: stable, so JetStream can deduplicate on it.
     pub event_id: String,
-    pub kind: &'static str,
+    #[serde(deserialize_with = "event_kind")]
+    pub kind: StaticName,
     pub alert: Alert,
     pub at: UnixSeconds,
 }
@@ -230,7 +232,36 @@ pub enum AlertError {
     DecisionRequired,
 }
 
+/// A name from a fixed set. (An alias, so serde's derive does not take the
+/// field for a borrow of the input.)
+pub type StaticName = &'static str;
+
+/// Every kind of [`AlertEvent`].
+pub const EVENT_KINDS: [&str; 5] = ["raised", "claimed", "resolved", "expired", "escalated"];
+
+fn event_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+    crate::model::static_name(d, &EVENT_KINDS)
+}
+
+fn age_band<'de, D: serde::Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+    crate::model::static_name(d, &crate::model::AGE_BANDS)
+}
+
+/// Where alert changes go to be made durable; called under the book's lock,
+/// so in cursor order. Implementations only queue (no I/O, no other locks).
+pub trait AlertLog: Send + Sync {
+    /// `alert` changed (its new image, with how many events it has had) and `event` says how.
+    fn changed(&self, alert: &Alert, sequence: u32, event: &AlertEvent);
+    /// The event at `cursor` fell out of the retained log.
+    fn forgotten(&self, cursor: u64);
+}
+
 /// The alert book: every alert and the ordered log of their events.
+///
+/// With a log attached the book is *gated*: an event reaches watchers (the
+/// live broadcast, backlogs, the NATS outbox) only once [`AlertBook::release`]
+/// says the log holds it durably, so no station sees an alert a crash could
+/// take back. Without one, events are released as they are made.
 pub struct AlertBook {
     inner: Mutex<Book>,
     live: broadcast::Sender<AlertEvent>,
@@ -242,6 +273,9 @@ struct Book {
     sequence: HashMap<String, u32>,
     events: VecDeque<AlertEvent>,
     next_cursor: u64,
+    /// Events up to here may be seen.
+    released: u64,
+    log: Option<Arc<dyn AlertLog>>,
 }
 
 impl Book {
@@ -249,6 +283,7 @@ impl Book {
         self.next_cursor += 1;
         let seq = self.sequence.entry(alert.id.clone()).or_insert(0);
         *seq += 1;
+        let seq = *seq;
         let event = AlertEvent {
             cursor: self.next_cursor,
             event_id: format!("{}:{}", alert.id, seq),
@@ -257,10 +292,20 @@ impl Book {
             at: now,
         };
         self.events.push_back(event.clone());
+        match &self.log {
+            Some(log) => log.changed(alert, seq, &event),
+            None => self.released = self.next_cursor,
+        }
         while self.events.len() > EVENT_RETENTION {
-            self.events.pop_front();
+            if let (Some(old), Some(log)) = (self.events.pop_front(), &self.log) {
+                log.forgotten(old.cursor);
+            }
         }
         event
+    }
+
+    fn gated(&self) -> bool {
+        self.log.is_some()
     }
 }
 
@@ -308,6 +353,42 @@ impl AlertBook {
         let _ = self.live.send(event);
     }
 
+    /// Sends every change to `log` from now on; events wait for [`AlertBook::release`].
+    pub fn set_log(&self, log: Arc<dyn AlertLog>) {
+        self.lock().log = Some(log);
+    }
+
+    /// The log holds every event up to `cursor`: watchers may see them now.
+    pub fn release(&self, cursor: u64) {
+        let events: Vec<AlertEvent> = {
+            let mut book = self.lock();
+            let from = book.released;
+            let upto = cursor.min(book.next_cursor);
+            if upto <= from {
+                return;
+            }
+            book.released = upto;
+            book.events.iter().filter(|e| e.cursor > from && e.cursor <= upto).cloned().collect()
+        };
+        for e in events {
+            self.publish(e);
+        }
+    }
+
+    /// Puts back alerts (with their event counts) and retained events read
+    /// from the durable store, before anything else uses the book.
+    pub fn restore(&self, alerts: Vec<(Alert, u32)>, mut events: Vec<AlertEvent>) {
+        let mut book = self.lock();
+        events.sort_by_key(|e| e.cursor);
+        book.next_cursor = events.last().map_or(0, |e| e.cursor).max(book.next_cursor);
+        book.released = book.next_cursor;
+        for (alert, seq) in alerts {
+            book.sequence.insert(alert.id.clone(), seq);
+            book.alerts.insert(alert.id.clone(), alert);
+        }
+        book.events = events.into();
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<AlertEvent> {
         self.live.subscribe()
     }
@@ -324,24 +405,30 @@ impl AlertBook {
 
     fn events_matching(&self, after: u64, keep: impl Fn(&AlertEvent) -> bool) -> Backlog {
         let book = self.lock();
-        let oldest = book.events.front().map_or(book.next_cursor + 1, |e| e.cursor);
-        if after + 1 < oldest && after < book.next_cursor {
+        let oldest = book.events.front().map_or(book.released + 1, |e| e.cursor);
+        if after + 1 < oldest && after < book.released {
             return Backlog::TooOld { oldest };
         }
-        Backlog::Events(book.events.iter().filter(|e| e.cursor > after && keep(e)).cloned().collect())
+        let released = book.released;
+        Backlog::Events(
+            book.events.iter().filter(|e| e.cursor > after && e.cursor <= released && keep(e)).cloned().collect(),
+        )
     }
 
-    /// The cursor of the newest event (0 before the first).
+    /// The cursor of the newest event watchers may see (0 before the first).
     pub fn last_cursor(&self) -> u64 {
-        self.lock().next_cursor
+        self.lock().released
     }
 
     pub fn raise(&self, alert: Alert) -> AlertEvent {
         let mut book = self.lock();
         let event = book.record("raised", &alert, alert.created_at);
         book.alerts.insert(alert.id.clone(), alert);
+        let gated = book.gated();
         drop(book);
-        self.publish(event.clone());
+        if !gated {
+            self.publish(event.clone());
+        }
         event
     }
 
@@ -383,8 +470,11 @@ impl AlertBook {
         alert.updated_at = now;
         let alert = alert.clone();
         let event = book.record(kind, &alert, now);
+        let gated = book.gated();
         drop(book);
-        self.publish(event);
+        if !gated {
+            self.publish(event);
+        }
         Ok(alert)
     }
 

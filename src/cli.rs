@@ -127,9 +127,14 @@ pub struct ServeArgs {
     /// Where data is kept.
     #[arg(long, env = "TRANSFER_GUARD_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// A TOML config file (keys: listen, rules, data_dir).
+    /// A TOML config file (keys: listen, rules, data_dir, durability, metrics_listen, nats_url,
+    /// nats_stream, nats_subject_prefix).
     #[arg(long, env = "TRANSFER_GUARD_CONFIG")]
     config: Option<PathBuf>,
+    /// sync (default): answer only once the change is on disk in DATA_DIR/store, and recover it
+    /// after a crash; none: keep everything in memory (tests, benchmarks).
+    #[arg(long, env = "TRANSFER_GUARD_DURABILITY", value_enum)]
+    durability: Option<crate::store::Durability>,
     /// Log format.
     #[arg(long, env = "TRANSFER_GUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -594,6 +599,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         nats_stream: args.nats_stream,
         nats_subject_prefix: args.nats_subject_prefix,
         metrics_listen: args.metrics_listen,
+        durability: args.durability,
     })?;
     let guard = match crate::service::TransferGuard::open(&config.rules_dir) {
         Ok(g) => g,
@@ -609,6 +615,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let audit_path = config.data_dir.join("audit.jsonl");
     let audit = crate::audit::AuditLog::open(&audit_path)
         .with_context(|| format!("open the audit file {}", audit_path.display()))?;
+    let guard = match config.durability {
+        crate::store::Durability::Sync => {
+            let dir = config.data_dir.join("store");
+            let store = crate::store::Store::open(&dir)?;
+            guard.with_store(std::sync::Arc::new(store))?
+        }
+        crate::store::Durability::None => {
+            tracing::warn!("durability none: nothing is kept across a restart");
+            guard
+        }
+    };
     let guard = std::sync::Arc::new(guard.with_audit(audit));
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)

@@ -9,6 +9,7 @@
 //! - [`state`]: in-memory customer, payee and watchlist state (dashmap).
 //! - [`ruletest`]: the analysts' rule test cases in `rules/tests/`.
 //! - [`alerts`]: routing (branch → police station), alert lifecycle, event log.
+//! - [`store`]: the durable store in the data dir (fjall), group commit.
 //! - [`service`]: the application — idempotency, history, the hold loop.
 //! - [`api`]: proto ↔ domain conversion and validation; the tonic services.
 //! - [`server`]: configuration, serving, health, reflection, shutdown.
@@ -37,4 +38,5 @@ pub mod server;
 pub mod service;
 pub mod simulate;
 pub mod state;
+pub mod store;
 pub mod telemetry;

@@ -80,11 +80,11 @@ pub fn request(run: &str, k: u64) -> pb::ScreenRequest {
         bank_id: "psbc".into(),
         branch_id: ["psbc-heshan-zhongshan", "psbc-heshan-shaping", "icbc-heshan-zhongshan"][(k % 3) as usize].into(),
         teller_id: "teller-01".into(),
-        channel: if k % 3 == 0 { pb::Channel::Counter } else { pb::Channel::Mobile } as i32,
+        channel: if k.is_multiple_of(3) { pb::Channel::Counter } else { pb::Channel::Mobile } as i32,
         customer: Some(pb::Customer {
             customer_id: format!("cust-{customer:06}"),
             account_id: format!("621098{customer:010}"),
-            birth_date: if customer % 5 == 0 { "1952-03-08" } else { "1979-11-21" }.into(),
+            birth_date: if customer.is_multiple_of(5) { "1952-03-08" } else { "1979-11-21" }.into(),
             account_opened_on: "2012-06-01".into(),
             daily_limit_minor: 50_000_000,
             last_limit_change: seed_like.then(|| pb::LimitChanged {

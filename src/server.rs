@@ -12,6 +12,7 @@ use crate::api::proto::{
 use crate::api::services::Api;
 use crate::delivery::{self, DeliveryProgress, NatsConfig};
 use crate::service::{wall_clock, TransferGuard};
+use crate::store::Durability;
 use serde::Deserialize;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -41,6 +42,8 @@ pub struct Config {
     pub nats: Option<NatsConfig>,
     /// Where `/metrics` is served.
     pub metrics_listen: SocketAddr,
+    /// `sync`: every change is on disk in DATA_DIR/store before its answer; `none`: memory only.
+    pub durability: Durability,
 }
 
 /// The config file (TOML). Every key is optional.
@@ -54,6 +57,7 @@ pub struct FileConfig {
     pub nats_stream: Option<String>,
     pub nats_subject_prefix: Option<String>,
     pub metrics_listen: Option<String>,
+    pub durability: Option<Durability>,
 }
 
 /// What came from flags or `TRANSFER_GUARD_*` env vars (clap merges those two,
@@ -68,6 +72,7 @@ pub struct Overrides {
     pub nats_stream: Option<String>,
     pub nats_subject_prefix: Option<String>,
     pub metrics_listen: Option<String>,
+    pub durability: Option<Durability>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +118,7 @@ impl Config {
             listen: listen.parse().map_err(|_| ConfigError::Listen(listen.clone()))?,
             rules_dir: o.rules.clone().or(file.rules).unwrap_or_else(|| DEFAULT_RULES.into()),
             data_dir: o.data_dir.clone().or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA.into()),
+            durability: o.durability.or(file.durability).unwrap_or_default(),
         })
     }
 }
@@ -234,6 +240,8 @@ pub async fn run_with(
     let publisher = extras.nats.map(|config| {
         tracing::info!(url = %config.url, stream = %config.stream, "publishing alerts to NATS JetStream");
         let progress = Arc::new(DeliveryProgress::default());
+        // Resume after the last event NATS acknowledged before a restart.
+        progress.published_cursor.store(guard.nats_cursor(), std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(delivery::run(guard.clone(), config, progress, streams_stop.clone()))
     });
     let api = Api { guard: guard.clone(), shutdown: streams_stop };

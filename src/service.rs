@@ -15,7 +15,8 @@ use crate::engine::{self, Evaluation};
 use crate::model::{age_band, mask_account, mask_name, Action, Decision, LimitChange, Payee, Transfer, UnixSeconds};
 use crate::rules::{Diagnostic, ExpiryAction, Ruleset};
 use crate::ruletest;
-use crate::state::{State, TransferRecord, WatchEntry};
+use crate::state::{PayeeKey, State, TransferRecord, WatchEntry};
+use crate::store::{Space, Store, StoreError, StoredAlert};
 use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
 use dashmap::mapref::entry::Entry;
@@ -27,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 /// Where a screened transfer stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TransferState {
     Allowed,
     Warned,
@@ -62,7 +63,7 @@ impl TransferState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TransferStatus {
     pub request_id: String,
     pub state: TransferState,
@@ -77,7 +78,7 @@ pub struct TransferStatus {
 }
 
 /// The answer to a screen.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Screened {
     pub request_id: String,
     pub decision: Decision,
@@ -94,6 +95,43 @@ struct ScreenEntry {
     answer: Screened,
     record: TransferRecord,
     status: watch::Sender<TransferStatus>,
+}
+
+/// A screened transfer as the durable store keeps it.
+#[derive(serde::Serialize)]
+struct TransferImage<'a> {
+    answered_at: UnixSeconds,
+    fingerprint: u64,
+    answer: &'a Screened,
+    record: &'a TransferRecord,
+    status: &'a TransferStatus,
+}
+
+#[derive(serde::Deserialize)]
+struct StoredTransfer {
+    answered_at: UnixSeconds,
+    fingerprint: u64,
+    answer: Screened,
+    record: TransferRecord,
+    status: TransferStatus,
+}
+
+/// Keys of the `meta` keyspace.
+const META_BOOT: &[u8] = b"boot";
+const META_NATS_CURSOR: &[u8] = b"nats_cursor";
+
+/// What a restart found in the store.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recovered {
+    pub customers: usize,
+    pub payees: usize,
+    pub watchlist: usize,
+    pub transfers: usize,
+    pub held: usize,
+    pub event_ids: usize,
+    pub alerts: usize,
+    pub alert_events: usize,
+    pub seconds: f64,
 }
 
 /// A customer event, validated.
@@ -117,6 +155,8 @@ pub enum ServiceError {
     TransferFinal { id: String, state: &'static str, what: &'static str },
     #[error(transparent)]
     Alert(#[from] AlertError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Result of a reload: the version in force and the errors, if it was refused.
@@ -145,7 +185,7 @@ pub struct TransferGuard {
     ruleset: ArcSwap<Ruleset>,
     routing: ArcSwap<Routing>,
     state: State,
-    alerts: AlertBook,
+    alerts: Arc<AlertBook>,
     screens: DashMap<String, ScreenEntry>,
     /// event id → (fingerprint, recorded at).
     events: DashMap<String, (u64, UnixSeconds)>,
@@ -157,6 +197,10 @@ pub struct TransferGuard {
     started_at: UnixSeconds,
     metrics: Arc<Metrics>,
     audit: Option<AuditLog>,
+    store: Option<Arc<Store>>,
+    /// The NATS outbox cursor the store remembered at startup.
+    nats_cursor: u64,
+    recovered: Recovered,
 }
 
 /// The server's clock, for hold expiry and claim deadlines (real time).
@@ -202,7 +246,7 @@ impl TransferGuard {
             ruleset: ArcSwap::from_pointee(ruleset),
             routing: ArcSwap::from_pointee(routing),
             state: State::new(),
-            alerts: AlertBook::new(),
+            alerts: Arc::new(AlertBook::new()),
             screens: DashMap::new(),
             events: DashMap::new(),
             last_prune: AtomicU64::new(0),
@@ -212,6 +256,9 @@ impl TransferGuard {
             started_at: wall_clock(),
             metrics: Arc::new(Metrics::new()),
             audit: None,
+            store: None,
+            nats_cursor: 0,
+            recovered: Recovered::default(),
         }
         .with_ruleset_metric()
     }
@@ -222,6 +269,134 @@ impl TransferGuard {
         audit.record(AuditRecord::Ruleset { at: wall_clock(), version, loaded: true, errors: 0 });
         self.audit = Some(audit);
         self
+    }
+
+    /// Loads what `store` holds, then writes every change to it from now on.
+    /// Held transfers come back held (their expiry still running), alerts with
+    /// their events and cursors, ids with their answers.
+    pub fn with_store(mut self, store: Arc<Store>) -> Result<Self, StoreError> {
+        let started = std::time::Instant::now();
+        let mut found = Recovered::default();
+        let text = |k: Vec<u8>| String::from_utf8_lossy(&k).into_owned();
+        for (id, image) in store.load(Space::Customers)? {
+            self.state.restore_customer(&text(id), image);
+            found.customers += 1;
+        }
+        for (key, senders) in store.load(Space::Payees)? {
+            let key: [u8; 8] = key.try_into().map_err(|_| StoreError::Read("a payee key is not 8 bytes".into()))?;
+            self.state.restore_payee(PayeeKey(u64::from_be_bytes(key)), senders);
+            found.payees += 1;
+        }
+        for (_, entry) in store.load::<WatchEntry>(Space::Watchlist)? {
+            self.state.watchlist_upsert(entry);
+            found.watchlist += 1;
+        }
+        {
+            let mut holds = lock(&self.holds);
+            for (id, t) in store.load::<StoredTransfer>(Space::Transfers)? {
+                let id = text(id);
+                if t.status.state == TransferState::Held {
+                    holds.insert((t.status.hold_expires_at.unwrap_or(0), id.clone()));
+                    found.held += 1;
+                }
+                let (status, _) = watch::channel(t.status);
+                let entry = ScreenEntry {
+                    answered_at: t.answered_at,
+                    fingerprint: t.fingerprint,
+                    answer: t.answer,
+                    record: t.record,
+                    status,
+                };
+                self.screens.insert(id, entry);
+                found.transfers += 1;
+            }
+        }
+        for (id, seen) in store.load::<(u64, UnixSeconds)>(Space::Events)? {
+            self.events.insert(text(id), seen);
+            found.event_ids += 1;
+        }
+        let alerts: Vec<(Alert, u32)> =
+            store.load::<StoredAlert>(Space::Alerts)?.into_iter().map(|(_, a)| (a.alert, a.sequence)).collect();
+        let events: Vec<AlertEvent> = store.load(Space::AlertEvents)?.into_iter().map(|(_, e)| e).collect();
+        (found.alerts, found.alert_events) = (alerts.len(), events.len());
+        self.alerts.restore(alerts, events);
+        self.nats_cursor = store.get(Space::Meta, META_NATS_CURSOR)?.unwrap_or(0);
+        // Alert ids carry the boot time: make it unique even for a restart
+        // within the same second.
+        let last_boot: UnixSeconds = store.get(Space::Meta, META_BOOT)?.unwrap_or(0);
+        self.started_at = self.started_at.max(last_boot + 1);
+
+        self.state.set_log(store.clone());
+        self.alerts.set_log(store.clone());
+        let alerts = self.alerts.clone();
+        store.on_commit(move |cursor| alerts.release(cursor));
+        let metrics = self.metrics.clone();
+        store.observe_commits(move |secs, n| {
+            metrics.store_commit_seconds.observe(secs);
+            metrics.store_changes.inc_by(n as u64);
+        });
+        store.put(Space::Meta, META_BOOT, Some(&self.started_at));
+        store.flush()?;
+        found.seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            customers = found.customers,
+            payees = found.payees,
+            watchlist = found.watchlist,
+            transfers = found.transfers,
+            held = found.held,
+            alerts = found.alerts,
+            alert_events = found.alert_events,
+            seconds = found.seconds,
+            store = %store.path().display(),
+            "state recovered from the store"
+        );
+        self.store = Some(store);
+        self.recovered = found;
+        Ok(self)
+    }
+
+    /// What the store gave back at startup.
+    pub fn recovered(&self) -> &Recovered {
+        &self.recovered
+    }
+
+    /// Waits until every change made so far is durable (at once without a store).
+    /// Called before answering a request that changed something.
+    pub async fn committed(&self) -> Result<(), ServiceError> {
+        match &self.store {
+            Some(store) => Ok(store.wait(store.queued()).await?),
+            None => Ok(()),
+        }
+    }
+
+    /// The NATS outbox cursor remembered at startup: events up to it were acknowledged.
+    pub fn nats_cursor(&self) -> u64 {
+        self.nats_cursor
+    }
+
+    /// NATS acknowledged every event up to `cursor`.
+    pub fn nats_delivered(&self, cursor: u64) {
+        if let Some(store) = &self.store {
+            store.put(Space::Meta, META_NATS_CURSOR, Some(&cursor));
+        }
+    }
+
+    fn log_transfer(&self, request_id: &str, entry: Option<&ScreenEntry>) {
+        let Some(store) = &self.store else { return };
+        match entry {
+            Some(e) => {
+                let status = e.status.borrow();
+                let image = TransferImage {
+                    answered_at: e.answered_at,
+                    fingerprint: e.fingerprint,
+                    answer: &e.answer,
+                    record: &e.record,
+                    status: &status,
+                };
+                store.put(Space::Transfers, request_id.as_bytes(), Some(&image));
+            }
+            None => store.put(Space::Transfers, request_id.as_bytes(), None::<&()>),
+        }
     }
 
     fn audit(&self, record: impl FnOnce() -> AuditRecord) {
@@ -316,6 +491,7 @@ impl TransferGuard {
             }
             Entry::Vacant(slot) => {
                 let (entry, answer) = self.settle(&ruleset, transfer, evaluation, fingerprint);
+                self.log_transfer(&transfer.request_id, Some(&entry));
                 slot.insert(entry);
                 self.audit(|| decision_record(transfer, &answer));
                 Ok(answer)
@@ -484,7 +660,11 @@ impl TransferGuard {
             Entry::Occupied(e) if e.get().0 != fingerprint => Err(ServiceError::EventIdReused(event_id.to_string())),
             Entry::Occupied(_) => Ok(true),
             Entry::Vacant(v) => {
-                v.insert((fingerprint, wall_clock()));
+                let seen = (fingerprint, wall_clock());
+                if let Some(store) = &self.store {
+                    store.put(Space::Events, event_id.as_bytes(), Some(&seen));
+                }
+                v.insert(seen);
                 Ok(false)
             }
         }
@@ -505,6 +685,7 @@ impl TransferGuard {
                     s.state = next;
                     s.updated_at = wall_clock();
                 });
+                self.log_transfer(request_id, Some(&entry));
                 Ok(())
             }
             Ok(None) => Ok(()),
@@ -578,6 +759,7 @@ impl TransferGuard {
                 s.hold_expires_at = None;
                 s.updated_at = now;
             });
+            self.log_transfer(&request_id, Some(&entry));
             lock(&self.holds).retain(|(_, id)| *id != request_id);
         }
         Ok(alert)
@@ -587,8 +769,20 @@ impl TransferGuard {
     /// transfer still held) and drops window entries that can no longer count.
     pub fn prune(&self, now: UnixSeconds) {
         let cutoff = now - IDEMPOTENCY_SECS;
-        self.screens.retain(|_, e| e.answered_at >= cutoff || e.status.borrow().state == TransferState::Held);
-        self.events.retain(|_, (_, at)| *at >= cutoff);
+        self.screens.retain(|id, e| {
+            let keep = e.answered_at >= cutoff || e.status.borrow().state == TransferState::Held;
+            if !keep {
+                self.log_transfer(id, None);
+            }
+            keep
+        });
+        self.events.retain(|id, (_, at)| {
+            let keep = *at >= cutoff;
+            if let (false, Some(store)) = (keep, &self.store) {
+                store.put(Space::Events, id.as_bytes(), None::<&()>);
+            }
+            keep
+        });
         self.state.prune(now);
     }
 
@@ -648,6 +842,7 @@ impl TransferGuard {
                 s.note = "hold expired".into();
                 s.updated_at = now;
             });
+            self.log_transfer(&request_id, Some(&entry));
         }
     }
 

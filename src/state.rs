@@ -13,6 +13,7 @@ use dashmap::DashMap;
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
+use std::sync::{Arc, OnceLock};
 
 /// The longest window any fact looks back over.
 pub const WINDOW_SECS: i64 = 24 * 3600;
@@ -25,7 +26,7 @@ pub const MAX_SENDERS: usize = 4096;
 
 /// Identifies a payee (bank code and account) inside a customer's record in 8
 /// bytes rather than the full strings: 5 known payees fit in 80 bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct PayeeKey(pub u64);
 
 impl PayeeKey {
@@ -74,6 +75,28 @@ struct Activity {
 }
 
 impl CustomerRecord {
+    fn image(&self) -> CustomerImage {
+        let activity = self.activity.as_deref();
+        CustomerImage {
+            known: self.known.iter().map(|k| (k.key.0, k.first_paid)).collect(),
+            recent: activity.into_iter().flat_map(|a| a.recent.iter().map(|r| (r.at, r.amount, r.new_payee))).collect(),
+            limit: activity.and_then(|a| a.limit),
+        }
+    }
+
+    fn from_image(image: CustomerImage) -> CustomerRecord {
+        let mut known: Vec<KnownPayee> =
+            image.known.into_iter().map(|(key, first_paid)| KnownPayee { key: PayeeKey(key), first_paid }).collect();
+        known.sort_by_key(|k| k.key);
+        known.dedup_by_key(|k| k.key);
+        known.shrink_to_fit();
+        let recent: VecDeque<Recent> =
+            image.recent.into_iter().map(|(at, amount, new_payee)| Recent { at, amount, new_payee }).collect();
+        let activity =
+            (!recent.is_empty() || image.limit.is_some()).then(|| Box::new(Activity { recent, limit: image.limit }));
+        CustomerRecord { known, activity }
+    }
+
     fn activity(&mut self) -> &mut Activity {
         self.activity.get_or_insert_with(Box::default)
     }
@@ -101,9 +124,36 @@ struct PayeeRecord {
     senders: Vec<(u64, UnixSeconds)>,
 }
 
+/// A customer's record as the durable store keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CustomerImage {
+    /// (payee key, first paid).
+    #[serde(rename = "k")]
+    pub known: Vec<(u64, UnixSeconds)>,
+    /// (at, amount, new payee), oldest first.
+    #[serde(rename = "r", default, skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<(UnixSeconds, Minor, bool)>,
+    #[serde(rename = "l", default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<LimitChange>,
+}
+
+/// A payee account's fan-in as the durable store keeps it: (sender key, last paid).
+pub type PayeeImage = Vec<(u64, UnixSeconds)>;
+
+/// Where changes to state go to be made durable. Each method gets the new
+/// image of one record (None: gone), called under the lock that made the
+/// change, so images of one record reach the log in the order the changes
+/// were made. Implementations must only queue the image (no I/O, no locks
+/// beyond their own queue).
+pub trait StateLog: Send + Sync {
+    fn customer(&self, id: &str, image: CustomerImage);
+    fn payee(&self, key: PayeeKey, image: Option<&PayeeImage>);
+    fn watch(&self, account: &str, entry: Option<&WatchEntry>);
+}
+
 /// A police watchlist entry: transfers to `account` hit `payee.watchlisted`
 /// until `expires_at`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WatchEntry {
     pub account: String,
     pub station_id: String,
@@ -139,7 +189,7 @@ pub struct Snapshot {
 /// The change a counted transfer makes to state. The engine returns it; the
 /// caller decides when to apply it (at once for ALLOW/WARN, on release for HOLD)
 /// and can revert it (a cancelled transfer).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TransferRecord {
     pub customer_id: String,
     pub payee: PayeeKey,
@@ -155,11 +205,12 @@ pub struct Sizes {
     pub watchlist: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct State {
     customers: DashMap<Box<str>, CustomerRecord>,
     payees: DashMap<PayeeKey, PayeeRecord>,
     watchlist: DashMap<String, WatchEntry>,
+    log: OnceLock<Arc<dyn StateLog>>,
 }
 
 fn in_window(at: UnixSeconds, now: UnixSeconds, window: i64) -> bool {
@@ -169,6 +220,33 @@ fn in_window(at: UnixSeconds, now: UnixSeconds, window: i64) -> bool {
 impl State {
     pub fn new() -> State {
         State::default()
+    }
+
+    /// Sends every change from now on to `log` (once; later calls are ignored).
+    pub fn set_log(&self, log: Arc<dyn StateLog>) {
+        let _ = self.log.set(log);
+    }
+
+    fn log_customer(&self, id: &str, record: &CustomerRecord) {
+        if let Some(log) = self.log.get() {
+            log.customer(id, record.image());
+        }
+    }
+
+    fn log_payee(&self, key: PayeeKey, record: Option<&PayeeRecord>) {
+        if let Some(log) = self.log.get() {
+            log.payee(key, record.map(|p| &p.senders));
+        }
+    }
+
+    /// Puts back a customer's record read from the durable store.
+    pub fn restore_customer(&self, id: &str, image: CustomerImage) {
+        self.customers.insert(id.into(), CustomerRecord::from_image(image));
+    }
+
+    /// Puts back a payee's fan-in read from the durable store.
+    pub fn restore_payee(&self, key: PayeeKey, senders: PayeeImage) {
+        self.payees.insert(key, PayeeRecord { senders });
     }
 
     /// Reads what the rules need about `customer_id` paying `payee` at `now`.
@@ -230,6 +308,7 @@ impl State {
         while recent.front().is_some_and(|r| newest - r.at >= WINDOW_SECS) || recent.len() > MAX_RECENT {
             recent.pop_front();
         }
+        self.log_customer(&record.customer_id, &c);
         drop(c);
         let sender = stable_hash(record.customer_id.as_str());
         let mut p = self.payees.entry(record.payee).or_default();
@@ -239,6 +318,7 @@ impl State {
             None if p.senders.len() < MAX_SENDERS => p.senders.push((sender, record.at)),
             None => {}
         }
+        self.log_payee(record.payee, Some(&p));
     }
 
     /// Undoes [`State::apply`] for a cancelled transfer: it leaves the windows,
@@ -255,10 +335,12 @@ impl State {
                     c.known.remove(i);
                 }
             }
+            self.log_customer(&record.customer_id, &c);
         }
         let sender = stable_hash(record.customer_id.as_str());
         if let Some(mut p) = self.payees.get_mut(&record.payee) {
             p.senders.retain(|(s, at)| !(*s == sender && *at == record.at));
+            self.log_payee(record.payee, Some(&p));
         }
     }
 
@@ -269,20 +351,35 @@ impl State {
         if a.limit.is_none_or(|l| l.changed_at <= change.changed_at) {
             a.limit = Some(change);
         }
+        self.log_customer(customer_id, &c);
     }
 
     /// Marks a payee as known from `at` (e.g. imported history) without counting
     /// a transfer in the windows.
     pub fn record_known_payee(&self, customer_id: &str, payee: &Payee, at: UnixSeconds) {
-        self.customers.entry(customer_id.into()).or_default().know(PayeeKey::of(payee), at);
+        let mut c = self.customers.entry(customer_id.into()).or_default();
+        c.know(PayeeKey::of(payee), at);
+        self.log_customer(customer_id, &c);
     }
 
     pub fn watchlist_upsert(&self, entry: WatchEntry) {
-        self.watchlist.insert(normalise_account(&entry.account).into_owned(), entry);
+        let key = normalise_account(&entry.account).into_owned();
+        let slot = self.watchlist.entry(key).insert(entry);
+        if let Some(log) = self.log.get() {
+            log.watch(slot.key(), Some(slot.value()));
+        }
     }
 
     pub fn watchlist_remove(&self, account: &str) -> Option<WatchEntry> {
-        self.watchlist.remove(normalise_account(account).as_ref()).map(|(_, e)| e)
+        match self.watchlist.entry(normalise_account(account).into_owned()) {
+            dashmap::Entry::Occupied(e) => {
+                if let Some(log) = self.log.get() {
+                    log.watch(e.key(), None);
+                }
+                Some(e.remove())
+            }
+            dashmap::Entry::Vacant(_) => None,
+        }
     }
 
     pub fn watchlist_entries(&self) -> Vec<WatchEntry> {
@@ -299,8 +396,12 @@ impl State {
     pub fn prune(&self, now: UnixSeconds) {
         for mut c in self.customers.iter_mut() {
             let Some(a) = c.activity.as_deref_mut() else { continue };
+            let before = a.recent.len();
             while a.recent.front().is_some_and(|r| now - r.at >= WINDOW_SECS) {
                 a.recent.pop_front();
+            }
+            if a.recent.len() == before {
+                continue;
             }
             if a.recent.is_empty() {
                 if a.limit.is_none() {
@@ -309,12 +410,26 @@ impl State {
                     a.recent = VecDeque::new();
                 }
             }
+            self.log_customer(c.key(), &c);
         }
-        self.payees.retain(|_, p| {
+        self.payees.retain(|key, p| {
+            let before = p.senders.len();
             p.senders.retain(|(_, at)| now - *at < WINDOW_SECS);
-            !p.senders.is_empty()
+            let keep = !p.senders.is_empty();
+            if p.senders.len() != before {
+                self.log_payee(*key, keep.then_some(&*p));
+            }
+            keep
         });
-        self.watchlist.retain(|_, e| e.is_active(now));
+        self.watchlist.retain(|account, e| {
+            let keep = e.is_active(now);
+            if !keep {
+                if let Some(log) = self.log.get() {
+                    log.watch(account, None);
+                }
+            }
+            keep
+        });
     }
 
     pub fn sizes(&self) -> Sizes {

@@ -32,6 +32,10 @@ pub struct Metrics {
     pub reload_seconds: Histogram,
     /// gRPC calls by method and code (streams: the code of opening them).
     pub grpc_requests: IntCounterVec,
+    /// Group commits of the durable store: time to write and fsync one batch.
+    pub store_commit_seconds: Histogram,
+    /// Changes written to the durable store.
+    pub store_changes: IntCounter,
     /// Children of `screen_seconds` and `decisions` per action, resolved once:
     /// a label lookup per request costs a hash and a lock.
     screen_by_action: [Histogram; 4],
@@ -101,6 +105,13 @@ impl Metrics {
                 &["method", "code"],
             )
             .expect("valid metric"),
+            store_commit_seconds: Histogram::with_opts(
+                HistogramOpts::new("store_commit_duration_seconds", "Time to write and fsync one group commit")
+                    .buckets(vec![0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0]),
+            )
+            .expect("valid metric"),
+            store_changes: IntCounter::new("store_changes_total", "Changes written to the durable store")
+                .expect("valid metric"),
             registry,
         };
         for c in [
@@ -118,6 +129,8 @@ impl Metrics {
             Box::new(m.state_size.clone()),
             Box::new(m.reload_seconds.clone()),
             Box::new(m.grpc_requests.clone()),
+            Box::new(m.store_commit_seconds.clone()),
+            Box::new(m.store_changes.clone()),
         ] {
             m.registry.register(c).expect("each metric is registered once");
         }

@@ -80,6 +80,7 @@ pub fn status_of(e: ServiceError) -> Status {
         ServiceError::TransferFinal { .. } | ServiceError::Alert(alerts::AlertError::Conflict { .. }) => {
             Code::FailedPrecondition
         }
+        ServiceError::Store(_) => Code::Unavailable,
         ServiceError::Alert(alerts::AlertError::DecisionRequired) => {
             return invalid(vec![FieldViolation { field: "hold_decision".into(), description: e.to_string() }])
         }
@@ -224,6 +225,8 @@ impl pb::screening_server::Screening for Api {
                 invalid(v)
             })?;
             let screened = self.guard.screen(&transfer, fingerprint(&request)).map_err(status_of)?;
+            // Answer only once the decision, its state change and its alert are on disk.
+            self.guard.committed().await.map_err(status_of)?;
             let d = &screened.decision;
             let duration_us = started.elapsed().as_micros() as u64;
             macro_rules! log_decision {
@@ -263,6 +266,7 @@ impl pb::screening_server::Screening for Api {
             let event = customer_event(&request).map_err(invalid)?;
             let duplicate =
                 self.guard.record_event(&request.event_id, fingerprint(&request), event).map_err(status_of)?;
+            self.guard.committed().await.map_err(status_of)?;
             Ok(Response::new(pb::RecordEventResponse { event_id: request.event_id, duplicate }))
         })
         .await
@@ -456,6 +460,7 @@ impl pb::alerts_server::Alerts for Api {
             let officer = v.id("officer_id", &r.officer_id, 64);
             v.into_result(()).map_err(invalid)?;
             let alert = self.guard.claim_alert(&alert_id, &officer).map_err(status_of)?;
+            self.guard.committed().await.map_err(status_of)?;
             Ok(Response::new(alert_to_pb(&alert)))
         })
         .await
@@ -489,6 +494,7 @@ impl pb::alerts_server::Alerts for Api {
             };
             let outcome = v.into_result(outcome).map_err(invalid)?.expect("checked");
             let alert = self.guard.resolve_alert(&alert_id, &officer, outcome, decision, &note).map_err(status_of)?;
+            self.guard.committed().await.map_err(status_of)?;
             Ok(Response::new(alert_to_pb(&alert)))
         })
         .await
@@ -501,6 +507,7 @@ impl pb::watchlist_server::Watchlist for Api {
         self.rpc("UpsertEntry", async move {
             let entry = crate::state::WatchEntry::try_from(&request.into_inner()).map_err(invalid)?;
             let entry = self.guard.watchlist_upsert(entry);
+            self.guard.committed().await.map_err(status_of)?;
             Ok(Response::new(convert::watch_entry_to_pb(&entry)))
         })
         .await
@@ -514,7 +521,9 @@ impl pb::watchlist_server::Watchlist for Api {
             let mut v = Violations::default();
             let account = v.account("account", &request.into_inner().account);
             v.into_result(()).map_err(invalid)?;
-            Ok(Response::new(pb::RemoveEntryResponse { removed: self.guard.watchlist_remove(&account) }))
+            let removed = self.guard.watchlist_remove(&account);
+            self.guard.committed().await.map_err(status_of)?;
+            Ok(Response::new(pb::RemoveEntryResponse { removed }))
         })
         .await
     }

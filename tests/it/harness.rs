@@ -233,3 +233,63 @@ pub fn unique_nats(url: &str) -> NatsConfig {
     let tag = format!("{}_{}", std::process::id(), t.as_nanos());
     NatsConfig { url: url.into(), stream: format!("TGTEST_{tag}"), subject_prefix: format!("tgtest.{tag}.alerts") }
 }
+
+/// The real `transfer-guard serve` process on loopback, its logs in a file.
+pub struct ServeProcess {
+    pub port: u16,
+    pub log: PathBuf,
+    child: std::process::Child,
+}
+
+impl ServeProcess {
+    /// Starts `serve` on `data` with the shipped rules and `extra` flags; waits until it listens.
+    pub async fn start(data: &Path, log_name: &str, extra: &[String]) -> ServeProcess {
+        let (port, metrics_port) = (free_port(), free_port());
+        let log = data.parent().unwrap_or(data).join(log_name);
+        let child = Command::new(env!("CARGO_BIN_EXE_transfer-guard"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--data-dir", data.to_str().unwrap()])
+            .args(extra)
+            .current_dir(repo())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start transfer-guard serve");
+        let mut served = ServeProcess { port, log, child };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = served.child.try_wait() {
+                panic!("serve exited with {status}:\n{}", served.logs());
+            }
+            assert!(std::time::Instant::now() < deadline, "serve did not start:\n{}", served.logs());
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        served
+    }
+
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.addr()).unwrap().connect().await.expect("connect")
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

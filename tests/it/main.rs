@@ -3,6 +3,7 @@
 
 mod api;
 mod backtest;
+mod durability;
 mod harness;
 mod holds;
 mod metrics;

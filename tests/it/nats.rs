@@ -14,7 +14,7 @@ async fn read_station(config: &NatsConfig, station: &str, want: usize) -> Vec<pb
 }
 
 /// The same with a durable consumer of the given name.
-async fn read_as(config: &NatsConfig, station: &str, durable: &str, want: usize) -> Vec<pb::AlertEvent> {
+pub async fn read_as(config: &NatsConfig, station: &str, durable: &str, want: usize) -> Vec<pb::AlertEvent> {
     let client = async_nats::connect(config.url.as_str()).await.expect("connect to NATS");
     let js = jetstream::new(client);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

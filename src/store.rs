@@ -1,0 +1,435 @@
+//! The durable store: what the service must not forget, kept in the data dir
+//! in an embedded LSM store (fjall), one keyspace per kind of record.
+//!
+//! The store holds *current state*, not history: each change puts the new
+//! image of the record it touched (a customer, a payee's fan-in, a watchlist
+//! entry, a screened transfer, an event id, an alert and its events), so a
+//! restart reads live state only and its time does not grow with history.
+//!
+//! Group commit: changes are queued under the lock that made them (so images
+//! of one record arrive in order); one writer thread takes whatever has queued,
+//! writes it as one atomic batch and fsyncs once. A caller waits for the
+//! sequence number its changes were given ([`Store::wait`]) before it answers,
+//! so concurrent requests share each fsync.
+//!
+//! Owns the file format (fjall's) and the encoding of values (JSON). Must not
+//! decide anything or hold locks of other modules while writing.
+
+use crate::alerts::{Alert, AlertEvent, AlertLog};
+use crate::state::{CustomerImage, PayeeImage, PayeeKey, StateLog, WatchEntry};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+use tokio::sync::watch;
+
+/// The kinds of record, one keyspace each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Space {
+    Customers,
+    Payees,
+    Watchlist,
+    Transfers,
+    Events,
+    Alerts,
+    AlertEvents,
+    Meta,
+}
+
+impl Space {
+    pub const ALL: [Space; 8] = [
+        Space::Customers,
+        Space::Payees,
+        Space::Watchlist,
+        Space::Transfers,
+        Space::Events,
+        Space::Alerts,
+        Space::AlertEvents,
+        Space::Meta,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Space::Customers => "customers",
+            Space::Payees => "payees",
+            Space::Watchlist => "watchlist",
+            Space::Transfers => "transfers",
+            Space::Events => "events",
+            Space::Alerts => "alerts",
+            Space::AlertEvents => "alert_events",
+            Space::Meta => "meta",
+        }
+    }
+}
+
+/// `sync` answers only after the change is on disk; `none` keeps everything in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    #[default]
+    Sync,
+    None,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store in {path}: {source}")]
+    Open { path: String, source: fjall::Error },
+    #[error("the store cannot be written: {0}")]
+    Write(String),
+    #[error("the store cannot be read: {0}")]
+    Read(String),
+    #[error("record {space}/{key} in the store is damaged: {error}")]
+    Damaged { space: &'static str, key: String, error: String },
+}
+
+/// How far the writer has got.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// Every change with a sequence number up to this one is on disk.
+    pub seq: u64,
+    /// The last write failed; nothing after it will be written.
+    pub failed: bool,
+}
+
+struct Put {
+    space: Space,
+    key: Vec<u8>,
+    /// None: delete.
+    value: Option<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct Pending {
+    puts: Vec<Put>,
+    /// Sequence number of the last change queued.
+    seq: u64,
+    /// Cursor of the newest alert event queued.
+    alert_cursor: u64,
+    stop: bool,
+}
+
+struct Shared {
+    db: Database,
+    spaces: Vec<Keyspace>,
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    committed: watch::Sender<Committed>,
+    /// Called after each commit with the newest alert cursor it made durable.
+    on_commit: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
+    /// Called after each commit with its duration and number of changes.
+    observe: OnceLock<Box<dyn Fn(f64, usize) + Send + Sync>>,
+}
+
+/// The open store and its writer thread. Dropping it writes what is queued
+/// and stops the writer.
+pub struct Store {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    path: PathBuf,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The largest journal kept before memtables are flushed to sorted tables:
+/// bounds how much a restart replays.
+const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. The journal's checksums drop a
+    /// torn final batch (one whose fsync never returned, so never answered).
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open { path: dir.display().to_string(), source };
+        let db = Database::builder(dir).max_journaling_size(MAX_JOURNAL_BYTES).open().map_err(open_err)?;
+        let spaces = Space::ALL
+            .iter()
+            .map(|s| db.keyspace(s.name(), KeyspaceCreateOptions::default))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(open_err)?;
+        let (committed, _) = watch::channel(Committed::default());
+        let shared = Arc::new(Shared {
+            db,
+            spaces,
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            committed,
+            on_commit: OnceLock::new(),
+            observe: OnceLock::new(),
+        });
+        let writer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || write_loop(&shared))
+                .map_err(|e| StoreError::Write(format!("cannot start the writer thread: {e}")))?
+        };
+        Ok(Store { shared, writer: Mutex::new(Some(writer)), path: dir.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// After each commit, `f` gets the newest alert cursor now on disk.
+    pub fn on_commit(&self, f: impl Fn(u64) + Send + Sync + 'static) {
+        let _ = self.shared.on_commit.set(Box::new(f));
+    }
+
+    /// After each commit, `f` gets its duration in seconds and its number of changes.
+    pub fn observe_commits(&self, f: impl Fn(f64, usize) + Send + Sync + 'static) {
+        let _ = self.shared.observe.set(Box::new(f));
+    }
+
+    fn queue(&self, put: Put, alert_cursor: Option<u64>) {
+        let mut p = lock(&self.shared.pending);
+        p.puts.push(put);
+        p.seq += 1;
+        if let Some(c) = alert_cursor {
+            p.alert_cursor = p.alert_cursor.max(c);
+        }
+        if p.puts.len() == 1 {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Queues the new value of `key` (None: delete it).
+    pub fn put<T: Serialize + ?Sized>(&self, space: Space, key: &[u8], value: Option<&T>) {
+        let value = value.map(|v| serde_json::to_vec(v).expect("store records serialise"));
+        self.queue(Put { space, key: key.to_vec(), value }, None);
+    }
+
+    /// The sequence number of the newest queued change.
+    pub fn queued(&self) -> u64 {
+        lock(&self.shared.pending).seq
+    }
+
+    /// Waits until every change up to `seq` is on disk.
+    pub async fn wait(&self, seq: u64) -> Result<(), StoreError> {
+        let mut rx = self.shared.committed.subscribe();
+        let c = *rx
+            .wait_for(|c| c.seq >= seq || c.failed)
+            .await
+            .map_err(|_| StoreError::Write("the writer stopped".into()))?;
+        if c.seq >= seq {
+            Ok(())
+        } else {
+            Err(StoreError::Write("an earlier write failed; the service refuses new changes".into()))
+        }
+    }
+
+    /// Blocks until every queued change is on disk (startup and tools).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let seq = self.queued();
+        let mut rx = self.shared.committed.subscribe();
+        loop {
+            let c = *rx.borrow_and_update();
+            if c.seq >= seq {
+                return Ok(());
+            }
+            if c.failed {
+                return Err(StoreError::Write("a write failed".into()));
+            }
+            // The writer wakes us through the watch channel; poll it without a runtime.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Every record of `space`, decoded, in key order.
+    pub fn load<T: DeserializeOwned>(&self, space: Space) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
+        let ks = &self.shared.spaces[space as usize];
+        let mut out = Vec::new();
+        for item in ks.iter() {
+            let (k, v) = item.into_inner().map_err(|e| StoreError::Read(format!("{}: {e}", space.name())))?;
+            let value = serde_json::from_slice(&v).map_err(|e| StoreError::Damaged {
+                space: space.name(),
+                key: String::from_utf8_lossy(&k).into_owned(),
+                error: e.to_string(),
+            })?;
+            out.push((k.to_vec(), value));
+        }
+        Ok(out)
+    }
+
+    /// One record of `space`.
+    pub fn get<T: DeserializeOwned>(&self, space: Space, key: &[u8]) -> Result<Option<T>, StoreError> {
+        let ks = &self.shared.spaces[space as usize];
+        let Some(v) = ks.get(key).map_err(|e| StoreError::Read(e.to_string()))? else { return Ok(None) };
+        serde_json::from_slice(&v).map(Some).map_err(|e| StoreError::Damaged {
+            space: space.name(),
+            key: String::from_utf8_lossy(key).into_owned(),
+            error: e.to_string(),
+        })
+    }
+
+    /// How many records each keyspace holds (approximate for large ones).
+    pub fn sizes(&self) -> Vec<(&'static str, usize)> {
+        Space::ALL.iter().map(|s| (s.name(), self.shared.spaces[*s as usize].approximate_len())).collect()
+    }
+
+    pub fn disk_bytes(&self) -> u64 {
+        self.shared.db.disk_space().unwrap_or(0)
+    }
+
+    fn stop(&self) {
+        lock(&self.shared.pending).stop = true;
+        self.shared.wake.notify_one();
+        if let Some(w) = lock(&self.writer).take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn write_loop(shared: &Shared) {
+    let mut failed = false;
+    loop {
+        let (puts, seq, alert_cursor, stop) = {
+            let mut p = lock(&shared.pending);
+            while p.puts.is_empty() && !p.stop {
+                p = shared.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+            }
+            (std::mem::take(&mut p.puts), p.seq, p.alert_cursor, p.stop)
+        };
+        if !puts.is_empty() && !failed {
+            let started = Instant::now();
+            let n = puts.len();
+            match commit(shared, puts) {
+                Ok(()) => {
+                    shared.committed.send_replace(Committed { seq, failed: false });
+                    if let Some(f) = shared.on_commit.get() {
+                        f(alert_cursor);
+                    }
+                    if let Some(f) = shared.observe.get() {
+                        f(started.elapsed().as_secs_f64(), n);
+                    }
+                }
+                Err(e) => {
+                    // Fail stop: the callers waiting get an error, and no
+                    // later change is acknowledged.
+                    tracing::error!(error = %e, "the store write failed; changes are no longer acknowledged");
+                    failed = true;
+                    shared.committed.send_modify(|c| c.failed = true);
+                }
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+fn commit(shared: &Shared, puts: Vec<Put>) -> Result<(), fjall::Error> {
+    let mut batch = shared.db.batch();
+    for put in puts {
+        let ks = &shared.spaces[put.space as usize];
+        match put.value {
+            Some(v) => batch.insert(ks, put.key, v),
+            None => batch.remove(ks, put.key),
+        }
+    }
+    batch.commit()?;
+    shared.db.persist(PersistMode::SyncAll)
+}
+
+impl StateLog for Store {
+    fn customer(&self, id: &str, image: CustomerImage) {
+        self.put(Space::Customers, id.as_bytes(), Some(&image));
+    }
+
+    fn payee(&self, key: PayeeKey, image: Option<&PayeeImage>) {
+        self.put(Space::Payees, &key.0.to_be_bytes(), image);
+    }
+
+    fn watch(&self, account: &str, entry: Option<&WatchEntry>) {
+        self.put(Space::Watchlist, account.as_bytes(), entry);
+    }
+}
+
+/// An alert as stored: its image and how many events it has had.
+#[derive(Serialize, serde::Deserialize)]
+pub struct StoredAlert {
+    pub alert: Alert,
+    pub sequence: u32,
+}
+
+impl AlertLog for Store {
+    fn changed(&self, alert: &Alert, sequence: u32, event: &AlertEvent) {
+        #[derive(Serialize)]
+        struct Ref<'a> {
+            alert: &'a Alert,
+            sequence: u32,
+        }
+        let image = serde_json::to_vec(&Ref { alert, sequence }).expect("alerts serialise");
+        let event_bytes = serde_json::to_vec(event).expect("alert events serialise");
+        // One lock for both, so the alert and its event are in the same batch.
+        let mut p = lock(&self.shared.pending);
+        p.puts.push(Put { space: Space::Alerts, key: alert.id.as_bytes().to_vec(), value: Some(image) });
+        p.puts.push(Put {
+            space: Space::AlertEvents,
+            key: event.cursor.to_be_bytes().to_vec(),
+            value: Some(event_bytes),
+        });
+        p.seq += 2;
+        p.alert_cursor = p.alert_cursor.max(event.cursor);
+        if p.puts.len() == 2 {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    fn forgotten(&self, cursor: u64) {
+        self.queue(Put { space: Space::AlertEvents, key: cursor.to_be_bytes().to_vec(), value: None }, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_was_committed_is_there_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.put(Space::Meta, b"a", Some(&1u64));
+            store.put(Space::Meta, b"b", Some(&2u64));
+            store.put(Space::Meta, b"a", None::<&u64>);
+            store.flush().unwrap();
+            assert_eq!(store.queued(), 3);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let all: Vec<(Vec<u8>, u64)> = store.load(Space::Meta).unwrap();
+        assert_eq!(all, vec![(b"b".to_vec(), 2)]);
+        assert_eq!(store.get::<u64>(Space::Meta, b"b").unwrap(), Some(2));
+    }
+
+    #[test]
+    fn a_damaged_record_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.put(Space::Meta, b"x", Some("text"));
+        store.flush().unwrap();
+        let e = store.load::<u64>(Space::Meta).unwrap_err();
+        assert!(e.to_string().contains("meta/x"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn waiting_returns_once_the_change_is_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for i in 0..100u64 {
+            store.put(Space::Meta, &i.to_be_bytes(), Some(&i));
+        }
+        store.wait(store.queued()).await.unwrap();
+        assert_eq!(store.load::<u64>(Space::Meta).unwrap().len(), 100);
+    }
+}

@@ -1,0 +1,306 @@
+//! Durability with a real process and a real crash: `transfer-guard serve`
+//! is killed with SIGKILL at random moments under concurrent screens (HOLDs
+//! included) and customer events, restarted on the same data dir, and what it
+//! acknowledged before each crash must all be there after it. Also: a torn
+//! journal tail is dropped and the service starts with everything before it.
+
+use crate::harness::{ordinary, seed_case, unique_nats, ServeProcess};
+use rand::{Rng, SeedableRng};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::transport::Channel;
+use transfer_guard::api::proto as pb;
+
+const STATION: &str = "heshan-zhongshan-ps";
+const CRASHES: usize = 5;
+
+/// What the server acknowledged before a crash.
+#[derive(Default)]
+struct Acked {
+    /// request → the answer it got.
+    screens: Vec<(pb::ScreenRequest, pb::ScreenResponse)>,
+    /// (customer, payee account) made known by an answered ALLOW/WARN or an acknowledged event.
+    known_payees: Vec<(String, String)>,
+    /// Acknowledged events, to retry.
+    events: Vec<pb::RecordEventRequest>,
+}
+
+fn payee_added(event_id: &str, customer: &str, account: &str) -> pb::RecordEventRequest {
+    pb::RecordEventRequest {
+        event_id: event_id.into(),
+        event: Some(pb::record_event_request::Event::PayeeAdded(pb::PayeeAdded {
+            customer_id: customer.into(),
+            payee: Some(pb::Payee { account: account.into(), name: "李四".into(), bank_code: "icbc".into() }),
+            added_at: Some(crate::harness::now()),
+        })),
+    }
+}
+
+/// One teller: screens and events until the server dies under it.
+async fn teller(channel: Channel, round: usize, worker: usize, seed: u64, acked: Arc<Mutex<Acked>>) {
+    let mut screening = pb::screening_client::ScreeningClient::new(channel);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for i in 0.. {
+        // Tellers pause between customers; the crash lands mid-request or between them.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(2..15))).await;
+        let tag = format!("r{round}-w{worker}-{i}");
+        let customer = format!("crash-customer-{tag}");
+        let account = format!("62220200{:08}", rng.random_range(0..100_000_000u64));
+        let pick = rng.random_range(0..10);
+        if pick < 3 {
+            let request = seed_case(&format!("crash-hold-{tag}"));
+            match screening.screen(request.clone()).await {
+                Ok(r) => acked.lock().unwrap().screens.push((request, r.into_inner())),
+                Err(_) => return,
+            }
+        } else if pick < 8 {
+            let request = ordinary(&format!("crash-rent-{tag}"), &customer, &account);
+            match screening.screen(request.clone()).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    let mut a = acked.lock().unwrap();
+                    if r.action == pb::Action::Allow as i32 || r.action == pb::Action::Warn as i32 {
+                        a.known_payees.push((customer, account));
+                    }
+                    a.screens.push((request, r));
+                }
+                Err(_) => return,
+            }
+        } else {
+            let event = payee_added(&format!("crash-event-{tag}"), &customer, &account);
+            match screening.record_event(event.clone()).await {
+                Ok(_) => {
+                    let mut a = acked.lock().unwrap();
+                    a.known_payees.push((customer, account));
+                    a.events.push(event);
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Every alert event a watcher gets from cursor 0, until the stream is quiet.
+async fn watch_all(channel: Channel) -> Vec<pb::AlertEvent> {
+    let mut alerts = pb::alerts_client::AlertsClient::new(channel);
+    let mut stream = alerts
+        .watch_alerts(pb::WatchAlertsRequest { station_ids: vec![STATION.into()], after_cursor: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Ok(Some(Ok(e))) = tokio::time::timeout(Duration::from_millis(700), stream.next_message_fallible()).await {
+        got.push(e);
+    }
+    got
+}
+
+trait NextMessage {
+    async fn next_message_fallible(&mut self) -> Option<Result<pb::AlertEvent, tonic::Status>>;
+}
+
+impl NextMessage for tonic::Streaming<pb::AlertEvent> {
+    async fn next_message_fallible(&mut self) -> Option<Result<pb::AlertEvent, tonic::Status>> {
+        self.message().await.transpose()
+    }
+}
+
+/// Whether `customer` paying `account` a large sum now still counts as a new payee.
+async fn pays_new_payee(rules: &mut pb::rules_client::RulesClient<Channel>, c: &str, a: &str) -> bool {
+    let mut probe = ordinary("probe", c, a);
+    probe.amount_minor = 2_500_000;
+    let r = rules.dry_run(probe).await.unwrap().into_inner();
+    r.hits.iter().any(|h| h.rule_id == "new_payee_large")
+}
+
+async fn check_after_restart(server: &ServeProcess, acked: &Acked, round: usize) {
+    let channel = server.channel().await;
+    let mut screening = pb::screening_client::ScreeningClient::new(channel.clone());
+    // Retried requests get the answers they got before the crash.
+    for (request, before) in &acked.screens {
+        let again = screening.screen(request.clone()).await.unwrap().into_inner();
+        assert_eq!(
+            (again.action, again.score, &again.alert_id, &again.station_id),
+            (before.action, before.score, &before.alert_id, &before.station_id),
+            "round {round}: retry of {} answered differently after the crash",
+            request.request_id
+        );
+    }
+    for event in &acked.events {
+        let again = screening.record_event(event.clone()).await.unwrap().into_inner();
+        assert!(again.duplicate, "round {round}: event {} was forgotten", event.event_id);
+    }
+    // Payees paid (or added) before the crash are not new after it.
+    let mut rules = pb::rules_client::RulesClient::new(channel.clone());
+    for (customer, account) in &acked.known_payees {
+        assert!(
+            !pays_new_payee(&mut rules, customer, account).await,
+            "round {round}: {customer} paid {account} before the crash, yet it is new again"
+        );
+    }
+    // A customer who never paid it still sees it as new: the probe can fail.
+    assert!(pays_new_payee(&mut rules, "crash-nobody", "6222020099999999").await);
+
+    // Every returned alert id is in the embedded queue exactly once.
+    let returned: HashSet<&str> =
+        acked.screens.iter().map(|(_, r)| r.alert_id.as_str()).filter(|id| !id.is_empty()).collect();
+    let mut alerts = pb::alerts_client::AlertsClient::new(channel.clone());
+    let listed = alerts
+        .list_alerts(pb::ListAlertsRequest { station_ids: vec![STATION.into()], limit: 1000, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .alerts;
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for a in &listed {
+        *count.entry(a.alert_id.as_str()).or_default() += 1;
+    }
+    for id in &returned {
+        assert_eq!(count.get(id), Some(&1), "round {round}: alert {id} listed {:?} times", count.get(id));
+    }
+    let raised = raised_counts(&watch_all(channel).await);
+    for id in &returned {
+        assert_eq!(
+            raised.get(*id),
+            Some(&1),
+            "round {round}: alert {id} raised {:?} times on the watch stream",
+            raised.get(*id)
+        );
+    }
+    assert!(raised.values().all(|n| *n == 1), "round {round}: an alert was raised twice");
+}
+
+fn raised_counts(events: &[pb::AlertEvent]) -> HashMap<String, usize> {
+    let mut raised = HashMap::new();
+    for e in events.iter().filter(|e| e.kind == "raised") {
+        *raised.entry(e.alert.as_ref().unwrap().alert_id.clone()).or_default() += 1;
+    }
+    raised
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_work_survives_kill_9_at_random_moments() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let nats = unique_nats("nats://127.0.0.1:4222");
+    let flags = vec![
+        "--durability".to_string(),
+        "sync".into(),
+        "--nats-url".into(),
+        nats.url.clone(),
+        "--nats-stream".into(),
+        nats.stream.clone(),
+        "--nats-subject-prefix".into(),
+        nats.subject_prefix.clone(),
+    ];
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    println!("crash test seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut all = Acked::default();
+    for round in 0..CRASHES {
+        let mut server = ServeProcess::start(&data, &format!("serve-{round}.log"), &flags).await;
+        let channel = server.channel().await;
+        let acked = Arc::new(Mutex::new(Acked::default()));
+        let tellers: Vec<_> =
+            (0..6).map(|w| tokio::spawn(teller(channel.clone(), round, w, rng.random(), acked.clone()))).collect();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(150..900))).await;
+        server.kill9();
+        for t in tellers {
+            tokio::time::timeout(Duration::from_secs(20), t).await.expect("tellers stop when the server dies").unwrap();
+        }
+        let acked = std::mem::take(&mut *acked.lock().unwrap());
+        assert!(!acked.screens.is_empty(), "round {round}: nothing was screened before the crash");
+        println!("round {round}: {} screens acknowledged before SIGKILL", acked.screens.len());
+        all.screens.extend(acked.screens);
+        all.known_payees.extend(acked.known_payees);
+        all.events.extend(acked.events);
+
+        let server = ServeProcess::start(&data, &format!("serve-{round}-after.log"), &flags).await;
+        check_after_restart(&server, &all, round).await;
+        drop(server);
+    }
+    // NATS got every returned alert exactly once, across all the crashes.
+    let returned: HashSet<&str> =
+        all.screens.iter().map(|(_, r)| r.alert_id.as_str()).filter(|id| !id.is_empty()).collect();
+    let on_nats = crate::nats::read_as(&nats, STATION, "crash-check", returned.len()).await;
+    let raised = raised_counts(&on_nats);
+    for id in &returned {
+        assert_eq!(raised.get(*id), Some(&1), "alert {id} arrived {:?} times on NATS", raised.get(*id));
+    }
+    assert!(raised.values().all(|n| *n == 1), "an alert arrived twice on NATS");
+    println!(
+        "{} screens, {} alerts, {} events acknowledged over {CRASHES} crashes",
+        all.screens.len(),
+        returned.len(),
+        all.events.len()
+    );
+    if let Ok(client) = async_nats::connect(nats.url.as_str()).await {
+        let _ = async_nats::jetstream::new(client).delete_stream(&nats.stream).await;
+    }
+}
+
+/// The newest journal file and where its data ends (fjall preallocates the
+/// file, so the tail is zeros).
+fn journal_tail(store: &Path) -> (std::path::PathBuf, usize) {
+    let journal = std::fs::read_dir(store)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jnl"))
+        .max_by_key(|p| p.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0))
+        .expect("a journal file");
+    let bytes = std::fs::read(&journal).unwrap();
+    let end = bytes.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+    (journal, end)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_journal_tail_is_dropped_and_everything_before_it_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let flags = vec!["--durability".to_string(), "sync".into()];
+    let mut server = ServeProcess::start(&data, "torn-0.log", &flags).await;
+    let mut screening = pb::screening_client::ScreeningClient::new(server.channel().await);
+    let mut answers = Vec::new();
+    for i in 0..20 {
+        let request = if i % 4 == 0 {
+            seed_case(&format!("torn-hold-{i}"))
+        } else {
+            ordinary(&format!("torn-rent-{i}"), &format!("torn-customer-{i}"), &format!("62220200000{i:05}"))
+        };
+        answers.push((request.clone(), screening.screen(request).await.unwrap().into_inner()));
+    }
+    server.kill9();
+
+    // A write torn by the crash: part of a batch after the last complete one.
+    let (journal, end) = journal_tail(&data.join("store"));
+    let mut bytes = std::fs::read(&journal).unwrap();
+    for (i, b) in bytes[end..end + 300].iter_mut().enumerate() {
+        *b = (i * 37 % 251) as u8 | 1;
+    }
+    std::fs::write(&journal, &bytes).unwrap();
+
+    let server = ServeProcess::start(&data, "torn-1.log", &flags).await;
+    let mut screening = pb::screening_client::ScreeningClient::new(server.channel().await);
+    for (request, before) in &answers {
+        let again = screening.screen(request.clone()).await.unwrap().into_inner();
+        assert_eq!((again.action, &again.alert_id), (before.action, &before.alert_id), "{}", request.request_id);
+    }
+    assert!(server.logs().contains("state recovered from the store"), "{}", server.logs());
+    drop(server);
+
+    // A tail cut short inside the last batch: that batch is lost (a disk that
+    // lied about fsync), the ones before it stay, and the service starts.
+    let (journal, end) = journal_tail(&data.join("store"));
+    let mut bytes = std::fs::read(&journal).unwrap();
+    bytes.truncate(end - 10);
+    std::fs::write(&journal, &bytes).unwrap();
+    let server = ServeProcess::start(&data, "torn-2.log", &flags).await;
+    let mut screening = pb::screening_client::ScreeningClient::new(server.channel().await);
+    for (request, before) in &answers[..answers.len() - 1] {
+        let status = screening.get_transfer(pb::GetTransferRequest { request_id: request.request_id.clone() }).await;
+        let status = status.unwrap_or_else(|e| panic!("{} lost: {e}", request.request_id)).into_inner();
+        assert_eq!(status.alert_id, before.alert_id);
+    }
+}
