@@ -88,6 +88,28 @@ pub enum Command {
     ///
     /// Example: transfer-guard bench --concurrency 64 --duration 10s --baseline
     Bench(BenchArgs),
+    /// The durable store in DATA_DIR/store (the service must not be running on it).
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand)]
+pub enum StoreCommand {
+    /// Load the store as `serve` does at startup; print what it holds and how long loading took.
+    Recover {
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+    },
+    /// Write synthetic state for N customers (5 known payees each, one in ten with transfers in
+    /// the last hour) through the service's own state code, to measure startup on a large store.
+    Fill {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 1_000_000)]
+        customers: usize,
+    },
 }
 
 #[derive(Args)]
@@ -114,6 +136,62 @@ pub struct BenchArgs {
     /// temp dir), so that it and the no-op baseline are measured the same way.
     #[arg(long, value_name = "RULES")]
     in_process: Option<PathBuf>,
+    /// With --in-process: sync keeps state in a store in the temp dir (fsync per group commit),
+    /// none in memory only.
+    #[arg(long, value_enum, default_value_t = crate::store::Durability::None)]
+    durability: crate::store::Durability,
+    /// With --in-process: also bench a durable (sync) service the same way, and print the ratio
+    /// durable / in-memory.
+    #[arg(long)]
+    compare_durability: bool,
+}
+
+/// Starts the real service in this process on a loopback port; its data (audit
+/// file, store) in a temp dir removed when it stops.
+async fn start_in_process(
+    rules: &Path,
+    durability: crate::store::Durability,
+) -> anyhow::Result<(String, InProcess)> {
+    let guard = crate::service::TransferGuard::open(rules)
+        .map_err(|e| anyhow::anyhow!("the rules did not load:\n{}", e.join("\n")))?;
+    let dir = tempfile_dir("transfer-guard-bench")?;
+    let guard = match durability {
+        crate::store::Durability::Sync => {
+            let store = crate::store::Store::open(&dir.join("store"))?;
+            guard.with_store(std::sync::Arc::new(store))?
+        }
+        crate::store::Durability::None => guard,
+    };
+    let guard = std::sync::Arc::new(guard.with_audit(crate::audit::AuditLog::open(&dir.join("audit.jsonl"))?));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::run(listener, guard, async {
+        let _ = stopped.await;
+    }));
+    Ok((addr, InProcess { stop, task, dir }))
+}
+
+struct InProcess {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    dir: PathBuf,
+}
+
+impl InProcess {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+        let _ = std::fs::remove_dir_all(self.dir);
+    }
+}
+
+/// A fresh directory under the system temp dir.
+fn tempfile_dir(prefix: &str) -> anyhow::Result<PathBuf> {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{t}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(dir)
 }
 
 #[derive(Args)]
@@ -419,6 +497,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Bench(args) => runtime()?.block_on(bench(args)),
+        Command::Store(StoreCommand::Recover { data_dir, rules }) => store_recover(&data_dir, &rules),
+        Command::Store(StoreCommand::Fill { data_dir, customers }) => store_fill(&data_dir, customers),
         Command::Simulate { customers, days, seed } => {
             use std::io::Write as _;
             let out = std::io::stdout();
@@ -521,22 +601,15 @@ async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     let duration = parse_duration(&args.duration)
         .filter(|d| *d > 0)
         .with_context(|| format!("--duration: `{}` is not e.g. 10s", args.duration))?;
+    if args.compare_durability && args.in_process.is_none() {
+        bail!("--compare-durability needs --in-process RULES");
+    }
     let mut stop_in_process = None;
     let addr = match &args.in_process {
         None => args.addr.clone(),
         Some(rules) => {
-            let guard = crate::service::TransferGuard::open(rules)
-                .map_err(|e| anyhow::anyhow!("the rules did not load:\n{}", e.join("\n")))?;
-            let dir = std::env::temp_dir().join(format!("transfer-guard-bench-{}", std::process::id()));
-            std::fs::create_dir_all(&dir)?;
-            let guard = std::sync::Arc::new(guard.with_audit(crate::audit::AuditLog::open(&dir.join("audit.jsonl"))?));
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let addr = format!("http://{}", listener.local_addr()?);
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            tokio::spawn(server::run(listener, guard, async {
-                let _ = stopped.await;
-            }));
-            stop_in_process = Some((stop, dir));
+            let (addr, running) = start_in_process(rules, args.durability).await?;
+            stop_in_process = Some(running);
             addr
         }
     };
@@ -554,15 +627,30 @@ async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     println!("{mode}, {} connections, {}", args.connections, args.duration);
     let run_id = generated_id("bench");
     let target = crate::loadgen::run(&config, &run_id).await.with_context(|| format!("connect to {addr}"))?;
-    let label =
-        if stop_in_process.is_some() { "screening (in-process)".to_string() } else { format!("screening {addr}") };
+    let label = if stop_in_process.is_some() {
+        format!("screening (in-process, durability {:?})", args.durability).to_lowercase()
+    } else {
+        format!("screening {addr}")
+    };
     println!("{label}: {}", target.summary());
-    if let Some((stop, dir)) = stop_in_process.take() {
-        let _ = stop.send(());
-        let _ = std::fs::remove_dir_all(dir);
+    if let Some(running) = stop_in_process.take() {
+        running.stop().await;
     }
     let [_, allow, warn, hold, block] = target.actions;
     println!("  actions: ALLOW {allow}, WARN {warn}, HOLD {hold}, BLOCK {block}");
+    if let (true, Some(rules)) = (args.compare_durability, &args.in_process) {
+        let other = match args.durability {
+            crate::store::Durability::None => crate::store::Durability::Sync,
+            crate::store::Durability::Sync => crate::store::Durability::None,
+        };
+        let (addr, running) = start_in_process(rules, other).await?;
+        let run = crate::loadgen::run(&crate::loadgen::LoadConfig { addr, ..config.clone() }, &generated_id("bench"))
+            .await?;
+        running.stop().await;
+        println!("{}: {}", format!("screening (in-process, durability {other:?})").to_lowercase(), run.summary());
+        let (sync, none) = if other == crate::store::Durability::Sync { (&run, &target) } else { (&target, &run) };
+        println!("ratio durable (sync) / in-memory (none) throughput: {:.2}", sync.throughput() / none.throughput());
+    }
     if args.baseline {
         let (addr, stop) = crate::loadgen::start_noop().await?;
         config.addr = addr;
@@ -648,6 +736,53 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         tracing::info!("stopped");
         Ok(0)
     })
+}
+
+fn store_recover(data_dir: &Path, rules: &Path) -> anyhow::Result<i32> {
+    let guard = crate::service::TransferGuard::open(rules)
+        .map_err(|e| anyhow::anyhow!("the rules did not load:\n{}", e.join("\n")))?;
+    let store = std::sync::Arc::new(crate::store::Store::open(&data_dir.join("store"))?);
+    let guard = guard.with_store(store.clone())?;
+    let r = guard.recovered();
+    println!(
+        "recovered in {:.2} s: {} customers, {} payees, {} watchlist entries, {} transfers ({} held), {} event ids, {} alerts, {} alert events",
+        r.seconds, r.customers, r.payees, r.watchlist, r.transfers, r.held, r.event_ids, r.alerts, r.alert_events
+    );
+    println!("store on disk: {:.1} MiB", store.disk_bytes() as f64 / (1024.0 * 1024.0));
+    Ok(0)
+}
+
+fn store_fill(data_dir: &Path, customers: usize) -> anyhow::Result<i32> {
+    use crate::model::Payee;
+    let store = std::sync::Arc::new(crate::store::Store::open(&data_dir.join("store"))?);
+    let state = crate::state::State::new();
+    state.set_log(store.clone());
+    let now = crate::service::wall_clock();
+    let started = std::time::Instant::now();
+    for c in 0..customers {
+        let id = format!("cust-{c:08}");
+        for p in 0..5 {
+            let payee = Payee { account: format!("6222{c:08}{p:04}"), name: String::new(), bank_code: "icbc".into() };
+            state.record_known_payee(&id, &payee, now - 90 * 86_400 + p as i64);
+        }
+        if c % 10 == 0 {
+            for t in 0..2 {
+                let payee = Payee { account: format!("6222{c:08}{t:04}"), name: String::new(), bank_code: "icbc".into() };
+                state.apply(&crate::state::TransferRecord {
+                    customer_id: id.clone(),
+                    payee: crate::state::PayeeKey::of(&payee),
+                    amount: 100_000,
+                    at: now - 3600 + t,
+                });
+            }
+        }
+        if c % 50_000 == 49_999 {
+            store.flush()?;
+        }
+    }
+    store.flush()?;
+    println!("{customers} customers written in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(0)
 }
 
 /// Loads a ruleset, printing every diagnostic to stderr on failure.
@@ -1072,6 +1207,7 @@ async fn client(command: Command) -> anyhow::Result<i32> {
             }
         }
         Command::Serve(_)
+        | Command::Store(_)
         | Command::Rules(_)
         | Command::Bench(_)
         | Command::Simulate { .. }

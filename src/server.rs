@@ -336,6 +336,12 @@ mod tests {
         assert_eq!(c.rules_dir, PathBuf::from("mine"));
         assert_eq!(c.data_dir, PathBuf::from("data"));
         assert_eq!(Config::resolve(&Overrides::default()).unwrap().listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.durability, Durability::Sync, "durable unless told otherwise");
+        std::fs::write(&file, "durability = \"none\"\n").unwrap();
+        let o = Overrides { config: Some(file.clone()), ..Overrides::default() };
+        assert_eq!(Config::resolve(&o).unwrap().durability, Durability::None);
+        let o = Overrides { durability: Some(Durability::Sync), ..o };
+        assert_eq!(Config::resolve(&o).unwrap().durability, Durability::Sync);
 
         std::fs::write(&file, "listen = 5\n").unwrap();
         let e = Config::resolve(&Overrides { config: Some(file), ..Overrides::default() }).unwrap_err();
