@@ -148,10 +148,7 @@ pub struct BenchArgs {
 
 /// Starts the real service in this process on a loopback port; its data (audit
 /// file, store) in a temp dir removed when it stops.
-async fn start_in_process(
-    rules: &Path,
-    durability: crate::store::Durability,
-) -> anyhow::Result<(String, InProcess)> {
+async fn start_in_process(rules: &Path, durability: crate::store::Durability) -> anyhow::Result<(String, InProcess)> {
     let guard = crate::service::TransferGuard::open(rules)
         .map_err(|e| anyhow::anyhow!("the rules did not load:\n{}", e.join("\n")))?;
     let dir = tempfile_dir("transfer-guard-bench")?;
@@ -644,8 +641,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
             crate::store::Durability::Sync => crate::store::Durability::None,
         };
         let (addr, running) = start_in_process(rules, other).await?;
-        let run = crate::loadgen::run(&crate::loadgen::LoadConfig { addr, ..config.clone() }, &generated_id("bench"))
-            .await?;
+        let run =
+            crate::loadgen::run(&crate::loadgen::LoadConfig { addr, ..config.clone() }, &generated_id("bench")).await?;
         running.stop().await;
         println!("{}: {}", format!("screening (in-process, durability {other:?})").to_lowercase(), run.summary());
         let (sync, none) = if other == crate::store::Durability::Sync { (&run, &target) } else { (&target, &run) };
@@ -767,7 +764,8 @@ fn store_fill(data_dir: &Path, customers: usize) -> anyhow::Result<i32> {
         }
         if c % 10 == 0 {
             for t in 0..2 {
-                let payee = Payee { account: format!("6222{c:08}{t:04}"), name: String::new(), bank_code: "icbc".into() };
+                let payee =
+                    Payee { account: format!("6222{c:08}{t:04}"), name: String::new(), bank_code: "icbc".into() };
                 state.apply(&crate::state::TransferRecord {
                     customer_id: id.clone(),
                     payee: crate::state::PayeeKey::of(&payee),

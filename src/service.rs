@@ -68,10 +68,15 @@ pub struct TransferStatus {
     pub request_id: String,
     pub state: TransferState,
     pub action: Action,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub alert_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub station_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub hold_expires_at: Option<UnixSeconds>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub outcome: Option<Outcome>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub officer_id: Option<String>,
     pub note: String,
     pub updated_at: UnixSeconds,
@@ -82,8 +87,11 @@ pub struct TransferStatus {
 pub struct Screened {
     pub request_id: String,
     pub decision: Decision,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub alert_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub station_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub hold_expires_at: Option<UnixSeconds>,
 }
 

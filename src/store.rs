@@ -338,7 +338,9 @@ fn commit(shared: &Shared, puts: Vec<Put>) -> Result<(), fjall::Error> {
         }
     }
     batch.commit()?;
-    shared.db.persist(PersistMode::SyncAll)
+    // fdatasync: flushes the data and the metadata needed to read it back
+    // (block allocation), not timestamps.
+    shared.db.persist(PersistMode::SyncData)
 }
 
 impl StateLog for Store {
