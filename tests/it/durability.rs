@@ -25,6 +25,20 @@ struct Acked {
     known_payees: Vec<(String, String)>,
     /// Acknowledged events, to retry.
     events: Vec<pb::RecordEventRequest>,
+    /// Alerts whose claim was acknowledged.
+    claimed: Vec<String>,
+    /// Watchlist accounts whose upsert was acknowledged.
+    watchlisted: Vec<String>,
+}
+
+impl Acked {
+    fn extend(&mut self, other: Acked) {
+        self.screens.extend(other.screens);
+        self.known_payees.extend(other.known_payees);
+        self.events.extend(other.events);
+        self.claimed.extend(other.claimed);
+        self.watchlisted.extend(other.watchlisted);
+    }
 }
 
 fn payee_added(event_id: &str, customer: &str, account: &str) -> pb::RecordEventRequest {
@@ -40,7 +54,9 @@ fn payee_added(event_id: &str, customer: &str, account: &str) -> pb::RecordEvent
 
 /// One teller: screens and events until the server dies under it.
 async fn teller(channel: Channel, round: usize, worker: usize, seed: u64, acked: Arc<Mutex<Acked>>) {
-    let mut screening = pb::screening_client::ScreeningClient::new(channel);
+    let mut screening = pb::screening_client::ScreeningClient::new(channel.clone());
+    let mut alerts = pb::alerts_client::AlertsClient::new(channel.clone());
+    let mut watchlist = pb::watchlist_client::WatchlistClient::new(channel);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for i in 0.. {
         // Tellers pause between customers; the crash lands mid-request or between them.
@@ -51,11 +67,20 @@ async fn teller(channel: Channel, round: usize, worker: usize, seed: u64, acked:
         let pick = rng.random_range(0..10);
         if pick < 3 {
             let request = seed_case(&format!("crash-hold-{tag}"));
-            match screening.screen(request.clone()).await {
-                Ok(r) => acked.lock().unwrap().screens.push((request, r.into_inner())),
+            let r = match screening.screen(request.clone()).await {
+                Ok(r) => r.into_inner(),
                 Err(_) => return,
+            };
+            let alert_id = r.alert_id.clone();
+            acked.lock().unwrap().screens.push((request, r));
+            if rng.random_bool(0.5) {
+                let claim = pb::ClaimAlertRequest { alert_id: alert_id.clone(), officer_id: "officer-li".into() };
+                match alerts.claim_alert(claim).await {
+                    Ok(_) => acked.lock().unwrap().claimed.push(alert_id),
+                    Err(_) => return,
+                }
             }
-        } else if pick < 8 {
+        } else if pick < 7 {
             let request = ordinary(&format!("crash-rent-{tag}"), &customer, &account);
             match screening.screen(request.clone()).await {
                 Ok(r) => {
@@ -68,7 +93,7 @@ async fn teller(channel: Channel, round: usize, worker: usize, seed: u64, acked:
                 }
                 Err(_) => return,
             }
-        } else {
+        } else if pick < 9 {
             let event = payee_added(&format!("crash-event-{tag}"), &customer, &account);
             match screening.record_event(event.clone()).await {
                 Ok(_) => {
@@ -76,6 +101,17 @@ async fn teller(channel: Channel, round: usize, worker: usize, seed: u64, acked:
                     a.known_payees.push((customer, account));
                     a.events.push(event);
                 }
+                Err(_) => return,
+            }
+        } else {
+            let entry = pb::WatchlistEntry {
+                account: format!("6230{:012}", rng.random_range(0..1_000_000_000_000u64)),
+                issuer_station_id: STATION.into(),
+                reason: "mule account".into(),
+                ..Default::default()
+            };
+            match watchlist.upsert_entry(entry.clone()).await {
+                Ok(_) => acked.lock().unwrap().watchlisted.push(entry.account),
                 Err(_) => return,
             }
         }
@@ -160,6 +196,20 @@ async fn check_after_restart(server: &ServeProcess, acked: &Acked, round: usize)
     for id in &returned {
         assert_eq!(count.get(id), Some(&1), "round {round}: alert {id} listed {:?} times", count.get(id));
     }
+    // Acknowledged claims and watchlist entries are still there.
+    for a in listed.iter().filter(|a| acked.claimed.contains(&a.alert_id)) {
+        assert_eq!(a.state, pb::AlertState::Claimed as i32, "round {round}: claim of {} lost", a.alert_id);
+    }
+    let entries = pb::watchlist_client::WatchlistClient::new(channel.clone())
+        .list_entries(pb::ListEntriesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let on_list: HashSet<&str> = entries.iter().map(|e| e.account.as_str()).collect();
+    for account in &acked.watchlisted {
+        assert!(on_list.contains(account.as_str()), "round {round}: watchlist entry {account} lost");
+    }
     let raised = raised_counts(&watch_all(channel).await);
     for id in &returned {
         assert_eq!(
@@ -206,16 +256,25 @@ async fn acknowledged_work_survives_kill_9_at_random_moments() {
         let tellers: Vec<_> =
             (0..6).map(|w| tokio::spawn(teller(channel.clone(), round, w, rng.random(), acked.clone()))).collect();
         tokio::time::sleep(Duration::from_millis(rng.random_range(150..900))).await;
+        // On a slow machine, crash only once something was acknowledged.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while acked.lock().unwrap().screens.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         server.kill9();
         for t in tellers {
             tokio::time::timeout(Duration::from_secs(20), t).await.expect("tellers stop when the server dies").unwrap();
         }
         let acked = std::mem::take(&mut *acked.lock().unwrap());
         assert!(!acked.screens.is_empty(), "round {round}: nothing was screened before the crash");
-        println!("round {round}: {} screens acknowledged before SIGKILL", acked.screens.len());
-        all.screens.extend(acked.screens);
-        all.known_payees.extend(acked.known_payees);
-        all.events.extend(acked.events);
+        println!(
+            "round {round}: {} screens, {} claims, {} events, {} watchlist entries acknowledged before SIGKILL",
+            acked.screens.len(),
+            acked.claimed.len(),
+            acked.events.len(),
+            acked.watchlisted.len()
+        );
+        all.extend(acked);
 
         let server = ServeProcess::start(&data, &format!("serve-{round}-after.log"), &flags).await;
         check_after_restart(&server, &all, round).await;
