@@ -336,8 +336,14 @@ impl TransferGuard {
 
         self.state.set_log(store.clone());
         self.alerts.set_log(store.clone());
-        let alerts = self.alerts.clone();
-        store.on_commit(move |cursor| alerts.release(cursor));
+        // Weak: the book holds the store (as its log); a strong reference back
+        // would keep both alive, and the store open, after the service is dropped.
+        let alerts = Arc::downgrade(&self.alerts);
+        store.on_commit(move |cursor| {
+            if let Some(alerts) = alerts.upgrade() {
+                alerts.release(cursor);
+            }
+        });
         let metrics = self.metrics.clone();
         store.observe_commits(move |secs, n| {
             metrics.store_commit_seconds.observe(secs);

@@ -363,3 +363,50 @@ async fn a_torn_journal_tail_is_dropped_and_everything_before_it_kept() {
         assert_eq!(status.alert_id, before.alert_id);
     }
 }
+
+/// In one process: a HOLD outlives a restart still held, is decided after it,
+/// and the decision outlives the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_survives_a_restart_and_its_decision_the_next() {
+    use transfer_guard::alerts::{HoldDecision, Outcome};
+    use transfer_guard::model::Transfer;
+    use transfer_guard::service::{TransferGuard, TransferState};
+    use transfer_guard::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
+        TransferGuard::open(&crate::harness::rules_dir()).unwrap().with_store(store).unwrap()
+    };
+    let held = Transfer::try_from(&seed_case("restart-hold")).unwrap();
+    let guard = open();
+    let answer = guard.screen(&held, 7).unwrap();
+    guard.committed().await.unwrap();
+    let alert_id = answer.alert_id.clone().expect("a HOLD raises an alert");
+    drop(guard);
+
+    let guard = open();
+    assert_eq!((guard.recovered().held, guard.recovered().alerts), (1, 1));
+    assert_eq!(guard.transfer_status("restart-hold").unwrap().state, TransferState::Held);
+    assert_eq!(guard.screen(&held, 7).unwrap(), answer, "the retry gets the first answer");
+    guard.resolve_alert(&alert_id, "officer-li", Outcome::CustomerProceeded, Some(HoldDecision::Release), "").unwrap();
+    guard.committed().await.unwrap();
+    drop(guard);
+
+    let guard = open();
+    assert_eq!(guard.transfer_status("restart-hold").unwrap().state, TransferState::Released);
+    let alert = guard.alerts().get(&alert_id).unwrap();
+    assert_eq!((alert.outcome, alert.hold_decision), (Some(Outcome::CustomerProceeded), Some(HoldDecision::Release)));
+    // Released, so counted: the payee is no longer new for this customer.
+    let again = Transfer::try_from(&seed_case("restart-after")).unwrap();
+    let hits = guard.dry_run(&again).decision.hits;
+    assert!(!hits.iter().any(|h| h.rule_id() == "new_payee_large"), "{hits:?}");
+    let first = guard.dry_run(
+        &Transfer::try_from(&seed_case("x"))
+            .map(|mut t| {
+                t.customer.customer_id = "someone-else".into();
+                t
+            })
+            .unwrap(),
+    );
+    assert!(first.decision.hits.iter().any(|h| h.rule_id() == "new_payee_large"), "the probe can fail");
+}
