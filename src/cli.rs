@@ -163,23 +163,39 @@ async fn start_in_process(rules: &Path, durability: crate::store::Durability) ->
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(listener, guard, async {
+    let task = tokio::spawn(server::run(listener, guard.clone(), async {
         let _ = stopped.await;
     }));
-    Ok((addr, InProcess { stop, task, dir }))
+    Ok((addr, InProcess { stop, task, dir, guard }))
 }
 
 struct InProcess {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     dir: PathBuf,
+    guard: std::sync::Arc<crate::service::TransferGuard>,
 }
 
 impl InProcess {
+    /// Stops the server and tears the service down completely (audit and store
+    /// writers joined, files removed), so nothing of it runs during the next
+    /// measurement.
     async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.task.await;
-        let _ = std::fs::remove_dir_all(self.dir);
+        let guard = self.guard;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::sync::Arc::strong_count(&guard) > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let dir = self.dir;
+        let _ = tokio::task::spawn_blocking(move || {
+            drop(guard);
+            let _ = std::fs::remove_dir_all(dir);
+        })
+        .await;
+        // Let the disk and the other core settle.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 

@@ -15,7 +15,7 @@ use crate::engine::{self, Evaluation};
 use crate::model::{age_band, mask_account, mask_name, Action, Decision, LimitChange, Payee, Transfer, UnixSeconds};
 use crate::rules::{Diagnostic, ExpiryAction, Ruleset};
 use crate::ruletest;
-use crate::state::{PayeeKey, State, TransferRecord, WatchEntry};
+use crate::state::{State, TransferRecord, WatchEntry};
 use crate::store::{Space, Store, StoreError, StoredAlert};
 use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
@@ -290,11 +290,8 @@ impl TransferGuard {
             self.state.restore_customer(&text(id), image);
             found.customers += 1;
         }
-        for (key, senders) in store.load(Space::Payees)? {
-            let key: [u8; 8] = key.try_into().map_err(|_| StoreError::Read("a payee key is not 8 bytes".into()))?;
-            self.state.restore_payee(PayeeKey(u64::from_be_bytes(key)), senders);
-            found.payees += 1;
-        }
+        self.state.rebuild_fan_in();
+        found.payees = self.state.sizes().payees;
         for (_, entry) in store.load::<WatchEntry>(Space::Watchlist)? {
             self.state.watchlist_upsert(entry);
             found.watchlist += 1;

@@ -55,6 +55,8 @@ struct KnownPayee {
 struct Recent {
     at: UnixSeconds,
     amount: Minor,
+    /// Kept so a payee's fan-in can be rebuilt from the windows after a restart.
+    payee: PayeeKey,
     new_payee: bool,
 }
 
@@ -79,7 +81,10 @@ impl CustomerRecord {
         let activity = self.activity.as_deref();
         CustomerImage {
             known: self.known.iter().map(|k| (k.key.0, k.first_paid)).collect(),
-            recent: activity.into_iter().flat_map(|a| a.recent.iter().map(|r| (r.at, r.amount, r.new_payee))).collect(),
+            recent: activity
+                .into_iter()
+                .flat_map(|a| a.recent.iter().map(|r| (r.at, r.amount, r.payee.0, r.new_payee)))
+                .collect(),
             limit: activity.and_then(|a| a.limit),
         }
     }
@@ -90,8 +95,11 @@ impl CustomerRecord {
         known.sort_by_key(|k| k.key);
         known.dedup_by_key(|k| k.key);
         known.shrink_to_fit();
-        let recent: VecDeque<Recent> =
-            image.recent.into_iter().map(|(at, amount, new_payee)| Recent { at, amount, new_payee }).collect();
+        let recent: VecDeque<Recent> = image
+            .recent
+            .into_iter()
+            .map(|(at, amount, payee, new_payee)| Recent { at, amount, payee: PayeeKey(payee), new_payee })
+            .collect();
         let activity =
             (!recent.is_empty() || image.limit.is_some()).then(|| Box::new(Activity { recent, limit: image.limit }));
         CustomerRecord { known, activity }
@@ -130,24 +138,21 @@ pub struct CustomerImage {
     /// (payee key, first paid).
     #[serde(rename = "k")]
     pub known: Vec<(u64, UnixSeconds)>,
-    /// (at, amount, new payee), oldest first.
+    /// (at, amount, payee key, new payee), oldest first.
     #[serde(rename = "r", default, skip_serializing_if = "Vec::is_empty")]
-    pub recent: Vec<(UnixSeconds, Minor, bool)>,
+    pub recent: Vec<(UnixSeconds, Minor, u64, bool)>,
     #[serde(rename = "l", default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<LimitChange>,
 }
-
-/// A payee account's fan-in as the durable store keeps it: (sender key, last paid).
-pub type PayeeImage = Vec<(u64, UnixSeconds)>;
 
 /// Where changes to state go to be made durable. Each method gets the new
 /// image of one record (None: gone), called under the lock that made the
 /// change, so images of one record reach the log in the order the changes
 /// were made. Implementations must only queue the image (no I/O, no locks
-/// beyond their own queue).
+/// beyond their own queue). Payees' fan-in is not logged: it is rebuilt from
+/// the customers' windows ([`State::rebuild_fan_in`]).
 pub trait StateLog: Send + Sync {
     fn customer(&self, id: &str, image: CustomerImage);
-    fn payee(&self, key: PayeeKey, image: Option<&PayeeImage>);
     fn watch(&self, account: &str, entry: Option<&WatchEntry>);
 }
 
@@ -233,20 +238,28 @@ impl State {
         }
     }
 
-    fn log_payee(&self, key: PayeeKey, record: Option<&PayeeRecord>) {
-        if let Some(log) = self.log.get() {
-            log.payee(key, record.map(|p| &p.senders));
-        }
-    }
-
     /// Puts back a customer's record read from the durable store.
     pub fn restore_customer(&self, id: &str, image: CustomerImage) {
         self.customers.insert(id.into(), CustomerRecord::from_image(image));
     }
 
-    /// Puts back a payee's fan-in read from the durable store.
-    pub fn restore_payee(&self, key: PayeeKey, senders: PayeeImage) {
-        self.payees.insert(key, PayeeRecord { senders });
+    /// Rebuilds every payee's fan-in from the customers' windows (after
+    /// restoring them): each customer counts once per payee, at the last time
+    /// it paid it. The same as the live fan-in for every window the rules read.
+    pub fn rebuild_fan_in(&self) {
+        self.payees.clear();
+        for c in self.customers.iter() {
+            let Some(a) = c.activity.as_deref() else { continue };
+            let sender = stable_hash(c.key().as_ref());
+            for r in &a.recent {
+                let mut p = self.payees.entry(r.payee).or_default();
+                match p.senders.iter().position(|(s, _)| *s == sender) {
+                    Some(i) => p.senders[i].1 = p.senders[i].1.max(r.at),
+                    None if p.senders.len() < MAX_SENDERS => p.senders.push((sender, r.at)),
+                    None => {}
+                }
+            }
+        }
     }
 
     /// Reads what the rules need about `customer_id` paying `payee` at `now`.
@@ -300,7 +313,7 @@ impl State {
         let mut c = self.customers.entry(record.customer_id.as_str().into()).or_default();
         let new_payee = c.know(record.payee, record.at);
         let recent = &mut c.activity().recent;
-        let entry = Recent { at: record.at, amount: record.amount, new_payee };
+        let entry = Recent { at: record.at, amount: record.amount, payee: record.payee, new_payee };
         // Keep time order even when records arrive slightly out of order.
         let pos = recent.iter().rposition(|r| r.at <= record.at).map_or(0, |p| p + 1);
         recent.insert(pos, entry);
@@ -318,7 +331,6 @@ impl State {
             None if p.senders.len() < MAX_SENDERS => p.senders.push((sender, record.at)),
             None => {}
         }
-        self.log_payee(record.payee, Some(&p));
     }
 
     /// Undoes [`State::apply`] for a cancelled transfer: it leaves the windows,
@@ -326,7 +338,11 @@ impl State {
     pub fn revert(&self, record: &TransferRecord) {
         if let Some(mut c) = self.customers.get_mut(record.customer_id.as_str()) {
             if let Some(a) = c.activity.as_deref_mut() {
-                if let Some(pos) = a.recent.iter().rposition(|r| r.at == record.at && r.amount == record.amount) {
+                if let Some(pos) = a
+                    .recent
+                    .iter()
+                    .rposition(|r| r.at == record.at && r.amount == record.amount && r.payee == record.payee)
+                {
                     a.recent.remove(pos);
                 }
             }
@@ -340,7 +356,6 @@ impl State {
         let sender = stable_hash(record.customer_id.as_str());
         if let Some(mut p) = self.payees.get_mut(&record.payee) {
             p.senders.retain(|(s, at)| !(*s == sender && *at == record.at));
-            self.log_payee(record.payee, Some(&p));
         }
     }
 
@@ -412,14 +427,9 @@ impl State {
             }
             self.log_customer(c.key(), &c);
         }
-        self.payees.retain(|key, p| {
-            let before = p.senders.len();
+        self.payees.retain(|_, p| {
             p.senders.retain(|(_, at)| now - *at < WINDOW_SECS);
-            let keep = !p.senders.is_empty();
-            if p.senders.len() != before {
-                self.log_payee(*key, keep.then_some(&*p));
-            }
-            keep
+            !p.senders.is_empty()
         });
         self.watchlist.retain(|account, e| {
             let keep = e.is_active(now);
@@ -483,6 +493,27 @@ mod tests {
         assert_eq!(s.snapshot("c9", &payee("mule"), 100).payee_distinct_senders_24h, 6);
         assert_eq!(s.snapshot("c1", &payee("mule"), 100).payee_distinct_senders_24h, 5);
         assert_eq!(s.snapshot("c9", &payee("mule"), 100 + WINDOW_SECS).payee_distinct_senders_24h, 1);
+    }
+
+    #[test]
+    fn images_restore_the_same_state_and_fan_in() {
+        let live = State::new();
+        for (i, c) in ["c1", "c2", "c3"].iter().enumerate() {
+            pay(&live, c, "mule", 100, 1000 + i as i64);
+            pay(&live, c, "rent", 50, 500);
+        }
+        live.record_limit_change("c1", LimitChange { old_limit: 1, new_limit: 9, is_maximum: true, changed_at: 900 });
+        let restored = State::new();
+        for c in live.customers.iter() {
+            restored.restore_customer(c.key(), c.image());
+        }
+        restored.rebuild_fan_in();
+        for c in ["c1", "c2", "c3", "c4"] {
+            for p in ["mule", "rent", "other"] {
+                assert_eq!(live.snapshot(c, &payee(p), 2000), restored.snapshot(c, &payee(p), 2000), "{c} {p}");
+            }
+        }
+        assert_eq!(restored.snapshot("c4", &payee("mule"), 2000).payee_distinct_senders_24h, 4);
     }
 
     #[test]

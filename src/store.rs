@@ -2,8 +2,8 @@
 //! in an embedded LSM store (fjall), one keyspace per kind of record.
 //!
 //! The store holds *current state*, not history: each change puts the new
-//! image of the record it touched (a customer, a payee's fan-in, a watchlist
-//! entry, a screened transfer, an event id, an alert and its events), so a
+//! image of the record it touched (a customer, a watchlist entry, a screened
+//! transfer, an event id, an alert and its events), so a
 //! restart reads live state only and its time does not grow with history.
 //!
 //! Group commit: changes are queued under the lock that made them (so images
@@ -16,21 +16,20 @@
 //! decide anything or hold locks of other modules while writing.
 
 use crate::alerts::{Alert, AlertEvent, AlertLog};
-use crate::state::{CustomerImage, PayeeImage, PayeeKey, StateLog, WatchEntry};
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use crate::state::{CustomerImage, StateLog, WatchEntry};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Slice};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 
 /// The kinds of record, one keyspace each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Space {
     Customers,
-    Payees,
     Watchlist,
     Transfers,
     Events,
@@ -40,9 +39,8 @@ pub enum Space {
 }
 
 impl Space {
-    pub const ALL: [Space; 8] = [
+    pub const ALL: [Space; 7] = [
         Space::Customers,
-        Space::Payees,
         Space::Watchlist,
         Space::Transfers,
         Space::Events,
@@ -54,7 +52,6 @@ impl Space {
     pub fn name(self) -> &'static str {
         match self {
             Space::Customers => "customers",
-            Space::Payees => "payees",
             Space::Watchlist => "watchlist",
             Space::Transfers => "transfers",
             Space::Events => "events",
@@ -86,20 +83,39 @@ pub enum StoreError {
     Damaged { space: &'static str, key: String, error: String },
 }
 
-/// How far the writer has got.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Committed {
+/// How far the writer has got, and who waits for what.
+#[derive(Default)]
+struct Committed {
     /// Every change with a sequence number up to this one is on disk.
-    pub seq: u64,
-    /// The last write failed; nothing after it will be written.
-    pub failed: bool,
+    seq: u64,
+    /// A write failed; nothing after it will be written.
+    failed: bool,
+    /// Callers waiting, by the sequence number they wait for. Each is woken
+    /// once, when its number is on disk (not at every commit).
+    waiters: std::collections::BTreeMap<u64, Vec<oneshot::Sender<bool>>>,
+    waiting: usize,
 }
 
+/// One change, already in the store's own byte type, so the copy into it
+/// happens on the caller's thread, not the single writer's.
 struct Put {
     space: Space,
-    key: Vec<u8>,
+    key: Slice,
     /// None: delete.
-    value: Option<Vec<u8>>,
+    value: Option<Slice>,
+}
+
+/// Encodes `value` as JSON into the store's byte type through a reusable
+/// per-thread buffer (no allocation but the result's).
+fn encode<T: Serialize + ?Sized>(value: &T) -> Slice {
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUFFER.with_borrow_mut(|buf| {
+        buf.clear();
+        serde_json::to_writer(&mut *buf, value).expect("store records serialise");
+        Slice::from(buf.as_slice())
+    })
 }
 
 #[derive(Default)]
@@ -117,7 +133,7 @@ struct Shared {
     spaces: Vec<Keyspace>,
     pending: Mutex<Pending>,
     wake: Condvar,
-    committed: watch::Sender<Committed>,
+    committed: Mutex<Committed>,
     /// Called after each commit with the newest alert cursor it made durable.
     on_commit: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
     /// Called after each commit with its duration and number of changes.
@@ -151,13 +167,12 @@ impl Store {
             .map(|s| db.keyspace(s.name(), KeyspaceCreateOptions::default))
             .collect::<Result<Vec<_>, _>>()
             .map_err(open_err)?;
-        let (committed, _) = watch::channel(Committed::default());
         let shared = Arc::new(Shared {
             db,
             spaces,
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
-            committed,
+            committed: Mutex::new(Committed::default()),
             on_commit: OnceLock::new(),
             observe: OnceLock::new(),
         });
@@ -185,13 +200,10 @@ impl Store {
         let _ = self.shared.observe.set(Box::new(f));
     }
 
-    fn queue(&self, put: Put, alert_cursor: Option<u64>) {
+    fn queue(&self, put: Put) {
         let mut p = lock(&self.shared.pending);
         p.puts.push(put);
         p.seq += 1;
-        if let Some(c) = alert_cursor {
-            p.alert_cursor = p.alert_cursor.max(c);
-        }
         if p.puts.len() == 1 {
             self.shared.wake.notify_one();
         }
@@ -199,8 +211,7 @@ impl Store {
 
     /// Queues the new value of `key` (None: delete it).
     pub fn put<T: Serialize + ?Sized>(&self, space: Space, key: &[u8], value: Option<&T>) {
-        let value = value.map(|v| serde_json::to_vec(v).expect("store records serialise"));
-        self.queue(Put { space, key: key.to_vec(), value }, None);
+        self.queue(Put { space, key: Slice::from(key), value: value.map(encode) });
     }
 
     /// The sequence number of the newest queued change.
@@ -210,31 +221,39 @@ impl Store {
 
     /// Waits until every change up to `seq` is on disk.
     pub async fn wait(&self, seq: u64) -> Result<(), StoreError> {
-        let mut rx = self.shared.committed.subscribe();
-        let c = *rx
-            .wait_for(|c| c.seq >= seq || c.failed)
-            .await
-            .map_err(|_| StoreError::Write("the writer stopped".into()))?;
-        if c.seq >= seq {
-            Ok(())
-        } else {
-            Err(StoreError::Write("an earlier write failed; the service refuses new changes".into()))
+        let done = {
+            let mut c = lock(&self.shared.committed);
+            if c.seq >= seq {
+                return Ok(());
+            }
+            if c.failed {
+                return Err(failed());
+            }
+            let (tx, rx) = oneshot::channel();
+            c.waiters.entry(seq).or_default().push(tx);
+            c.waiting += 1;
+            rx
+        };
+        match done.await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(failed()),
+            Err(_) => Err(StoreError::Write("the writer stopped".into())),
         }
     }
 
     /// Blocks until every queued change is on disk (startup and tools).
     pub fn flush(&self) -> Result<(), StoreError> {
         let seq = self.queued();
-        let mut rx = self.shared.committed.subscribe();
         loop {
-            let c = *rx.borrow_and_update();
-            if c.seq >= seq {
-                return Ok(());
+            {
+                let c = lock(&self.shared.committed);
+                if c.seq >= seq {
+                    return Ok(());
+                }
+                if c.failed {
+                    return Err(failed());
+                }
             }
-            if c.failed {
-                return Err(StoreError::Write("a write failed".into()));
-            }
-            // The writer wakes us through the watch channel; poll it without a runtime.
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
@@ -290,14 +309,50 @@ impl Drop for Store {
     }
 }
 
+fn failed() -> StoreError {
+    StoreError::Write("an earlier write failed; the service refuses new changes".into())
+}
+
+/// Marks everything up to `seq` durable (or every wait failed) and wakes the
+/// callers whose numbers that covers.
+fn settle(shared: &Shared, seq: u64, ok: bool) {
+    let woken = {
+        let mut c = lock(&shared.committed);
+        if ok {
+            c.seq = seq;
+            let later = c.waiters.split_off(&(seq + 1));
+            std::mem::replace(&mut c.waiters, later)
+        } else {
+            c.failed = true;
+            std::mem::take(&mut c.waiters)
+        }
+    };
+    let n: usize = woken.values().map(Vec::len).sum();
+    lock(&shared.committed).waiting -= n;
+    for tx in woken.into_values().flatten() {
+        let _ = tx.send(ok);
+    }
+}
+/// With at least this many callers waiting, the writer lets a batch gather for
+/// [`GATHER`] before committing it: fewer, larger commits under load (less
+/// fsync work per request), no added wait for a lone caller.
+const GATHER_WAITERS: usize = 4;
+const GATHER: std::time::Duration = std::time::Duration::from_micros(200);
+
 fn write_loop(shared: &Shared) {
     let mut failed = false;
     loop {
-        let (puts, seq, alert_cursor, stop) = {
+        {
             let mut p = lock(&shared.pending);
             while p.puts.is_empty() && !p.stop {
                 p = shared.wake.wait(p).unwrap_or_else(|e| e.into_inner());
             }
+        }
+        if lock(&shared.committed).waiting >= GATHER_WAITERS {
+            std::thread::sleep(GATHER);
+        }
+        let (puts, seq, alert_cursor, stop) = {
+            let mut p = lock(&shared.pending);
             (std::mem::take(&mut p.puts), p.seq, p.alert_cursor, p.stop)
         };
         if !puts.is_empty() && !failed {
@@ -305,7 +360,7 @@ fn write_loop(shared: &Shared) {
             let n = puts.len();
             match commit(shared, puts) {
                 Ok(()) => {
-                    shared.committed.send_replace(Committed { seq, failed: false });
+                    settle(shared, seq, true);
                     if let Some(f) = shared.on_commit.get() {
                         f(alert_cursor);
                     }
@@ -318,7 +373,7 @@ fn write_loop(shared: &Shared) {
                     // later change is acknowledged.
                     tracing::error!(error = %e, "the store write failed; changes are no longer acknowledged");
                     failed = true;
-                    shared.committed.send_modify(|c| c.failed = true);
+                    settle(shared, seq, false);
                 }
             }
         }
@@ -348,10 +403,6 @@ impl StateLog for Store {
         self.put(Space::Customers, id.as_bytes(), Some(&image));
     }
 
-    fn payee(&self, key: PayeeKey, image: Option<&PayeeImage>) {
-        self.put(Space::Payees, &key.0.to_be_bytes(), image);
-    }
-
     fn watch(&self, account: &str, entry: Option<&WatchEntry>) {
         self.put(Space::Watchlist, account.as_bytes(), entry);
     }
@@ -371,14 +422,14 @@ impl AlertLog for Store {
             alert: &'a Alert,
             sequence: u32,
         }
-        let image = serde_json::to_vec(&Ref { alert, sequence }).expect("alerts serialise");
-        let event_bytes = serde_json::to_vec(event).expect("alert events serialise");
+        let image = encode(&Ref { alert, sequence });
+        let event_bytes = encode(event);
         // One lock for both, so the alert and its event are in the same batch.
         let mut p = lock(&self.shared.pending);
-        p.puts.push(Put { space: Space::Alerts, key: alert.id.as_bytes().to_vec(), value: Some(image) });
+        p.puts.push(Put { space: Space::Alerts, key: Slice::from(alert.id.as_bytes()), value: Some(image) });
         p.puts.push(Put {
             space: Space::AlertEvents,
-            key: event.cursor.to_be_bytes().to_vec(),
+            key: Slice::from(&event.cursor.to_be_bytes()[..]),
             value: Some(event_bytes),
         });
         p.seq += 2;
@@ -389,7 +440,7 @@ impl AlertLog for Store {
     }
 
     fn forgotten(&self, cursor: u64) {
-        self.queue(Put { space: Space::AlertEvents, key: cursor.to_be_bytes().to_vec(), value: None }, None);
+        self.queue(Put { space: Space::AlertEvents, key: Slice::from(&cursor.to_be_bytes()[..]), value: None });
     }
 }
 
