@@ -75,6 +75,8 @@ pub enum Durability {
 pub enum StoreError {
     #[error("cannot open the store in {path}: {source}")]
     Open { path: String, source: fjall::Error },
+    #[error("the store in {0} is in use by another process (is another transfer-guard running on this data dir?)")]
+    InUse(String),
     #[error("the store cannot be written: {0}")]
     Write(String),
     #[error("the store cannot be read: {0}")]
@@ -160,7 +162,10 @@ impl Store {
     /// Opens (or creates) the store in `dir`. The journal's checksums drop a
     /// torn final batch (one whose fsync never returned, so never answered).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let open_err = |source| StoreError::Open { path: dir.display().to_string(), source };
+        let open_err = |source| match source {
+            fjall::Error::Locked => StoreError::InUse(dir.display().to_string()),
+            source => StoreError::Open { path: dir.display().to_string(), source },
+        };
         let db = Database::builder(dir).max_journaling_size(MAX_JOURNAL_BYTES).open().map_err(open_err)?;
         let spaces = Space::ALL
             .iter()
@@ -463,6 +468,16 @@ mod tests {
         let all: Vec<(Vec<u8>, u64)> = store.load(Space::Meta).unwrap();
         assert_eq!(all, vec![(b"b".to_vec(), 2)]);
         assert_eq!(store.get::<u64>(Space::Meta, b"b").unwrap(), Some(2));
+    }
+
+    #[test]
+    fn a_second_opener_is_refused_while_the_first_holds_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        let e = Store::open(dir.path()).err().expect("refused");
+        assert!(matches!(e, StoreError::InUse(_)), "{e}");
+        drop(first);
+        Store::open(dir.path()).expect("free again once the first is closed");
     }
 
     #[test]
