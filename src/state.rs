@@ -31,17 +31,23 @@ pub struct PayeeKey(pub u64);
 
 impl PayeeKey {
     pub fn of(payee: &Payee) -> PayeeKey {
-        PayeeKey(stable_hash(&(payee.bank_code.trim(), payee.account.trim())))
+        PayeeKey(stable_hash(&[payee.bank_code.trim().as_bytes(), payee.account.trim().as_bytes()]))
     }
 }
 
-fn stable_hash<T: Hash + ?Sized>(value: &T) -> u64 {
-    // SipHash with fixed keys: the same on every start, so keys can be rebuilt
-    // from a journal. 64 bits make a collision among one customer's payees
-    // (or one account's senders) vanishingly unlikely.
+/// A 64-bit hash of `parts` that stays the same across restarts, builds and
+/// Rust releases, because the store keeps it: SipHash-2-4 with fixed keys over
+/// the bytes of each part, each followed by 0xff (fed to the hasher directly,
+/// not through `Hash`, whose impls may change between releases). 64 bits make
+/// a collision among one customer's payees (or one account's senders)
+/// vanishingly unlikely.
+pub fn stable_hash(parts: &[&[u8]]) -> u64 {
     #[allow(deprecated)]
     let mut h = std::hash::SipHasher::new_with_keys(0x7472_616e_7366_6572, 0x6775_6172_6421_0001);
-    value.hash(&mut h);
+    for part in parts {
+        h.write(part);
+        h.write(&[0xff]);
+    }
     h.finish()
 }
 
@@ -266,7 +272,7 @@ impl State {
         self.payees.clear();
         for c in self.customers.iter() {
             let Some(a) = c.activity.as_deref() else { continue };
-            let sender = stable_hash(c.key().as_ref());
+            let sender = stable_hash(&[c.key().as_bytes()]);
             for r in &a.recent {
                 let mut p = self.payees.entry(r.payee).or_default();
                 match p.senders.iter().position(|(s, _)| *s == sender) {
@@ -288,7 +294,7 @@ impl State {
         };
         let mut this_customer_counted = false;
         if let Some(p) = self.payees.get(&key) {
-            let sender = stable_hash(customer_id);
+            let sender = stable_hash(&[customer_id.as_bytes()]);
             for (s, at) in &p.senders {
                 if in_window(*at, now, WINDOW_SECS) {
                     snap.payee_distinct_senders_24h += 1;
@@ -339,7 +345,7 @@ impl State {
         }
         self.log_customer(&record.customer_id, &c);
         drop(c);
-        let sender = stable_hash(record.customer_id.as_str());
+        let sender = stable_hash(&[record.customer_id.as_bytes()]);
         let mut p = self.payees.entry(record.payee).or_default();
         p.senders.retain(|(_, at)| record.at - *at < WINDOW_SECS);
         match p.senders.iter().position(|(s, _)| *s == sender) {
@@ -369,7 +375,7 @@ impl State {
             }
             self.log_customer(&record.customer_id, &c);
         }
-        let sender = stable_hash(record.customer_id.as_str());
+        let sender = stable_hash(&[record.customer_id.as_bytes()]);
         if let Some(mut p) = self.payees.get_mut(&record.payee) {
             p.senders.retain(|(s, at)| !(*s == sender && *at == record.at));
         }
@@ -482,6 +488,17 @@ mod tests {
 
     fn pay(state: &State, customer: &str, account: &str, amount: Minor, at: UnixSeconds) {
         state.apply(&TransferRecord { customer_id: customer.into(), payee: PayeeKey::of(&payee(account)), amount, at });
+    }
+
+    const PINNED_PAYEE_KEY: u64 = 2525438232055850698;
+    const PINNED_SENDER_KEY: u64 = 17979972799666957467;
+
+    #[test]
+    fn stored_keys_never_change() {
+        // These values are in every store: a change here forgets every known payee.
+        assert_eq!(PayeeKey::of(&payee("6222020000008002")).0, PINNED_PAYEE_KEY);
+        assert_eq!(PayeeKey::of(&Payee { account: " 6222020000008002 ".into(), ..payee("") }).0, PINNED_PAYEE_KEY);
+        assert_eq!(stable_hash(&[b"customer-1"]), PINNED_SENDER_KEY);
     }
 
     #[test]

@@ -8,7 +8,6 @@ use crate::alerts::{self, Alert, AlertEvent, AlertState, Backlog, HoldDecision, 
 use crate::model::{mask_account, Transfer};
 use crate::service::{CustomerEvent, Screened, ServiceError, TransferGuard, TransferState, TransferStatus};
 use prost::Message;
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -89,8 +88,10 @@ pub fn status_of(e: ServiceError) -> Status {
 }
 
 /// Identifies a request body for idempotency (prost encoding is deterministic).
+/// Identifies a request's body for idempotency. Kept in the store, so it
+/// must not change across builds: the stable hash of the protobuf encoding.
 fn fingerprint<M: Message>(m: &M) -> u64 {
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(m.encode_to_vec())
+    crate::state::stable_hash(&[&m.encode_to_vec()])
 }
 
 fn screened_to_pb(s: &Screened) -> pb::ScreenResponse {
