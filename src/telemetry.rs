@@ -39,6 +39,8 @@ pub struct Metrics {
     /// Children of `screen_seconds` and `decisions` per action, resolved once:
     /// a label lookup per request costs a hash and a lock.
     screen_by_action: [Histogram; 4],
+    /// `grpc_requests{method="Screen",code="OK"}`, the one counted on every teller call.
+    screen_ok: IntCounter,
     decisions_by_action: [prometheus::IntCounter; 4],
 }
 
@@ -55,8 +57,14 @@ impl Metrics {
         .expect("valid metric");
         let decisions = IntCounterVec::new(Opts::new("decisions_total", "Screening decisions by action"), &["action"])
             .expect("valid metric");
+        let grpc_requests = IntCounterVec::new(
+            Opts::new("grpc_requests_total", "gRPC calls by method and status code"),
+            &["method", "code"],
+        )
+        .expect("valid metric");
         let m = Metrics {
             screen_by_action: Action::ALL.map(|a| screen_seconds.with_label_values(&[a.as_str()])),
+            screen_ok: grpc_requests.with_label_values(&["Screen", "OK"]),
             decisions_by_action: Action::ALL.map(|a| decisions.with_label_values(&[a.as_str()])),
             screen_seconds,
             decisions,
@@ -100,11 +108,7 @@ impl Metrics {
                 "Time to compile and test a ruleset",
             ))
             .expect("valid metric"),
-            grpc_requests: IntCounterVec::new(
-                Opts::new("grpc_requests_total", "gRPC calls by method and status code"),
-                &["method", "code"],
-            )
-            .expect("valid metric"),
+            grpc_requests,
             store_commit_seconds: Histogram::with_opts(
                 HistogramOpts::new("store_commit_duration_seconds", "Time to write and fsync one group commit")
                     .buckets(vec![0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0]),
@@ -144,7 +148,11 @@ impl Metrics {
     }
 
     pub fn observe_rpc(&self, method: &'static str, code: &'static str) {
-        self.grpc_requests.with_label_values(&[method, code]).inc();
+        if method == "Screen" && code == "OK" {
+            self.screen_ok.inc();
+        } else {
+            self.grpc_requests.with_label_values(&[method, code]).inc();
+        }
     }
 
     /// Marks `version` as the ruleset in force.
