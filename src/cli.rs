@@ -103,12 +103,17 @@ pub enum StoreCommand {
         rules: PathBuf,
     },
     /// Write synthetic state for N customers (5 known payees each, one in ten with transfers in
-    /// the last hour) through the service's own state code, to measure startup on a large store.
+    /// the last hour) through the service's own state code, then screen T transfers through the
+    /// service (as retries must find them for 48 h), to measure startup on a large store.
     Fill {
         #[arg(long)]
         data_dir: PathBuf,
         #[arg(long, default_value_t = 1_000_000)]
         customers: usize,
+        #[arg(long, default_value_t = 0)]
+        transfers: u64,
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
     },
 }
 
@@ -511,7 +516,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Bench(args) => runtime()?.block_on(bench(args)),
         Command::Store(StoreCommand::Recover { data_dir, rules }) => store_recover(&data_dir, &rules),
-        Command::Store(StoreCommand::Fill { data_dir, customers }) => store_fill(&data_dir, customers),
+        Command::Store(StoreCommand::Fill { data_dir, customers, transfers, rules }) => {
+            store_fill(&data_dir, &rules, customers, transfers)
+        }
         Command::Simulate { customers, days, seed } => {
             use std::io::Write as _;
             let out = std::io::stdout();
@@ -765,11 +772,13 @@ fn store_recover(data_dir: &Path, rules: &Path) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn store_fill(data_dir: &Path, customers: usize) -> anyhow::Result<i32> {
+fn store_fill(data_dir: &Path, rules: &Path, customers: usize, transfers: u64) -> anyhow::Result<i32> {
     use crate::model::Payee;
     let store = std::sync::Arc::new(crate::store::Store::open(&data_dir.join("store"))?);
-    let state = crate::state::State::new();
-    state.set_log(store.clone());
+    let guard = crate::service::TransferGuard::open(rules)
+        .map_err(|e| anyhow::anyhow!("the rules did not load:\n{}", e.join("\n")))?
+        .with_store(store.clone())?;
+    let state = guard.state();
     let now = crate::service::wall_clock();
     let started = std::time::Instant::now();
     for c in 0..customers {
@@ -796,6 +805,19 @@ fn store_fill(data_dir: &Path, customers: usize) -> anyhow::Result<i32> {
     }
     store.flush()?;
     println!("{customers} customers written in {:.1} s", started.elapsed().as_secs_f64());
+    let started = std::time::Instant::now();
+    for k in 0..transfers {
+        let transfer = crate::model::Transfer::try_from(&crate::loadgen::request("fill", k))
+            .map_err(|v| anyhow::anyhow!("generated request invalid: {v:?}"))?;
+        guard.screen(&transfer, k)?;
+        if k % 50_000 == 49_999 {
+            store.flush()?;
+        }
+    }
+    store.flush()?;
+    if transfers > 0 {
+        println!("{transfers} transfers screened and written in {:.1} s", started.elapsed().as_secs_f64());
+    }
     Ok(0)
 }
 

@@ -285,41 +285,23 @@ impl TransferGuard {
     pub fn with_store(mut self, store: Arc<Store>) -> Result<Self, StoreError> {
         let started = std::time::Instant::now();
         let mut found = Recovered::default();
-        let text = |k: Vec<u8>| String::from_utf8_lossy(&k).into_owned();
-        for (id, image) in store.load(Space::Customers)? {
-            self.state.restore_customer(&text(id), image);
-            found.customers += 1;
-        }
+        let text = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
+        // Customers and transfers are most of a store: read them on two threads.
+        let (customers, transfers) = std::thread::scope(|scope| {
+            let customers = scope
+                .spawn(|| store.for_each(Space::Customers, |id, image| self.state.restore_customer(&text(id), image)));
+            let transfers = self.restore_transfers(&store);
+            (customers.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), transfers)
+        });
+        found.customers = customers?;
+        (found.transfers, found.held) = transfers?;
         self.state.rebuild_fan_in();
         found.payees = self.state.sizes().payees;
-        for (_, entry) in store.load::<WatchEntry>(Space::Watchlist)? {
-            self.state.watchlist_upsert(entry);
-            found.watchlist += 1;
-        }
-        {
-            let mut holds = lock(&self.holds);
-            for (id, t) in store.load::<StoredTransfer>(Space::Transfers)? {
-                let id = text(id);
-                if t.status.state == TransferState::Held {
-                    holds.insert((t.status.hold_expires_at.unwrap_or(0), id.clone()));
-                    found.held += 1;
-                }
-                let (status, _) = watch::channel(t.status);
-                let entry = ScreenEntry {
-                    answered_at: t.answered_at,
-                    fingerprint: t.fingerprint,
-                    answer: t.answer,
-                    record: t.record,
-                    status,
-                };
-                self.screens.insert(id, entry);
-                found.transfers += 1;
-            }
-        }
-        for (id, seen) in store.load::<(u64, UnixSeconds)>(Space::Events)? {
+        found.watchlist =
+            store.for_each(Space::Watchlist, |_, entry: WatchEntry| self.state.watchlist_upsert(entry))?;
+        found.event_ids = store.for_each(Space::Events, |id, seen| {
             self.events.insert(text(id), seen);
-            found.event_ids += 1;
-        }
+        })?;
         let alerts: Vec<(Alert, u32)> =
             store.load::<StoredAlert>(Space::Alerts)?.into_iter().map(|(_, a)| (a.alert, a.sequence)).collect();
         let events: Vec<AlertEvent> = store.load(Space::AlertEvents)?.into_iter().map(|(_, e)| e).collect();
@@ -364,6 +346,28 @@ impl TransferGuard {
         self.store = Some(store);
         self.recovered = found;
         Ok(self)
+    }
+
+    /// Screened transfers back from the store, held ones back in the hold
+    /// index: (transfers, held).
+    fn restore_transfers(&self, store: &Store) -> Result<(usize, usize), StoreError> {
+        let mut holds = lock(&self.holds);
+        let n = store.for_each(Space::Transfers, |id, t: StoredTransfer| {
+            let id = String::from_utf8_lossy(id).into_owned();
+            if t.status.state == TransferState::Held {
+                holds.insert((t.status.hold_expires_at.unwrap_or(0), id.clone()));
+            }
+            let (status, _) = watch::channel(t.status);
+            let entry = ScreenEntry {
+                answered_at: t.answered_at,
+                fingerprint: t.fingerprint,
+                answer: t.answer,
+                record: t.record,
+                status,
+            };
+            self.screens.insert(id, entry);
+        })?;
+        Ok((n, holds.len()))
     }
 
     /// What the store gave back at startup.

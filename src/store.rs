@@ -265,8 +265,20 @@ impl Store {
 
     /// Every record of `space`, decoded, in key order.
     pub fn load<T: DeserializeOwned>(&self, space: Space) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
-        let ks = &self.shared.spaces[space as usize];
         let mut out = Vec::new();
+        self.for_each(space, |k, v| out.push((k.to_vec(), v)))?;
+        Ok(out)
+    }
+
+    /// Hands every record of `space`, decoded, to `f` in key order (without
+    /// holding them all); returns how many there were.
+    pub fn for_each<T: DeserializeOwned>(
+        &self,
+        space: Space,
+        mut f: impl FnMut(&[u8], T),
+    ) -> Result<usize, StoreError> {
+        let ks = &self.shared.spaces[space as usize];
+        let mut n = 0;
         for item in ks.iter() {
             let (k, v) = item.into_inner().map_err(|e| StoreError::Read(format!("{}: {e}", space.name())))?;
             let value = serde_json::from_slice(&v).map_err(|e| StoreError::Damaged {
@@ -274,9 +286,10 @@ impl Store {
                 key: String::from_utf8_lossy(&k).into_owned(),
                 error: e.to_string(),
             })?;
-            out.push((k.to_vec(), value));
+            f(&k, value);
+            n += 1;
         }
-        Ok(out)
+        Ok(n)
     }
 
     /// One record of `space`.
