@@ -95,7 +95,6 @@ struct Committed {
     /// Callers waiting, by the sequence number they wait for. Each is woken
     /// once, when its number is on disk (not at every commit).
     waiters: std::collections::BTreeMap<u64, Vec<oneshot::Sender<bool>>>,
-    waiting: usize,
 }
 
 /// One change, already in the store's own byte type, so the copy into it
@@ -236,7 +235,6 @@ impl Store {
             }
             let (tx, rx) = oneshot::channel();
             c.waiters.entry(seq).or_default().push(tx);
-            c.waiting += 1;
             rx
         };
         match done.await {
@@ -345,18 +343,10 @@ fn settle(shared: &Shared, seq: u64, ok: bool) {
             std::mem::take(&mut c.waiters)
         }
     };
-    let n: usize = woken.values().map(Vec::len).sum();
-    lock(&shared.committed).waiting -= n;
     for tx in woken.into_values().flatten() {
         let _ = tx.send(ok);
     }
 }
-/// With at least this many callers waiting, the writer lets a batch gather for
-/// [`GATHER`] before committing it: fewer, larger commits under load (less
-/// fsync work per request), no added wait for a lone caller.
-const GATHER_WAITERS: usize = 4;
-const GATHER: std::time::Duration = std::time::Duration::from_micros(200);
-
 fn write_loop(shared: &Shared) {
     let mut failed = false;
     loop {
@@ -365,9 +355,6 @@ fn write_loop(shared: &Shared) {
             while p.puts.is_empty() && !p.stop {
                 p = shared.wake.wait(p).unwrap_or_else(|e| e.into_inner());
             }
-        }
-        if lock(&shared.committed).waiting >= GATHER_WAITERS {
-            std::thread::sleep(GATHER);
         }
         let (puts, seq, alert_cursor, stop) = {
             let mut p = lock(&shared.pending);
