@@ -255,8 +255,7 @@ pub struct Decision {
 /// Masks an account number for logs and alerts: the first 4 and last 4 characters
 /// stay, the rest become `*`. Short values are masked entirely but for the last 2.
 pub fn mask_account(account: &str) -> String {
-    let chars: Vec<char> = account.chars().collect();
-    let n = chars.len();
+    let n = account.chars().count();
     let (head, tail) = if n >= 12 {
         (4, 4)
     } else if n >= 6 {
@@ -264,16 +263,23 @@ pub fn mask_account(account: &str) -> String {
     } else {
         (0, 0)
     };
-    chars.iter().enumerate().map(|(i, c)| if i < head || i >= n - tail { *c } else { '*' }).collect()
+    // One allocation (this runs for every audited decision).
+    let mut masked = String::with_capacity(account.len());
+    for (i, c) in account.chars().enumerate() {
+        masked.push(if i < head || i >= n - tail { c } else { '*' });
+    }
+    masked
 }
 
 /// Masks a person's name: keeps the first character only (`张**`).
 pub fn mask_name(name: &str) -> String {
+    let mut masked = String::with_capacity(name.len());
     let mut chars = name.chars();
-    match chars.next() {
-        Some(first) => std::iter::once(first).chain(chars.map(|_| '*')).collect(),
-        None => String::new(),
+    if let Some(first) = chars.next() {
+        masked.push(first);
+        masked.extend(chars.map(|_| '*'));
     }
+    masked
 }
 
 /// Parses an amount in major units ("400000", "1234.5", "0.01") into minor

@@ -36,6 +36,17 @@ pub struct FieldViolation {
 #[derive(Debug, Default)]
 pub struct Violations(pub Vec<FieldViolation>);
 
+/// The path of a field inside a message (`payee.account`), made into a string
+/// only when a violation is reported: valid requests build no paths.
+#[derive(Debug, Clone, Copy)]
+pub struct Nested<'a>(pub &'a str, pub &'static str);
+
+impl From<Nested<'_>> for String {
+    fn from(n: Nested<'_>) -> String {
+        format!("{}.{}", n.0, n.1)
+    }
+}
+
 impl Violations {
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
         self.0.push(FieldViolation { field: field.into(), description: description.into() });
@@ -50,7 +61,7 @@ impl Violations {
     }
 
     /// A required identifier: not empty, at most `max` characters, no control characters.
-    pub fn id(&mut self, field: &str, value: &str, max: usize) -> String {
+    pub fn id(&mut self, field: impl Into<String> + Copy, value: &str, max: usize) -> String {
         if value.trim().is_empty() {
             self.add(field, "required");
         } else {
@@ -60,7 +71,7 @@ impl Violations {
     }
 
     /// Free text: at most `max` characters, no control characters but newline.
-    pub fn text(&mut self, field: &str, value: &str, max: usize) -> String {
+    pub fn text(&mut self, field: impl Into<String> + Copy, value: &str, max: usize) -> String {
         let n = value.chars().count();
         if n > max {
             self.add(field, format!("at most {max} characters, got {n}"));
@@ -70,7 +81,7 @@ impl Violations {
         value.to_string()
     }
 
-    pub fn time(&mut self, field: &str, ts: Option<&Timestamp>) -> UnixSeconds {
+    pub fn time(&mut self, field: impl Into<String> + Copy, ts: Option<&Timestamp>) -> UnixSeconds {
         match ts {
             None => {
                 self.add(field, "required");
@@ -88,7 +99,7 @@ impl Violations {
         }
     }
 
-    pub fn date(&mut self, field: &str, value: &str) -> Option<Date> {
+    pub fn date(&mut self, field: impl Into<String> + Copy, value: &str) -> Option<Date> {
         let format = time::macros::format_description!("[year]-[month]-[day]");
         match Date::parse(value, &format) {
             Ok(d) if (1900..=2100).contains(&d.year()) => Some(d),
@@ -107,7 +118,7 @@ impl Violations {
         }
     }
 
-    pub fn amount(&mut self, field: &str, value: i64, allow_zero: bool) -> i64 {
+    pub fn amount(&mut self, field: impl Into<String> + Copy, value: i64, allow_zero: bool) -> i64 {
         let low = i64::from(!allow_zero);
         if value < low {
             self.add(field, if allow_zero { "must not be negative" } else { "must be positive (minor units)" });
@@ -117,7 +128,7 @@ impl Violations {
         value
     }
 
-    pub fn account(&mut self, field: &str, value: &str) -> String {
+    pub fn account(&mut self, field: impl Into<String> + Copy, value: &str) -> String {
         let normal = normalise_account(value.trim()).into_owned();
         if normal.is_empty() {
             self.add(field, "required");
@@ -181,10 +192,10 @@ fn observation(raw: i32) -> Option<Observation> {
 
 pub fn limit_change(v: &mut Violations, field: &str, raw: &pb::LimitChanged) -> LimitChange {
     LimitChange {
-        old_limit: v.amount(&format!("{field}.old_limit_minor"), raw.old_limit_minor, true),
-        new_limit: v.amount(&format!("{field}.new_limit_minor"), raw.new_limit_minor, true),
+        old_limit: v.amount(Nested(field, "old_limit_minor"), raw.old_limit_minor, true),
+        new_limit: v.amount(Nested(field, "new_limit_minor"), raw.new_limit_minor, true),
         is_maximum: raw.is_maximum,
-        changed_at: v.time(&format!("{field}.changed_at"), raw.changed_at.as_ref()),
+        changed_at: v.time(Nested(field, "changed_at"), raw.changed_at.as_ref()),
     }
 }
 
@@ -194,9 +205,9 @@ pub fn payee(v: &mut Violations, field: &str, raw: Option<&pb::Payee>) -> Payee 
         return Payee { account: String::new(), name: String::new(), bank_code: String::new() };
     };
     Payee {
-        account: v.account(&format!("{field}.account"), &p.account),
-        name: v.id(&format!("{field}.name"), &p.name, 128),
-        bank_code: v.id(&format!("{field}.bank_code"), &p.bank_code, 32),
+        account: v.account(Nested(field, "account"), &p.account),
+        name: v.id(Nested(field, "name"), &p.name, 128),
+        bank_code: v.id(Nested(field, "bank_code"), &p.bank_code, 32),
     }
 }
 
