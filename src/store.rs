@@ -301,11 +301,6 @@ impl Store {
         })
     }
 
-    /// How many records each keyspace holds (approximate for large ones).
-    pub fn sizes(&self) -> Vec<(&'static str, usize)> {
-        Space::ALL.iter().map(|s| (s.name(), self.shared.spaces[*s as usize].approximate_len())).collect()
-    }
-
     pub fn disk_bytes(&self) -> u64 {
         self.shared.db.disk_space().unwrap_or(0)
     }
@@ -365,10 +360,11 @@ fn write_loop(shared: &Shared) {
             let n = puts.len();
             match commit(shared, puts) {
                 Ok(()) => {
-                    settle(shared, seq, true);
+                    // Stations see the alerts before the tellers get the answers naming them.
                     if let Some(f) = shared.on_commit.get() {
                         f(alert_cursor);
                     }
+                    settle(shared, seq, true);
                     if let Some(f) = shared.observe.get() {
                         f(started.elapsed().as_secs_f64(), n);
                     }
