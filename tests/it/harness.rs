@@ -76,12 +76,30 @@ impl TestServer {
     /// Also publishing alert events to NATS when `nats` is set, and serving
     /// `/metrics` (its address in `metrics_addr`).
     pub async fn start_full(prepare: impl FnOnce(&Path), nats: Option<NatsConfig>, watch_rules: bool) -> TestServer {
+        TestServer::start_opts(prepare, nats, watch_rules, false).await
+    }
+
+    /// The shipped rules, with a durable store (`--durability sync`) in the data dir.
+    pub async fn start_durable() -> TestServer {
+        TestServer::start_opts(|_| {}, None, false, true).await
+    }
+
+    async fn start_opts(
+        prepare: impl FnOnce(&Path),
+        nats: Option<NatsConfig>,
+        watch_rules: bool,
+        durable: bool,
+    ) -> TestServer {
         let rules = rules_copy();
         prepare(rules.path());
         let data = tempfile::tempdir().unwrap();
         let audit = transfer_guard::audit::AuditLog::open(&data.path().join("audit.jsonl")).unwrap();
-        let guard = TransferGuard::open(rules.path()).unwrap_or_else(|e| panic!("{e:#?}")).with_audit(audit);
-        let guard = Arc::new(guard);
+        let mut guard = TransferGuard::open(rules.path()).unwrap_or_else(|e| panic!("{e:#?}"));
+        if durable {
+            let store = transfer_guard::store::Store::open(&data.path().join("store")).unwrap();
+            guard = guard.with_store(Arc::new(store)).unwrap();
+        }
+        let guard = Arc::new(guard.with_audit(audit));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();

@@ -27,7 +27,17 @@ async fn watch(server: &TestServer, station: &str, after: u64) -> tonic::Streami
 
 #[tokio::test]
 async fn seed_alert_reaches_its_station_and_the_officer_releases_the_teller() {
-    let server = TestServer::start().await;
+    seed_loop(TestServer::start().await).await;
+}
+
+/// The same loop with the durable store attached: events reach watchers as
+/// soon as they are on disk (the book is gated by the store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_loop_with_a_durable_store() {
+    seed_loop(TestServer::start_durable().await).await;
+}
+
+async fn seed_loop(server: TestServer) {
     let mut right = watch(&server, STATION, 0).await;
     let mut other = watch(&server, OTHER, 0).await;
     let mut teller = server.screening().await;
