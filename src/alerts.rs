@@ -292,9 +292,8 @@ impl Book {
             at: now,
         };
         self.events.push_back(event.clone());
-        match &self.log {
-            Some(log) => log.changed(alert, seq, &event),
-            None => self.released = self.next_cursor,
+        if let Some(log) = &self.log {
+            log.changed(alert, seq, &event);
         }
         while self.events.len() > EVENT_RETENTION {
             if let (Some(old), Some(log)) = (self.events.pop_front(), &self.log) {
@@ -302,10 +301,6 @@ impl Book {
             }
         }
         event
-    }
-
-    fn gated(&self) -> bool {
-        self.log.is_some()
     }
 }
 
@@ -368,10 +363,30 @@ impl AlertBook {
                 return;
             }
             book.released = upto;
-            book.events.iter().filter(|e| e.cursor > from && e.cursor <= upto).cloned().collect()
+            // The log is in cursor order: walk back only over the new events.
+            let mut fresh: Vec<AlertEvent> = book
+                .events
+                .iter()
+                .rev()
+                .skip_while(|e| e.cursor > upto)
+                .take_while(|e| e.cursor > from)
+                .cloned()
+                .collect();
+            fresh.reverse();
+            fresh
         };
         for e in events {
             self.publish(e);
+        }
+    }
+
+    /// After an event was recorded: without a log it is released at once;
+    /// with one, when the log says it is durable.
+    fn recorded(&self, book: std::sync::MutexGuard<'_, Book>, cursor: u64) {
+        let gated = book.log.is_some();
+        drop(book);
+        if !gated {
+            self.release(cursor);
         }
     }
 
@@ -424,11 +439,7 @@ impl AlertBook {
         let mut book = self.lock();
         let event = book.record("raised", &alert, alert.created_at);
         book.alerts.insert(alert.id.clone(), alert);
-        let gated = book.gated();
-        drop(book);
-        if !gated {
-            self.publish(event.clone());
-        }
+        self.recorded(book, event.cursor);
         event
     }
 
@@ -470,11 +481,7 @@ impl AlertBook {
         alert.updated_at = now;
         let alert = alert.clone();
         let event = book.record(kind, &alert, now);
-        let gated = book.gated();
-        drop(book);
-        if !gated {
-            self.publish(event);
-        }
+        self.recorded(book, event.cursor);
         Ok(alert)
     }
 

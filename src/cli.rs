@@ -154,14 +154,10 @@ pub struct BenchArgs {
 /// Starts the real service in this process on a loopback port; its data (audit
 /// file, store) in a temp dir removed when it stops.
 async fn start_in_process(rules: &Path, durability: crate::store::Durability) -> anyhow::Result<(String, InProcess)> {
-    let guard = crate::service::TransferGuard::open(rules)
-        .map_err(|e| anyhow::anyhow!("the rules did not load:\n{}", e.join("\n")))?;
+    let guard = open_rules(rules)?;
     let dir = tempfile_dir("transfer-guard-bench")?;
     let guard = match durability {
-        crate::store::Durability::Sync => {
-            let store = crate::store::Store::open(&dir.join("store"))?;
-            guard.with_store(std::sync::Arc::new(store))?
-        }
+        crate::store::Durability::Sync => with_store(guard, &dir)?.0,
         crate::store::Durability::None => guard,
     };
     let guard = std::sync::Arc::new(guard.with_audit(crate::audit::AuditLog::open(&dir.join("audit.jsonl"))?));
@@ -724,11 +720,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let audit = crate::audit::AuditLog::open(&audit_path)
         .with_context(|| format!("open the audit file {}", audit_path.display()))?;
     let guard = match config.durability {
-        crate::store::Durability::Sync => {
-            let dir = config.data_dir.join("store");
-            let store = crate::store::Store::open(&dir)?;
-            guard.with_store(std::sync::Arc::new(store))?
-        }
+        crate::store::Durability::Sync => with_store(guard, &config.data_dir)?.0,
         crate::store::Durability::None => {
             tracing::warn!("durability none: nothing is kept across a restart");
             guard
@@ -758,11 +750,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     })
 }
 
-fn store_recover(data_dir: &Path, rules: &Path) -> anyhow::Result<i32> {
-    let guard = crate::service::TransferGuard::open(rules)
-        .map_err(|e| anyhow::anyhow!("the rules did not load:\n{}", e.join("\n")))?;
+/// Compiles and tests the rules folder and builds the service on it.
+fn open_rules(rules: &Path) -> anyhow::Result<crate::service::TransferGuard> {
+    crate::service::TransferGuard::open(rules).map_err(|e| anyhow::anyhow!("the rules did not load:\n{}", e.join("\n")))
+}
+
+/// Opens the durable store in `data_dir/store`, loads it into `guard` and
+/// keeps it writing there.
+fn with_store(
+    guard: crate::service::TransferGuard,
+    data_dir: &Path,
+) -> anyhow::Result<(crate::service::TransferGuard, std::sync::Arc<crate::store::Store>)> {
     let store = std::sync::Arc::new(crate::store::Store::open(&data_dir.join("store"))?);
-    let guard = guard.with_store(store.clone())?;
+    Ok((guard.with_store(store.clone())?, store))
+}
+
+fn store_recover(data_dir: &Path, rules: &Path) -> anyhow::Result<i32> {
+    let (guard, store) = with_store(open_rules(rules)?, data_dir)?;
     let r = guard.recovered();
     println!(
         "recovered in {:.2} s: {} customers, {} payees, {} watchlist entries, {} transfers ({} held), {} event ids, {} alerts, {} alert events",
@@ -774,10 +778,7 @@ fn store_recover(data_dir: &Path, rules: &Path) -> anyhow::Result<i32> {
 
 fn store_fill(data_dir: &Path, rules: &Path, customers: usize, transfers: u64) -> anyhow::Result<i32> {
     use crate::model::Payee;
-    let store = std::sync::Arc::new(crate::store::Store::open(&data_dir.join("store"))?);
-    let guard = crate::service::TransferGuard::open(rules)
-        .map_err(|e| anyhow::anyhow!("the rules did not load:\n{}", e.join("\n")))?
-        .with_store(store.clone())?;
+    let (guard, store) = with_store(open_rules(rules)?, data_dir)?;
     let state = guard.state();
     let now = crate::service::wall_clock();
     let started = std::time::Instant::now();

@@ -147,12 +147,12 @@ async fn publish_pending(
             return Ok(());
         }
     };
-    let mut last = None;
-    let result = publish_events(guard, js, config, progress, events, &mut last).await;
-    if let Some(cursor) = last {
+    let result = publish_events(guard, js, config, progress, events).await;
+    let published = progress.published_cursor.load(Ordering::Relaxed);
+    if published > after {
         // Remembered across restarts; a republish after a crash is deduplicated
         // by JetStream on the message id.
-        guard.nats_delivered(cursor);
+        guard.nats_delivered(published);
     }
     result
 }
@@ -163,7 +163,6 @@ async fn publish_events(
     config: &NatsConfig,
     progress: &DeliveryProgress,
     events: Vec<AlertEvent>,
-    last: &mut Option<u64>,
 ) -> Result<(), String> {
     for event in events {
         let payload = serde_json::to_vec(&crate::api::services::event_to_pb(&event)).map_err(|e| e.to_string())?;
@@ -179,7 +178,6 @@ async fn publish_events(
             progress.published_messages.fetch_add(1, Ordering::Relaxed);
         }
         progress.published_cursor.store(event.cursor, Ordering::Relaxed);
-        *last = Some(event.cursor);
         guard.metrics().outbox_depth.set(guard.alerts().last_cursor().saturating_sub(event.cursor) as i64);
     }
     Ok(())

@@ -68,15 +68,10 @@ pub struct TransferStatus {
     pub request_id: String,
     pub state: TransferState,
     pub action: Action,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub alert_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub station_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub hold_expires_at: Option<UnixSeconds>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub outcome: Option<Outcome>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub officer_id: Option<String>,
     pub note: String,
     pub updated_at: UnixSeconds,
@@ -87,11 +82,8 @@ pub struct TransferStatus {
 pub struct Screened {
     pub request_id: String,
     pub decision: Decision,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub alert_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub station_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub hold_expires_at: Option<UnixSeconds>,
 }
 
@@ -105,23 +97,15 @@ struct ScreenEntry {
     status: watch::Sender<TransferStatus>,
 }
 
-/// A screened transfer as the durable store keeps it.
-#[derive(serde::Serialize)]
-struct TransferImage<'a> {
+/// A screened transfer as the durable store keeps it: written from borrowed
+/// parts of a [`ScreenEntry`], read back owned.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredTransfer<A = Screened, R = TransferRecord, S = TransferStatus> {
     answered_at: UnixSeconds,
     fingerprint: u64,
-    answer: &'a Screened,
-    record: &'a TransferRecord,
-    status: &'a TransferStatus,
-}
-
-#[derive(serde::Deserialize)]
-struct StoredTransfer {
-    answered_at: UnixSeconds,
-    fingerprint: u64,
-    answer: Screened,
-    record: TransferRecord,
-    status: TransferStatus,
+    answer: A,
+    record: R,
+    status: S,
 }
 
 /// Keys of the `meta` keyspace.
@@ -285,11 +269,11 @@ impl TransferGuard {
     pub fn with_store(mut self, store: Arc<Store>) -> Result<Self, StoreError> {
         let started = std::time::Instant::now();
         let mut found = Recovered::default();
-        let text = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
         // Customers and transfers are most of a store: read them on two threads.
         let (customers, transfers) = std::thread::scope(|scope| {
-            let customers = scope
-                .spawn(|| store.for_each(Space::Customers, |id, image| self.state.restore_customer(&text(id), image)));
+            let customers = scope.spawn(|| {
+                store.for_each(Space::Customers, |id, image| self.state.restore_customer(&key_text(id), image))
+            });
             let transfers = self.restore_transfers(&store);
             (customers.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), transfers)
         });
@@ -300,7 +284,7 @@ impl TransferGuard {
         found.watchlist =
             store.for_each(Space::Watchlist, |_, entry: WatchEntry| self.state.watchlist_upsert(entry))?;
         found.event_ids = store.for_each(Space::Events, |id, seen| {
-            self.events.insert(text(id), seen);
+            self.events.insert(key_text(id), seen);
         })?;
         let alerts: Vec<(Alert, u32)> =
             store.load::<StoredAlert>(Space::Alerts)?.into_iter().map(|(_, a)| (a.alert, a.sequence)).collect();
@@ -353,7 +337,7 @@ impl TransferGuard {
     fn restore_transfers(&self, store: &Store) -> Result<(usize, usize), StoreError> {
         let mut holds = lock(&self.holds);
         let n = store.for_each(Space::Transfers, |id, t: StoredTransfer| {
-            let id = String::from_utf8_lossy(id).into_owned();
+            let id = key_text(id);
             if t.status.state == TransferState::Held {
                 holds.insert((t.status.hold_expires_at.unwrap_or(0), id.clone()));
             }
@@ -401,12 +385,12 @@ impl TransferGuard {
         match entry {
             Some(e) => {
                 let status = e.status.borrow();
-                let image = TransferImage {
+                let image = StoredTransfer {
                     answered_at: e.answered_at,
                     fingerprint: e.fingerprint,
                     answer: &e.answer,
                     record: &e.record,
-                    status: &status,
+                    status: &*status,
                 };
                 store.put(Space::Transfers, request_id.as_bytes(), Some(&image));
             }
@@ -939,6 +923,11 @@ impl TransferGuard {
     pub fn screened_count(&self) -> usize {
         self.screens.len()
     }
+}
+
+/// A store key that is an id (customer, request, event) as text.
+fn key_text(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).into_owned()
 }
 
 fn decision_record(t: &Transfer, s: &Screened) -> AuditRecord {

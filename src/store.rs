@@ -106,6 +106,15 @@ struct Put {
     value: Option<Slice>,
 }
 
+/// Decodes a stored value; a value that does not decode names its record.
+fn decode<T: DeserializeOwned>(space: Space, key: &[u8], value: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(value).map_err(|e| StoreError::Damaged {
+        space: space.name(),
+        key: String::from_utf8_lossy(key).into_owned(),
+        error: e.to_string(),
+    })
+}
+
 /// Encodes `value` as JSON into the store's byte type through a reusable
 /// per-thread buffer (no allocation but the result's).
 fn encode<T: Serialize + ?Sized>(value: &T) -> Slice {
@@ -204,18 +213,24 @@ impl Store {
         let _ = self.shared.observe.set(Box::new(f));
     }
 
-    fn queue(&self, put: Put) {
+    /// Queues `puts` under one lock, so they land in the same batch;
+    /// `alert_cursor` is the newest alert event among them.
+    fn queue<const N: usize>(&self, puts: [Put; N], alert_cursor: Option<u64>) {
         let mut p = lock(&self.shared.pending);
-        p.puts.push(put);
-        p.seq += 1;
-        if p.puts.len() == 1 {
+        let was_empty = p.puts.is_empty();
+        p.puts.extend(puts);
+        p.seq += N as u64;
+        if let Some(c) = alert_cursor {
+            p.alert_cursor = p.alert_cursor.max(c);
+        }
+        if was_empty {
             self.shared.wake.notify_one();
         }
     }
 
     /// Queues the new value of `key` (None: delete it).
     pub fn put<T: Serialize + ?Sized>(&self, space: Space, key: &[u8], value: Option<&T>) {
-        self.queue(Put { space, key: Slice::from(key), value: value.map(encode) });
+        self.queue([Put { space, key: Slice::from(key), value: value.map(encode) }], None);
     }
 
     /// The sequence number of the newest queued change.
@@ -279,12 +294,7 @@ impl Store {
         let mut n = 0;
         for item in ks.iter() {
             let (k, v) = item.into_inner().map_err(|e| StoreError::Read(format!("{}: {e}", space.name())))?;
-            let value = serde_json::from_slice(&v).map_err(|e| StoreError::Damaged {
-                space: space.name(),
-                key: String::from_utf8_lossy(&k).into_owned(),
-                error: e.to_string(),
-            })?;
-            f(&k, value);
+            f(&k, decode(space, &k, &v)?);
             n += 1;
         }
         Ok(n)
@@ -294,11 +304,7 @@ impl Store {
     pub fn get<T: DeserializeOwned>(&self, space: Space, key: &[u8]) -> Result<Option<T>, StoreError> {
         let ks = &self.shared.spaces[space as usize];
         let Some(v) = ks.get(key).map_err(|e| StoreError::Read(e.to_string()))? else { return Ok(None) };
-        serde_json::from_slice(&v).map(Some).map_err(|e| StoreError::Damaged {
-            space: space.name(),
-            key: String::from_utf8_lossy(key).into_owned(),
-            error: e.to_string(),
-        })
+        decode(space, key, &v).map(Some)
     }
 
     pub fn disk_bytes(&self) -> u64 {
@@ -409,39 +415,31 @@ impl StateLog for Store {
     }
 }
 
-/// An alert as stored: its image and how many events it has had.
+/// An alert as stored: its image and how many events it has had. Written
+/// from a borrowed alert (`StoredAlert<&Alert>`), read back owned.
 #[derive(Serialize, serde::Deserialize)]
-pub struct StoredAlert {
-    pub alert: Alert,
+pub struct StoredAlert<A = Alert> {
+    pub alert: A,
     pub sequence: u32,
 }
 
 impl AlertLog for Store {
     fn changed(&self, alert: &Alert, sequence: u32, event: &AlertEvent) {
-        #[derive(Serialize)]
-        struct Ref<'a> {
-            alert: &'a Alert,
-            sequence: u32,
-        }
-        let image = encode(&Ref { alert, sequence });
-        let event_bytes = encode(event);
-        // One lock for both, so the alert and its event are in the same batch.
-        let mut p = lock(&self.shared.pending);
-        p.puts.push(Put { space: Space::Alerts, key: Slice::from(alert.id.as_bytes()), value: Some(image) });
-        p.puts.push(Put {
+        let image = Put {
+            space: Space::Alerts,
+            key: Slice::from(alert.id.as_bytes()),
+            value: Some(encode(&StoredAlert { alert, sequence })),
+        };
+        let logged = Put {
             space: Space::AlertEvents,
             key: Slice::from(&event.cursor.to_be_bytes()[..]),
-            value: Some(event_bytes),
-        });
-        p.seq += 2;
-        p.alert_cursor = p.alert_cursor.max(event.cursor);
-        if p.puts.len() == 2 {
-            self.shared.wake.notify_one();
-        }
+            value: Some(encode(event)),
+        };
+        self.queue([image, logged], Some(event.cursor));
     }
 
     fn forgotten(&self, cursor: u64) {
-        self.queue(Put { space: Space::AlertEvents, key: Slice::from(&cursor.to_be_bytes()[..]), value: None });
+        self.queue([Put { space: Space::AlertEvents, key: Slice::from(&cursor.to_be_bytes()[..]), value: None }], None);
     }
 }
 

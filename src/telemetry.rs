@@ -39,8 +39,6 @@ pub struct Metrics {
     /// Children of `screen_seconds` and `decisions` per action, resolved once:
     /// a label lookup per request costs a hash and a lock.
     screen_by_action: [Histogram; 4],
-    /// `grpc_requests{method="Screen",code="OK"}`, the one counted on every teller call.
-    screen_ok: IntCounter,
     decisions_by_action: [prometheus::IntCounter; 4],
 }
 
@@ -64,7 +62,6 @@ impl Metrics {
         .expect("valid metric");
         let m = Metrics {
             screen_by_action: Action::ALL.map(|a| screen_seconds.with_label_values(&[a.as_str()])),
-            screen_ok: grpc_requests.with_label_values(&["Screen", "OK"]),
             decisions_by_action: Action::ALL.map(|a| decisions.with_label_values(&[a.as_str()])),
             screen_seconds,
             decisions,
@@ -148,11 +145,7 @@ impl Metrics {
     }
 
     pub fn observe_rpc(&self, method: &'static str, code: &'static str) {
-        if method == "Screen" && code == "OK" {
-            self.screen_ok.inc();
-        } else {
-            self.grpc_requests.with_label_values(&[method, code]).inc();
-        }
+        self.grpc_requests.with_label_values(&[method, code]).inc();
     }
 
     /// Marks `version` as the ruleset in force.

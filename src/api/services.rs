@@ -91,14 +91,7 @@ pub fn status_of(e: ServiceError) -> Status {
 /// Identifies a request's body for idempotency. Kept in the store, so it
 /// must not change across builds: the stable hash of the protobuf encoding.
 fn fingerprint<M: Message>(m: &M) -> u64 {
-    thread_local! {
-        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    BUFFER.with_borrow_mut(|buf| {
-        buf.clear();
-        m.encode_raw(buf);
-        crate::state::stable_hash(&[buf])
-    })
+    crate::state::stable_hash(&[&m.encode_to_vec()])
 }
 
 fn screened_to_pb(s: &Screened) -> pb::ScreenResponse {

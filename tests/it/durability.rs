@@ -127,20 +127,10 @@ async fn watch_all(channel: Channel) -> Vec<pb::AlertEvent> {
         .unwrap()
         .into_inner();
     let mut got = Vec::new();
-    while let Ok(Some(Ok(e))) = tokio::time::timeout(Duration::from_millis(700), stream.next_message_fallible()).await {
+    while let Ok(Ok(Some(e))) = tokio::time::timeout(Duration::from_millis(700), stream.message()).await {
         got.push(e);
     }
     got
-}
-
-trait NextMessage {
-    async fn next_message_fallible(&mut self) -> Option<Result<pb::AlertEvent, tonic::Status>>;
-}
-
-impl NextMessage for tonic::Streaming<pb::AlertEvent> {
-    async fn next_message_fallible(&mut self) -> Option<Result<pb::AlertEvent, tonic::Status>> {
-        self.message().await.transpose()
-    }
 }
 
 /// Whether `customer` paying `account` a large sum now still counts as a new payee.

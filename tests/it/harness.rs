@@ -262,6 +262,11 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Starts `serve` on `data` with the shipped rules and `extra` flags; waits until it listens.
     pub async fn start(data: &Path, log_name: &str, extra: &[String]) -> ServeProcess {
+        ServeProcess::start_with_env(data, log_name, extra, &[]).await
+    }
+
+    /// The same, with environment variables set for the process.
+    pub async fn start_with_env(data: &Path, log_name: &str, extra: &[String], env: &[(&str, &str)]) -> ServeProcess {
         let (port, metrics_port) = (free_port(), free_port());
         let log = data.parent().unwrap_or(data).join(log_name);
         let child = Command::new(env!("CARGO_BIN_EXE_transfer-guard"))
@@ -269,6 +274,7 @@ impl ServeProcess {
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .args(["--data-dir", data.to_str().unwrap()])
             .args(extra)
+            .envs(env.iter().copied())
             .current_dir(repo())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -296,6 +302,20 @@ impl ServeProcess {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits (at most `limit`) for the process to exit.
+    pub async fn terminate(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "did not stop on SIGTERM:\n{}", self.logs());
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// SIGKILL: no shutdown code runs.

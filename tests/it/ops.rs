@@ -1,39 +1,19 @@
 //! Operations: the real binary's logs mask accounts and names and it stops
 //! cleanly on SIGTERM; the load generator and its no-op baseline work.
 
-use crate::harness::{free_port, ordinary, repo, seed_case, TestServer};
-use std::io::Read;
-use std::process::{Command, Stdio};
+use crate::harness::{ordinary, seed_case, ServeProcess, TestServer};
 use std::time::{Duration, Instant};
 use transfer_guard::api::proto as pb;
 use transfer_guard::loadgen::{self, LoadConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_never_show_full_accounts_or_names_and_sigterm_stops_cleanly() {
-    let (port, metrics_port) = (free_port(), free_port());
-    let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_transfer-guard"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--metrics-listen",
-            &format!("127.0.0.1:{metrics_port}"),
-        ])
-        .args(["--data-dir", data.path().to_str().unwrap(), "--log-format", "json"])
-        .env("TRANSFER_GUARD_LOG", "debug")
-        .current_dir(repo())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--log-format".to_string(), "json".into()];
+    let mut server =
+        ServeProcess::start_with_env(&dir.path().join("data"), "logs.txt", &flags, &[("TRANSFER_GUARD_LOG", "debug")])
+            .await;
+    let channel = server.channel().await;
     let mut client = pb::screening_client::ScreeningClient::new(channel.clone());
     let held = client.screen(seed_case("log-seed")).await.unwrap().into_inner();
     client.screen(ordinary("log-rent", "customer-log", "6222020000008002")).await.unwrap();
@@ -46,15 +26,8 @@ async fn logs_never_show_full_accounts_or_names_and_sigterm_stops_cleanly() {
         .await
         .unwrap();
 
-    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(killed.success());
-    let status = tokio::task::spawn_blocking(move || {
-        let mut stderr = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-        (child.wait().unwrap(), stderr)
-    });
-    let (status, logs) =
-        tokio::time::timeout(Duration::from_secs(20), status).await.expect("stops on SIGTERM").unwrap();
+    let status = server.terminate(Duration::from_secs(20)).await;
+    let logs = server.logs();
     assert!(status.success(), "{status:?}\n{logs}");
     assert!(logs.contains("\"request_id\":\"log-seed\"") && logs.contains("\"action\":\"HOLD\""), "{logs}");
     assert!(logs.contains("\"request_id\":\"log-rent\""), "a span of fields for every screen: {logs}");
