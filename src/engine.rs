@@ -8,6 +8,7 @@
 
 use crate::model::{age_on, Decision, Hit, Transfer};
 use crate::rules::schema::{Facts, NEVER};
+use crate::rules::text::FoldedText;
 use crate::rules::{Mode, Ruleset};
 use crate::state::{Snapshot, State, TransferRecord};
 use std::cell::{Cell, RefCell};
@@ -24,8 +25,31 @@ pub struct Evaluation {
 }
 
 thread_local! {
-    // One regex memo per thread, reused: evaluating conditions allocates nothing.
-    static MEMO: RefCell<Vec<Cell<u8>>> = const { RefCell::new(Vec::new()) };
+    // One regex memo and one set of text buffers per thread, reused: evaluating
+    // conditions allocates nothing, normalising the text only while its buffers grow.
+    static MEMO: RefCell<(Vec<Cell<u8>>, RequestText)> = RefCell::new(Default::default());
+}
+
+/// A transfer's free text (memo, payee name), normalised once per request for
+/// every rule to read ([`crate::rules::text`]).
+#[derive(Debug, Default)]
+pub struct RequestText {
+    memo: FoldedText,
+    payee_name: FoldedText,
+}
+
+impl RequestText {
+    pub fn of(transfer: &Transfer) -> RequestText {
+        let mut t = RequestText::default();
+        t.fill(transfer);
+        t
+    }
+
+    /// Normalises `transfer`'s text into these buffers.
+    pub fn fill(&mut self, transfer: &Transfer) {
+        self.memo.fill(&transfer.memo);
+        self.payee_name.fill(&transfer.payee.name);
+    }
 }
 
 /// Screens `transfer` against the state as it is now. Does not change state.
@@ -36,11 +60,13 @@ pub fn screen(ruleset: &Ruleset, transfer: &Transfer, state: &State) -> Evaluati
 
 /// Evaluates every rule on the facts of `transfer` and `snapshot`.
 pub fn evaluate(ruleset: &Ruleset, transfer: &Transfer, snapshot: &Snapshot) -> Evaluation {
-    MEMO.with(|memo| {
-        let mut memo = memo.borrow_mut();
+    MEMO.with(|cell| {
+        let mut buffers = cell.borrow_mut();
+        let (memo, text) = &mut *buffers;
         memo.clear();
         memo.resize(ruleset.memo_slots, Cell::new(0));
-        let facts = facts(ruleset, transfer, snapshot, &memo);
+        text.fill(transfer);
+        let facts = facts(ruleset, transfer, snapshot, text, memo);
         let decision = decide(ruleset, &facts);
         Evaluation {
             decision,
@@ -84,8 +110,15 @@ pub fn decide(ruleset: &Ruleset, facts: &Facts) -> Decision {
     }
 }
 
-/// Flattens a transfer and a state snapshot into what the rules read.
-pub fn facts<'a>(ruleset: &Ruleset, transfer: &'a Transfer, snapshot: &Snapshot, memo: &'a [Cell<u8>]) -> Facts<'a> {
+/// Flattens a transfer, its normalised text (filled from it) and a state
+/// snapshot into what the rules read.
+pub fn facts<'a>(
+    ruleset: &Ruleset,
+    transfer: &'a Transfer,
+    snapshot: &Snapshot,
+    text: &'a RequestText,
+    memo: &'a [Cell<u8>],
+) -> Facts<'a> {
     let now = transfer.requested_at;
     let local =
         OffsetDateTime::from_unix_timestamp(now).unwrap_or(OffsetDateTime::UNIX_EPOCH).to_offset(ruleset.utc_offset);
@@ -104,7 +137,7 @@ pub fn facts<'a>(ruleset: &Ruleset, transfer: &'a Transfer, snapshot: &Snapshot,
         transfer_amount: transfer.amount,
         transfer_currency: &transfer.currency,
         transfer_channel: transfer.channel.as_str(),
-        transfer_memo: &transfer.memo,
+        transfer_memo: text.memo.view(&transfer.memo),
         transfer_hour: i64::from(local.hour()),
         bank_id: &transfer.bank_id,
         branch_id: &transfer.branch_id,
@@ -115,7 +148,7 @@ pub fn facts<'a>(ruleset: &Ruleset, transfer: &'a Transfer, snapshot: &Snapshot,
         customer_limit_raised_to_max: raise.is_some_and(|c| c.is_maximum),
         customer_observations: transfer.observations.0,
         payee_account: &transfer.payee.account,
-        payee_name: &transfer.payee.name,
+        payee_name: text.payee_name.view(&transfer.payee.name),
         payee_bank: &transfer.payee.bank_code,
         payee_is_new: snapshot.payee_first_paid.is_none(),
         payee_first_paid_ago: snapshot.payee_first_paid.map_or(NEVER, |t| now - t),

@@ -7,7 +7,8 @@
 
 use super::diagnostic::one_line;
 use super::parser::{BinOp, Expr, ExprKind, UnOp};
-use super::schema::{self, Facts, Read, StrRead, Ty, NEVER};
+use super::schema::{self, Facts, Read, StrRead, TextRead, Ty, NEVER};
+use super::text::{self, TextView};
 use super::Span;
 use aho_corasick::AhoCorasick;
 use regex::{Regex, RegexBuilder};
@@ -37,9 +38,11 @@ fn fail<T>(span: Span, message: impl Into<String>) -> Result<T, CompileError> {
 pub enum NamedList {
     /// Exact values (accounts, names); `in_list`.
     Values(HashSet<String>),
-    /// Case-insensitive (ASCII) substrings, found in one pass by an Aho-Corasick
-    /// automaton; `matches_list`.
-    Keywords { items: HashSet<String>, matcher: Arc<AhoCorasick> },
+    /// Substrings, found in one pass by an Aho-Corasick automaton;
+    /// `matches_list`. `matcher` finds the items as written (ignoring ASCII
+    /// case) in raw text; `folded` finds their compact forms in the compact
+    /// form of normalised text ([`text`]).
+    Keywords { items: HashSet<String>, matcher: Arc<AhoCorasick>, folded: Arc<AhoCorasick> },
     /// Substrings or regexes, joined into one regex; `matches_list` (and
     /// `in_list` for exact equality with an item).
     Patterns { items: HashSet<String>, regex: Arc<Regex> },
@@ -50,13 +53,17 @@ impl NamedList {
         NamedList::Values(items.into_iter().collect())
     }
 
-    /// Keywords match as substrings, ignoring ASCII case.
+    /// Keywords match as substrings: of raw text ignoring ASCII case, of
+    /// normalised text in their compact form.
     pub fn keywords(items: &[String]) -> Result<NamedList, aho_corasick::BuildError> {
-        let matcher = AhoCorasick::builder()
-            .ascii_case_insensitive(true)
-            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
-            .build(items.iter().filter(|k| !k.is_empty()))?;
-        Ok(NamedList::Keywords { items: items.iter().cloned().collect(), matcher: Arc::new(matcher) })
+        let matcher = keyword_automaton(items.iter().map(String::as_str))?;
+        let compact = compact_keywords(items.iter());
+        let folded = keyword_automaton(compact.iter().map(String::as_str))?;
+        Ok(NamedList::Keywords {
+            items: items.iter().cloned().collect(),
+            matcher: Arc::new(matcher),
+            folded: Arc::new(folded),
+        })
     }
 
     pub fn patterns(items: &[String]) -> Result<NamedList, (usize, regex::Error)> {
@@ -79,6 +86,23 @@ impl NamedList {
     }
 }
 
+fn keyword_automaton<'k>(keywords: impl Iterator<Item = &'k str>) -> Result<AhoCorasick, aho_corasick::BuildError> {
+    AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+        .build(keywords.filter(|k| !k.is_empty()))
+}
+
+/// The compact forms of keywords, without the ones that normalise to nothing.
+fn compact_keywords<'k>(items: impl Iterator<Item = &'k String>) -> Vec<String> {
+    items.map(|k| text::compact(k)).filter(|k| !k.is_empty()).collect()
+}
+
+/// Does a keyword automaton over compact forms find a whole keyword in `view`?
+fn keyword_in(ac: &AhoCorasick, view: &TextView) -> bool {
+    ac.find_overlapping_iter(view.compact).any(|m| view.whole(m.start(), m.end()))
+}
+
 pub fn build_regex(pattern: &str) -> Result<Regex, regex::Error> {
     RegexBuilder::new(pattern).size_limit(REGEX_SIZE_LIMIT).dfa_size_limit(REGEX_SIZE_LIMIT).build()
 }
@@ -98,6 +122,8 @@ pub struct Compiler<'l> {
 #[derive(Default)]
 struct KeywordScanBuilder {
     cell: Arc<OnceLock<KeywordScan>>,
+    /// The field is normalised free text: scan its compact form for compact keywords.
+    folded: bool,
     /// (list name, memo slot), in bit order.
     lists: Vec<(String, usize)>,
 }
@@ -115,12 +141,16 @@ struct KeywordScan {
 }
 
 impl KeywordScan {
-    fn scan(&self, text: &str, facts: &Facts, bit: usize) -> bool {
+    /// Scans `view.compact` (for raw fields, the raw text with no breaks).
+    fn scan(&self, view: &TextView, facts: &Facts, bit: usize) -> bool {
         let mut found = 0u64;
         match &self.combined {
             Some(ac) => {
                 let all = if self.slots.len() == 64 { u64::MAX } else { (1u64 << self.slots.len()) - 1 };
-                for m in ac.find_overlapping_iter(text) {
+                for m in ac.find_overlapping_iter(view.compact) {
+                    if !view.whole(m.start(), m.end()) {
+                        continue;
+                    }
                     found |= 1 << self.owner[m.pattern().as_usize()];
                     if found == all {
                         break;
@@ -129,7 +159,7 @@ impl KeywordScan {
             }
             None => {
                 for (i, ac) in self.per_list.iter().enumerate() {
-                    found |= u64::from(ac.is_match(text)) << i;
+                    found |= u64::from(keyword_in(ac, view)) << i;
                 }
             }
         }
@@ -163,6 +193,25 @@ impl IntE {
 enum StrE {
     Lit(String),
     Read(StrRead, &'static schema::Field),
+}
+
+impl StrE {
+    /// The free-text reader when this reads a normalised field.
+    fn text(&self) -> Option<TextRead> {
+        match self {
+            StrE::Read(_, field) => field.text,
+            StrE::Lit(_) => None,
+        }
+    }
+
+    /// A literal as it must be written to be compared with this value: normalised
+    /// when this reads a normalised field, as it is otherwise.
+    fn literal(&self, lit: &str) -> String {
+        match self.text() {
+            Some(_) => text::normalise(lit),
+            None => lit.to_string(),
+        }
+    }
 }
 
 enum Value {
@@ -232,19 +281,17 @@ impl<'l> Compiler<'l> {
             let mut owner = Vec::new();
             let mut per_list = Vec::new();
             for (bit, (name, _)) in builder.lists.iter().enumerate() {
-                if let Some(NamedList::Keywords { items, matcher }) = self.lists.get(name.as_str()) {
-                    for k in items.iter().filter(|k| !k.is_empty()) {
-                        keywords.push(k.as_str());
+                if let Some(NamedList::Keywords { items, matcher, folded }) = self.lists.get(name.as_str()) {
+                    let words =
+                        if builder.folded { compact_keywords(items.iter()) } else { items.iter().cloned().collect() };
+                    for k in words.into_iter().filter(|k| !k.is_empty()) {
+                        keywords.push(k);
                         owner.push(bit as u8);
                     }
-                    per_list.push(matcher.clone());
+                    per_list.push(if builder.folded { folded.clone() } else { matcher.clone() });
                 }
             }
-            let combined = AhoCorasick::builder()
-                .ascii_case_insensitive(true)
-                .kind(Some(aho_corasick::AhoCorasickKind::DFA))
-                .build(&keywords)
-                .ok();
+            let combined = keyword_automaton(keywords.iter().map(String::as_str)).ok();
             let slots = builder.lists.iter().map(|(_, slot)| *slot).collect();
             let _ = builder.cell.set(KeywordScan { combined, owner, per_list, slots });
         }
@@ -413,8 +460,8 @@ impl<'l> Compiler<'l> {
                         let hit = items.contains(&s);
                         Box::new(move |_| hit)
                     }
-                    StrE::Read(read, _) => {
-                        let set: HashSet<String> = items.into_iter().collect();
+                    a @ StrE::Read(read, _) => {
+                        let set: HashSet<String> = items.iter().map(|i| a.literal(i)).collect();
                         if set.len() <= 8 {
                             let items: Vec<String> = set.into_iter().collect();
                             Box::new(move |f| {
@@ -505,16 +552,24 @@ impl<'l> Compiler<'l> {
                 let re = self.regex(lit, arg.span)?;
                 Ok(Value::Bool(self.memoised(s, format!("re:{lit}"), move |v| re.is_match(v))))
             }
-            "contains" => {
-                let needle = lit.clone();
-                Ok(Value::Bool(self.memoised(s, format!("contains:{lit}"), move |v| v.contains(needle.as_str()))))
-            }
+            "contains" => match (s.text(), &s) {
+                (Some(read_text), StrE::Read(_, field)) => {
+                    // Free text: a keyword of one, matched as keyword lists are.
+                    let needle = text::compact(lit);
+                    let slot = self.slot(format!("contains:{lit}"), field.path);
+                    Ok(Value::Bool(Box::new(move |f| f.memo(slot, || read_text(f).contains(&needle)))))
+                }
+                _ => {
+                    let needle = lit.clone();
+                    Ok(Value::Bool(self.memoised(s, format!("contains:{lit}"), move |v| v.contains(needle.as_str()))))
+                }
+            },
             "startsWith" => {
-                let p = lit.clone();
+                let p = s.literal(lit);
                 Ok(Value::Bool(str_test(s, move |v| v.starts_with(p.as_str()))))
             }
             "endsWith" => {
-                let p = lit.clone();
+                let p = s.literal(lit);
                 Ok(Value::Bool(str_test(s, move |v| v.ends_with(p.as_str()))))
             }
             _ => {
@@ -524,7 +579,7 @@ impl<'l> Compiler<'l> {
                     return fail(arg.span, format!("unknown list `{lit}`; known lists: {}", known.join(", ")));
                 };
                 if name == "in_list" {
-                    let set = list.items().clone();
+                    let set: HashSet<String> = list.items().iter().map(|i| s.literal(i)).collect();
                     return Ok(Value::Bool(str_test(s, move |v| set.contains(v))));
                 }
                 let key = format!("list:{lit}");
@@ -533,10 +588,11 @@ impl<'l> Compiler<'l> {
                         let re = regex.clone();
                         Ok(Value::Bool(self.memoised(s, key, move |v| re.is_match(v))))
                     }
-                    NamedList::Keywords { matcher, .. } => match s {
+                    NamedList::Keywords { matcher, folded, .. } => match s {
                         StrE::Read(read, field) if self.scan_has_room(field.path, lit) => {
                             let slot = self.slot(key, field.path);
                             let builder = self.keyword_scans.entry(field.path).or_default();
+                            builder.folded = field.text.is_some();
                             let bit = match builder.lists.iter().position(|(n, _)| n == lit) {
                                 Some(bit) => bit,
                                 None => {
@@ -545,9 +601,20 @@ impl<'l> Compiler<'l> {
                                 }
                             };
                             let cell = builder.cell.clone();
-                            Ok(Value::Bool(Box::new(move |f| {
-                                f.memo(slot, || cell.get().is_some_and(|scan| scan.scan(read(f), f, bit)))
-                            })))
+                            Ok(Value::Bool(match field.text {
+                                Some(read_text) => Box::new(move |f| {
+                                    f.memo(slot, || cell.get().is_some_and(|scan| scan.scan(&read_text(f), f, bit)))
+                                }),
+                                None => Box::new(move |f| {
+                                    let view = TextView { compact: read(f), ..TextView::default() };
+                                    f.memo(slot, || cell.get().is_some_and(|scan| scan.scan(&view, f, bit)))
+                                }),
+                            }))
+                        }
+                        StrE::Read(_, field) if field.text.is_some() => {
+                            let (read_text, ac) = (field.text.expect("checked"), folded.clone());
+                            let slot = self.slot(key, field.path);
+                            Ok(Value::Bool(Box::new(move |f| f.memo(slot, || keyword_in(&ac, &read_text(f))))))
                         }
                         s => {
                             let ac = matcher.clone();
@@ -592,7 +659,10 @@ fn str_test(s: StrE, test: impl Fn(&str) -> bool + Send + Sync + 'static) -> Boo
 
 fn compare_strs(eq: bool, a: StrE, b: StrE) -> BoolFn {
     match (a, b) {
-        (StrE::Read(r, _), StrE::Lit(v)) | (StrE::Lit(v), StrE::Read(r, _)) => Box::new(move |f| (r(f) == v) == eq),
+        (read @ StrE::Read(r, _), StrE::Lit(v)) | (StrE::Lit(v), read @ StrE::Read(r, _)) => {
+            let v = read.literal(&v);
+            Box::new(move |f| (r(f) == v) == eq)
+        }
         (StrE::Read(r1, _), StrE::Read(r2, _)) => Box::new(move |f| (r1(f) == r2(f)) == eq),
         (StrE::Lit(a), StrE::Lit(b)) => {
             let v = (a == b) == eq;
@@ -701,16 +771,20 @@ mod tests {
     }
 
     fn eval(src: &str, facts: &Facts) -> bool {
+        // Each condition is compiled on its own: its memo slots start afresh.
+        facts.regex_memo.iter().for_each(|c| c.set(0));
         compile(src).unwrap_or_else(|e| panic!("{src}: {e}"))(facts)
     }
 
     #[test]
     fn evaluates_fields_literals_and_functions() {
         let memo = vec![std::cell::Cell::new(0u8); 8];
+        let raw = "帮忙刷单 please REFUND";
+        let text = text::FoldedText::new(raw);
         let f = Facts {
             transfer_amount: 40_000_000,
             transfer_channel: "counter",
-            transfer_memo: "帮忙刷单 please REFUND",
+            transfer_memo: text.view(raw),
             customer_age: 58,
             customer_limit_raised_ago: 600,
             customer_observations: 0b1,
@@ -731,6 +805,12 @@ mod tests {
         assert!(eval("transfer.memo.matches(r'刷.') && transfer.memo.contains('please')", &f));
         assert!(eval("transfer.amount * 10 >= 400000000 - 1 && -1 < 0", &f));
         assert!(eval("!(transfer.channel == 'atm') && transfer.channel != 'atm'", &f));
+        // Free text is compared normalised on both sides; the raw field opts out.
+        assert!(eval("transfer.memo == '幫忙刷單  PLEASE refund' && transfer.memo.startsWith('帮忙')", &f));
+        assert!(eval("transfer.memo.contains('刷 单') && transfer.memo.contains('please-refund')", &f));
+        assert!(eval("transfer.memo_raw == '帮忙刷单 please REFUND' && transfer.memo_raw.contains('REFUND')", &f));
+        assert!(!eval("transfer.memo_raw.contains('refund') || transfer.memo_raw.contains('刷 单')", &f));
+        assert!(eval("matches_list(transfer.memo_raw, 'scam_words') && transfer.memo.matches('^帮忙刷单 please')", &f));
     }
 
     #[test]
@@ -766,7 +846,13 @@ mod tests {
         assert_eq!(c.regexes.len(), 1);
         assert_eq!(c.memo_slots(), 2);
         let memo = vec![std::cell::Cell::new(0u8); 2];
-        let f = Facts { transfer_memo: "aaa", payee_name: "b", regex_memo: &memo, ..Facts::default() };
+        let (memo_text, name_text) = (text::FoldedText::new("aaa"), text::FoldedText::new("b"));
+        let f = Facts {
+            transfer_memo: memo_text.view("aaa"),
+            payee_name: name_text.view("b"),
+            regex_memo: &memo,
+            ..Facts::default()
+        };
         assert!(a(&f));
         assert_eq!(memo[0].get(), 2);
         assert!(!b(&f));

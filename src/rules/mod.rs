@@ -18,6 +18,7 @@ pub mod parser;
 #[cfg(test)]
 mod proptests;
 pub mod schema;
+pub mod text;
 
 use crate::model::Action;
 use compile::{BoolFn, Compiler, NamedList};
@@ -254,6 +255,8 @@ impl Ruleset {
     /// Compiles from file texts; paths decide each file's role: `ruleset.toml`,
     /// `lists/*.toml`, and any other `*.toml` holds rules.
     pub fn from_sources(mut sources: Vec<Source>) -> Result<Ruleset, Vec<Diagnostic>> {
+        // The text tables are built at load, not on the first request.
+        text::warm_up();
         sources.sort_by(|a, b| a.path.cmp(&b.path));
         let mut diags = Vec::new();
         let kind_of = |s: &Source| {

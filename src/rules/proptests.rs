@@ -6,6 +6,7 @@
 use super::compile::{Compiler, NamedList};
 use super::parser::{parse, BinOp, Expr, ExprKind, UnOp};
 use super::schema::{self, Facts, Read, NEVER};
+use super::text::{self, FoldedText};
 use proptest::prelude::*;
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -114,12 +115,14 @@ fn reference(e: &Expr, f: &Facts, words: &[&str]) -> V {
     };
     match &e.kind {
         ExprKind::Int(n) | ExprKind::Duration(n) => V::Int(*n),
-        ExprKind::Str(s) => V::Str(s.clone()),
+        // Strings are compared normalised ([`text`]); the generated words
+        // differ from each other after normalisation too.
+        ExprKind::Str(s) => V::Str(text::normalise(s)),
         ExprKind::Bool(b) => V::Bool(*b),
         ExprKind::List(items) => V::List(items.iter().map(|i| reference(i, f, words)).collect()),
         ExprKind::Path(p) => match schema::lookup(&p.join(".")).expect("known field").read {
             Read::Int(r) | Read::Duration(r) => V::Int(r(f)),
-            Read::Str(r) => V::Str(r(f).to_string()),
+            Read::Str(r) => V::Str(text::normalise(r(f))),
             Read::Bool(r) => V::Bool(r(f)),
             Read::Observations(r) => V::Obs(r(f)),
         },
@@ -172,12 +175,12 @@ fn reference(e: &Expr, f: &Facts, words: &[&str]) -> V {
             let arg = arg.unwrap_or_default();
             match name.as_str() {
                 "size" => V::Int(s.chars().count() as i64),
-                "contains" => V::Bool(s.contains(&arg)),
+                "contains" => V::Bool(text::compact(&s).contains(&text::compact(&arg))),
                 "startsWith" => V::Bool(s.starts_with(&arg)),
                 "endsWith" => V::Bool(s.ends_with(&arg)),
                 "matches" => V::Bool(regex::Regex::new(&arg).unwrap().is_match(&s)),
-                "in_list" => V::Bool(words.contains(&s.as_str())),
-                "matches_list" => V::Bool(words.iter().any(|w| s.to_lowercase().contains(&w.to_lowercase()))),
+                "in_list" => V::Bool(words.iter().any(|w| text::normalise(w) == s)),
+                "matches_list" => V::Bool(words.iter().any(|w| text::compact(&s).contains(&text::compact(w)))),
                 other => panic!("unknown {other}"),
             }
         }
@@ -233,6 +236,7 @@ proptest! {
         let compiled = compiler.condition(&expr).unwrap_or_else(|e| panic!("{src}: {e}"));
         let memo = vec![Cell::new(0u8); compiler.finish()];
         let (ints, durs, bools, strs, obs) = facts;
+        let (memo_text, name_text) = (FoldedText::new(WORDS[strs[0]]), FoldedText::new(WORDS[strs[1]]));
         let f = Facts {
             transfer_amount: ints[0],
             transfer_hour: ints[1],
@@ -246,8 +250,8 @@ proptest! {
             payee_is_new: bools[0],
             payee_watchlisted: bools[1],
             customer_limit_raised_to_max: bools[2],
-            transfer_memo: WORDS[strs[0]],
-            payee_name: WORDS[strs[1]],
+            transfer_memo: memo_text.view(WORDS[strs[0]]),
+            payee_name: name_text.view(WORDS[strs[1]]),
             transfer_currency: WORDS[strs[2]],
             customer_observations: obs & 0b11_1111,
             regex_memo: &memo,

@@ -5,6 +5,7 @@
 //!
 //! Must not compute facts (the engine fills [`Facts`] from a transfer and state).
 
+use super::text::TextView;
 use crate::model::{Channel, Observation};
 use std::cell::Cell;
 
@@ -19,7 +20,8 @@ pub struct Facts<'a> {
     pub transfer_amount: i64,
     pub transfer_currency: &'a str,
     pub transfer_channel: &'a str,
-    pub transfer_memo: &'a str,
+    /// The memo in all its forms ([`super::text`]).
+    pub transfer_memo: TextView<'a>,
     pub transfer_hour: i64,
     pub bank_id: &'a str,
     pub branch_id: &'a str,
@@ -30,7 +32,7 @@ pub struct Facts<'a> {
     pub customer_limit_raised_to_max: bool,
     pub customer_observations: u8,
     pub payee_account: &'a str,
-    pub payee_name: &'a str,
+    pub payee_name: TextView<'a>,
     pub payee_bank: &'a str,
     pub payee_is_new: bool,
     pub payee_first_paid_ago: i64,
@@ -92,6 +94,7 @@ impl Ty {
 }
 
 pub type StrRead = for<'a, 'b> fn(&'b Facts<'a>) -> &'a str;
+pub type TextRead = for<'a, 'b> fn(&'b Facts<'a>) -> TextView<'a>;
 
 /// How a field is read from [`Facts`].
 #[derive(Clone, Copy)]
@@ -123,6 +126,9 @@ pub struct Field {
     pub optional: bool,
     /// The only values a string field takes, checked against literals at load.
     pub values: &'static [&'static str],
+    /// Free text read normalised ([`super::text`]): literals compared with it
+    /// are normalised at load, keyword lists and `contains` match its compact form.
+    pub text: Option<TextRead>,
     pub doc: &'static str,
 }
 
@@ -131,7 +137,12 @@ pub const OBSERVATIONS: &[&str] =
     &["on_phone_with_stranger", "agitated", "refuses_to_explain", "accompanied_by_stranger", "coached", "urgent"];
 
 const fn field(path: &'static str, read: Read, doc: &'static str) -> Field {
-    Field { path, read, optional: false, values: &[], doc }
+    Field { path, read, optional: false, values: &[], text: None, doc }
+}
+
+/// A free-text field: read normalised, matched by keywords in its compact form.
+const fn text(path: &'static str, read: StrRead, text: TextRead, doc: &'static str) -> Field {
+    Field { text: Some(text), ..field(path, Read::Str(read), doc) }
 }
 
 /// The context schema.
@@ -150,7 +161,17 @@ pub static FIELDS: &[Field] = &[
             "How the customer sends: `counter`, `atm`, `mobile` or `online`.",
         )
     },
-    field("transfer.memo", Read::Str(|f| f.transfer_memo), "The customer's stated purpose (free text, may be empty)."),
+    text(
+        "transfer.memo",
+        |f| f.transfer_memo.normalised,
+        |f| f.transfer_memo,
+        "The customer's stated purpose (free text, may be empty), normalised: see *Matching text*.",
+    ),
+    field(
+        "transfer.memo_raw",
+        Read::Str(|f| f.transfer_memo.raw),
+        "The memo exactly as sent, for the rare rule that must see it unnormalised.",
+    ),
     field(
         "transfer.hour",
         Read::Int(|f| f.transfer_hour),
@@ -199,7 +220,8 @@ pub static FIELDS: &[Field] = &[
         Read::Str(|f| f.payee_account),
         "The payee's account number (compare with lists; never logged in full).",
     ),
-    field("payee.name", Read::Str(|f| f.payee_name), "The payee's name."),
+    text("payee.name", |f| f.payee_name.normalised, |f| f.payee_name, "The payee's name, normalised like the memo."),
+    field("payee.name_raw", Read::Str(|f| f.payee_name.raw), "The payee's name exactly as sent."),
     field("payee.bank", Read::Str(|f| f.payee_bank), "The payee's bank code."),
     field(
         "payee.is_new",
