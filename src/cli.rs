@@ -220,7 +220,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TRANSFER_GUARD_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// A TOML config file (keys: listen, rules, data_dir, durability, metrics_listen, nats_url,
-    /// nats_stream, nats_subject_prefix).
+    /// nats_stream, nats_subject_prefix, max_clock_skew).
     #[arg(long, env = "TRANSFER_GUARD_CONFIG")]
     config: Option<PathBuf>,
     /// sync (default): answer only once the change is on disk in DATA_DIR/store, and recover it
@@ -242,6 +242,10 @@ pub struct ServeArgs {
     /// Subject prefix; station S gets PREFIX.S. Default transferguard.alerts.
     #[arg(long, env = "TRANSFER_GUARD_NATS_SUBJECT_PREFIX")]
     nats_subject_prefix: Option<String>,
+    /// How far a live Screen's or RecordEvent's timestamps may be from this server's clock
+    /// (default 5m); further off is INVALID_ARGUMENT. DryRun, backtest and simulate replay any time.
+    #[arg(long, env = "TRANSFER_GUARD_MAX_CLOCK_SKEW")]
+    max_clock_skew: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -267,6 +271,10 @@ pub struct ScreenArgs {
     /// A ScreenRequest in proto3 JSON (as grpcurl speaks it); `-` reads stdin.
     #[arg(long, short)]
     file: Option<PathBuf>,
+    /// With --file: move every time in the request by the same amount so that requestedAt
+    /// is now (a saved request replayed live; the server refuses times far from its clock).
+    #[arg(long, requires = "file")]
+    now: bool,
     /// Evaluate without touching state or raising alerts.
     #[arg(long)]
     dry_run: bool,
@@ -704,6 +712,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         nats_subject_prefix: args.nats_subject_prefix,
         metrics_listen: args.metrics_listen,
         durability: args.durability,
+        max_clock_skew: args.max_clock_skew,
     })?;
     let guard = match crate::service::TransferGuard::open(&config.rules_dir) {
         Ok(g) => g,
@@ -743,7 +752,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             .await
             .with_context(|| format!("listen for metrics on {}", config.metrics_listen))?;
         tracing::info!(metrics = %metrics.local_addr()?, "metrics at /metrics");
-        let extras = server::Extras { nats: config.nats.clone(), metrics: Some(metrics), watch_rules: true };
+        let extras = server::Extras {
+            nats: config.nats.clone(),
+            metrics: Some(metrics),
+            watch_rules: true,
+            max_clock_skew: config.max_clock_skew,
+        };
         server::run_with(listener, guard, extras, server::shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(0)
@@ -929,6 +943,17 @@ fn screen_request(args: &ScreenArgs) -> anyhow::Result<pb::ScreenRequest> {
             std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?
         };
         let mut r: pb::ScreenRequest = serde_json::from_str(&text).context("not a ScreenRequest in proto3 JSON")?;
+        if args.now {
+            if let Some(at) = r.requested_at {
+                let shift = now().seconds - at.seconds;
+                r.requested_at = Some(now());
+                if let Some(change) = r.customer.as_mut().and_then(|c| c.last_limit_change.as_mut()) {
+                    if let Some(t) = change.changed_at.as_mut() {
+                        t.seconds = t.seconds.saturating_add(shift);
+                    }
+                }
+            }
+        }
         if r.requested_at.is_none() {
             r.requested_at = Some(now());
         }

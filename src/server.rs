@@ -28,6 +28,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_RULES: &str = "rules";
 pub const DEFAULT_DATA: &str = "data";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+/// How far a live request's timestamps may be from the server's clock.
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 
 /// How often holds are expired and overdue alerts escalated.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -44,6 +46,9 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     /// `sync`: every change is on disk in DATA_DIR/store before its answer; `none`: memory only.
     pub durability: Durability,
+    /// Live `Screen` and `RecordEvent` timestamps further than this from the
+    /// server's clock are refused.
+    pub max_clock_skew: Duration,
 }
 
 /// The config file (TOML). Every key is optional.
@@ -58,6 +63,8 @@ pub struct FileConfig {
     pub nats_subject_prefix: Option<String>,
     pub metrics_listen: Option<String>,
     pub durability: Option<Durability>,
+    /// A duration: `90s`, `5m`.
+    pub max_clock_skew: Option<String>,
 }
 
 /// What came from flags or `TRANSFER_GUARD_*` env vars (clap merges those two,
@@ -73,6 +80,7 @@ pub struct Overrides {
     pub nats_subject_prefix: Option<String>,
     pub metrics_listen: Option<String>,
     pub durability: Option<Durability>,
+    pub max_clock_skew: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +91,8 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("listen address `{0}` is not HOST:PORT")]
     Listen(String),
+    #[error("max_clock_skew `{0}` is not a positive duration such as `90s` or `5m`")]
+    ClockSkew(String),
 }
 
 impl Config {
@@ -112,7 +122,15 @@ impl Config {
         });
         let metrics_listen =
             o.metrics_listen.clone().or(file.metrics_listen).unwrap_or_else(|| DEFAULT_METRICS_LISTEN.into());
+        let max_clock_skew = match o.max_clock_skew.clone().or(file.max_clock_skew) {
+            None => DEFAULT_MAX_CLOCK_SKEW,
+            Some(s) => match crate::rules::parse_duration(s.trim()) {
+                Some(secs) if secs > 0 => Duration::from_secs(secs as u64),
+                _ => return Err(ConfigError::ClockSkew(s)),
+            },
+        };
         Ok(Config {
+            max_clock_skew,
             metrics_listen: metrics_listen.parse().map_err(|_| ConfigError::Listen(metrics_listen.clone()))?,
             nats,
             listen: listen.parse().map_err(|_| ConfigError::Listen(listen.clone()))?,
@@ -138,7 +156,6 @@ pub async fn run(
 }
 
 /// What `serve` may add to the gRPC services.
-#[derive(Default)]
 pub struct Extras {
     /// Publish alert events to NATS JetStream too.
     pub nats: Option<NatsConfig>,
@@ -146,6 +163,14 @@ pub struct Extras {
     pub metrics: Option<TcpListener>,
     /// Reload when a file in the rules folder changes, and on SIGHUP.
     pub watch_rules: bool,
+    /// How far live requests' timestamps may be from the server's clock.
+    pub max_clock_skew: Duration,
+}
+
+impl Default for Extras {
+    fn default() -> Extras {
+        Extras { nats: None, metrics: None, watch_rules: false, max_clock_skew: DEFAULT_MAX_CLOCK_SKEW }
+    }
 }
 
 /// How long the rules folder must be quiet before a change is reloaded, so an
@@ -244,7 +269,8 @@ pub async fn run_with(
         progress.published_cursor.store(guard.nats_cursor(), std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(delivery::run(guard.clone(), config, progress, streams_stop.clone()))
     });
-    let api = Api { guard: guard.clone(), shutdown: streams_stop };
+    let api =
+        Api { guard: guard.clone(), shutdown: streams_stop, max_clock_skew: extras.max_clock_skew.as_secs() as i64 };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ScreeningServer<Api>>().await;
@@ -344,7 +370,16 @@ mod tests {
         assert_eq!(Config::resolve(&o).unwrap().durability, Durability::Sync);
 
         std::fs::write(&file, "listen = 5\n").unwrap();
-        let e = Config::resolve(&Overrides { config: Some(file), ..Overrides::default() }).unwrap_err();
+        let e = Config::resolve(&Overrides { config: Some(file.clone()), ..Overrides::default() }).unwrap_err();
         assert!(e.to_string().contains("tg.toml:1:10"), "{e}");
+
+        assert_eq!(Config::resolve(&Overrides::default()).unwrap().max_clock_skew, DEFAULT_MAX_CLOCK_SKEW);
+        std::fs::write(&file, "max_clock_skew = \"2m\"\n").unwrap();
+        let o = Overrides { config: Some(file), ..Overrides::default() };
+        assert_eq!(Config::resolve(&o).unwrap().max_clock_skew, Duration::from_secs(120));
+        let o = Overrides { max_clock_skew: Some("90s".into()), ..o };
+        assert_eq!(Config::resolve(&o).unwrap().max_clock_skew, Duration::from_secs(90));
+        let o = Overrides { max_clock_skew: Some("soon".into()), ..o };
+        assert!(Config::resolve(&o).unwrap_err().to_string().contains("max_clock_skew `soon`"));
     }
 }

@@ -139,6 +139,83 @@ impl Violations {
     }
 }
 
+/// The server's clock and how far a live request's timestamps may be from it.
+///
+/// The engine never reads the clock (rule tests and backtests replay exactly),
+/// so a live request's own times are all it knows of "now": one stamped years
+/// ahead or behind would shift the customer's windows, ages and "first paid"
+/// times for everything after it. Live `Screen` and `RecordEvent` calls are
+/// therefore held to the server's clock; `DryRun` is not.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveClock {
+    pub now: UnixSeconds,
+    /// Seconds either side of `now`.
+    pub skew: i64,
+}
+
+impl LiveClock {
+    /// `at` must lie within `now ± skew`.
+    pub fn within(&self, v: &mut Violations, field: &str, at: UnixSeconds) {
+        if at == 0 {
+            return; // already reported as missing or invalid
+        }
+        let (earliest, latest) = (self.now - self.skew, self.now + self.skew);
+        if !(earliest..=latest).contains(&at) {
+            v.add(
+                field,
+                format!(
+                    "{} is not within {} of the server's clock: accepted from {} to {}",
+                    rfc3339(at),
+                    skew_text(self.skew),
+                    rfc3339(earliest),
+                    rfc3339(latest)
+                ),
+            );
+        }
+    }
+
+    /// `at` (a past event) must not lie beyond `now + skew`.
+    pub fn not_after(&self, v: &mut Violations, field: &str, at: UnixSeconds) {
+        let latest = self.now + self.skew;
+        if at > latest {
+            v.add(
+                field,
+                format!(
+                    "{} is in the future: accepted up to {} (server clock + {})",
+                    rfc3339(at),
+                    rfc3339(latest),
+                    skew_text(self.skew)
+                ),
+            );
+        }
+    }
+
+    /// A live transfer's times: when it was asked, and the limit change it reports.
+    pub fn check_transfer(&self, t: &Transfer) -> Result<(), Vec<FieldViolation>> {
+        let mut v = Violations::default();
+        self.within(&mut v, "requested_at", t.requested_at);
+        if let Some(change) = &t.customer.last_limit_change {
+            self.not_after(&mut v, "customer.last_limit_change.changed_at", change.changed_at);
+        }
+        v.into_result(())
+    }
+}
+
+fn rfc3339(at: UnixSeconds) -> String {
+    time::OffsetDateTime::from_unix_timestamp(at)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| at.to_string())
+}
+
+fn skew_text(secs: i64) -> String {
+    if secs % 60 == 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
 fn truncate(s: &str) -> String {
     s.chars().take(32).collect()
 }

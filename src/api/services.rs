@@ -21,6 +21,8 @@ pub struct Api {
     pub guard: Arc<TransferGuard>,
     /// Turns true when the server shuts down: streams end so draining can finish.
     pub shutdown: watch::Receiver<bool>,
+    /// Seconds a live request's timestamps may be from the server's clock.
+    pub max_clock_skew: i64,
 }
 
 impl Api {
@@ -37,6 +39,11 @@ impl Api {
         };
         self.guard.metrics().observe_rpc(method, code_name(code));
         result
+    }
+
+    /// The server's clock now, with the skew live requests are held to.
+    fn live_clock(&self) -> convert::LiveClock {
+        convert::LiveClock { now: crate::service::wall_clock(), skew: self.max_clock_skew }
     }
 }
 
@@ -219,12 +226,14 @@ impl pb::screening_server::Screening for Api {
         self.rpc("Screen", async move {
             let started = std::time::Instant::now();
             let request = request.into_inner();
-            let transfer = Transfer::try_from(&request).map_err(|v| {
-                // Field names only: a bad value may be an account number.
-                let fields: Vec<&str> = v.iter().map(|f| f.field.as_str()).collect();
-                tracing::debug!(method = "Screen", ?fields, "invalid request");
-                invalid(v)
-            })?;
+            let transfer = Transfer::try_from(&request)
+                .and_then(|t| self.live_clock().check_transfer(&t).map(|()| t))
+                .map_err(|v| {
+                    // Field names only: a bad value may be an account number.
+                    let fields: Vec<&str> = v.iter().map(|f| f.field.as_str()).collect();
+                    tracing::debug!(method = "Screen", ?fields, "invalid request");
+                    invalid(v)
+                })?;
             let screened = self.guard.screen(&transfer, fingerprint(&request)).map_err(status_of)?;
             // Answer only once the decision, its state change and its alert are on disk.
             self.guard.committed().await.map_err(status_of)?;
@@ -264,7 +273,7 @@ impl pb::screening_server::Screening for Api {
     ) -> Result<Response<pb::RecordEventResponse>, Status> {
         self.rpc("RecordEvent", async move {
             let request = request.into_inner();
-            let event = customer_event(&request).map_err(invalid)?;
+            let event = customer_event(&request, self.live_clock()).map_err(invalid)?;
             let duplicate =
                 self.guard.record_event(&request.event_id, fingerprint(&request), event).map_err(status_of)?;
             self.guard.committed().await.map_err(status_of)?;
@@ -323,7 +332,9 @@ fn request_id(r: &pb::GetTransferRequest) -> Result<String, Status> {
     v.into_result(id).map_err(invalid)
 }
 
-fn customer_event(r: &pb::RecordEventRequest) -> Result<CustomerEvent, Vec<FieldViolation>> {
+/// Validates an event; its timestamps must be live (`clock`): a core-banking
+/// system reports what happens as it happens.
+fn customer_event(r: &pb::RecordEventRequest, clock: convert::LiveClock) -> Result<CustomerEvent, Vec<FieldViolation>> {
     use pb::record_event_request::Event;
     let mut v = Violations::default();
     v.id("event_id", &r.event_id, 128);
@@ -332,15 +343,23 @@ fn customer_event(r: &pb::RecordEventRequest) -> Result<CustomerEvent, Vec<Field
             v.add("event", "required: one of limit_changed, payee_added, transfer_executed, transfer_cancelled");
             None
         }
-        Some(Event::LimitChanged(l)) => Some(CustomerEvent::LimitChanged {
-            customer_id: v.id("limit_changed.customer_id", &l.customer_id, 64),
-            change: convert::limit_change(&mut v, "limit_changed", l),
-        }),
-        Some(Event::PayeeAdded(p)) => Some(CustomerEvent::PayeeAdded {
-            customer_id: v.id("payee_added.customer_id", &p.customer_id, 64),
-            payee: convert::payee(&mut v, "payee_added.payee", p.payee.as_ref()),
-            added_at: v.time("payee_added.added_at", p.added_at.as_ref()),
-        }),
+        Some(Event::LimitChanged(l)) => {
+            let change = convert::limit_change(&mut v, "limit_changed", l);
+            clock.within(&mut v, "limit_changed.changed_at", change.changed_at);
+            Some(CustomerEvent::LimitChanged {
+                customer_id: v.id("limit_changed.customer_id", &l.customer_id, 64),
+                change,
+            })
+        }
+        Some(Event::PayeeAdded(p)) => {
+            let added_at = v.time("payee_added.added_at", p.added_at.as_ref());
+            clock.within(&mut v, "payee_added.added_at", added_at);
+            Some(CustomerEvent::PayeeAdded {
+                customer_id: v.id("payee_added.customer_id", &p.customer_id, 64),
+                payee: convert::payee(&mut v, "payee_added.payee", p.payee.as_ref()),
+                added_at,
+            })
+        }
         Some(Event::TransferExecuted(t)) => Some(CustomerEvent::TransferExecuted {
             request_id: v.id("transfer_executed.request_id", &t.request_id, 128),
         }),

@@ -40,7 +40,7 @@ const INT_FIELDS: &[&str] = &[
 ];
 const DUR_FIELDS: &[&str] = &["customer.limit_raised_ago", "payee.first_paid_ago"];
 const BOOL_FIELDS: &[&str] = &["payee.is_new", "payee.watchlisted", "customer.limit_raised_to_max"];
-const STR_FIELDS: &[&str] = &["transfer.memo", "payee.name", "transfer.currency"];
+const STR_FIELDS: &[&str] = &["transfer.memo", "payee.name", "transfer.currency", "transfer.memo_raw"];
 const WORDS: &[&str] = &["", "a", "ab", "刷单", "CNY", "x\"y", "Refund"];
 const PATTERNS: &[&str] = &["a+", "^a", "刷.", "(?i)refund", "b$"];
 
@@ -98,7 +98,12 @@ fn gen_bool(g: &mut Gen, depth: u32) -> String {
 #[derive(Debug, Clone, PartialEq)]
 enum V {
     Int(i64),
+    /// A string field, read as it is.
     Str(String),
+    /// A string literal.
+    Lit(String),
+    /// A free-text field, read normalised ([`text`]).
+    Text(String),
     Bool(bool),
     Obs(u8),
     List(Vec<V>),
@@ -115,14 +120,13 @@ fn reference(e: &Expr, f: &Facts, words: &[&str]) -> V {
     };
     match &e.kind {
         ExprKind::Int(n) | ExprKind::Duration(n) => V::Int(*n),
-        // Strings are compared normalised ([`text`]); the generated words
-        // differ from each other after normalisation too.
-        ExprKind::Str(s) => V::Str(text::normalise(s)),
+        ExprKind::Str(s) => V::Lit(s.clone()),
         ExprKind::Bool(b) => V::Bool(*b),
         ExprKind::List(items) => V::List(items.iter().map(|i| reference(i, f, words)).collect()),
         ExprKind::Path(p) => match schema::lookup(&p.join(".")).expect("known field").read {
             Read::Int(r) | Read::Duration(r) => V::Int(r(f)),
-            Read::Str(r) => V::Str(text::normalise(r(f))),
+            Read::Str(r) if schema::lookup(&p.join(".")).unwrap().text.is_some() => V::Text(text::normalise(r(f))),
+            Read::Str(r) => V::Str(r(f).to_string()),
             Read::Bool(r) => V::Bool(r(f)),
             Read::Observations(r) => V::Obs(r(f)),
         },
@@ -140,18 +144,18 @@ fn reference(e: &Expr, f: &Facts, words: &[&str]) -> V {
                 BinOp::Add => V::Int(int(a).saturating_add(int(b))),
                 BinOp::Sub => V::Int(int(a).saturating_sub(int(b))),
                 BinOp::Mul => V::Int(int(a).saturating_mul(int(b))),
-                BinOp::Eq => V::Bool(a == b),
-                BinOp::Ne => V::Bool(a != b),
+                BinOp::Eq => V::Bool(same(&a, &b)),
+                BinOp::Ne => V::Bool(!same(&a, &b)),
                 BinOp::Lt => V::Bool(int(a) < int(b)),
                 BinOp::Le => V::Bool(int(a) <= int(b)),
                 BinOp::Gt => V::Bool(int(a) > int(b)),
                 BinOp::Ge => V::Bool(int(a) >= int(b)),
                 BinOp::In => match (a, b) {
-                    (V::Str(s), V::Obs(bits)) => {
+                    (V::Lit(s), V::Obs(bits)) => {
                         let i = schema::OBSERVATIONS.iter().position(|o| *o == s).unwrap();
                         V::Bool(bits & (1 << i) != 0)
                     }
-                    (a, V::List(items)) => V::Bool(items.contains(&a)),
+                    (a, V::List(items)) => V::Bool(items.iter().any(|i| same(&a, i))),
                     other => panic!("bad in: {other:?}"),
                 },
                 _ => unreachable!(),
@@ -167,23 +171,46 @@ fn reference(e: &Expr, f: &Facts, words: &[&str]) -> V {
                 }
                 None => (reference(&args[0], f, words), &args[1..]),
             };
-            let V::Str(s) = subject else { panic!("not a string") };
             let arg = rest.first().map(|a| match reference(a, f, words) {
-                V::Str(x) => x,
+                V::Lit(x) => x,
                 other => panic!("{other:?}"),
             });
             let arg = arg.unwrap_or_default();
-            match name.as_str() {
-                "size" => V::Int(s.chars().count() as i64),
-                "contains" => V::Bool(text::compact(&s).contains(&text::compact(&arg))),
-                "startsWith" => V::Bool(s.starts_with(&arg)),
-                "endsWith" => V::Bool(s.ends_with(&arg)),
-                "matches" => V::Bool(regex::Regex::new(&arg).unwrap().is_match(&s)),
-                "in_list" => V::Bool(words.iter().any(|w| text::normalise(w) == s)),
-                "matches_list" => V::Bool(words.iter().any(|w| text::compact(&s).contains(&text::compact(w)))),
-                other => panic!("unknown {other}"),
+            match subject {
+                // Free text: literals normalised, keywords matched in the compact form.
+                V::Text(s) => match name.as_str() {
+                    "size" => V::Int(s.chars().count() as i64),
+                    "contains" => V::Bool(text::compact(&s).contains(&text::compact(&arg))),
+                    "startsWith" => V::Bool(s.starts_with(&text::normalise(&arg))),
+                    "endsWith" => V::Bool(s.ends_with(&text::normalise(&arg))),
+                    "matches" => V::Bool(regex::Regex::new(&arg).unwrap().is_match(&s)),
+                    "in_list" => V::Bool(words.iter().any(|w| text::normalise(w) == s)),
+                    "matches_list" => V::Bool(words.iter().any(|w| text::compact(&s).contains(&text::compact(w)))),
+                    other => panic!("unknown {other}"),
+                },
+                V::Str(s) | V::Lit(s) => match name.as_str() {
+                    "size" => V::Int(s.chars().count() as i64),
+                    "contains" => V::Bool(s.contains(&arg)),
+                    "startsWith" => V::Bool(s.starts_with(&arg)),
+                    "endsWith" => V::Bool(s.ends_with(&arg)),
+                    "matches" => V::Bool(regex::Regex::new(&arg).unwrap().is_match(&s)),
+                    "in_list" => V::Bool(words.contains(&s.as_str())),
+                    "matches_list" => V::Bool(words.iter().any(|w| s.to_lowercase().contains(&w.to_lowercase()))),
+                    other => panic!("unknown {other}"),
+                },
+                other => panic!("not a string: {other:?}"),
             }
         }
+    }
+}
+
+/// `==` in the reference: free text against a literal compares the normalised
+/// literal; two fields compare as each reads.
+fn same(a: &V, b: &V) -> bool {
+    match (a, b) {
+        (V::Text(t), V::Lit(s)) | (V::Lit(s), V::Text(t)) => *t == text::normalise(s),
+        (V::Text(x) | V::Str(x) | V::Lit(x), V::Text(y) | V::Str(y) | V::Lit(y)) => x == y,
+        (a, b) => a == b,
     }
 }
 

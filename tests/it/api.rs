@@ -280,7 +280,7 @@ async fn the_cli_screens_the_example_files() {
     let run = move |file: &'static str| {
         let addr = addr.clone();
         tokio::task::spawn_blocking(move || {
-            crate::harness::transfer_guard(&["screen", "--addr", &addr, "--file", file, "--json"])
+            crate::harness::transfer_guard(&["screen", "--addr", &addr, "--file", file, "--now", "--json"])
         })
     };
     let seed = run("examples/seed-case.json").await.unwrap();
@@ -288,6 +288,16 @@ async fn the_cli_screens_the_example_files() {
     let answer: pb::ScreenResponse = serde_json::from_slice(&seed.stdout).expect("proto3 JSON");
     assert_eq!(answer.action, pb::Action::Hold as i32, "{answer:?}");
     assert_eq!(answer.station_id, "heshan-zhongshan-ps");
+
+    // Without --now, the file's own (past) time is refused by the live server.
+    let stale = tokio::task::spawn_blocking({
+        let addr = server.addr.clone();
+        move || crate::harness::transfer_guard(&["screen", "--addr", &addr, "--file", "examples/seed-case.json"])
+    })
+    .await
+    .unwrap();
+    assert!(!stale.status.success());
+    assert!(String::from_utf8_lossy(&stale.stderr).contains("requested_at"), "{stale:?}");
 
     let rent = run("examples/rent.json").await.unwrap();
     let answer: pb::ScreenResponse = serde_json::from_slice(&rent.stdout).expect("proto3 JSON");

@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use transfer_guard::api::proto as pb;
 use transfer_guard::delivery::NatsConfig;
+use transfer_guard::server::Extras;
 use transfer_guard::service::{wall_clock, TransferGuard};
 
 pub fn repo() -> PathBuf {
@@ -76,20 +77,21 @@ impl TestServer {
     /// Also publishing alert events to NATS when `nats` is set, and serving
     /// `/metrics` (its address in `metrics_addr`).
     pub async fn start_full(prepare: impl FnOnce(&Path), nats: Option<NatsConfig>, watch_rules: bool) -> TestServer {
-        TestServer::start_opts(prepare, nats, watch_rules, false).await
+        TestServer::start_opts(prepare, Extras { nats, watch_rules, ..Extras::default() }, false).await
     }
 
     /// The shipped rules, with a durable store (`--durability sync`) in the data dir.
     pub async fn start_durable() -> TestServer {
-        TestServer::start_opts(|_| {}, None, false, true).await
+        TestServer::start_opts(|_| {}, Extras::default(), true).await
     }
 
-    async fn start_opts(
-        prepare: impl FnOnce(&Path),
-        nats: Option<NatsConfig>,
-        watch_rules: bool,
-        durable: bool,
-    ) -> TestServer {
+    /// The shipped rules, holding live requests' times to `max_clock_skew`.
+    pub async fn start_with_clock_skew(max_clock_skew: std::time::Duration) -> TestServer {
+        TestServer::start_opts(|_| {}, Extras { max_clock_skew, ..Extras::default() }, false).await
+    }
+
+    /// `extras` as given, but for the metrics listener, which is always bound here.
+    async fn start_opts(prepare: impl FnOnce(&Path), extras: Extras, durable: bool) -> TestServer {
         let rules = rules_copy();
         prepare(rules.path());
         let data = tempfile::tempdir().unwrap();
@@ -105,7 +107,7 @@ impl TestServer {
         let (stop, stopped) = oneshot::channel::<()>();
         let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics_addr = metrics.local_addr().unwrap().to_string();
-        let extras = transfer_guard::server::Extras { nats, metrics: Some(metrics), watch_rules };
+        let extras = Extras { metrics: Some(metrics), ..extras };
         let task = tokio::spawn(transfer_guard::server::run_with(listener, guard.clone(), extras, async {
             let _ = stopped.await;
         }));

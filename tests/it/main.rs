@@ -6,6 +6,7 @@ mod backtest;
 mod durability;
 mod harness;
 mod holds;
+mod live_time;
 mod metrics;
 mod nats;
 mod ops;
