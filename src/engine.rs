@@ -39,16 +39,20 @@ pub struct RequestText {
 }
 
 impl RequestText {
-    pub fn of(transfer: &Transfer) -> RequestText {
-        let mut t = RequestText::default();
-        t.fill(transfer);
-        t
-    }
-
-    /// Normalises `transfer`'s text into these buffers.
-    pub fn fill(&mut self, transfer: &Transfer) {
-        self.memo.fill(&transfer.memo);
-        self.payee_name.fill(&transfer.payee.name);
+    /// Normalises the text of `transfer` that `ruleset` reads into these
+    /// buffers (the rest is left empty: no rule looks at it).
+    pub fn fill(&mut self, ruleset: &Ruleset, transfer: &Transfer) {
+        let read = ruleset.text_fields;
+        if read.memo {
+            self.memo.fill(&transfer.memo);
+        } else {
+            self.memo.clear();
+        }
+        if read.payee_name {
+            self.payee_name.fill(&transfer.payee.name);
+        } else {
+            self.payee_name.clear();
+        }
     }
 }
 
@@ -65,7 +69,7 @@ pub fn evaluate(ruleset: &Ruleset, transfer: &Transfer, snapshot: &Snapshot) -> 
         let (memo, text) = &mut *buffers;
         memo.clear();
         memo.resize(ruleset.memo_slots, Cell::new(0));
-        text.fill(transfer);
+        text.fill(ruleset, transfer);
         let facts = facts(ruleset, transfer, snapshot, text, memo);
         let decision = decide(ruleset, &facts);
         Evaluation {

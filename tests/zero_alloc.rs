@@ -28,7 +28,7 @@ fn evaluating_conditions_allocates_nothing() {
         let snapshot =
             state.snapshot(&case.transfer.customer.customer_id, &case.transfer.payee, case.transfer.requested_at);
         let before = counting_alloc::allocations();
-        text.fill(&case.transfer);
+        text.fill(&ruleset, &case.transfer);
         let facts = engine::facts(&ruleset, &case.transfer, &snapshot, &text, &memo);
         let mut matched = 0;
         for rule in &ruleset.rules {

@@ -40,8 +40,8 @@ pub enum NamedList {
     Values(HashSet<String>),
     /// Substrings, found in one pass by an Aho-Corasick automaton;
     /// `matches_list`. `matcher` finds the items as written (ignoring ASCII
-    /// case) in raw text; `folded` finds their compact forms in the compact
-    /// form of normalised text ([`text`]).
+    /// case) in raw text; `folded` finds them normalised in normalised text
+    /// ([`text`]).
     Keywords { items: HashSet<String>, matcher: Arc<AhoCorasick>, folded: Arc<AhoCorasick> },
     /// Substrings or regexes, joined into one regex; `matches_list` (and
     /// `in_list` for exact equality with an item).
@@ -54,11 +54,11 @@ impl NamedList {
     }
 
     /// Keywords match as substrings: of raw text ignoring ASCII case, of
-    /// normalised text in their compact form.
+    /// normalised text normalised.
     pub fn keywords(items: &[String]) -> Result<NamedList, aho_corasick::BuildError> {
-        let matcher = keyword_automaton(items.iter().map(String::as_str))?;
-        let compact = compact_keywords(items.iter());
-        let folded = keyword_automaton(compact.iter().map(String::as_str))?;
+        let matcher = keyword_automaton(items.iter().map(String::as_str), false)?;
+        let normalised = normalised_keywords(items.iter());
+        let folded = keyword_automaton(normalised.iter().map(String::as_str), true)?;
         Ok(NamedList::Keywords {
             items: items.iter().cloned().collect(),
             matcher: Arc::new(matcher),
@@ -86,21 +86,26 @@ impl NamedList {
     }
 }
 
-fn keyword_automaton<'k>(keywords: impl Iterator<Item = &'k str>) -> Result<AhoCorasick, aho_corasick::BuildError> {
+/// An automaton over `keywords`; over raw text it ignores ASCII case, over
+/// normalised text (`folded`) there is no upper case left to ignore.
+fn keyword_automaton<'k>(
+    keywords: impl Iterator<Item = &'k str>,
+    folded: bool,
+) -> Result<AhoCorasick, aho_corasick::BuildError> {
     AhoCorasick::builder()
-        .ascii_case_insensitive(true)
+        .ascii_case_insensitive(!folded)
         .kind(Some(aho_corasick::AhoCorasickKind::DFA))
         .build(keywords.filter(|k| !k.is_empty()))
 }
 
-/// The compact forms of keywords, without the ones that normalise to nothing.
-fn compact_keywords<'k>(items: impl Iterator<Item = &'k String>) -> Vec<String> {
-    items.map(|k| text::compact(k)).filter(|k| !k.is_empty()).collect()
+/// Keywords normalised, without the ones that normalise to nothing.
+fn normalised_keywords<'k>(items: impl Iterator<Item = &'k String>) -> Vec<String> {
+    items.map(|k| text::normalise(k)).filter(|k| !k.is_empty()).collect()
 }
 
-/// Does a keyword automaton over compact forms find a whole keyword in `view`?
+/// Does a keyword automaton over normalised keywords find a whole keyword in `view`?
 fn keyword_in(ac: &AhoCorasick, view: &TextView) -> bool {
-    ac.find_overlapping_iter(view.compact).any(|m| view.whole(m.start(), m.end()))
+    ac.find_overlapping_iter(view.text).any(|m| view.whole(m.start(), m.end()))
 }
 
 pub fn build_regex(pattern: &str) -> Result<Regex, regex::Error> {
@@ -115,6 +120,8 @@ pub struct Compiler<'l> {
     regexes: HashMap<String, Arc<Regex>>,
     slots: HashMap<(String, &'static str), usize>,
     keyword_scans: HashMap<&'static str, KeywordScanBuilder>,
+    /// Every field a condition reads.
+    reads: HashSet<&'static str>,
 }
 
 /// Every keyword list tested on one field, gathered so that one Aho-Corasick
@@ -122,7 +129,7 @@ pub struct Compiler<'l> {
 #[derive(Default)]
 struct KeywordScanBuilder {
     cell: Arc<OnceLock<KeywordScan>>,
-    /// The field is normalised free text: scan its compact form for compact keywords.
+    /// The field is normalised free text: scan it for normalised keywords.
     folded: bool,
     /// (list name, memo slot), in bit order.
     lists: Vec<(String, usize)>,
@@ -141,13 +148,13 @@ struct KeywordScan {
 }
 
 impl KeywordScan {
-    /// Scans `view.compact` (for raw fields, the raw text with no breaks).
+    /// Scans `view.text` (for raw fields, the raw text with no breaks).
     fn scan(&self, view: &TextView, facts: &Facts, bit: usize) -> bool {
         let mut found = 0u64;
         match &self.combined {
             Some(ac) => {
                 let all = if self.slots.len() == 64 { u64::MAX } else { (1u64 << self.slots.len()) - 1 };
-                for m in ac.find_overlapping_iter(view.compact) {
+                for m in ac.find_overlapping_iter(view.text) {
                     if !view.whole(m.start(), m.end()) {
                         continue;
                     }
@@ -273,6 +280,11 @@ impl<'l> Compiler<'l> {
         self.slots.len()
     }
 
+    /// Does any compiled condition read the field at `path`?
+    pub fn reads(&self, path: &str) -> bool {
+        self.reads.contains(path)
+    }
+
     /// Builds the shared keyword automata; call once after the last condition
     /// and before evaluating any. Returns the memo slots needed.
     pub fn finish(&mut self) -> usize {
@@ -282,8 +294,11 @@ impl<'l> Compiler<'l> {
             let mut per_list = Vec::new();
             for (bit, (name, _)) in builder.lists.iter().enumerate() {
                 if let Some(NamedList::Keywords { items, matcher, folded }) = self.lists.get(name.as_str()) {
-                    let words =
-                        if builder.folded { compact_keywords(items.iter()) } else { items.iter().cloned().collect() };
+                    let words = if builder.folded {
+                        normalised_keywords(items.iter())
+                    } else {
+                        items.iter().cloned().collect()
+                    };
                     for k in words.into_iter().filter(|k| !k.is_empty()) {
                         keywords.push(k);
                         owner.push(bit as u8);
@@ -291,7 +306,7 @@ impl<'l> Compiler<'l> {
                     per_list.push(if builder.folded { folded.clone() } else { matcher.clone() });
                 }
             }
-            let combined = keyword_automaton(keywords.iter().map(String::as_str)).ok();
+            let combined = keyword_automaton(keywords.iter().map(String::as_str), builder.folded).ok();
             let slots = builder.lists.iter().map(|(_, slot)| *slot).collect();
             let _ = builder.cell.set(KeywordScan { combined, owner, per_list, slots });
         }
@@ -336,7 +351,11 @@ impl<'l> Compiler<'l> {
                 Value::Bool(Box::new(move |_| b))
             }
             ExprKind::List(items) => self.list(items, span)?,
-            ExprKind::Path(parts) => field_value(&parts.join("."), span)?,
+            ExprKind::Path(parts) => {
+                let (field, value) = field_value(&parts.join("."), span)?;
+                self.reads.insert(field.path);
+                value
+            }
             ExprKind::Unary(UnOp::Not, inner) => match self.value(inner)? {
                 Value::Bool(f) => Value::Bool(Box::new(move |x| !f(x))),
                 other => return fail(inner.span, format!("`!` needs a bool, found {}", other.ty().name())),
@@ -555,7 +574,7 @@ impl<'l> Compiler<'l> {
             "contains" => match (s.text(), &s) {
                 (Some(read_text), StrE::Read(_, field)) => {
                     // Free text: a keyword of one, matched as keyword lists are.
-                    let needle = text::compact(lit);
+                    let needle = text::normalise(lit);
                     let slot = self.slot(format!("contains:{lit}"), field.path);
                     Ok(Value::Bool(Box::new(move |f| f.memo(slot, || read_text(f).contains(&needle)))))
                 }
@@ -606,7 +625,7 @@ impl<'l> Compiler<'l> {
                                     f.memo(slot, || cell.get().is_some_and(|scan| scan.scan(&read_text(f), f, bit)))
                                 }),
                                 None => Box::new(move |f| {
-                                    let view = TextView { compact: read(f), ..TextView::default() };
+                                    let view = TextView { text: read(f), ..TextView::default() };
                                     f.memo(slot, || cell.get().is_some_and(|scan| scan.scan(&view, f, bit)))
                                 }),
                             }))
@@ -714,15 +733,18 @@ fn lookup_field(path: &str, span: Span) -> Result<&'static schema::Field, Compil
     }
 }
 
-fn field_value(path: &str, span: Span) -> Result<Value, CompileError> {
+fn field_value(path: &str, span: Span) -> Result<(&'static schema::Field, Value), CompileError> {
     let field = lookup_field(path, span)?;
-    Ok(match field.read {
-        Read::Int(r) => Value::Int(IntE::Read(r)),
-        Read::Duration(r) => Value::Duration(IntE::Read(r)),
-        Read::Str(r) => Value::Str(StrE::Read(r, field)),
-        Read::Bool(r) => Value::Bool(Box::new(r)),
-        Read::Observations(r) => Value::Observations(r, field),
-    })
+    Ok((
+        field,
+        match field.read {
+            Read::Int(r) => Value::Int(IntE::Read(r)),
+            Read::Duration(r) => Value::Duration(IntE::Read(r)),
+            Read::Str(r) => Value::Str(StrE::Read(r, field)),
+            Read::Bool(r) => Value::Bool(Box::new(r)),
+            Read::Observations(r) => Value::Observations(r, field),
+        },
+    ))
 }
 
 fn unknown_function(name: &str) -> String {
@@ -808,9 +830,13 @@ mod tests {
         // Free text is compared normalised on both sides; the raw field opts out.
         assert!(eval("transfer.memo == '幫忙刷單  PLEASE refund' && transfer.memo.startsWith('帮忙')", &f));
         assert!(eval("transfer.memo.contains('刷 单') && transfer.memo.contains('please-refund')", &f));
+        assert!(eval("transfer.memo.matches('^帮忙刷单please')", &f));
         assert!(eval("transfer.memo_raw == '帮忙刷单 please REFUND' && transfer.memo_raw.contains('REFUND')", &f));
         assert!(!eval("transfer.memo_raw.contains('refund') || transfer.memo_raw.contains('刷 单')", &f));
-        assert!(eval("matches_list(transfer.memo_raw, 'scam_words') && transfer.memo.matches('^帮忙刷单 please')", &f));
+        assert!(eval(
+            "matches_list(transfer.memo_raw, 'scam_words') && transfer.memo_raw.matches('^帮忙刷单 please')",
+            &f
+        ));
     }
 
     #[test]

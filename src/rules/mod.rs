@@ -147,6 +147,15 @@ pub struct Ruleset {
     pub lists: HashMap<String, NamedList>,
     /// Regex memo slots the conditions need per evaluation.
     pub memo_slots: usize,
+    /// Which free-text fields the conditions read normalised: only those are
+    /// normalised per request.
+    pub text_fields: TextFields,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TextFields {
+    pub memo: bool,
+    pub payee_name: bool,
 }
 
 /// One file's text and the name it is reported under.
@@ -333,6 +342,8 @@ impl Ruleset {
             }
         }
         let memo_slots = compiler.finish();
+        let text_fields =
+            TextFields { memo: compiler.reads("transfer.memo"), payee_name: compiler.reads("payee.name") };
         drop(compiler);
 
         match settings {
@@ -345,6 +356,7 @@ impl Ruleset {
                 rules,
                 lists,
                 memo_slots,
+                text_fields,
             }),
             _ => Err(diags),
         }

@@ -177,15 +177,15 @@ fn reference(e: &Expr, f: &Facts, words: &[&str]) -> V {
             });
             let arg = arg.unwrap_or_default();
             match subject {
-                // Free text: literals normalised, keywords matched in the compact form.
+                // Free text: literals normalised.
                 V::Text(s) => match name.as_str() {
                     "size" => V::Int(s.chars().count() as i64),
-                    "contains" => V::Bool(text::compact(&s).contains(&text::compact(&arg))),
+                    "contains" => V::Bool(s.contains(&text::normalise(&arg))),
                     "startsWith" => V::Bool(s.starts_with(&text::normalise(&arg))),
                     "endsWith" => V::Bool(s.ends_with(&text::normalise(&arg))),
                     "matches" => V::Bool(regex::Regex::new(&arg).unwrap().is_match(&s)),
                     "in_list" => V::Bool(words.iter().any(|w| text::normalise(w) == s)),
-                    "matches_list" => V::Bool(words.iter().any(|w| text::compact(&s).contains(&text::compact(w)))),
+                    "matches_list" => V::Bool(words.iter().any(|w| s.contains(&text::normalise(w)))),
                     other => panic!("unknown {other}"),
                 },
                 V::Str(s) | V::Lit(s) => match name.as_str() {

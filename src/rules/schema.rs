@@ -126,8 +126,9 @@ pub struct Field {
     pub optional: bool,
     /// The only values a string field takes, checked against literals at load.
     pub values: &'static [&'static str],
-    /// Free text read normalised ([`super::text`]): literals compared with it
-    /// are normalised at load, keyword lists and `contains` match its compact form.
+    /// Free text read normalised ([`super::text`]): literals and list items
+    /// compared with it are normalised at load; keyword lists and `contains`
+    /// follow the boundary rule.
     pub text: Option<TextRead>,
     pub doc: &'static str,
 }
@@ -140,7 +141,7 @@ const fn field(path: &'static str, read: Read, doc: &'static str) -> Field {
     Field { path, read, optional: false, values: &[], text: None, doc }
 }
 
-/// A free-text field: read normalised, matched by keywords in its compact form.
+/// A free-text field: read normalised.
 const fn text(path: &'static str, read: StrRead, text: TextRead, doc: &'static str) -> Field {
     Field { text: Some(text), ..field(path, Read::Str(read), doc) }
 }
@@ -163,7 +164,7 @@ pub static FIELDS: &[Field] = &[
     },
     text(
         "transfer.memo",
-        |f| f.transfer_memo.normalised,
+        |f| f.transfer_memo.text,
         |f| f.transfer_memo,
         "The customer's stated purpose (free text, may be empty), normalised: see *Matching text*.",
     ),
@@ -220,7 +221,7 @@ pub static FIELDS: &[Field] = &[
         Read::Str(|f| f.payee_account),
         "The payee's account number (compare with lists; never logged in full).",
     ),
-    text("payee.name", |f| f.payee_name.normalised, |f| f.payee_name, "The payee's name, normalised like the memo."),
+    text("payee.name", |f| f.payee_name.text, |f| f.payee_name, "The payee's name, normalised like the memo."),
     field("payee.name_raw", Read::Str(|f| f.payee_name.raw), "The payee's name exactly as sent."),
     field("payee.bank", Read::Str(|f| f.payee_bank), "The payee's bank code."),
     field(

@@ -1,21 +1,17 @@
 //! Free text as the rules see it: one normalisation, used on both sides of every
-//! text match — the keyword lists and string literals at load, the request's
+//! text match — keyword list items and string literals at load, the request's
 //! memo and payee name once per request.
 //!
-//! Two forms come out of one pass over the text:
-//! - the **normalised** text: Unicode NFKC (full-width letters become ASCII,
-//!   compatibility ideographs and radicals become ordinary ones), lower case,
-//!   Traditional Chinese characters made Simplified (OpenCC's character table),
-//!   the common variant characters unified (帐 → 账, …), invisible format
-//!   characters (zero-width spaces and joiners, soft hyphens, BOM, variation
-//!   selectors) removed, runs of white space made one space, trimmed.
-//!   `==`, `startsWith`, `endsWith`, `matches` and pattern lists read this.
-//! - the **compact** text: the normalised text with white space, punctuation
-//!   and symbols removed, remembering where they were ([`TextView::breaks`]).
-//!   Keyword lists and `contains` read this, so `刷 单`, `刷-单` and `刷单` are
-//!   one word — but a keyword that spans a removed separator matches only when
-//!   it covers the spaced pieces whole ([`TextView::whole`]): `安全 账户` and
-//!   `安 全 账 户` match `安全账户`, `资金安全 账户余额` does not.
+//! Normalising a text: Unicode NFKC (full-width letters become ASCII,
+//! compatibility ideographs and radicals become ordinary ones), lower case,
+//! Traditional Chinese characters made Simplified (OpenCC's character table),
+//! the common variant characters unified (帐 → 账, …), invisible format
+//! characters (zero-width spaces and joiners, soft hyphens, BOM, variation
+//! selectors, combining marks left over) removed, and white space, punctuation and symbols removed — so
+//! `刷 单`, `刷-单`, `刷\u{200b}单` and `刷单` are one text. Where separators were
+//! removed is remembered ([`TextView::breaks`]): a keyword that spans one
+//! matches only when it covers the spaced pieces whole ([`TextView::whole`]):
+//! `安全 账户` and `安 全 账 户` match `安全账户`, `资金安全 账户余额` does not.
 //!
 //! Must not allocate per request once its buffers have grown ([`FoldedText::fill`]
 //! reuses them), read files, or know about fields and rules.
@@ -34,6 +30,10 @@ const DENSE_LAST: u32 = 0x9FFF;
 struct Simplifier {
     /// `dense[c - DENSE_FIRST]` is the replacement of `c`, or `c` itself.
     dense: Box<[char]>,
+    /// `own_form[cp - 0x3000]`, for every code point with a three-byte UTF-8
+    /// lead E3..E9: it is a dense ideograph and its own simplified form (the
+    /// fast path of [`FoldedText::fold`]).
+    own_form: Box<[bool]>,
     /// Replacements of characters outside the dense range.
     sparse: HashMap<char, char>,
 }
@@ -57,6 +57,12 @@ const VARIANTS: &[(char, char)] = &[
     ('囯', '国'),
     ('穫', '获'),
 ];
+
+impl std::fmt::Debug for Simplifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Simplifier")
+    }
+}
 
 impl Simplifier {
     fn build() -> Simplifier {
@@ -86,7 +92,10 @@ impl Simplifier {
             let once = dense[i];
             dense[i] = Self::lookup(&dense, &sparse, once);
         }
-        Simplifier { dense: dense.into_boxed_slice(), sparse }
+        let own_form = (0x3000..=DENSE_LAST)
+            .map(|cp| cp >= DENSE_FIRST && u32::from(dense[(cp - DENSE_FIRST) as usize]) == cp)
+            .collect();
+        Simplifier { dense: dense.into_boxed_slice(), own_form, sparse }
     }
 
     fn lookup(dense: &[char], sparse: &HashMap<char, char>, c: char) -> char {
@@ -113,11 +122,9 @@ pub fn warm_up() {
 enum Class {
     /// Kept (after lower-casing and simplifying).
     Keep,
-    /// White space: one space in the normalised text, a break in the compact one.
-    Space,
-    /// Punctuation or a symbol: kept in the normalised text, a break in the compact one.
-    Mark,
-    /// Invisible: removed from both.
+    /// White space, punctuation or a symbol: removed, leaving a break.
+    Separator,
+    /// Invisible: removed, leaving no trace.
     Drop,
 }
 
@@ -126,52 +133,56 @@ fn class(c: char) -> Class {
     if c.is_ascii() {
         return if c.is_ascii_alphanumeric() {
             Class::Keep
-        } else if c.is_ascii_whitespace() {
-            Class::Space
-        } else if c.is_ascii_control() {
+        } else if c.is_ascii_control() && !c.is_ascii_whitespace() {
             Class::Drop
         } else {
-            Class::Mark
+            Class::Separator
         };
     }
-    if (DENSE_FIRST..=DENSE_LAST).contains(&u32::from(c)) {
+    if in_dense(c) {
         return Class::Keep;
     }
     if c.is_whitespace() {
-        return Class::Space;
+        return Class::Separator;
     }
     match c.general_category_group() {
-        GeneralCategoryGroup::Punctuation | GeneralCategoryGroup::Symbol => Class::Mark,
-        GeneralCategoryGroup::Separator => Class::Space,
+        GeneralCategoryGroup::Punctuation | GeneralCategoryGroup::Symbol | GeneralCategoryGroup::Separator => {
+            Class::Separator
+        }
         GeneralCategoryGroup::Other => Class::Drop,
-        GeneralCategoryGroup::Mark if c.general_category() == GeneralCategory::NonspacingMark && is_selector(c) => {
+        // Combining marks NFKC could not compose onto a letter: decoration
+        // (and the stuff of "zalgo" evasion), and variation selectors.
+        GeneralCategoryGroup::Mark
+            if matches!(c.general_category(), GeneralCategory::NonspacingMark | GeneralCategory::EnclosingMark) =>
+        {
             Class::Drop
         }
         _ => Class::Keep,
     }
 }
 
-fn is_selector(c: char) -> bool {
-    matches!(u32::from(c), 0xFE00..=0xFE0F | 0xE0100..=0xE01EF | 0x180B..=0x180F)
-}
-
-/// True when NFKC leaves every character of `s` as it is without looking it
-/// up: ASCII and the CJK ideographs of the dense table.
+/// One of the CJK ideographs of the dense table (which NFKC leaves alone).
 #[inline]
-fn nfkc_stable(s: &str) -> bool {
-    s.chars().all(|c| c.is_ascii() || (DENSE_FIRST..=DENSE_LAST).contains(&u32::from(c)))
+fn in_dense(c: char) -> bool {
+    (DENSE_FIRST..=DENSE_LAST).contains(&u32::from(c))
 }
 
-/// A text's normalised and compact forms, in buffers reused from request to
-/// request.
-#[derive(Debug, Default, Clone)]
+/// A text normalised, in buffers reused from request to request.
+#[derive(Debug, Clone)]
 pub struct FoldedText {
-    normalised: String,
-    compact: String,
-    /// Byte offsets into `compact` where a separator was removed.
+    /// The tables, looked up once when the buffers are made.
+    simplifier: &'static Simplifier,
+    text: String,
+    /// Byte offsets into `text` where separators were removed.
     breaks: Vec<u32>,
     /// NFKC output when the text needed it.
     scratch: String,
+}
+
+impl Default for FoldedText {
+    fn default() -> FoldedText {
+        FoldedText { simplifier: &SIMPLIFIER, text: String::new(), breaks: Vec::new(), scratch: String::new() }
+    }
 }
 
 impl FoldedText {
@@ -182,102 +193,136 @@ impl FoldedText {
     }
 
     /// Normalises `raw` into this text's buffers (allocating only if they must grow).
+    #[inline]
     pub fn fill(&mut self, raw: &str) {
-        self.normalised.clear();
-        self.compact.clear();
-        self.breaks.clear();
-        if raw.is_empty() {
-            return;
+        if !self.fold(raw, false) {
+            // A character NFKC may change: normalise the whole text first.
+            let mut scratch = std::mem::take(&mut self.scratch);
+            scratch.clear();
+            scratch.extend(raw.nfkc());
+            self.fold(&scratch, true);
+            self.scratch = scratch;
         }
-        let simplifier = &*SIMPLIFIER;
-        let source = if nfkc_stable(raw) {
-            raw
-        } else {
-            self.scratch.clear();
-            self.scratch.extend(raw.nfkc());
-            &self.scratch
-        };
-        // A separator seen since the last kept character, not yet written.
-        let mut pending_space = false;
+    }
+
+    /// Empties the text.
+    pub fn clear(&mut self) {
+        self.text.clear();
+        self.breaks.clear();
+    }
+
+    /// One pass over `source`. Unless `nfkc_done`, stops and returns false at
+    /// the first character NFKC may change (anything but ASCII and the dense
+    /// ideographs, which it leaves alone). Runs of characters that are their
+    /// own normal form are copied as one piece.
+    fn fold(&mut self, source: &str, nfkc_done: bool) -> bool {
+        self.clear();
+        if source.is_empty() {
+            return true;
+        }
+        let simplifier = self.simplifier;
+        // A separator was removed since the last kept character.
         let mut pending_break = false;
-        for c in source.chars() {
-            match class(c) {
+        // Start of the run of unchanged characters not yet copied (`NO_RUN`: none).
+        const NO_RUN: usize = usize::MAX;
+        let mut run = NO_RUN;
+        let bytes = source.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            // Fast paths, the common case: lower-case ASCII letters and digits,
+            // and ideographs that are their own simplified form, extend the run.
+            let same = match bytes[i..] {
+                [b0 @ 0xE3..=0xE9, b1, b2, ..] => {
+                    // U+3000..U+9FFF: the lead's low bits are 3..9.
+                    let cp = (u32::from(b0 & 0x0F) << 12) | (u32::from(b1 & 0x3F) << 6) | u32::from(b2 & 0x3F);
+                    if simplifier.own_form.get((cp - 0x3000) as usize) == Some(&true) {
+                        3
+                    } else {
+                        0
+                    }
+                }
+                [b, ..] if b.is_ascii_lowercase() || b.is_ascii_digit() => 1,
+                _ => 0,
+            };
+            if same > 0 {
+                if run == NO_RUN {
+                    self.start_piece(&mut pending_break);
+                    run = i;
+                }
+                i += same;
+                continue;
+            }
+            let c = source[i..].chars().next().unwrap_or(char::REPLACEMENT_CHARACTER);
+            let len = c.len_utf8();
+            if !nfkc_done && !c.is_ascii() && !in_dense(c) {
+                return false;
+            }
+            let at = i;
+            i += len;
+            let class = class(c);
+            if run != NO_RUN {
+                self.text.push_str(&source[run..at]);
+                run = NO_RUN;
+            }
+            match class {
                 Class::Drop => {}
-                Class::Space => {
-                    pending_space = !self.normalised.is_empty();
-                    pending_break = true;
-                }
-                Class::Mark => {
-                    if pending_space {
-                        self.normalised.push(' ');
-                        pending_space = false;
-                    }
-                    self.normalised.push(c);
-                    pending_break = true;
-                }
+                Class::Separator => pending_break = true,
                 Class::Keep => {
-                    if pending_space {
-                        self.normalised.push(' ');
-                        pending_space = false;
-                    }
-                    if pending_break {
-                        if !self.compact.is_empty() {
-                            self.breaks.push(self.compact.len() as u32);
-                        }
-                        pending_break = false;
-                    }
+                    self.start_piece(&mut pending_break);
                     if c.is_ascii() {
-                        let c = c.to_ascii_lowercase();
-                        self.normalised.push(c);
-                        self.compact.push(c);
+                        self.text.push(c.to_ascii_lowercase());
+                    } else if in_dense(c) {
+                        // Ideographs have no case.
+                        self.text.push(simplifier.simplify(c));
                     } else {
                         for l in c.to_lowercase() {
-                            let s = simplifier.simplify(l);
-                            self.normalised.push(s);
-                            self.compact.push(s);
+                            self.text.push(simplifier.simplify(l));
                         }
                     }
                 }
             }
         }
+        if run != NO_RUN {
+            self.text.push_str(&source[run..]);
+        }
+        true
+    }
+
+    /// Before the first kept character after separators: remember the break.
+    #[inline]
+    fn start_piece(&mut self, pending_break: &mut bool) {
+        if std::mem::take(pending_break) && !self.text.is_empty() {
+            self.breaks.push(self.text.len() as u32);
+        }
     }
 
     pub fn view<'a>(&'a self, raw: &'a str) -> TextView<'a> {
-        TextView { raw, normalised: &self.normalised, compact: &self.compact, breaks: &self.breaks }
+        TextView { raw, text: &self.text, breaks: &self.breaks }
     }
 
-    pub fn normalised(&self) -> &str {
-        &self.normalised
-    }
-
-    pub fn compact(&self) -> &str {
-        &self.compact
+    pub fn text(&self) -> &str {
+        &self.text
     }
 }
 
-/// The normalised form of `raw` (for literals and list items at load).
+/// The normalised form of `raw` (for literals and keywords at load).
 pub fn normalise(raw: &str) -> String {
-    FoldedText::new(raw).normalised
+    FoldedText::new(raw).text
 }
 
-/// The compact form of `raw` (for keywords at load).
-pub fn compact(raw: &str) -> String {
-    FoldedText::new(raw).compact
-}
-
-/// A request's text in all its forms, borrowed for one evaluation.
+/// A request's text, raw and normalised, borrowed for one evaluation.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TextView<'a> {
     /// Exactly as sent.
     pub raw: &'a str,
-    pub normalised: &'a str,
-    pub compact: &'a str,
-    /// Byte offsets into `compact` where separators were removed.
+    /// Normalised.
+    pub text: &'a str,
+    /// Byte offsets into `text` where separators were removed.
     pub breaks: &'a [u32],
 }
 
 impl TextView<'_> {
-    /// May a keyword found at `compact[start..end]` count? Always when it lies
+    /// May a keyword found at `text[start..end]` count? Always when it lies
     /// within one spaced piece; when it spans removed separators, only if it
     /// begins at the start of a piece and ends at the end of one.
     #[inline]
@@ -289,22 +334,22 @@ impl TextView<'_> {
         if !inner {
             return true;
         }
-        let edge = |at: usize| at == 0 || at == self.compact.len() || self.breaks.contains(&(at as u32));
+        let edge = |at: usize| at == 0 || at == self.text.len() || self.breaks.contains(&(at as u32));
         edge(start) && edge(end)
     }
 
-    /// Does the compact text contain the (compact) `needle` as a whole keyword?
+    /// Does the text contain the (normalised) `needle` as a whole keyword?
     pub fn contains(&self, needle: &str) -> bool {
         if needle.is_empty() {
             return true;
         }
         let mut from = 0;
-        while let Some(i) = self.compact[from..].find(needle) {
+        while let Some(i) = self.text[from..].find(needle) {
             let start = from + i;
             if self.whole(start, start + needle.len()) {
                 return true;
             }
-            from = start + self.compact[start..].chars().next().map_or(1, char::len_utf8);
+            from = start + self.text[start..].chars().next().map_or(1, char::len_utf8);
         }
         false
     }
@@ -319,17 +364,17 @@ mod tests {
     }
 
     #[test]
-    fn normalises_width_case_script_variants_and_invisibles() {
+    fn normalises_width_case_script_variants_separators_and_invisibles() {
         let cases = [
             ("安全账户", "安全账户"),
             ("安全賬戶", "安全账户"),
             ("转到安全帐户", "转到安全账户"),
             ("安\u{200b}全账户", "安全账户"),
             ("ａｎｑｕａｎ账户", "anquan账户"),
-            ("  Safe\tACCOUNT \n", "safe account"),
-            ("刷 单 返 利", "刷 单 返 利"),
+            ("  Safe\tACCOUNT \n", "safeaccount"),
+            ("刷 单，返-利!", "刷单返利"),
             ("⼀", "一"),
-            ("退款\u{FE0F}", "退款"),
+            ("退款\u{FE0F}🙂", "退款"),
             ("", ""),
         ];
         for (raw, want) in cases {
@@ -338,16 +383,15 @@ mod tests {
     }
 
     #[test]
-    fn compact_removes_separators_and_remembers_them() {
+    fn remembers_where_separators_were() {
         let f = FoldedText::new("刷 单，返-利!");
-        assert_eq!(f.compact(), "刷单返利");
         assert_eq!(f.breaks, [3, 6, 9]);
-        assert_eq!(compact("ａｎｑｕａｎ 账户"), "anquan账户");
+        assert!(FoldedText::new(" 刷单 ").breaks.is_empty(), "leading and trailing separators are no breaks");
     }
 
     #[test]
     fn a_keyword_across_separators_must_cover_whole_pieces() {
-        let hit = |text: &str, kw: &str| view(&FoldedText::new(text)).contains(&compact(kw));
+        let hit = |text: &str, kw: &str| view(&FoldedText::new(text)).contains(&normalise(kw));
         assert!(hit("安全 账户", "安全账户"));
         assert!(hit("安 全 账 户", "安全账户"));
         assert!(hit("请转到 安全 账户", "安全账户"));
@@ -362,12 +406,29 @@ mod tests {
         assert!(hit("", ""));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn normalising_is_stable_and_never_panics(raw in "\\PC{0,40}|[ 安全账戶帳賬ａＡa-z\u{200b}，!]{0,12}") {
+            let f = FoldedText::new(&raw);
+            // Normalising twice changes nothing.
+            proptest::prop_assert_eq!(normalise(f.text()), f.text());
+            let v = view(&f);
+            let mut last = 0;
+            for &b in v.breaks {
+                proptest::prop_assert!(b as usize > last && (b as usize) < v.text.len());
+                proptest::prop_assert!(v.text.is_char_boundary(b as usize));
+                last = b as usize;
+            }
+            proptest::prop_assert!(v.contains(f.text()));
+        }
+    }
+
     #[test]
     fn buffers_are_reused() {
         let mut f = FoldedText::new("一段比较长的转账用途说明 with some words");
-        let capacity = (f.normalised.capacity(), f.compact.capacity());
-        f.fill("短");
-        assert_eq!((f.normalised(), f.compact()), ("短", "短"));
-        assert_eq!((f.normalised.capacity(), f.compact.capacity()), capacity);
+        let capacity = (f.text.capacity(), f.breaks.capacity());
+        f.fill("短 句");
+        assert_eq!(f.text(), "短句");
+        assert_eq!((f.text.capacity(), f.breaks.capacity()), capacity);
     }
 }
