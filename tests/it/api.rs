@@ -319,3 +319,44 @@ async fn old_ids_are_pruned_but_held_transfers_stay() {
     assert_eq!(held.into_inner().state, pb::TransferState::Held as i32);
     server.stop().await;
 }
+
+/// The memo evasions a coached victim writes are caught over the wire as the
+/// plain words are, and the look-alikes are not (rules/tests/evasion.toml has
+/// the same cases through the engine).
+#[tokio::test]
+async fn memo_evasions_are_caught_over_grpc() {
+    let server = TestServer::start().await;
+    let mut client = server.screening().await;
+    let cases = [
+        ("安全账户", Some("memo_safe_account")),
+        ("安全 账户", Some("memo_safe_account")),
+        ("安全賬戶", Some("memo_safe_account")),
+        ("转到安全帐户", Some("memo_safe_account")),
+        ("安\u{200b}全账户", Some("memo_safe_account")),
+        ("ａｎｑｕａｎ账户", Some("memo_safe_account")),
+        ("刷单", Some("memo_task_rebate")),
+        ("刷 单 返 利", Some("memo_task_rebate")),
+        ("资金安全 账户余额", None),
+        ("账户余额", None),
+    ];
+    for (i, (memo, rule)) in cases.into_iter().enumerate() {
+        // A 68-year-old sending 5,000 CNY to a payee never paid before.
+        let mut r = ordinary(&format!("evasion-{i}"), &format!("customer-ev-{i}"), "6217990000000911");
+        r.customer.as_mut().unwrap().birth_date = "1958-02-01".into();
+        r.amount_minor = 500_000;
+        r.memo = memo.into();
+        let answer = client.screen(r).await.unwrap().into_inner();
+        let memo_hits: Vec<String> = hits(&answer).into_iter().filter(|h| h.starts_with("memo_")).collect();
+        match rule {
+            Some(rule) => {
+                assert_eq!(memo_hits, [rule], "{memo:?}: {answer:?}");
+                assert_eq!(answer.action, pb::Action::Hold as i32, "{memo:?}");
+            }
+            None => {
+                assert!(memo_hits.is_empty(), "{memo:?}: {answer:?}");
+                assert_eq!(answer.action, pb::Action::Allow as i32, "{memo:?}");
+            }
+        }
+    }
+    server.stop().await;
+}
