@@ -692,7 +692,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRANSFER_GUARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // Ours at INFO, dependencies (the store's internals, h2, tonic) at WARN
+        // unless asked for with TRANSFER_GUARD_LOG.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,transfer_guard=info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -4,7 +4,7 @@
 //! acknowledged before each crash must all be there after it. Also: a torn
 //! journal tail is dropped and the service starts with everything before it.
 
-use crate::harness::{ordinary, seed_case, unique_nats, ServeProcess};
+use crate::harness::{ordinary, seed_case, unique_nats, NatsServer, ServeProcess};
 use rand::{Rng, SeedableRng};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -224,7 +224,8 @@ fn raised_counts(events: &[pb::AlertEvent]) -> HashMap<String, usize> {
 async fn acknowledged_work_survives_kill_9_at_random_moments() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let nats = unique_nats("nats://127.0.0.1:4222");
+    let nats_server = NatsServer::start_fresh();
+    let nats = unique_nats(&nats_server.url());
     let flags = vec![
         "--durability".to_string(),
         "sync".into(),

@@ -212,22 +212,32 @@ pub fn free_port() -> u16 {
 pub struct NatsServer {
     pub port: u16,
     child: std::process::Child,
+    /// The store, when the server made its own.
+    _store: Option<tempfile::TempDir>,
 }
 
 impl NatsServer {
+    /// On a free port with a store of its own, removed when it is dropped.
+    pub fn start_fresh() -> NatsServer {
+        let store = tempfile::tempdir().unwrap();
+        let mut server = NatsServer::start(free_port(), store.path());
+        server._store = Some(store);
+        server
+    }
+
     pub fn start(port: u16, store: &Path) -> NatsServer {
         let child = Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", store.to_str().unwrap()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("nats-server on PATH (Debian package nats-server)");
+            .expect("nats-server on PATH: run scripts/test, which installs it (Debian package nats-server)");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(std::time::Instant::now() < deadline, "nats-server did not start");
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        NatsServer { port, child }
+        NatsServer { port, child, _store: None }
     }
 
     pub fn url(&self) -> String {

@@ -1,5 +1,5 @@
-//! Delivery to NATS JetStream: against the machine's nats-server (127.0.0.1:4222)
-//! and, for faults, a nats-server process of the test's own.
+//! Delivery to NATS JetStream, against nats-server processes of the tests' own
+//! (free loopback ports, temp stores): a fresh machine has no NATS on 4222.
 
 use crate::harness::{free_port, seed_case, unique_nats, NatsServer, TestServer};
 use async_nats::jetstream::{self, consumer};
@@ -66,7 +66,8 @@ fn request_ids(events: &[pb::AlertEvent]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_alert_arrives_once_on_its_stations_subject() {
-    let config = unique_nats("nats://127.0.0.1:4222");
+    let nats = NatsServer::start_fresh();
+    let config = unique_nats(&nats.url());
     let server = TestServer::start_full(|_| {}, Some(config.clone()), false).await;
     let mut teller = server.screening().await;
     let mut ids = Vec::new();

@@ -143,3 +143,26 @@ async fn the_audit_trail_records_every_change_masked() {
     assert_eq!(lines[5]["hold_decision"], "block");
     server.stop().await;
 }
+
+/// A fresh `serve` on its defaults (durable store included) logs its own lines;
+/// its dependencies speak only at WARN or above unless asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependencies_log_only_warnings_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--log-format".to_string(), "json".into()];
+    let mut server = ServeProcess::start(&dir.path().join("data"), "quiet.txt", &flags).await;
+    let mut client = pb::screening_client::ScreeningClient::new(server.channel().await);
+    client.screen(seed_case("quiet-seed")).await.unwrap();
+    let status = server.terminate(Duration::from_secs(20)).await;
+    let logs = server.logs();
+    assert!(status.success(), "{status:?}\n{logs}");
+    assert!(logs.contains("transfer-guard serving"), "{logs}");
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let (target, level) = (v["target"].as_str().unwrap_or(""), v["level"].as_str().unwrap_or(""));
+        assert!(
+            target.starts_with("transfer_guard") || matches!(level, "WARN" | "ERROR"),
+            "a dependency's {level} line by default: {line}"
+        );
+    }
+}
