@@ -279,11 +279,15 @@ pub async fn run_with(
     health.set_serving::<RulesServer<Api>>().await;
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("the embedded descriptor set is valid");
+    // Both reflection versions: grpcurl speaks v1, several clients (Python's
+    // grpcio-reflection among them) only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1alpha = reflection().build_v1alpha().expect("the embedded descriptor set is valid");
+    let reflection = reflection().build_v1().expect("the embedded descriptor set is valid");
 
     let ticker = {
         let guard = guard.clone();
@@ -305,6 +309,7 @@ pub async fn run_with(
     let served = Server::builder()
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(ScreeningServer::new(api.clone()))
         .add_service(AlertsServer::new(api.clone()))
         .add_service(WatchlistServer::new(api.clone()))

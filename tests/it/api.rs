@@ -119,19 +119,34 @@ async fn health_and_reflection_answer() {
         assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "{service}");
     }
 
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    let mut reflection = ServerReflectionClient::new(server.channel().await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
-    let response = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else { panic!("{response:?}") };
-    let names: BTreeSet<String> = list.service.into_iter().map(|s| s.name).collect();
+    // Reflection in both versions: v1 (grpcurl) and v1alpha (grpcio-reflection and others).
+    macro_rules! listed_services {
+        ($version:ident) => {{
+            use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+            use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+            use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+            use tonic_reflection::pb::$version::ServerReflectionRequest;
+            let mut reflection = ServerReflectionClient::new(server.channel().await);
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut stream =
+                reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+            let response = stream.message().await.unwrap().unwrap();
+            let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+                panic!("{response:?}")
+            };
+            // Each version lists itself; the rest is the same.
+            list.service
+                .into_iter()
+                .map(|s| s.name)
+                .filter(|n| !n.starts_with("grpc.reflection."))
+                .collect::<BTreeSet<_>>()
+        }};
+    }
+    let names = listed_services!(v1);
+    assert_eq!(names, listed_services!(v1alpha));
     for expected in [
         "transferguard.v1.Screening",
         "transferguard.v1.Alerts",
