@@ -447,13 +447,17 @@ impl AlertBook {
         self.lock().alerts.get(id).cloned()
     }
 
+    /// One page of the alerts that pass the filters, newest first (by
+    /// creation time, then id), starting after `after` (the last alert of the
+    /// previous page); and whether more follow.
     pub fn list(
         &self,
         stations: &[String],
         states: &[AlertState],
         created: (Option<UnixSeconds>, Option<UnixSeconds>),
+        after: Option<(UnixSeconds, &str)>,
         limit: usize,
-    ) -> Vec<Alert> {
+    ) -> (Vec<Alert>, bool) {
         let book = self.lock();
         let mut v: Vec<Alert> = book
             .alerts
@@ -461,11 +465,13 @@ impl AlertBook {
             .filter(|a| stations.is_empty() || a.visible_to(stations))
             .filter(|a| states.is_empty() || states.contains(&a.state))
             .filter(|a| created.0.is_none_or(|t| a.created_at >= t) && created.1.is_none_or(|t| a.created_at < t))
+            .filter(|a| after.is_none_or(|(at, id)| (a.created_at, a.id.as_str()) < (at, id)))
             .cloned()
             .collect();
         v.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        let more = v.len() > limit;
         v.truncate(limit);
-        v
+        (v, more)
     }
 
     fn change(

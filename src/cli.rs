@@ -406,14 +406,18 @@ pub enum AlertsCommand {
         #[arg(long, default_value_t = 0)]
         after: u64,
     },
-    /// List alerts, newest first.
+    /// List alerts, newest first, reading on page by page.
     List {
         #[command(flatten)]
         client: Client,
         #[arg(long = "station")]
         stations: Vec<String>,
+        /// At most this many alerts in all (0: every one).
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Alerts asked for per call.
+        #[arg(long, default_value_t = 200)]
+        page_size: u32,
     },
     /// Claim an alert for an officer.
     Claim {
@@ -1157,13 +1161,28 @@ async fn client(command: Command) -> anyhow::Result<i32> {
                 }
             }
         }
-        Command::Alerts(AlertsCommand::List { client, stations, limit }) => {
-            let r = AlertsClient::new(connect(&client.addr).await?)
-                .list_alerts(pb::ListAlertsRequest { station_ids: stations, limit, ..Default::default() })
-                .await
-                .map_err(rpc_error)?
-                .into_inner();
-            show(client.json, &r, |r| r.alerts.iter().for_each(print_alert))?;
+        Command::Alerts(AlertsCommand::List { client, stations, limit, page_size }) => {
+            let mut alerts = AlertsClient::new(connect(&client.addr).await?);
+            let mut all = pb::ListAlertsResponse::default();
+            loop {
+                let wanted = if limit == 0 { page_size } else { page_size.min(limit - all.alerts.len() as u32) };
+                let page = alerts
+                    .list_alerts(pb::ListAlertsRequest {
+                        station_ids: stations.clone(),
+                        limit: wanted,
+                        page_token: std::mem::take(&mut all.next_page_token),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
+                all.alerts.extend(page.alerts);
+                all.next_page_token = page.next_page_token;
+                if all.next_page_token.is_empty() || (limit != 0 && all.alerts.len() as u32 >= limit) {
+                    break;
+                }
+            }
+            show(client.json, &all, |r| r.alerts.iter().for_each(print_alert))?;
         }
         Command::Alerts(AlertsCommand::Claim { client, alert_id, officer }) => {
             let a = AlertsClient::new(connect(&client.addr).await?)

@@ -216,6 +216,65 @@ fn skew_text(secs: i64) -> String {
     }
 }
 
+/// Where a page of `ListAlerts` ended: the last alert's creation time and id,
+/// and a hash of the filters it was read with. Opaque to clients (hex of a
+/// versioned text), checked when it comes back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageToken {
+    pub created_at: UnixSeconds,
+    pub alert_id: String,
+    pub filters: u64,
+}
+
+impl PageToken {
+    /// The hash that ties a token to the filters of `r` (not its page size or token).
+    pub fn filters_of(r: &pb::ListAlertsRequest) -> u64 {
+        let mut key = pb::ListAlertsRequest { limit: 0, page_token: String::new(), ..r.clone() };
+        key.station_ids.sort();
+        key.states.sort();
+        crate::state::stable_hash(&[&prost::Message::encode_to_vec(&key)])
+    }
+
+    pub fn encode(&self) -> String {
+        let text = format!("p1:{}:{:016x}:{}", self.created_at, self.filters, self.alert_id);
+        text.bytes().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The token of `r`, if any, checked against its filters.
+    pub fn decode(v: &mut Violations, r: &pb::ListAlertsRequest) -> Option<PageToken> {
+        if r.page_token.is_empty() {
+            return None;
+        }
+        let parsed = (r.page_token.len() <= 512 && r.page_token.len() % 2 == 0)
+            .then(|| {
+                (0..r.page_token.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(r.page_token.get(i..i + 2)?, 16).ok())
+                    .collect::<Option<Vec<u8>>>()
+            })
+            .flatten()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|text| {
+                let mut parts = text.strip_prefix("p1:")?.splitn(3, ':');
+                let created_at = parts.next()?.parse().ok()?;
+                let filters = u64::from_str_radix(parts.next()?, 16).ok()?;
+                let alert_id = parts.next()?.to_string();
+                Some(PageToken { created_at, alert_id, filters })
+            });
+        match parsed {
+            None => {
+                v.add("page_token", "not a token this server gave out");
+                None
+            }
+            Some(t) if t.filters != PageToken::filters_of(r) => {
+                v.add("page_token", "was given for other filters (stations, states or times); start again without it");
+                None
+            }
+            Some(t) => Some(t),
+        }
+    }
+}
+
 fn truncate(s: &str) -> String {
     s.chars().take(32).collect()
 }

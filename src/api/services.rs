@@ -464,10 +464,24 @@ impl pb::alerts_server::Alerts for Api {
             if r.limit > 1000 {
                 v.add("limit", "at most 1000");
             }
+            let token = convert::PageToken::decode(&mut v, &r);
             v.into_result(()).map_err(invalid)?;
             let limit = if r.limit == 0 { 100 } else { r.limit as usize };
-            let alerts = self.guard.alerts().list(&r.station_ids, &states, (after, before), limit);
-            Ok(Response::new(pb::ListAlertsResponse { alerts: alerts.iter().map(alert_to_pb).collect() }))
+            let cursor = token.as_ref().map(|t| (t.created_at, t.alert_id.as_str()));
+            let (alerts, more) = self.guard.alerts().list(&r.station_ids, &states, (after, before), cursor, limit);
+            let next_page_token = match alerts.last() {
+                Some(last) if more => convert::PageToken {
+                    created_at: last.created_at,
+                    alert_id: last.id.clone(),
+                    filters: convert::PageToken::filters_of(&r),
+                }
+                .encode(),
+                _ => String::new(),
+            };
+            Ok(Response::new(pb::ListAlertsResponse {
+                alerts: alerts.iter().map(alert_to_pb).collect(),
+                next_page_token,
+            }))
         })
         .await
     }

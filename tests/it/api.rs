@@ -375,3 +375,70 @@ async fn memo_evasions_are_caught_over_grpc() {
     }
     server.stop().await;
 }
+
+/// ListAlerts reads on page by page with an opaque token, newest first; an
+/// alert raised between pages is neither skipped nor repeated; a token is tied
+/// to its filters; the CLI pages through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_are_listed_page_by_page() {
+    let server = TestServer::start().await;
+    let mut teller = server.screening().await;
+    let mut raised = Vec::new();
+    for i in 0..7 {
+        raised.push(teller.screen(seed_case(&format!("page-{i}"))).await.unwrap().into_inner().alert_id);
+    }
+    let mut alerts = server.alerts().await;
+    let ask = |token: String| pb::ListAlertsRequest {
+        station_ids: vec!["heshan-zhongshan-ps".into()],
+        limit: 3,
+        page_token: token,
+        ..Default::default()
+    };
+    let first = alerts.list_alerts(ask(String::new())).await.unwrap().into_inner();
+    assert_eq!(first.alerts.len(), 3);
+    assert!(!first.next_page_token.is_empty());
+    // A new alert while reading: newer than every page already read.
+    let late = teller.screen(seed_case("page-late")).await.unwrap().into_inner().alert_id;
+    let second = alerts.list_alerts(ask(first.next_page_token.clone())).await.unwrap().into_inner();
+    let third = alerts.list_alerts(ask(second.next_page_token.clone())).await.unwrap().into_inner();
+    assert_eq!((second.alerts.len(), third.alerts.len()), (3, 1));
+    assert!(third.next_page_token.is_empty(), "the last page says so");
+    let read: Vec<String> =
+        [first, second, third].iter().flat_map(|p| p.alerts.iter().map(|a| a.alert_id.clone())).collect();
+    let mut expected = raised.clone();
+    expected.reverse();
+    assert_eq!(read, expected, "each alert once, newest first");
+    assert!(!read.contains(&late));
+
+    // A token is only good for the filters it was given with.
+    let page = alerts.list_alerts(ask(String::new())).await.unwrap().into_inner();
+    let mut other = ask(page.next_page_token);
+    other.states = vec![pb::AlertState::Resolved as i32];
+    let status = alerts.list_alerts(other).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "page_token");
+    let status = alerts.list_alerts(ask("not-a-token".into())).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // The CLI reads on until the last page.
+    let addr = server.addr.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        crate::harness::transfer_guard(&[
+            "alerts",
+            "list",
+            "--addr",
+            &addr,
+            "--limit",
+            "0",
+            "--page-size",
+            "2",
+            "--json",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: pb::ListAlertsResponse = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.alerts.len(), 8);
+    server.stop().await;
+}
