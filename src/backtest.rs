@@ -7,7 +7,7 @@
 
 use crate::alerts::Routing;
 use crate::engine;
-use crate::model::{Action, Transfer};
+use crate::model::Action;
 use crate::rules::{ExpiryAction, Ruleset};
 use crate::simulate::Labelled;
 use crate::state::State;
@@ -113,7 +113,7 @@ pub fn run_from(
             progress(n as u64);
         }
         let line = &history[i];
-        let Ok(transfer) = Transfer::try_from(&line.request) else {
+        let Ok(transfer) = crate::api::convert::transfer(&line.request, ruleset.utc_offset) else {
             report.invalid += 1;
             continue;
         };

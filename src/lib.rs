@@ -28,6 +28,7 @@ pub mod api;
 pub mod audit;
 pub mod backtest;
 pub mod cli;
+pub mod clock;
 pub mod delivery;
 pub mod engine;
 pub mod loadgen;

@@ -11,7 +11,7 @@ use crate::api::proto::{
 };
 use crate::api::services::Api;
 use crate::delivery::{self, DeliveryProgress, NatsConfig};
-use crate::service::{wall_clock, TransferGuard};
+use crate::service::TransferGuard;
 use crate::store::Durability;
 use serde::Deserialize;
 use std::future::Future;
@@ -295,7 +295,7 @@ pub async fn run_with(
             let mut every = tokio::time::interval(TICK);
             loop {
                 every.tick().await;
-                guard.tick(wall_clock());
+                guard.tick(guard.now());
             }
         })
     };

@@ -11,6 +11,7 @@ use crate::alerts::{
     Alert, AlertBook, AlertError, AlertEvent, AlertState, HoldDecision, Outcome, Routing, TransferSummary,
 };
 use crate::audit::{AuditLog, AuditRecord};
+use crate::clock::{Clock, SystemClock};
 use crate::engine::{self, Evaluation};
 use crate::model::{age_band, mask_account, mask_name, Action, Decision, LimitChange, Payee, Transfer, UnixSeconds};
 use crate::rules::{Diagnostic, ExpiryAction, Ruleset};
@@ -193,12 +194,11 @@ pub struct TransferGuard {
     /// The NATS outbox cursor the store remembered at startup.
     nats_cursor: u64,
     recovered: Recovered,
+    /// The server's time: hold expiry, claim deadlines, idempotency windows.
+    clock: Arc<dyn Clock>,
 }
 
-/// The server's clock, for hold expiry and claim deadlines (real time).
-pub fn wall_clock() -> UnixSeconds {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
+pub use crate::clock::wall_clock;
 
 fn stripe_of(customer_id: &str) -> usize {
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -245,20 +245,33 @@ impl TransferGuard {
             holds: Mutex::new(BTreeSet::new()),
             customer_stripes: (0..CUSTOMER_STRIPES).map(|_| Mutex::new(())).collect(),
             alert_counter: AtomicU64::new(0),
-            started_at: wall_clock(),
+            started_at: SystemClock.now(),
             metrics: Arc::new(Metrics::new()),
             audit: None,
             store: None,
             nats_cursor: 0,
             recovered: Recovered::default(),
+            clock: Arc::new(SystemClock),
         }
         .with_ruleset_metric()
+    }
+
+    /// Reads the time from `clock` from now on (tests advance one).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.started_at = clock.now();
+        self.clock = clock;
+        self
+    }
+
+    /// The server's time now.
+    pub fn now(&self) -> UnixSeconds {
+        self.clock.now()
     }
 
     /// Writes the audit trail to `audit` from now on.
     pub fn with_audit(mut self, audit: AuditLog) -> Self {
         let version = self.ruleset.load().version.to_string();
-        audit.record(AuditRecord::Ruleset { at: wall_clock(), version, loaded: true, errors: 0 });
+        audit.record(AuditRecord::Ruleset { at: self.now(), version, loaded: true, errors: 0 });
         self.audit = Some(audit);
         self
     }
@@ -514,7 +527,7 @@ impl TransferGuard {
         evaluation: Evaluation,
         fingerprint: u64,
     ) -> (ScreenEntry, Screened) {
-        let now = wall_clock();
+        let now = self.now();
         let Evaluation { decision, record, customer_age } = evaluation;
         let mut answer = Screened {
             request_id: transfer.request_id.clone(),
@@ -659,7 +672,7 @@ impl TransferGuard {
             Entry::Occupied(e) if e.get().0 != fingerprint => Err(ServiceError::EventIdReused(event_id.to_string())),
             Entry::Occupied(_) => Ok(true),
             Entry::Vacant(v) => {
-                let seen = (fingerprint, wall_clock());
+                let seen = (fingerprint, self.now());
                 if let Some(store) = &self.store {
                     store.put(Space::Events, event_id.as_bytes(), Some(&seen));
                 }
@@ -682,7 +695,7 @@ impl TransferGuard {
             Ok(Some(next)) => {
                 entry.status.send_modify(|s| {
                     s.state = next;
-                    s.updated_at = wall_clock();
+                    s.updated_at = self.now();
                 });
                 self.log_transfer(request_id, Some(&entry));
                 Ok(())
@@ -693,7 +706,7 @@ impl TransferGuard {
     }
 
     pub fn claim_alert(&self, alert_id: &str, officer: &str) -> Result<Alert, ServiceError> {
-        let alert = self.alerts.claim(alert_id, officer, wall_clock())?;
+        let alert = self.alerts.claim(alert_id, officer, self.now())?;
         self.metrics.alerts.with_label_values(&[&alert.station_id, "claimed"]).inc();
         tracing::info!(alert_id, station = %alert.station_id, officer, "alert claimed");
         self.audit_alert("claimed", &alert);
@@ -726,7 +739,7 @@ impl TransferGuard {
             }
             .into());
         }
-        let now = wall_clock();
+        let now = self.now();
         let alert = self.alerts.resolve(alert_id, officer, outcome, decision.filter(|_| held), note, now)?;
         self.metrics.alerts.with_label_values(&[&alert.station_id, "resolved"]).inc();
         tracing::info!(
@@ -847,7 +860,7 @@ impl TransferGuard {
 
     pub fn watchlist_upsert(&self, mut entry: WatchEntry) -> WatchEntry {
         if entry.added_at == 0 {
-            entry.added_at = wall_clock();
+            entry.added_at = self.now();
         }
         self.state.watchlist_upsert(entry.clone());
         self.audit(|| AuditRecord::Watchlist {
@@ -864,7 +877,7 @@ impl TransferGuard {
         let removed = self.state.watchlist_remove(account);
         if let Some(e) = &removed {
             self.audit(|| AuditRecord::Watchlist {
-                at: wall_clock(),
+                at: self.now(),
                 op: "remove",
                 account: mask_account(&e.account),
                 station_id: e.station_id.clone(),
@@ -891,7 +904,7 @@ impl TransferGuard {
                 self.metrics.set_ruleset(&version);
                 tracing::info!(%version, "rules reloaded");
                 self.audit(|| AuditRecord::Ruleset {
-                    at: wall_clock(),
+                    at: self.now(),
                     version: version.clone(),
                     loaded: true,
                     errors: 0,
@@ -901,7 +914,7 @@ impl TransferGuard {
             Err(errors) => {
                 self.metrics.reload_failures.inc();
                 self.audit(|| AuditRecord::Ruleset {
-                    at: wall_clock(),
+                    at: self.now(),
                     version: self.ruleset.load().version.to_string(),
                     loaded: false,
                     errors: errors.len(),

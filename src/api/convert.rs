@@ -245,7 +245,7 @@ impl PageToken {
         if r.page_token.is_empty() {
             return None;
         }
-        let parsed = (r.page_token.len() <= 512 && r.page_token.len() % 2 == 0)
+        let parsed = (r.page_token.len() <= 512 && r.page_token.len().is_multiple_of(2))
             .then(|| {
                 (0..r.page_token.len())
                     .step_by(2)
@@ -279,9 +279,9 @@ fn truncate(s: &str) -> String {
     s.chars().take(32).collect()
 }
 
-fn local_date(at: UnixSeconds) -> Date {
-    // Dates are compared in China Standard Time, where the branches are.
-    time::OffsetDateTime::from_unix_timestamp(at + 8 * 3600).map_or(Date::MIN, |t| t.date())
+/// The local date of `at` where the branches are (the ruleset's `utc_offset`).
+fn local_date(at: UnixSeconds, utc_offset: time::UtcOffset) -> Date {
+    time::OffsetDateTime::from_unix_timestamp(at).map_or(Date::MIN, |t| t.to_offset(utc_offset).date())
 }
 
 pub fn channel(v: &mut Violations, field: &str, raw: i32) -> Channel {
@@ -347,95 +347,104 @@ pub fn payee(v: &mut Violations, field: &str, raw: Option<&pb::Payee>) -> Payee 
     }
 }
 
+/// For clients and tools without a ruleset: [`transfer`] at the default
+/// offset ([`crate::rules::DEFAULT_UTC_OFFSET`]).
 impl TryFrom<&pb::ScreenRequest> for Transfer {
     type Error = Vec<FieldViolation>;
 
     fn try_from(r: &pb::ScreenRequest) -> Result<Transfer, Self::Error> {
-        let mut v = Violations::default();
-        let request_id = v.id("request_id", &r.request_id, 128);
-        let requested_at = v.time("requested_at", r.requested_at.as_ref());
-        let bank_id = v.id("bank_id", &r.bank_id, 64);
-        let branch_id = v.id("branch_id", &r.branch_id, 64);
-        let channel = channel(&mut v, "channel", r.channel);
-        let teller_id = if channel == Channel::Counter {
-            v.id("teller_id", &r.teller_id, 64)
-        } else {
-            v.text("teller_id", &r.teller_id, 64)
-        };
-        let today = local_date(requested_at);
-        let customer = match &r.customer {
-            None => {
-                v.add("customer", "required");
-                None
-            }
-            Some(c) => {
-                let customer_id = v.id("customer.customer_id", &c.customer_id, 64);
-                let account_id = v.account("customer.account_id", &c.account_id);
-                let birth_date = v.date("customer.birth_date", &c.birth_date);
-                let opened = v.date("customer.account_opened_on", &c.account_opened_on);
-                if let Some(b) = birth_date {
-                    if requested_at != 0 && b > today {
-                        v.add("customer.birth_date", "is after requested_at");
-                    }
-                }
-                if let Some(o) = opened {
-                    if requested_at != 0 && o > today {
-                        v.add("customer.account_opened_on", "is after requested_at");
-                    }
-                }
-                let daily_limit = v.amount("customer.daily_limit_minor", c.daily_limit_minor, false);
-                let last_limit_change =
-                    c.last_limit_change.as_ref().map(|l| limit_change(&mut v, "customer.last_limit_change", l));
-                if let Some(l) = &c.last_limit_change {
-                    if !l.customer_id.is_empty() && l.customer_id != c.customer_id {
-                        v.add("customer.last_limit_change.customer_id", "differs from customer.customer_id");
-                    }
-                }
-                match (birth_date, opened) {
-                    (Some(birth_date), Some(account_opened_on)) => Some(Customer {
-                        customer_id,
-                        account_id,
-                        birth_date,
-                        account_opened_on,
-                        daily_limit,
-                        last_limit_change,
-                    }),
-                    _ => None,
-                }
-            }
-        };
-        let payee = payee(&mut v, "payee", r.payee.as_ref());
-        let amount = v.amount("amount_minor", r.amount_minor, false);
-        let currency = r.currency.trim().to_string();
-        if currency.is_empty() {
-            v.add("currency", "required");
-        } else if !CURRENCIES.contains(&currency.as_str()) {
-            v.add("currency", format!("unknown currency `{}`; use an upper-case ISO 4217 code", truncate(&currency)));
-        }
-        let memo = v.text("memo", &r.memo, 256);
-        let mut observations = Observations::default();
-        for (i, raw) in r.observations.iter().enumerate() {
-            match observation(*raw) {
-                Some(o) => observations.insert(o),
-                None => v.add(format!("observations[{i}]"), format!("unknown observation {raw}")),
-            }
-        }
-        let customer = v.into_result(customer)?;
-        Ok(Transfer {
-            request_id,
-            requested_at,
-            bank_id,
-            branch_id,
-            teller_id,
-            channel,
-            customer: customer.expect("present when there are no violations"),
-            payee,
-            amount,
-            currency,
-            memo,
-            observations,
-        })
+        transfer(r, crate::rules::DEFAULT_UTC_OFFSET)
     }
+}
+
+/// Validates a `ScreenRequest` into a [`Transfer`]. Dates (birth, account
+/// opening) must not be after the request's local date at `utc_offset`, the
+/// ruleset's.
+pub fn transfer(r: &pb::ScreenRequest, utc_offset: time::UtcOffset) -> Result<Transfer, Vec<FieldViolation>> {
+    let mut v = Violations::default();
+    let request_id = v.id("request_id", &r.request_id, 128);
+    let requested_at = v.time("requested_at", r.requested_at.as_ref());
+    let bank_id = v.id("bank_id", &r.bank_id, 64);
+    let branch_id = v.id("branch_id", &r.branch_id, 64);
+    let channel = channel(&mut v, "channel", r.channel);
+    let teller_id = if channel == Channel::Counter {
+        v.id("teller_id", &r.teller_id, 64)
+    } else {
+        v.text("teller_id", &r.teller_id, 64)
+    };
+    let today = local_date(requested_at, utc_offset);
+    let customer = match &r.customer {
+        None => {
+            v.add("customer", "required");
+            None
+        }
+        Some(c) => {
+            let customer_id = v.id("customer.customer_id", &c.customer_id, 64);
+            let account_id = v.account("customer.account_id", &c.account_id);
+            let birth_date = v.date("customer.birth_date", &c.birth_date);
+            let opened = v.date("customer.account_opened_on", &c.account_opened_on);
+            if let Some(b) = birth_date {
+                if requested_at != 0 && b > today {
+                    v.add("customer.birth_date", "is after requested_at");
+                }
+            }
+            if let Some(o) = opened {
+                if requested_at != 0 && o > today {
+                    v.add("customer.account_opened_on", "is after requested_at");
+                }
+            }
+            let daily_limit = v.amount("customer.daily_limit_minor", c.daily_limit_minor, false);
+            let last_limit_change =
+                c.last_limit_change.as_ref().map(|l| limit_change(&mut v, "customer.last_limit_change", l));
+            if let Some(l) = &c.last_limit_change {
+                if !l.customer_id.is_empty() && l.customer_id != c.customer_id {
+                    v.add("customer.last_limit_change.customer_id", "differs from customer.customer_id");
+                }
+            }
+            match (birth_date, opened) {
+                (Some(birth_date), Some(account_opened_on)) => Some(Customer {
+                    customer_id,
+                    account_id,
+                    birth_date,
+                    account_opened_on,
+                    daily_limit,
+                    last_limit_change,
+                }),
+                _ => None,
+            }
+        }
+    };
+    let payee = payee(&mut v, "payee", r.payee.as_ref());
+    let amount = v.amount("amount_minor", r.amount_minor, false);
+    let currency = r.currency.trim().to_string();
+    if currency.is_empty() {
+        v.add("currency", "required");
+    } else if !CURRENCIES.contains(&currency.as_str()) {
+        v.add("currency", format!("unknown currency `{}`; use an upper-case ISO 4217 code", truncate(&currency)));
+    }
+    let memo = v.text("memo", &r.memo, 256);
+    let mut observations = Observations::default();
+    for (i, raw) in r.observations.iter().enumerate() {
+        match observation(*raw) {
+            Some(o) => observations.insert(o),
+            None => v.add(format!("observations[{i}]"), format!("unknown observation {raw}")),
+        }
+    }
+    let customer = v.into_result(customer)?;
+    Ok(Transfer {
+        request_id,
+        requested_at,
+        bank_id,
+        branch_id,
+        teller_id,
+        channel,
+        customer: customer.expect("present when there are no violations"),
+        payee,
+        amount,
+        currency,
+        memo,
+        observations,
+    })
 }
 
 pub fn action_to_pb(a: Action) -> pb::Action {
@@ -574,6 +583,17 @@ mod tests {
             break_it(&mut r);
             assert_eq!(fields(&r), vec![field.to_string()], "{field}");
         }
+    }
+
+    #[test]
+    fn dates_are_checked_on_the_rulesets_local_date() {
+        // 17:00 UTC on 10 March is already 11 March in Beijing.
+        let mut r = valid();
+        r.requested_at = Some(Timestamp { seconds: 1_773_162_000, nanos: 0 });
+        r.customer.as_mut().unwrap().account_opened_on = "2026-03-11".into();
+        assert!(transfer(&r, crate::rules::DEFAULT_UTC_OFFSET).is_ok());
+        let at_utc = transfer(&r, time::UtcOffset::UTC).unwrap_err();
+        assert_eq!(at_utc[0].field, "customer.account_opened_on");
     }
 
     proptest! {

@@ -5,7 +5,7 @@
 use super::convert::{self, FieldViolation, Violations};
 use super::proto as pb;
 use crate::alerts::{self, Alert, AlertEvent, AlertState, Backlog, HoldDecision, Outcome};
-use crate::model::{mask_account, Transfer};
+use crate::model::mask_account;
 use crate::service::{CustomerEvent, Screened, ServiceError, TransferGuard, TransferState, TransferStatus};
 use prost::Message;
 use std::pin::Pin;
@@ -43,7 +43,7 @@ impl Api {
 
     /// The server's clock now, with the skew live requests are held to.
     fn live_clock(&self) -> convert::LiveClock {
-        convert::LiveClock { now: crate::service::wall_clock(), skew: self.max_clock_skew }
+        convert::LiveClock { now: self.guard.now(), skew: self.max_clock_skew }
     }
 }
 
@@ -226,7 +226,7 @@ impl pb::screening_server::Screening for Api {
         self.rpc("Screen", async move {
             let started = std::time::Instant::now();
             let request = request.into_inner();
-            let transfer = Transfer::try_from(&request)
+            let transfer = convert::transfer(&request, self.guard.ruleset().utc_offset)
                 .and_then(|t| self.live_clock().check_transfer(&t).map(|()| t))
                 .map_err(|v| {
                     // Field names only: a bad value may be an account number.
@@ -627,7 +627,8 @@ impl pb::rules_server::Rules for Api {
 
     async fn dry_run(&self, request: Request<pb::ScreenRequest>) -> Result<Response<pb::ScreenResponse>, Status> {
         self.rpc("DryRun", async move {
-            let transfer = Transfer::try_from(&request.into_inner()).map_err(invalid)?;
+            let transfer =
+                convert::transfer(&request.into_inner(), self.guard.ruleset().utc_offset).map_err(invalid)?;
             Ok(Response::new(screened_to_pb(&self.guard.dry_run(&transfer))))
         })
         .await

@@ -31,6 +31,9 @@ use std::path::Path;
 use std::sync::Arc;
 use toml::Spanned;
 
+/// The branches' local time when `ruleset.toml` does not say: China Standard Time.
+pub const DEFAULT_UTC_OFFSET: time::UtcOffset = time::macros::offset!(+8);
+
 /// A byte range in a condition or a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Span {
@@ -438,7 +441,7 @@ fn parse_settings(src: &Source, diags: &mut Vec<Diagnostic>) -> Option<Settings>
     }
     let thresholds = Thresholds { warn: t.warn, hold: t.hold, block: t.block };
     let utc_offset = match &raw.utc_offset {
-        None => time::UtcOffset::from_hms(8, 0, 0).expect("+08:00 is valid"),
+        None => DEFAULT_UTC_OFFSET,
         Some(s) => match parse_offset(s.get_ref()) {
             Some(o) => o,
             None => {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use transfer_guard::api::proto as pb;
+use transfer_guard::clock::AdjustableClock;
 use transfer_guard::delivery::NatsConfig;
 use transfer_guard::server::Extras;
 use transfer_guard::service::{wall_clock, TransferGuard};
@@ -59,6 +60,8 @@ fn copy_dir(from: &Path, to: &Path) {
 /// The real server, in-process on an ephemeral loopback port.
 pub struct TestServer {
     pub addr: String,
+    /// The server's clock: real time, advanced by tests of expiry and escalation.
+    pub clock: Arc<AdjustableClock>,
     pub metrics_addr: String,
     pub guard: Arc<TransferGuard>,
     pub rules: tempfile::TempDir,
@@ -96,7 +99,9 @@ impl TestServer {
         prepare(rules.path());
         let data = tempfile::tempdir().unwrap();
         let audit = transfer_guard::audit::AuditLog::open(&data.path().join("audit.jsonl")).unwrap();
-        let mut guard = TransferGuard::open(rules.path()).unwrap_or_else(|e| panic!("{e:#?}"));
+        let clock = Arc::new(AdjustableClock::new());
+        let mut guard =
+            TransferGuard::open(rules.path()).unwrap_or_else(|e| panic!("{e:#?}")).with_clock(clock.clone());
         if durable {
             let store = transfer_guard::store::Store::open(&data.path().join("store")).unwrap();
             guard = guard.with_store(Arc::new(store)).unwrap();
@@ -114,7 +119,7 @@ impl TestServer {
         let task = tokio::spawn(async move {
             task.await.unwrap().unwrap();
         });
-        TestServer { addr, metrics_addr, guard, rules, data, stop: Some(stop), task: Some(task) }
+        TestServer { addr, clock, metrics_addr, guard, rules, data, stop: Some(stop), task: Some(task) }
     }
 
     pub async fn start() -> TestServer {

@@ -114,17 +114,23 @@ async fn seed_loop(server: TestServer) {
     server.stop().await;
 }
 
+/// The shipped 30-minute expiry, on the server's clock moved ahead: no sleeping.
 #[tokio::test]
 async fn an_expired_hold_takes_the_expiry_action_and_cannot_be_resolved() {
-    let server = TestServer::start_with(|dir| edit(dir, "ruleset.toml", "expiry = \"30m\"", "expiry = \"1s\"")).await;
+    let server = TestServer::start().await;
     let mut teller = server.screening().await;
     let held = teller.screen(seed_case("seed-expire")).await.unwrap().into_inner();
     let mut waiting =
         teller.watch_transfer(pb::GetTransferRequest { request_id: "seed-expire".into() }).await.unwrap().into_inner();
-    let mut last = waiting.message().await.unwrap().unwrap();
-    while let Ok(Some(Ok(Some(s)))) = tokio::time::timeout(Duration::from_secs(10), waiting.message()).await.map(Some) {
-        last = s;
-    }
+    let first = waiting.message().await.unwrap().unwrap();
+    assert_eq!(first.state, pb::TransferState::Held as i32);
+    server.clock.advance(29 * 60);
+    server.guard.tick(server.guard.now());
+    let still = teller.get_transfer(pb::GetTransferRequest { request_id: "seed-expire".into() }).await.unwrap();
+    assert_eq!(still.into_inner().state, pb::TransferState::Held as i32, "not before 30 minutes");
+    server.clock.advance(2 * 60);
+    server.guard.tick(server.guard.now());
+    let last = waiting.message().await.unwrap().unwrap();
     assert_eq!(last.state, pb::TransferState::Expired as i32, "{last:?}");
     let late = server
         .alerts()
@@ -142,19 +148,14 @@ async fn an_expired_hold_takes_the_expiry_action_and_cannot_be_resolved() {
     server.stop().await;
 }
 
+/// The shipped 10-minute claim deadline, on the server's clock moved ahead.
 #[tokio::test]
 async fn an_unclaimed_alert_escalates_and_both_stations_see_it() {
-    let server = TestServer::start_with(|dir| {
-        edit(
-            dir,
-            "stations.toml",
-            "escalate_to = \"jiangmen-anti-fraud-centre\"\nclaim_deadline = \"10m\"",
-            "escalate_to = \"jiangmen-anti-fraud-centre\"\nclaim_deadline = \"1s\"",
-        );
-    })
-    .await;
+    let server = TestServer::start().await;
     let mut centre = watch(&server, "jiangmen-anti-fraud-centre", 0).await;
     let held = server.screening().await.screen(seed_case("seed-escalate")).await.unwrap().into_inner();
+    server.clock.advance(11 * 60);
+    server.guard.tick(server.guard.now());
     let escalated = next_event(&mut centre).await;
     assert_eq!(escalated.kind, "escalated");
     let alert = escalated.alert.unwrap();
