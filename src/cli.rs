@@ -4,10 +4,12 @@
 //! `main`, nowhere else.
 
 use crate::api::proto as pb;
+use crate::app::{attach_store, open_rules};
+use crate::config::{Config, Overrides};
 use crate::model::{format_minor, parse_major_units};
 use crate::rules::{parse_duration, schema, Ruleset};
 use crate::ruletest;
-use crate::server::{self, Config, Overrides};
+use crate::server;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pbjson_types::Timestamp;
@@ -154,13 +156,8 @@ pub struct BenchArgs {
 /// Starts the real service in this process on a loopback port; its data (audit
 /// file, store) in a temp dir removed when it stops.
 async fn start_in_process(rules: &Path, durability: crate::store::Durability) -> anyhow::Result<(String, InProcess)> {
-    let guard = open_rules(rules)?;
     let dir = tempfile_dir("transfer-guard-bench")?;
-    let guard = match durability {
-        crate::store::Durability::Sync => with_store(guard, &dir)?.0,
-        crate::store::Durability::None => guard,
-    };
-    let guard = std::sync::Arc::new(guard.with_audit(crate::audit::AuditLog::open(&dir.join("audit.jsonl"))?));
+    let guard = crate::app::build(&crate::app::Setup::new(rules, &dir, durability))?.guard;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -720,28 +717,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         durability: args.durability,
         max_clock_skew: args.max_clock_skew,
     })?;
-    let guard = match crate::service::TransferGuard::open(&config.rules_dir) {
-        Ok(g) => g,
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("{e}\n");
-            }
-            bail!("the rules in {} did not load ({} error(s))", config.rules_dir.display(), errors.len());
-        }
-    };
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
-    let audit_path = config.data_dir.join("audit.jsonl");
-    let audit = crate::audit::AuditLog::open(&audit_path)
-        .with_context(|| format!("open the audit file {}", audit_path.display()))?;
-    let guard = match config.durability {
-        crate::store::Durability::Sync => with_store(guard, &config.data_dir)?.0,
-        crate::store::Durability::None => {
-            tracing::warn!("durability none: nothing is kept across a restart");
-            guard
-        }
-    };
-    let guard = std::sync::Arc::new(guard.with_audit(audit));
+    if config.durability == crate::store::Durability::None {
+        tracing::warn!("durability none: nothing is kept across a restart");
+    }
+    let guard =
+        crate::app::build(&crate::app::Setup::new(&config.rules_dir, &config.data_dir, config.durability))?.guard;
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -770,23 +750,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     })
 }
 
-/// Compiles and tests the rules folder and builds the service on it.
-fn open_rules(rules: &Path) -> anyhow::Result<crate::service::TransferGuard> {
-    crate::service::TransferGuard::open(rules).map_err(|e| anyhow::anyhow!("the rules did not load:\n{}", e.join("\n")))
-}
-
-/// Opens the durable store in `data_dir/store`, loads it into `guard` and
-/// keeps it writing there.
-fn with_store(
-    guard: crate::service::TransferGuard,
-    data_dir: &Path,
-) -> anyhow::Result<(crate::service::TransferGuard, std::sync::Arc<crate::store::Store>)> {
-    let store = std::sync::Arc::new(crate::store::Store::open(&data_dir.join("store"))?);
-    Ok((guard.with_store(store.clone())?, store))
-}
-
 fn store_recover(data_dir: &Path, rules: &Path) -> anyhow::Result<i32> {
-    let (guard, store) = with_store(open_rules(rules)?, data_dir)?;
+    let (guard, store) = attach_store(open_rules(rules)?, data_dir)?;
     let r = guard.recovered();
     println!(
         "recovered in {:.2} s: {} customers, {} payees, {} watchlist entries, {} transfers ({} held), {} event ids, {} alerts, {} alert events",
@@ -798,7 +763,7 @@ fn store_recover(data_dir: &Path, rules: &Path) -> anyhow::Result<i32> {
 
 fn store_fill(data_dir: &Path, rules: &Path, customers: usize, transfers: u64) -> anyhow::Result<i32> {
     use crate::model::Payee;
-    let (guard, store) = with_store(open_rules(rules)?, data_dir)?;
+    let (guard, store) = attach_store(open_rules(rules)?, data_dir)?;
     let state = guard.state();
     let now = crate::service::wall_clock();
     let started = std::time::Instant::now();

@@ -25,10 +25,12 @@
 
 pub mod alerts;
 pub mod api;
+pub mod app;
 pub mod audit;
 pub mod backtest;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod delivery;
 pub mod engine;
 pub mod loadgen;

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use transfer_guard::api::proto as pb;
+use transfer_guard::app::Setup;
 use transfer_guard::clock::AdjustableClock;
 use transfer_guard::delivery::NatsConfig;
 use transfer_guard::server::Extras;
 use transfer_guard::service::{wall_clock, TransferGuard};
+use transfer_guard::store::Durability;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -98,15 +100,10 @@ impl TestServer {
         let rules = rules_copy();
         prepare(rules.path());
         let data = tempfile::tempdir().unwrap();
-        let audit = transfer_guard::audit::AuditLog::open(&data.path().join("audit.jsonl")).unwrap();
         let clock = Arc::new(AdjustableClock::new());
-        let mut guard =
-            TransferGuard::open(rules.path()).unwrap_or_else(|e| panic!("{e:#?}")).with_clock(clock.clone());
-        if durable {
-            let store = transfer_guard::store::Store::open(&data.path().join("store")).unwrap();
-            guard = guard.with_store(Arc::new(store)).unwrap();
-        }
-        let guard = Arc::new(guard.with_audit(audit));
+        let durability = if durable { Durability::Sync } else { Durability::None };
+        let setup = Setup::new(rules.path(), data.path(), durability).with_clock(clock.clone());
+        let guard = transfer_guard::app::build(&setup).unwrap_or_else(|e| panic!("{e}")).guard;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();

@@ -1,0 +1,86 @@
+//! The composition root: the one place that builds a running service from its
+//! parts — the rules folder compiled and tested, the durable store (when asked
+//! for) recovered into the state, the audit trail, the clock — in the one order
+//! that is right. `serve`, the in-process bench and the test harness all build
+//! through [`build`].
+//!
+//! Must not hold business logic (that is `service`) or serve anything (that is
+//! `server`).
+
+use crate::audit::AuditLog;
+use crate::clock::{Clock, SystemClock};
+use crate::service::TransferGuard;
+use crate::store::{Durability, Store, StoreError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What a service is built from.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub rules_dir: PathBuf,
+    /// The audit trail (`audit.jsonl`) and, when durable, the store (`store/`).
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Setup {
+    /// Real time; `durability` as given.
+    pub fn new(rules_dir: impl Into<PathBuf>, data_dir: impl Into<PathBuf>, durability: Durability) -> Setup {
+        Setup { rules_dir: rules_dir.into(), data_dir: data_dir.into(), durability, clock: Arc::new(SystemClock) }
+    }
+
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Setup {
+        Setup { clock, ..self }
+    }
+}
+
+/// A built service and what it was built with.
+pub struct App {
+    pub guard: Arc<TransferGuard>,
+    /// The durable store, when there is one.
+    pub store: Option<Arc<Store>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("the rules in {dir} did not load ({} error(s)):\n{}", errors.len(), errors.join("\n\n"))]
+    Rules { dir: String, errors: Vec<String> },
+    #[error("cannot create the data dir {dir}: {source}")]
+    DataDir { dir: String, source: std::io::Error },
+    #[error("cannot open the audit file {path}: {source}")]
+    Audit { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Compiles and tests the rules folder and builds the service on it, with
+/// nothing attached yet (store tools and the bench add what they need).
+pub fn open_rules(rules_dir: &Path) -> Result<TransferGuard, AppError> {
+    TransferGuard::open(rules_dir).map_err(|errors| AppError::Rules { dir: rules_dir.display().to_string(), errors })
+}
+
+/// Opens the durable store in `data_dir/store`, recovers it into `guard` and
+/// keeps it writing there.
+pub fn attach_store(guard: TransferGuard, data_dir: &Path) -> Result<(TransferGuard, Arc<Store>), AppError> {
+    let store = Arc::new(Store::open(&data_dir.join("store"))?);
+    Ok((guard.with_store(store.clone())?, store))
+}
+
+/// Builds the service: rules, clock, store (recovered), audit trail.
+pub fn build(setup: &Setup) -> Result<App, AppError> {
+    let guard = open_rules(&setup.rules_dir)?.with_clock(setup.clock.clone());
+    std::fs::create_dir_all(&setup.data_dir)
+        .map_err(|source| AppError::DataDir { dir: setup.data_dir.display().to_string(), source })?;
+    let (guard, store) = match setup.durability {
+        Durability::Sync => {
+            let (guard, store) = attach_store(guard, &setup.data_dir)?;
+            (guard, Some(store))
+        }
+        Durability::None => (guard, None),
+    };
+    let audit_path = setup.data_dir.join("audit.jsonl");
+    let audit = AuditLog::open(&audit_path)
+        .map_err(|source| AppError::Audit { path: audit_path.display().to_string(), source })?;
+    Ok(App { guard: Arc::new(guard.with_audit(audit)), store })
+}

@@ -1,0 +1,164 @@
+//! Settings: what `serve` runs with, from (highest first) a flag, a
+//! `TRANSFER_GUARD_*` environment variable, the `--config` TOML file, the
+//! default. Every setting has all four; [`Config::resolve`] is the one place
+//! they are merged.
+//!
+//! Must not build or run anything (that is `app` and `server`).
+
+use crate::delivery::NatsConfig;
+use crate::store::Durability;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+pub const DEFAULT_RULES: &str = "rules";
+pub const DEFAULT_DATA: &str = "data";
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+/// How far a live request's timestamps may be from the server's clock.
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+
+/// What `serve` runs with, after defaults, the config file, env and flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub rules_dir: PathBuf,
+    pub data_dir: PathBuf,
+    /// Publish alert events to NATS JetStream too.
+    pub nats: Option<NatsConfig>,
+    /// Where `/metrics` is served.
+    pub metrics_listen: SocketAddr,
+    /// `sync`: every change is on disk in DATA_DIR/store before its answer; `none`: memory only.
+    pub durability: Durability,
+    /// Live `Screen` and `RecordEvent` timestamps further than this from the
+    /// server's clock are refused.
+    pub max_clock_skew: Duration,
+}
+
+/// The config file (TOML). Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub rules: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub nats_url: Option<String>,
+    pub nats_stream: Option<String>,
+    pub nats_subject_prefix: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub durability: Option<Durability>,
+    /// A duration: `90s`, `5m`.
+    pub max_clock_skew: Option<String>,
+}
+
+/// What came from flags or `TRANSFER_GUARD_*` env vars (clap merges those two,
+/// flags first).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub rules: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub nats_url: Option<String>,
+    pub nats_stream: Option<String>,
+    pub nats_subject_prefix: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub durability: Option<Durability>,
+    pub max_clock_skew: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("listen address `{0}` is not HOST:PORT")]
+    Listen(String),
+    #[error("max_clock_skew `{0}` is not a positive duration such as `90s` or `5m`")]
+    ClockSkew(String),
+}
+
+impl Config {
+    pub fn resolve(o: &Overrides) -> Result<Config, ConfigError> {
+        let file = match &o.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let shown = path.display().to_string();
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+                toml::from_str(&text).map_err(|e| {
+                    let d = crate::rules::Diagnostic::toml(&shown, &text, &e);
+                    ConfigError::Parse { path: d.location(), message: d.message }
+                })?
+            }
+        };
+        let listen = o.listen.clone().or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let nats = o.nats_url.clone().or(file.nats_url).filter(|u| !u.is_empty()).map(|url| {
+            let mut n = NatsConfig::new(url);
+            if let Some(s) = o.nats_stream.clone().or(file.nats_stream) {
+                n.stream = s;
+            }
+            if let Some(p) = o.nats_subject_prefix.clone().or(file.nats_subject_prefix) {
+                n.subject_prefix = p;
+            }
+            n
+        });
+        let metrics_listen =
+            o.metrics_listen.clone().or(file.metrics_listen).unwrap_or_else(|| DEFAULT_METRICS_LISTEN.into());
+        let max_clock_skew = match o.max_clock_skew.clone().or(file.max_clock_skew) {
+            None => DEFAULT_MAX_CLOCK_SKEW,
+            Some(s) => match crate::rules::parse_duration(s.trim()) {
+                Some(secs) if secs > 0 => Duration::from_secs(secs as u64),
+                _ => return Err(ConfigError::ClockSkew(s)),
+            },
+        };
+        Ok(Config {
+            max_clock_skew,
+            metrics_listen: metrics_listen.parse().map_err(|_| ConfigError::Listen(metrics_listen.clone()))?,
+            nats,
+            listen: listen.parse().map_err(|_| ConfigError::Listen(listen.clone()))?,
+            rules_dir: o.rules.clone().or(file.rules).unwrap_or_else(|| DEFAULT_RULES.into()),
+            data_dir: o.data_dir.clone().or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA.into()),
+            durability: o.durability.or(file.durability).unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_and_env_beat_the_file_which_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tg.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:6000\"\nrules = \"/etc/tg/rules\"\n").unwrap();
+        let o = Overrides { config: Some(file.clone()), rules: Some("mine".into()), ..Overrides::default() };
+        let c = Config::resolve(&o).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:6000");
+        assert_eq!(c.rules_dir, PathBuf::from("mine"));
+        assert_eq!(c.data_dir, PathBuf::from("data"));
+        assert_eq!(Config::resolve(&Overrides::default()).unwrap().listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.durability, Durability::Sync, "durable unless told otherwise");
+        std::fs::write(&file, "durability = \"none\"\n").unwrap();
+        let o = Overrides { config: Some(file.clone()), ..Overrides::default() };
+        assert_eq!(Config::resolve(&o).unwrap().durability, Durability::None);
+        let o = Overrides { durability: Some(Durability::Sync), ..o };
+        assert_eq!(Config::resolve(&o).unwrap().durability, Durability::Sync);
+
+        std::fs::write(&file, "listen = 5\n").unwrap();
+        let e = Config::resolve(&Overrides { config: Some(file.clone()), ..Overrides::default() }).unwrap_err();
+        assert!(e.to_string().contains("tg.toml:1:10"), "{e}");
+
+        assert_eq!(Config::resolve(&Overrides::default()).unwrap().max_clock_skew, DEFAULT_MAX_CLOCK_SKEW);
+        std::fs::write(&file, "max_clock_skew = \"2m\"\n").unwrap();
+        let o = Overrides { config: Some(file), ..Overrides::default() };
+        assert_eq!(Config::resolve(&o).unwrap().max_clock_skew, Duration::from_secs(120));
+        let o = Overrides { max_clock_skew: Some("90s".into()), ..o };
+        assert_eq!(Config::resolve(&o).unwrap().max_clock_skew, Duration::from_secs(90));
+        let o = Overrides { max_clock_skew: Some("soon".into()), ..o };
+        assert!(Config::resolve(&o).unwrap_err().to_string().contains("max_clock_skew `soon`"));
+    }
+}
