@@ -7,8 +7,9 @@
 
 use crate::alerts::Routing;
 use crate::engine;
+use crate::lifecycle::{History, TransferEvent, TransferState};
 use crate::model::Action;
-use crate::rules::{ExpiryAction, Ruleset};
+use crate::rules::Ruleset;
 use crate::simulate::Labelled;
 use crate::state::State;
 use serde::Serialize;
@@ -119,12 +120,12 @@ pub fn run_from(
         };
         let evaluation = engine::screen(ruleset, &transfer, &state);
         let decision = &evaluation.decision;
-        let counts = match decision.action {
-            Action::Allow | Action::Warn => true,
-            Action::Hold => ruleset.hold.expiry_action == ExpiryAction::Release,
-            Action::Block => false,
-        };
-        if counts {
+        // No officer acts in a replay: a hold ends as its expiry action says.
+        let mut step = TransferState::screened(decision.action);
+        if step.to == TransferState::Held {
+            step = TransferState::Held.next(TransferEvent::Expire(ruleset.hold.expiry_action)).expect("holds expire");
+        }
+        if step.history == History::Count {
             state.apply(&evaluation.record);
         }
         if measure_from.is_some_and(|from| transfer.requested_at < from) {

@@ -33,6 +33,7 @@ pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod engine;
+pub mod lifecycle;
 pub mod loadgen;
 pub mod model;
 pub mod rules;

@@ -13,6 +13,7 @@ use crate::alerts::{
 use crate::audit::{AuditLog, AuditRecord};
 use crate::clock::{Clock, SystemClock};
 use crate::engine::{self, Evaluation};
+use crate::lifecycle::{History, TransferEvent};
 use crate::model::{age_band, mask_account, mask_name, Action, Decision, LimitChange, Payee, Transfer, UnixSeconds};
 use crate::rules::{Diagnostic, ExpiryAction, Ruleset};
 use crate::ruletest;
@@ -28,41 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
-/// Where a screened transfer stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum TransferState {
-    Allowed,
-    Warned,
-    Held,
-    Released,
-    Blocked,
-    Expired,
-    Cancelled,
-    Executed,
-}
-
-impl TransferState {
-    /// The transfer is in the customer's history (its payee known, in the windows).
-    fn counts(self) -> bool {
-        matches!(
-            self,
-            TransferState::Allowed | TransferState::Warned | TransferState::Released | TransferState::Executed
-        )
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TransferState::Allowed => "allowed",
-            TransferState::Warned => "warned",
-            TransferState::Held => "held",
-            TransferState::Released => "released",
-            TransferState::Blocked => "blocked",
-            TransferState::Expired => "expired",
-            TransferState::Cancelled => "cancelled",
-            TransferState::Executed => "executed",
-        }
-    }
-}
+pub use crate::lifecycle::TransferState;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TransferStatus {
@@ -536,15 +503,9 @@ impl TransferGuard {
             station_id: None,
             hold_expires_at: None,
         };
-        let state = match answer.decision.action {
-            Action::Allow => TransferState::Allowed,
-            Action::Warn => TransferState::Warned,
-            Action::Hold => TransferState::Held,
-            Action::Block => TransferState::Blocked,
-        };
-        if state.counts() {
-            self.state.apply(&record);
-        }
+        let screened = TransferState::screened(answer.decision.action);
+        let state = screened.to;
+        self.change_history(screened.history, &record);
         if answer.decision.action.raises_alert() {
             let routing = self.routing.load();
             let (station, fallback) = routing.route(&transfer.branch_id);
@@ -646,25 +607,10 @@ impl TransferGuard {
                 self.state.record_known_payee(&customer_id, &payee, added_at);
             }
             CustomerEvent::TransferExecuted { request_id } => {
-                self.change_transfer(&request_id, "executed", |_, status| match status.state {
-                    TransferState::Allowed | TransferState::Warned | TransferState::Released => {
-                        Ok(Some(TransferState::Executed))
-                    }
-                    TransferState::Executed => Ok(None),
-                    _ => Err(()),
-                })?;
+                self.change_transfer(&request_id, TransferEvent::Execute)?;
             }
             CustomerEvent::TransferCancelled { request_id } => {
-                self.change_transfer(&request_id, "cancelled", |entry, status| {
-                    if status.state.counts() {
-                        self.state.revert(&entry.record);
-                    }
-                    match status.state {
-                        TransferState::Cancelled => Ok(None),
-                        TransferState::Blocked | TransferState::Expired => Err(()),
-                        _ => Ok(Some(TransferState::Cancelled)),
-                    }
-                })?;
+                self.change_transfer(&request_id, TransferEvent::Cancel)?;
                 lock(&self.holds).retain(|(_, id)| *id != request_id);
             }
         }
@@ -682,26 +628,32 @@ impl TransferGuard {
         }
     }
 
-    /// Moves a transfer to a new state under its entry's lock.
-    fn change_transfer(
-        &self,
-        request_id: &str,
-        what: &'static str,
-        decide: impl FnOnce(&ScreenEntry, &TransferStatus) -> Result<Option<TransferState>, ()>,
-    ) -> Result<(), ServiceError> {
+    /// Moves a transfer by a bank's event under its entry's lock (see [`crate::lifecycle`]).
+    fn change_transfer(&self, request_id: &str, event: TransferEvent) -> Result<(), ServiceError> {
         let entry = self.screens.get_mut(request_id).ok_or_else(|| ServiceError::UnknownTransfer(request_id.into()))?;
-        let status = entry.status.borrow().clone();
-        match decide(&entry, &status) {
-            Ok(Some(next)) => {
-                entry.status.send_modify(|s| {
-                    s.state = next;
-                    s.updated_at = self.now();
-                });
-                self.log_transfer(request_id, Some(&entry));
-                Ok(())
-            }
-            Ok(None) => Ok(()),
-            Err(()) => Err(ServiceError::TransferFinal { id: request_id.into(), state: status.state.as_str(), what }),
+        let from = entry.status.borrow().state;
+        let step = from.next(event).map_err(|e| ServiceError::TransferFinal {
+            id: request_id.into(),
+            state: e.from.as_str(),
+            what: e.event.as_str(),
+        })?;
+        if step.to != from {
+            self.change_history(step.history, &entry.record);
+            entry.status.send_modify(|s| {
+                s.state = step.to;
+                s.updated_at = self.now();
+            });
+            self.log_transfer(request_id, Some(&entry));
+        }
+        Ok(())
+    }
+
+    /// What a move of a transfer does to its customer's history.
+    fn change_history(&self, history: History, record: &TransferRecord) {
+        match history {
+            History::Count => self.state.apply(record),
+            History::Uncount => self.state.revert(record),
+            History::Unchanged => {}
         }
     }
 
@@ -752,17 +704,14 @@ impl TransferGuard {
         );
         self.audit_alert("resolved", &alert);
         if let (Some(entry), true) = (entry, held) {
-            let next = match alert.hold_decision {
-                Some(HoldDecision::Release) => {
-                    self.state.apply(&entry.record);
-                    self.metrics.hold_outcomes.with_label_values(&["release"]).inc();
-                    TransferState::Released
-                }
-                _ => {
-                    self.metrics.hold_outcomes.with_label_values(&["block"]).inc();
-                    TransferState::Blocked
-                }
+            let (event, outcome_label) = match alert.hold_decision {
+                Some(HoldDecision::Release) => (TransferEvent::Release, "release"),
+                _ => (TransferEvent::Block, "block"),
             };
+            let step = TransferState::Held.next(event).expect("a held transfer can be released or blocked");
+            self.change_history(step.history, &entry.record);
+            self.metrics.hold_outcomes.with_label_values(&[outcome_label]).inc();
+            let next = step.to;
             entry.status.send_modify(|s| {
                 s.state = next;
                 s.outcome = Some(outcome);
@@ -831,17 +780,14 @@ impl TransferGuard {
             if entry.status.borrow().state != TransferState::Held {
                 continue;
             }
-            let (next, decision) = match expiry {
-                ExpiryAction::Block => {
-                    self.metrics.hold_outcomes.with_label_values(&["expired_block"]).inc();
-                    (TransferState::Expired, HoldDecision::Block)
-                }
-                ExpiryAction::Release => {
-                    self.state.apply(&entry.record);
-                    self.metrics.hold_outcomes.with_label_values(&["expired_release"]).inc();
-                    (TransferState::Released, HoldDecision::Release)
-                }
+            let step = TransferState::Held.next(TransferEvent::Expire(expiry)).expect("a held transfer can expire");
+            self.change_history(step.history, &entry.record);
+            let (decision, outcome_label) = match expiry {
+                ExpiryAction::Block => (HoldDecision::Block, "expired_block"),
+                ExpiryAction::Release => (HoldDecision::Release, "expired_release"),
             };
+            self.metrics.hold_outcomes.with_label_values(&[outcome_label]).inc();
+            let next = step.to;
             if let Some(alert_id) = entry.answer.alert_id.as_deref() {
                 if let Ok(alert) = self.alerts.hold_expired(alert_id, decision, now) {
                     self.metrics.alerts.with_label_values(&[&alert.station_id, "expired"]).inc();
