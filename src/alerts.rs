@@ -254,6 +254,8 @@ pub trait AlertLog: Send + Sync {
     fn changed(&self, alert: &Alert, sequence: u32, event: &AlertEvent);
     /// The event at `cursor` fell out of the retained log.
     fn forgotten(&self, cursor: u64);
+    /// The resolved alert `id` passed its retention and left the book.
+    fn removed(&self, id: &str);
 }
 
 /// The alert book: every alert and the ordered log of their events.
@@ -581,6 +583,39 @@ impl AlertBook {
     }
 
     /// How many alerts each station has in each state (for the metrics gauge).
+    /// Forgets what is older than `before`: resolved alerts last changed
+    /// before it (with their event counts), and released events made before it
+    /// (from the front of the log, so cursors stay contiguous). Open alerts stay
+    /// whatever their age. Returns how many alerts left.
+    pub fn forget_before(&self, before: UnixSeconds) -> usize {
+        let mut book = self.lock();
+        let old: Vec<String> = book
+            .alerts
+            .values()
+            .filter(|a| a.state == AlertState::Resolved && a.updated_at < before)
+            .map(|a| a.id.clone())
+            .collect();
+        for id in &old {
+            book.alerts.remove(id);
+            book.sequence.remove(id);
+            if let Some(log) = &book.log {
+                log.removed(id);
+            }
+        }
+        while book.events.front().is_some_and(|e| e.at < before && e.cursor <= book.released) {
+            let event = book.events.pop_front().expect("front exists");
+            if let Some(log) = &book.log {
+                log.forgotten(event.cursor);
+            }
+        }
+        old.len()
+    }
+
+    /// How many events the log holds now.
+    pub fn retained_events(&self) -> usize {
+        self.lock().events.len()
+    }
+
     pub fn counts(&self) -> HashMap<(String, AlertState), usize> {
         let mut counts = HashMap::new();
         for a in self.lock().alerts.values() {

@@ -22,12 +22,20 @@ pub struct Setup {
     pub data_dir: PathBuf,
     pub durability: Durability,
     pub clock: Arc<dyn Clock>,
+    /// How long resolved alerts and alert events are kept, in seconds.
+    pub alert_retention_secs: i64,
 }
 
 impl Setup {
     /// Real time; `durability` as given.
     pub fn new(rules_dir: impl Into<PathBuf>, data_dir: impl Into<PathBuf>, durability: Durability) -> Setup {
-        Setup { rules_dir: rules_dir.into(), data_dir: data_dir.into(), durability, clock: Arc::new(SystemClock) }
+        Setup {
+            rules_dir: rules_dir.into(),
+            data_dir: data_dir.into(),
+            durability,
+            clock: Arc::new(SystemClock),
+            alert_retention_secs: crate::service::DEFAULT_ALERT_RETENTION_SECS,
+        }
     }
 
     pub fn with_clock(self, clock: Arc<dyn Clock>) -> Setup {
@@ -69,7 +77,8 @@ pub fn attach_store(guard: TransferGuard, data_dir: &Path) -> Result<(TransferGu
 
 /// Builds the service: rules, clock, store (recovered), audit trail.
 pub fn build(setup: &Setup) -> Result<App, AppError> {
-    let guard = open_rules(&setup.rules_dir)?.with_clock(setup.clock.clone());
+    let guard =
+        open_rules(&setup.rules_dir)?.with_clock(setup.clock.clone()).with_alert_retention(setup.alert_retention_secs);
     std::fs::create_dir_all(&setup.data_dir)
         .map_err(|source| AppError::DataDir { dir: setup.data_dir.display().to_string(), source })?;
     let (guard, store) = match setup.durability {

@@ -217,7 +217,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TRANSFER_GUARD_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// A TOML config file (keys: listen, rules, data_dir, durability, metrics_listen, nats_url,
-    /// nats_stream, nats_subject_prefix, max_clock_skew).
+    /// nats_stream, nats_subject_prefix, max_clock_skew, alert_retention).
     #[arg(long, env = "TRANSFER_GUARD_CONFIG")]
     config: Option<PathBuf>,
     /// sync (default): answer only once the change is on disk in DATA_DIR/store, and recover it
@@ -243,6 +243,10 @@ pub struct ServeArgs {
     /// (default 5m); further off is INVALID_ARGUMENT. DryRun, backtest and simulate replay any time.
     #[arg(long, env = "TRANSFER_GUARD_MAX_CLOCK_SKEW")]
     max_clock_skew: Option<String>,
+    /// How long resolved alerts and alert events are kept, in memory and in the store
+    /// (default 30d); open alerts stay whatever their age.
+    #[arg(long, env = "TRANSFER_GUARD_ALERT_RETENTION")]
+    alert_retention: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -716,12 +720,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         metrics_listen: args.metrics_listen,
         durability: args.durability,
         max_clock_skew: args.max_clock_skew,
+        alert_retention: args.alert_retention,
     })?;
     if config.durability == crate::store::Durability::None {
         tracing::warn!("durability none: nothing is kept across a restart");
     }
-    let guard =
-        crate::app::build(&crate::app::Setup::new(&config.rules_dir, &config.data_dir, config.durability))?.guard;
+    let setup = crate::app::Setup {
+        alert_retention_secs: config.alert_retention.as_secs() as i64,
+        ..crate::app::Setup::new(&config.rules_dir, &config.data_dir, config.durability)
+    };
+    let guard = crate::app::build(&setup)?.guard;
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

@@ -16,6 +16,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_RULES: &str = "rules";
 pub const DEFAULT_DATA: &str = "data";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+/// How long resolved alerts and alert events are kept.
+pub const DEFAULT_ALERT_RETENTION: Duration = Duration::from_secs(crate::service::DEFAULT_ALERT_RETENTION_SECS as u64);
 /// How far a live request's timestamps may be from the server's clock.
 pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 
@@ -34,6 +36,8 @@ pub struct Config {
     /// Live `Screen` and `RecordEvent` timestamps further than this from the
     /// server's clock are refused.
     pub max_clock_skew: Duration,
+    /// Resolved alerts and alert events are forgotten this long after.
+    pub alert_retention: Duration,
 }
 
 /// The config file (TOML). Every key is optional.
@@ -50,6 +54,8 @@ pub struct FileConfig {
     pub durability: Option<Durability>,
     /// A duration: `90s`, `5m`.
     pub max_clock_skew: Option<String>,
+    /// A duration: `30d`.
+    pub alert_retention: Option<String>,
 }
 
 /// What came from flags or `TRANSFER_GUARD_*` env vars (clap merges those two,
@@ -66,6 +72,7 @@ pub struct Overrides {
     pub metrics_listen: Option<String>,
     pub durability: Option<Durability>,
     pub max_clock_skew: Option<String>,
+    pub alert_retention: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,8 +83,8 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("listen address `{0}` is not HOST:PORT")]
     Listen(String),
-    #[error("max_clock_skew `{0}` is not a positive duration such as `90s` or `5m`")]
-    ClockSkew(String),
+    #[error("{key} `{value}` is not a positive duration such as `90s`, `5m` or `30d`")]
+    Duration { key: &'static str, value: String },
 }
 
 impl Config {
@@ -107,15 +114,20 @@ impl Config {
         });
         let metrics_listen =
             o.metrics_listen.clone().or(file.metrics_listen).unwrap_or_else(|| DEFAULT_METRICS_LISTEN.into());
-        let max_clock_skew = match o.max_clock_skew.clone().or(file.max_clock_skew) {
-            None => DEFAULT_MAX_CLOCK_SKEW,
+        let duration = |key: &'static str, value: Option<String>, default: Duration| match value {
+            None => Ok(default),
             Some(s) => match crate::rules::parse_duration(s.trim()) {
-                Some(secs) if secs > 0 => Duration::from_secs(secs as u64),
-                _ => return Err(ConfigError::ClockSkew(s)),
+                Some(secs) if secs > 0 => Ok(Duration::from_secs(secs as u64)),
+                _ => Err(ConfigError::Duration { key, value: s }),
             },
         };
+        let max_clock_skew =
+            duration("max_clock_skew", o.max_clock_skew.clone().or(file.max_clock_skew), DEFAULT_MAX_CLOCK_SKEW)?;
+        let alert_retention =
+            duration("alert_retention", o.alert_retention.clone().or(file.alert_retention), DEFAULT_ALERT_RETENTION)?;
         Ok(Config {
             max_clock_skew,
+            alert_retention,
             metrics_listen: metrics_listen.parse().map_err(|_| ConfigError::Listen(metrics_listen.clone()))?,
             nats,
             listen: listen.parse().map_err(|_| ConfigError::Listen(listen.clone()))?,

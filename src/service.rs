@@ -163,7 +163,12 @@ pub struct TransferGuard {
     recovered: Recovered,
     /// The server's time: hold expiry, claim deadlines, idempotency windows.
     clock: Arc<dyn Clock>,
+    /// Resolved alerts, and alert events, leave memory and the store this long after.
+    alert_retention_secs: i64,
 }
+
+/// How long resolved alerts and alert events are kept by default: 30 days.
+pub const DEFAULT_ALERT_RETENTION_SECS: i64 = 30 * 86_400;
 
 pub use crate::clock::wall_clock;
 
@@ -219,8 +224,15 @@ impl TransferGuard {
             nats_cursor: 0,
             recovered: Recovered::default(),
             clock: Arc::new(SystemClock),
+            alert_retention_secs: DEFAULT_ALERT_RETENTION_SECS,
         }
         .with_ruleset_metric()
+    }
+
+    /// Keeps resolved alerts and alert events for `secs` after their last change.
+    pub fn with_alert_retention(mut self, secs: i64) -> Self {
+        self.alert_retention_secs = secs;
+        self
     }
 
     /// Reads the time from `clock` from now on (tests advance one).
@@ -728,7 +740,12 @@ impl TransferGuard {
 
     /// Forgets ids and statuses older than [`IDEMPOTENCY_SECS`] (never a
     /// transfer still held) and drops window entries that can no longer count.
+    /// Also forgets resolved alerts and alert events past their retention.
     pub fn prune(&self, now: UnixSeconds) {
+        let forgotten = self.alerts.forget_before(now - self.alert_retention_secs);
+        if forgotten > 0 {
+            tracing::info!(alerts = forgotten, "resolved alerts past their retention forgotten");
+        }
         let cutoff = now - IDEMPOTENCY_SECS;
         self.screens.retain(|id, e| {
             let keep = e.answered_at >= cutoff || e.status.borrow().state == TransferState::Held;

@@ -441,6 +441,10 @@ impl AlertLog for Store {
     fn forgotten(&self, cursor: u64) {
         self.queue([Put { space: Space::AlertEvents, key: Slice::from(&cursor.to_be_bytes()[..]), value: None }], None);
     }
+
+    fn removed(&self, id: &str) {
+        self.queue([Put { space: Space::Alerts, key: Slice::from(id.as_bytes()), value: None }], None);
+    }
 }
 
 #[cfg(test)]

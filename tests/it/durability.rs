@@ -401,3 +401,48 @@ async fn a_hold_survives_a_restart_and_its_decision_the_next() {
     );
     assert!(first.decision.hits.iter().any(|h| h.rule_id() == "new_payee_large"), "the probe can fail");
 }
+
+/// Under a steady stream of alerts, resolved ones (and old events) leave memory
+/// and the store after their retention: the book, and what a restart reads,
+/// stay the same size day after day. Open alerts stay whatever their age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolved_alerts_leave_memory_and_the_store_after_their_retention() {
+    use transfer_guard::alerts::{HoldDecision, Outcome};
+    use transfer_guard::app::{build, Setup};
+    use transfer_guard::clock::AdjustableClock;
+    use transfer_guard::model::Transfer;
+    use transfer_guard::store::Durability;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AdjustableClock::new());
+    let setup = Setup {
+        alert_retention_secs: 3600,
+        ..Setup::new(crate::harness::rules_dir(), dir.path(), Durability::Sync).with_clock(clock.clone())
+    };
+    let guard = build(&setup).unwrap().guard;
+    let open = guard.screen(&Transfer::try_from(&seed_case("ret-open")).unwrap(), 1).unwrap();
+    let open_id = open.alert_id.expect("a HOLD raises an alert");
+    let mut sizes = Vec::new();
+    for day in 0..5 {
+        for i in 0..20 {
+            let mut t = Transfer::try_from(&seed_case(&format!("ret-{day}-{i}"))).unwrap();
+            t.requested_at = guard.now();
+            let answer = guard.screen(&t, 2).unwrap();
+            let id = answer.alert_id.expect("a HOLD raises an alert");
+            guard.resolve_alert(&id, "officer-li", Outcome::Dissuaded, Some(HoldDecision::Block), "").unwrap();
+        }
+        guard.committed().await.unwrap();
+        assert_eq!(guard.alerts().len(), 21, "day {day}: resolved alerts stay within their retention");
+        clock.advance(2 * 3600);
+        guard.prune(guard.now());
+        guard.committed().await.unwrap();
+        sizes.push((guard.alerts().len(), guard.alerts().retained_events()));
+    }
+    assert!(sizes.iter().all(|s| *s == (1, 0)), "flat, day after day: {sizes:?}");
+    assert!(guard.alerts().get(&open_id).is_some(), "an open alert stays whatever its age");
+    drop(guard);
+
+    let guard = build(&setup).unwrap().guard;
+    let r = guard.recovered();
+    assert_eq!((r.alerts, r.alert_events), (1, 0), "a restart reads only what is retained: {r:?}");
+    assert!(guard.alerts().get(&open_id).is_some());
+}
