@@ -18,7 +18,7 @@ use crate::model::{age_band, mask_account, mask_name, Action, Decision, LimitCha
 use crate::rules::{Diagnostic, ExpiryAction, Ruleset};
 use crate::ruletest;
 use crate::state::{State, TransferRecord, WatchEntry};
-use crate::store::{Space, Store, StoreError, StoredAlert};
+use crate::store::{Space, Store, StoreError, StoredAlert, StoredTransfer};
 use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
 use dashmap::mapref::entry::Entry;
@@ -63,17 +63,6 @@ struct ScreenEntry {
     answer: Screened,
     record: TransferRecord,
     status: watch::Sender<TransferStatus>,
-}
-
-/// A screened transfer as the durable store keeps it: written from borrowed
-/// parts of a [`ScreenEntry`], read back owned.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct StoredTransfer<A = Screened, R = TransferRecord, S = TransferStatus> {
-    answered_at: UnixSeconds,
-    fingerprint: u64,
-    answer: A,
-    record: R,
-    status: S,
 }
 
 /// Keys of the `meta` keyspace.

@@ -16,7 +16,9 @@
 //! decide anything or hold locks of other modules while writing.
 
 use crate::alerts::{Alert, AlertEvent, AlertLog};
-use crate::state::{CustomerImage, StateLog, WatchEntry};
+use crate::model::UnixSeconds;
+use crate::service::{Screened, TransferStatus};
+use crate::state::{CustomerImage, StateLog, TransferRecord, WatchEntry};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Slice};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -83,7 +85,19 @@ pub enum StoreError {
     Read(String),
     #[error("record {space}/{key} in the store is damaged: {error}")]
     Damaged { space: &'static str, key: String, error: String },
+    #[error(
+        "the store in {path} was written in format {found}, newer than this build reads ({supported}): \
+         run the transfer-guard that wrote it, or a newer one"
+    )]
+    NewerFormat { path: String, found: u32, supported: u32 },
 }
+
+/// The version of the records' encoding. Raised when a record kind changes in
+/// a way an older build cannot read; a store written by a newer version is
+/// refused at open rather than misread. `golden_records` pins version 1.
+pub const FORMAT_VERSION: u32 = 1;
+/// Key in `meta` of the format version the store was written in.
+const META_FORMAT: &[u8] = b"format";
 
 /// How far the writer has got, and who waits for what.
 #[derive(Default)]
@@ -107,6 +121,28 @@ struct Put {
 }
 
 /// Decodes a stored value; a value that does not decode names its record.
+/// Decodes a stored value as the type its keyspace holds and encodes it again:
+/// the golden test's check that the encoding of every record kind is unchanged.
+pub fn reencode(space_name: &str, key: &[u8], value: &[u8]) -> Result<Vec<u8>, StoreError> {
+    fn again<T: Serialize + DeserializeOwned>(space: Space, key: &[u8], value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        Ok(encode(&decode::<T>(space, key, value)?).to_vec())
+    }
+    let space = Space::ALL.into_iter().find(|s| s.name() == space_name).ok_or_else(|| StoreError::Damaged {
+        space: "?",
+        key: space_name.to_string(),
+        error: "no such keyspace".into(),
+    })?;
+    match space {
+        Space::Customers => again::<CustomerImage>(space, key, value),
+        Space::Watchlist => again::<WatchEntry>(space, key, value),
+        Space::Transfers => again::<StoredTransfer>(space, key, value),
+        Space::Events => again::<(u64, UnixSeconds)>(space, key, value),
+        Space::Alerts => again::<StoredAlert>(space, key, value),
+        Space::AlertEvents => again::<AlertEvent>(space, key, value),
+        Space::Meta => again::<u64>(space, key, value),
+    }
+}
+
 fn decode<T: DeserializeOwned>(space: Space, key: &[u8], value: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(value).map_err(|e| StoreError::Damaged {
         space: space.name(),
@@ -196,7 +232,27 @@ impl Store {
                 .spawn(move || write_loop(&shared))
                 .map_err(|e| StoreError::Write(format!("cannot start the writer thread: {e}")))?
         };
-        Ok(Store { shared, writer: Mutex::new(Some(writer)), path: dir.to_path_buf() })
+        let store = Store { shared, writer: Mutex::new(Some(writer)), path: dir.to_path_buf() };
+        // A store from before versioning is version 1: the encoding it has.
+        let found: u32 = store.get(Space::Meta, META_FORMAT)?.unwrap_or(FORMAT_VERSION);
+        if found > FORMAT_VERSION {
+            return Err(StoreError::NewerFormat { path: dir.display().to_string(), found, supported: FORMAT_VERSION });
+        }
+        store.put(Space::Meta, META_FORMAT, Some(&FORMAT_VERSION));
+        Ok(store)
+    }
+
+    /// Every record of every kind as its raw bytes, by keyspace name (for the
+    /// golden test and for inspecting a store).
+    pub fn raw(&self) -> Result<Vec<(&'static str, Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for space in Space::ALL {
+            for item in self.shared.spaces[space as usize].iter() {
+                let (k, v) = item.into_inner().map_err(|e| StoreError::Read(format!("{}: {e}", space.name())))?;
+                out.push((space.name(), k.to_vec(), v.to_vec()));
+            }
+        }
+        Ok(out)
     }
 
     pub fn path(&self) -> &Path {
@@ -413,6 +469,17 @@ impl StateLog for Store {
     fn watch(&self, account: &str, entry: Option<&WatchEntry>) {
         self.put(Space::Watchlist, account.as_bytes(), entry);
     }
+}
+
+/// A screened transfer as the store keeps it: written from borrowed parts of
+/// the service's entry, read back owned.
+#[derive(Serialize, serde::Deserialize)]
+pub struct StoredTransfer<A = Screened, R = TransferRecord, S = TransferStatus> {
+    pub answered_at: UnixSeconds,
+    pub fingerprint: u64,
+    pub answer: A,
+    pub record: R,
+    pub status: S,
 }
 
 /// An alert as stored: its image and how many events it has had. Written

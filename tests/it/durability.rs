@@ -446,3 +446,95 @@ async fn resolved_alerts_leave_memory_and_the_store_after_their_retention() {
     assert_eq!((r.alerts, r.alert_events), (1, 0), "a restart reads only what is retained: {r:?}");
     assert!(guard.alerts().get(&open_id).is_some());
 }
+
+/// The store's encoding is pinned: `tests/golden/store-v1.json` holds one real
+/// record of every kind, written by a real service; each must decode into
+/// today's types and encode back byte for byte. Renaming a field of a stored
+/// type fails here instead of silently orphaning what is on disk. To re-make
+/// the file after a deliberate format change (and a FORMAT_VERSION bump):
+/// `TRANSFER_GUARD_BLESS=1 cargo test --test it golden`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_records_of_every_kind_decode_and_encode_byte_for_byte() {
+    use transfer_guard::store::{reencode, Store};
+    let path = crate::harness::repo().join("tests/golden/store-v1.json");
+    if std::env::var_os("TRANSFER_GUARD_BLESS").is_some() || !path.exists() {
+        let dir = tempfile::tempdir().unwrap();
+        write_every_kind_of_record(dir.path()).await;
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let records: Vec<serde_json::Value> = store
+            .raw()
+            .unwrap()
+            .into_iter()
+            .map(|(space, key, value)| {
+                let key: String = key.iter().map(|b| format!("{b:02x}")).collect();
+                serde_json::json!({ "space": space, "key": key, "value": String::from_utf8(value).unwrap() })
+            })
+            .collect();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, serde_json::to_string_pretty(&records).unwrap() + "\n").unwrap();
+    }
+    let golden: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut kinds = std::collections::BTreeSet::new();
+    for r in &golden {
+        let space = r["space"].as_str().unwrap();
+        let hex = r["key"].as_str().unwrap();
+        let key: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let value = r["value"].as_str().unwrap();
+        let again = reencode(space, &key, value.as_bytes()).unwrap_or_else(|e| panic!("{space}: {e}"));
+        assert_eq!(String::from_utf8(again).unwrap(), value, "{space} record re-encodes differently");
+        kinds.insert(space.to_string());
+    }
+    let all = ["alert_events", "alerts", "customers", "events", "meta", "transfers", "watchlist"];
+    assert_eq!(kinds.into_iter().collect::<Vec<_>>(), all, "one record of every kind");
+}
+
+/// A real service writes one record of every kind into `data/store`.
+async fn write_every_kind_of_record(data: &std::path::Path) {
+    use transfer_guard::alerts::{HoldDecision, Outcome};
+    use transfer_guard::app::{build, Setup};
+    use transfer_guard::model::{LimitChange, Payee, Transfer};
+    use transfer_guard::service::CustomerEvent;
+    use transfer_guard::state::WatchEntry;
+    use transfer_guard::store::Durability;
+    let guard = build(&Setup::new(crate::harness::rules_dir(), data, Durability::Sync)).unwrap().guard;
+    let held = guard.screen(&Transfer::try_from(&seed_case("golden-hold")).unwrap(), 1).unwrap();
+    guard.screen(&Transfer::try_from(&ordinary("golden-rent", "customer-g", "6222020000008002")).unwrap(), 2).unwrap();
+    let payee = Payee { account: "6222020000008003".into(), name: "张三".into(), bank_code: "icbc".into() };
+    let added = CustomerEvent::PayeeAdded { customer_id: "customer-g".into(), payee, added_at: guard.now() };
+    guard.record_event("golden-event", 3, added).unwrap();
+    let change =
+        LimitChange { old_limit: 5_000_000, new_limit: 20_000_000, is_maximum: false, changed_at: guard.now() };
+    guard
+        .record_event("golden-limit", 4, CustomerEvent::LimitChanged { customer_id: "customer-g".into(), change })
+        .unwrap();
+    guard.watchlist_upsert(WatchEntry {
+        account: "6222000055556666".into(),
+        station_id: "heshan-zhongshan-ps".into(),
+        reason: "涉诈收款账户".into(),
+        added_at: 0,
+        expires_at: None,
+    });
+    let alert_id = held.alert_id.unwrap();
+    guard.claim_alert(&alert_id, "officer-li").unwrap();
+    guard.resolve_alert(&alert_id, "officer-li", Outcome::Dissuaded, Some(HoldDecision::Block), "劝阻成功").unwrap();
+    guard.committed().await.unwrap();
+}
+
+/// A store written by a newer format version is refused, saying so, and left untouched.
+#[test]
+fn a_store_from_a_newer_format_is_refused() {
+    use transfer_guard::store::{Space, Store, StoreError, FORMAT_VERSION};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.put(Space::Meta, b"format", Some(&(FORMAT_VERSION + 1)));
+        store.flush().unwrap();
+    }
+    match Store::open(dir.path()) {
+        Err(e @ StoreError::NewerFormat { .. }) => {
+            assert!(e.to_string().contains(&format!("format {}", FORMAT_VERSION + 1)), "{e}")
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a newer store was opened"),
+    }
+}
