@@ -244,7 +244,7 @@ impl Store {
 
     /// Every record of every kind as its raw bytes, by keyspace name (for the
     /// golden test and for inspecting a store).
-    pub fn raw(&self) -> Result<Vec<(&'static str, Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn raw(&self) -> Result<Vec<RawRecord>, StoreError> {
         let mut out = Vec::new();
         for space in Space::ALL {
             for item in self.shared.spaces[space as usize].iter() {
@@ -481,6 +481,9 @@ pub struct StoredTransfer<A = Screened, R = TransferRecord, S = TransferStatus> 
     pub record: R,
     pub status: S,
 }
+
+/// A stored record as bytes: its keyspace's name, its key, its value.
+pub type RawRecord = (&'static str, Vec<u8>, Vec<u8>);
 
 /// An alert as stored: its image and how many events it has had. Written
 /// from a borrowed alert (`StoredAlert<&Alert>`), read back owned.
