@@ -217,7 +217,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TRANSFER_GUARD_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// A TOML config file (keys: listen, rules, data_dir, durability, metrics_listen, nats_url,
-    /// nats_stream, nats_subject_prefix, max_clock_skew, alert_retention).
+    /// nats_stream, nats_subject_prefix, max_clock_skew, alert_retention, webhook_url, webhook_secret).
     #[arg(long, env = "TRANSFER_GUARD_CONFIG")]
     config: Option<PathBuf>,
     /// sync (default): answer only once the change is on disk in DATA_DIR/store, and recover it
@@ -247,6 +247,13 @@ pub struct ServeArgs {
     /// (default 30d); open alerts stay whatever their age.
     #[arg(long, env = "TRANSFER_GUARD_ALERT_RETENTION")]
     alert_retention: Option<String>,
+    /// Also POST every alert event (proto3 JSON) to this http:// URL, retried until it answers 2xx.
+    #[arg(long, env = "TRANSFER_GUARD_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// The secret webhook POSTs are signed with (HMAC-SHA256); required with --webhook-url.
+    /// Prefer the environment variable: a flag shows in the process list.
+    #[arg(long, env = "TRANSFER_GUARD_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -721,6 +728,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         durability: args.durability,
         max_clock_skew: args.max_clock_skew,
         alert_retention: args.alert_retention,
+        webhook_url: args.webhook_url,
+        webhook_secret: args.webhook_secret,
     })?;
     if config.durability == crate::store::Durability::None {
         tracing::warn!("durability none: nothing is kept across a restart");
@@ -748,6 +757,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         tracing::info!(metrics = %metrics.local_addr()?, "metrics at /metrics");
         let extras = server::Extras {
             nats: config.nats.clone(),
+            webhook: config.webhook.clone(),
             metrics: Some(metrics),
             watch_rules: true,
             max_clock_skew: config.max_clock_skew,

@@ -5,7 +5,7 @@
 //!
 //! Must not build or run anything (that is `app` and `server`).
 
-use crate::delivery::NatsConfig;
+use crate::delivery::{NatsConfig, WebhookConfig};
 use crate::store::Durability;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -29,6 +29,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Publish alert events to NATS JetStream too.
     pub nats: Option<NatsConfig>,
+    /// POST alert events to a webhook too.
+    pub webhook: Option<WebhookConfig>,
     /// Where `/metrics` is served.
     pub metrics_listen: SocketAddr,
     /// `sync`: every change is on disk in DATA_DIR/store before its answer; `none`: memory only.
@@ -56,6 +58,8 @@ pub struct FileConfig {
     pub max_clock_skew: Option<String>,
     /// A duration: `30d`.
     pub alert_retention: Option<String>,
+    pub webhook_url: Option<String>,
+    pub webhook_secret: Option<String>,
 }
 
 /// What came from flags or `TRANSFER_GUARD_*` env vars (clap merges those two,
@@ -73,6 +77,8 @@ pub struct Overrides {
     pub durability: Option<Durability>,
     pub max_clock_skew: Option<String>,
     pub alert_retention: Option<String>,
+    pub webhook_url: Option<String>,
+    pub webhook_secret: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +89,8 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("listen address `{0}` is not HOST:PORT")]
     Listen(String),
+    #[error("webhook_url is set but webhook_secret is not: every POST is signed with it")]
+    WebhookSecret,
     #[error("{key} `{value}` is not a positive duration such as `90s`, `5m` or `30d`")]
     Duration { key: &'static str, value: String },
 }
@@ -125,7 +133,15 @@ impl Config {
             duration("max_clock_skew", o.max_clock_skew.clone().or(file.max_clock_skew), DEFAULT_MAX_CLOCK_SKEW)?;
         let alert_retention =
             duration("alert_retention", o.alert_retention.clone().or(file.alert_retention), DEFAULT_ALERT_RETENTION)?;
+        let webhook = match o.webhook_url.clone().or(file.webhook_url).filter(|u| !u.is_empty()) {
+            None => None,
+            Some(url) => match o.webhook_secret.clone().or(file.webhook_secret).filter(|s| !s.is_empty()) {
+                Some(secret) => Some(WebhookConfig { url, secret }),
+                None => return Err(ConfigError::WebhookSecret),
+            },
+        };
         Ok(Config {
+            webhook,
             max_clock_skew,
             alert_retention,
             metrics_listen: metrics_listen.parse().map_err(|_| ConfigError::Listen(metrics_listen.clone()))?,

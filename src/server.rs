@@ -11,7 +11,9 @@ use crate::api::proto::{
 };
 use crate::api::services::Api;
 use crate::config::DEFAULT_MAX_CLOCK_SKEW;
-use crate::delivery::{self, DeliveryProgress, NatsConfig};
+use crate::delivery::nats::NatsSink;
+use crate::delivery::webhook::WebhookSink;
+use crate::delivery::{self, AlertSink, DeliveryProgress, NatsConfig, WebhookConfig};
 use crate::service::TransferGuard;
 use std::future::Future;
 use std::sync::Arc;
@@ -37,6 +39,8 @@ pub async fn run(
 pub struct Extras {
     /// Publish alert events to NATS JetStream too.
     pub nats: Option<NatsConfig>,
+    /// POST alert events to a webhook too.
+    pub webhook: Option<WebhookConfig>,
     /// Serve `/metrics` here.
     pub metrics: Option<TcpListener>,
     /// Reload when a file in the rules folder changes, and on SIGHUP.
@@ -47,7 +51,7 @@ pub struct Extras {
 
 impl Default for Extras {
     fn default() -> Extras {
-        Extras { nats: None, metrics: None, watch_rules: false, max_clock_skew: DEFAULT_MAX_CLOCK_SKEW }
+        Extras { nats: None, webhook: None, metrics: None, watch_rules: false, max_clock_skew: DEFAULT_MAX_CLOCK_SKEW }
     }
 }
 
@@ -140,13 +144,28 @@ pub async fn run_with(
         ))
     });
     let reloader = extras.watch_rules.then(|| reload_on_change(guard.clone(), streams_stop.clone()));
-    let publisher = extras.nats.map(|config| {
+    let mut sinks: Vec<Box<dyn AlertSink>> = Vec::new();
+    if let Some(config) = extras.nats {
         tracing::info!(url = %config.url, stream = %config.stream, "publishing alerts to NATS JetStream");
-        let progress = Arc::new(DeliveryProgress::default());
-        // Resume after the last event NATS acknowledged before a restart.
-        progress.published_cursor.store(guard.nats_cursor(), std::sync::atomic::Ordering::Relaxed);
-        tokio::spawn(delivery::run(guard.clone(), config, progress, streams_stop.clone()))
-    });
+        sinks.push(Box::new(NatsSink::new(config)));
+    }
+    if let Some(config) = extras.webhook {
+        match WebhookSink::new(config) {
+            Ok(sink) => {
+                tracing::info!("posting alerts to the webhook");
+                sinks.push(Box::new(sink));
+            }
+            Err(e) => tracing::error!(error = %e, "no webhook delivery"),
+        }
+    }
+    // Each sink resumes after the last event it acknowledged before a restart.
+    let publishers: Vec<_> = sinks
+        .into_iter()
+        .map(|sink| {
+            let progress = Arc::new(DeliveryProgress::default());
+            tokio::spawn(delivery::run(guard.clone(), sink, progress, streams_stop.clone()))
+        })
+        .collect();
     let api =
         Api { guard: guard.clone(), shutdown: streams_stop, max_clock_skew: extras.max_clock_skew.as_secs() as i64 };
 
@@ -201,8 +220,8 @@ pub async fn run_with(
     if let Some(m) = metrics_server {
         let _ = tokio::time::timeout(Duration::from_secs(2), m).await;
     }
-    if let Some(p) = publisher {
-        // Give the publisher a moment to send what is pending, then stop it.
+    for p in publishers {
+        // Give each sink a moment to deliver what is pending, then stop it.
         let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
     }
     served

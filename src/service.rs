@@ -67,7 +67,13 @@ struct ScreenEntry {
 
 /// Keys of the `meta` keyspace.
 const META_BOOT: &[u8] = b"boot";
+/// The NATS sink's cursor as written before sinks had cursors of their own.
 const META_NATS_CURSOR: &[u8] = b"nats_cursor";
+
+/// Key in `meta` of the durable cursor of the alert sink `name`.
+fn sink_cursor_key(name: &str) -> String {
+    format!("sink_cursor/{name}")
+}
 
 /// What a restart found in the store.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -147,8 +153,6 @@ pub struct TransferGuard {
     metrics: Arc<Metrics>,
     audit: Option<AuditLog>,
     store: Option<Arc<Store>>,
-    /// The NATS outbox cursor the store remembered at startup.
-    nats_cursor: u64,
     recovered: Recovered,
     /// The server's time: hold expiry, claim deadlines, idempotency windows.
     clock: Arc<dyn Clock>,
@@ -210,7 +214,6 @@ impl TransferGuard {
             metrics: Arc::new(Metrics::new()),
             audit: None,
             store: None,
-            nats_cursor: 0,
             recovered: Recovered::default(),
             clock: Arc::new(SystemClock),
             alert_retention_secs: DEFAULT_ALERT_RETENTION_SECS,
@@ -272,7 +275,6 @@ impl TransferGuard {
         let events: Vec<AlertEvent> = store.load(Space::AlertEvents)?.into_iter().map(|(_, e)| e).collect();
         (found.alerts, found.alert_events) = (alerts.len(), events.len());
         self.alerts.restore(alerts, events);
-        self.nats_cursor = store.get(Space::Meta, META_NATS_CURSOR)?.unwrap_or(0);
         // Alert ids carry the boot time: make it unique even for a restart
         // within the same second.
         let last_boot: UnixSeconds = store.get(Space::Meta, META_BOOT)?.unwrap_or(0);
@@ -349,15 +351,26 @@ impl TransferGuard {
         }
     }
 
-    /// The NATS outbox cursor remembered at startup: events up to it were acknowledged.
-    pub fn nats_cursor(&self) -> u64 {
-        self.nats_cursor
+    /// The cursor the store remembers for the alert sink `name`: every event up
+    /// to it was acknowledged (0 without a store, or for a new sink).
+    pub fn sink_cursor(&self, name: &str) -> u64 {
+        let Some(store) = &self.store else { return 0 };
+        let read = |key: &[u8]| match store.get::<u64>(Space::Meta, key) {
+            Ok(cursor) => cursor,
+            Err(e) => {
+                tracing::error!(sink = name, error = %e, "cannot read the sink's cursor; delivering from the start");
+                None
+            }
+        };
+        read(sink_cursor_key(name).as_bytes())
+            .or_else(|| (name == "nats").then(|| read(META_NATS_CURSOR)).flatten())
+            .unwrap_or(0)
     }
 
-    /// NATS acknowledged every event up to `cursor`.
-    pub fn nats_delivered(&self, cursor: u64) {
+    /// The alert sink `name` acknowledged every event up to `cursor`.
+    pub fn sink_delivered(&self, name: &str, cursor: u64) {
         if let Some(store) = &self.store {
-            store.put(Space::Meta, META_NATS_CURSOR, Some(&cursor));
+            store.put(Space::Meta, sink_cursor_key(name).as_bytes(), Some(&cursor));
         }
     }
 

@@ -526,16 +526,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            store.put(Space::Meta, b"a", Some(&1u64));
-            store.put(Space::Meta, b"b", Some(&2u64));
-            store.put(Space::Meta, b"a", None::<&u64>);
+            store.put(Space::Events, b"a", Some(&1u64));
+            store.put(Space::Events, b"b", Some(&2u64));
+            store.put(Space::Events, b"a", None::<&u64>);
             store.flush().unwrap();
-            assert_eq!(store.queued(), 3);
+            assert_eq!(store.queued(), 4, "the three puts after the format version");
         }
         let store = Store::open(dir.path()).unwrap();
-        let all: Vec<(Vec<u8>, u64)> = store.load(Space::Meta).unwrap();
+        let all: Vec<(Vec<u8>, u64)> = store.load(Space::Events).unwrap();
         assert_eq!(all, vec![(b"b".to_vec(), 2)]);
-        assert_eq!(store.get::<u64>(Space::Meta, b"b").unwrap(), Some(2));
+        assert_eq!(store.get::<u64>(Space::Events, b"b").unwrap(), Some(2));
     }
 
     #[test]
@@ -563,9 +563,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         for i in 0..100u64 {
-            store.put(Space::Meta, &i.to_be_bytes(), Some(&i));
+            store.put(Space::Events, &i.to_be_bytes(), Some(&i));
         }
         store.wait(store.queued()).await.unwrap();
-        assert_eq!(store.load::<u64>(Space::Meta).unwrap().len(), 100);
+        assert_eq!(store.load::<u64>(Space::Events).unwrap().len(), 100);
     }
 }

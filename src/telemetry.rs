@@ -6,7 +6,7 @@
 
 use crate::model::Action;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 use std::future::Future;
@@ -24,8 +24,10 @@ pub struct Metrics {
     pub alerts_by_state: IntGaugeVec,
     pub unrouted_branches: IntCounter,
     pub hold_outcomes: IntCounterVec,
-    pub outbox_depth: IntGauge,
-    pub publish_failures: IntCounter,
+    /// Alert events not yet delivered, by sink (nats, webhook).
+    pub outbox_depth: IntGaugeVec,
+    /// Failed delivery attempts, by sink.
+    pub publish_failures: IntCounterVec,
     pub ruleset_info: IntGaugeVec,
     pub reload_failures: IntCounter,
     pub state_size: IntGaugeVec,
@@ -90,10 +92,16 @@ impl Metrics {
                 &["outcome"],
             )
             .expect("valid metric"),
-            outbox_depth: IntGauge::new("nats_outbox_depth", "Alert events not yet acknowledged by NATS JetStream")
-                .expect("valid metric"),
-            publish_failures: IntCounter::new("nats_publish_failures_total", "Failed attempts to publish to NATS")
-                .expect("valid metric"),
+            outbox_depth: IntGaugeVec::new(
+                Opts::new("alert_sink_outbox_depth", "Alert events not yet delivered, by sink"),
+                &["sink"],
+            )
+            .expect("valid metric"),
+            publish_failures: IntCounterVec::new(
+                Opts::new("alert_sink_failures_total", "Failed attempts to deliver alert events, by sink"),
+                &["sink"],
+            )
+            .expect("valid metric"),
             ruleset_info: IntGaugeVec::new(Opts::new("ruleset_info", "The ruleset in force (value 1)"), &["version"])
                 .expect("valid metric"),
             reload_failures: IntCounter::new("ruleset_reload_failures_total", "Rule reloads refused")

@@ -95,6 +95,11 @@ impl TestServer {
         TestServer::start_opts(|_| {}, Extras { max_clock_skew, ..Extras::default() }, false).await
     }
 
+    /// The shipped rules with `extras` (sinks, clock skew), durable or not.
+    pub async fn start_with_extras(extras: Extras, durable: bool) -> TestServer {
+        TestServer::start_opts(|_| {}, extras, durable).await
+    }
+
     /// `extras` as given, but for the metrics listener, which is always bound here.
     async fn start_opts(prepare: impl FnOnce(&Path), extras: Extras, durable: bool) -> TestServer {
         let rules = rules_copy();

@@ -11,3 +11,4 @@ mod metrics;
 mod nats;
 mod ops;
 mod rules;
+mod webhook;
