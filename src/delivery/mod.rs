@@ -126,7 +126,7 @@ async fn deliver_pending(
     };
     let mut result = Ok(());
     for event in events {
-        let payload = crate::api::services::event_to_pb(&event);
+        let payload = crate::api::convert::event_to_pb(&event);
         match sink.deliver(&event, &payload).await {
             Ok(messages) => {
                 progress.published_messages.fetch_add(messages, Ordering::Relaxed);

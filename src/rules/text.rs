@@ -202,7 +202,34 @@ impl FoldedText {
             scratch.extend(raw.nfkc());
             self.fold(&scratch, true);
             self.scratch = scratch;
+            self.recompose();
         }
+    }
+
+    /// Removing separators can put side by side what NFC composes (Hangul
+    /// jamo: `ㄱ ㅡ` becomes the syllable `그`): compose it now, so that
+    /// normalising is idempotent, and drop the breaks a composed character spans.
+    fn recompose(&mut self) {
+        if unicode_normalization::is_nfc_quick(self.text.chars()) == unicode_normalization::IsNormalized::Yes {
+            return;
+        }
+        let composed: String = self.text.nfc().collect();
+        let original: Vec<(usize, char)> = self.text.char_indices().collect();
+        let mut breaks = Vec::with_capacity(self.breaks.len());
+        let (mut i, mut at) = (0, 0);
+        for c in composed.chars() {
+            // How many original characters this one stands for.
+            let n = if original.get(i).is_some_and(|&(_, o)| o == c) { 1 } else { c.nfd().count() };
+            let start = original.get(i).map_or(self.text.len(), |&(b, _)| b);
+            if self.breaks.contains(&(start as u32)) {
+                breaks.push(at as u32);
+            }
+            i += n.max(1);
+            at += c.len_utf8();
+        }
+        breaks.retain(|&b| b > 0 && (b as usize) < composed.len());
+        self.text = composed;
+        self.breaks = breaks;
     }
 
     /// Empties the text.
@@ -376,6 +403,8 @@ mod tests {
             ("⼀", "一"),
             ("退款\u{FE0F}🙂", "退款"),
             ("", ""),
+            // Jamo put side by side by removing the space compose, as a second pass would.
+            ("ㄱ ￚ", "그"),
         ];
         for (raw, want) in cases {
             assert_eq!(normalise(raw), want, "{raw:?}");

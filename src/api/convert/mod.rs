@@ -5,12 +5,15 @@
 //! naming the field by its proto path, e.g. `customer.birth_date`. Must not hold
 //! business logic: nothing here decides anything.
 
+mod to_domain;
+mod to_wire;
+
+pub use to_domain::*;
+pub use to_wire::*;
+
 use super::proto as pb;
-use crate::model::{
-    Action, Channel, Customer, Date, Decision, Hit, LimitChange, Observation, Observations, Payee, Transfer,
-    UnixSeconds,
-};
-use crate::state::{normalise_account, WatchEntry};
+use crate::model::{Date, Transfer, UnixSeconds};
+use crate::state::normalise_account;
 use pbjson_types::Timestamp;
 
 /// The largest amount accepted: 100 billion CNY in fen. Anything above is a
@@ -50,6 +53,15 @@ impl From<Nested<'_>> for String {
 impl Violations {
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
         self.0.push(FieldViolation { field: field.into(), description: description.into() });
+    }
+
+    /// The value built from the fields, when every field was valid. A value
+    /// missing with no violation recorded is reported too, never unwrapped.
+    pub fn into_value<T>(self, value: Option<T>) -> Result<T, Vec<FieldViolation>> {
+        match (self.into_result(())?, value) {
+            ((), Some(value)) => Ok(value),
+            ((), None) => Err(vec![FieldViolation { field: String::new(), description: "incomplete request".into() }]),
+        }
     }
 
     pub fn into_result<T>(self, value: T) -> Result<T, Vec<FieldViolation>> {
@@ -227,6 +239,11 @@ pub struct PageToken {
 }
 
 impl PageToken {
+    /// The token for the page after the one ending with `last`, read with `r`.
+    pub fn after(last: &crate::alerts::Alert, r: &pb::ListAlertsRequest) -> PageToken {
+        PageToken { created_at: last.created_at, alert_id: last.id.clone(), filters: PageToken::filters_of(r) }
+    }
+
     /// The hash that ties a token to the filters of `r` (not its page size or token).
     pub fn filters_of(r: &pb::ListAlertsRequest) -> u64 {
         let mut key = pb::ListAlertsRequest { limit: 0, page_token: String::new(), ..r.clone() };
@@ -284,232 +301,10 @@ fn local_date(at: UnixSeconds, utc_offset: time::UtcOffset) -> Date {
     time::OffsetDateTime::from_unix_timestamp(at).map_or(Date::MIN, |t| t.to_offset(utc_offset).date())
 }
 
-pub fn channel(v: &mut Violations, field: &str, raw: i32) -> Channel {
-    match pb::Channel::try_from(raw) {
-        Ok(pb::Channel::Counter) => Channel::Counter,
-        Ok(pb::Channel::Atm) => Channel::Atm,
-        Ok(pb::Channel::Mobile) => Channel::Mobile,
-        Ok(pb::Channel::Online) => Channel::Online,
-        Ok(pb::Channel::Unspecified) => {
-            v.add(field, "required");
-            Channel::Mobile
-        }
-        Err(_) => {
-            v.add(field, format!("unknown channel {raw}"));
-            Channel::Mobile
-        }
-    }
-}
-
-pub fn observation_to_pb(o: Observation) -> pb::Observation {
-    match o {
-        Observation::OnPhoneWithStranger => pb::Observation::OnPhoneWithStranger,
-        Observation::Agitated => pb::Observation::Agitated,
-        Observation::RefusesToExplain => pb::Observation::RefusesToExplain,
-        Observation::AccompaniedByStranger => pb::Observation::AccompaniedByStranger,
-        Observation::Coached => pb::Observation::Coached,
-        Observation::Urgent => pb::Observation::Urgent,
-    }
-}
-
-pub fn channel_to_pb(c: Channel) -> pb::Channel {
-    match c {
-        Channel::Counter => pb::Channel::Counter,
-        Channel::Atm => pb::Channel::Atm,
-        Channel::Mobile => pb::Channel::Mobile,
-        Channel::Online => pb::Channel::Online,
-    }
-}
-
-fn observation(raw: i32) -> Option<Observation> {
-    let o = pb::Observation::try_from(raw).ok()?;
-    Observation::ALL.into_iter().find(|m| observation_to_pb(*m) == o)
-}
-
-pub fn limit_change(v: &mut Violations, field: &str, raw: &pb::LimitChanged) -> LimitChange {
-    LimitChange {
-        old_limit: v.amount(Nested(field, "old_limit_minor"), raw.old_limit_minor, true),
-        new_limit: v.amount(Nested(field, "new_limit_minor"), raw.new_limit_minor, true),
-        is_maximum: raw.is_maximum,
-        changed_at: v.time(Nested(field, "changed_at"), raw.changed_at.as_ref()),
-    }
-}
-
-pub fn payee(v: &mut Violations, field: &str, raw: Option<&pb::Payee>) -> Payee {
-    let Some(p) = raw else {
-        v.add(field, "required");
-        return Payee { account: String::new(), name: String::new(), bank_code: String::new() };
-    };
-    Payee {
-        account: v.account(Nested(field, "account"), &p.account),
-        name: v.id(Nested(field, "name"), &p.name, 128),
-        bank_code: v.id(Nested(field, "bank_code"), &p.bank_code, 32),
-    }
-}
-
-/// For clients and tools without a ruleset: [`transfer`] at the default
-/// offset ([`crate::rules::DEFAULT_UTC_OFFSET`]).
-impl TryFrom<&pb::ScreenRequest> for Transfer {
-    type Error = Vec<FieldViolation>;
-
-    fn try_from(r: &pb::ScreenRequest) -> Result<Transfer, Self::Error> {
-        transfer(r, crate::rules::DEFAULT_UTC_OFFSET)
-    }
-}
-
-/// Validates a `ScreenRequest` into a [`Transfer`]. Dates (birth, account
-/// opening) must not be after the request's local date at `utc_offset`, the
-/// ruleset's.
-pub fn transfer(r: &pb::ScreenRequest, utc_offset: time::UtcOffset) -> Result<Transfer, Vec<FieldViolation>> {
-    let mut v = Violations::default();
-    let request_id = v.id("request_id", &r.request_id, 128);
-    let requested_at = v.time("requested_at", r.requested_at.as_ref());
-    let bank_id = v.id("bank_id", &r.bank_id, 64);
-    let branch_id = v.id("branch_id", &r.branch_id, 64);
-    let channel = channel(&mut v, "channel", r.channel);
-    let teller_id = if channel == Channel::Counter {
-        v.id("teller_id", &r.teller_id, 64)
-    } else {
-        v.text("teller_id", &r.teller_id, 64)
-    };
-    let today = local_date(requested_at, utc_offset);
-    let customer = match &r.customer {
-        None => {
-            v.add("customer", "required");
-            None
-        }
-        Some(c) => {
-            let customer_id = v.id("customer.customer_id", &c.customer_id, 64);
-            let account_id = v.account("customer.account_id", &c.account_id);
-            let birth_date = v.date("customer.birth_date", &c.birth_date);
-            let opened = v.date("customer.account_opened_on", &c.account_opened_on);
-            if let Some(b) = birth_date {
-                if requested_at != 0 && b > today {
-                    v.add("customer.birth_date", "is after requested_at");
-                }
-            }
-            if let Some(o) = opened {
-                if requested_at != 0 && o > today {
-                    v.add("customer.account_opened_on", "is after requested_at");
-                }
-            }
-            let daily_limit = v.amount("customer.daily_limit_minor", c.daily_limit_minor, false);
-            let last_limit_change =
-                c.last_limit_change.as_ref().map(|l| limit_change(&mut v, "customer.last_limit_change", l));
-            if let Some(l) = &c.last_limit_change {
-                if !l.customer_id.is_empty() && l.customer_id != c.customer_id {
-                    v.add("customer.last_limit_change.customer_id", "differs from customer.customer_id");
-                }
-            }
-            match (birth_date, opened) {
-                (Some(birth_date), Some(account_opened_on)) => Some(Customer {
-                    customer_id,
-                    account_id,
-                    birth_date,
-                    account_opened_on,
-                    daily_limit,
-                    last_limit_change,
-                }),
-                _ => None,
-            }
-        }
-    };
-    let payee = payee(&mut v, "payee", r.payee.as_ref());
-    let amount = v.amount("amount_minor", r.amount_minor, false);
-    let currency = r.currency.trim().to_string();
-    if currency.is_empty() {
-        v.add("currency", "required");
-    } else if !CURRENCIES.contains(&currency.as_str()) {
-        v.add("currency", format!("unknown currency `{}`; use an upper-case ISO 4217 code", truncate(&currency)));
-    }
-    let memo = v.text("memo", &r.memo, 256);
-    let mut observations = Observations::default();
-    for (i, raw) in r.observations.iter().enumerate() {
-        match observation(*raw) {
-            Some(o) => observations.insert(o),
-            None => v.add(format!("observations[{i}]"), format!("unknown observation {raw}")),
-        }
-    }
-    let customer = v.into_result(customer)?;
-    Ok(Transfer {
-        request_id,
-        requested_at,
-        bank_id,
-        branch_id,
-        teller_id,
-        channel,
-        customer: customer.expect("present when there are no violations"),
-        payee,
-        amount,
-        currency,
-        memo,
-        observations,
-    })
-}
-
-pub fn action_to_pb(a: Action) -> pb::Action {
-    match a {
-        Action::Allow => pb::Action::Allow,
-        Action::Warn => pb::Action::Warn,
-        Action::Hold => pb::Action::Hold,
-        Action::Block => pb::Action::Block,
-    }
-}
-
-pub fn hit_to_pb(h: &Hit) -> pb::Hit {
-    pb::Hit {
-        rule_id: h.rule_id().to_string(),
-        score: h.score,
-        reason_zh: h.reason_zh().to_string(),
-        reason_en: h.reason_en().to_string(),
-        shadow: h.shadow,
-    }
-}
-
-pub fn timestamp(at: UnixSeconds) -> Timestamp {
-    Timestamp { seconds: at, nanos: 0 }
-}
-
-pub fn decision_to_pb(request_id: &str, d: &Decision) -> pb::ScreenResponse {
-    pb::ScreenResponse {
-        request_id: request_id.to_string(),
-        action: action_to_pb(d.action) as i32,
-        score: d.score,
-        hits: d.hits.iter().map(hit_to_pb).collect(),
-        alert_id: String::new(),
-        station_id: String::new(),
-        ruleset_version: d.ruleset_version.to_string(),
-        hold_expires_at: None,
-    }
-}
-
-impl TryFrom<&pb::WatchlistEntry> for WatchEntry {
-    type Error = Vec<FieldViolation>;
-
-    fn try_from(r: &pb::WatchlistEntry) -> Result<WatchEntry, Self::Error> {
-        let mut v = Violations::default();
-        let account = v.account("account", &r.account);
-        let station_id = v.id("issuer_station_id", &r.issuer_station_id, 64);
-        let reason = v.id("reason", &r.reason, 256);
-        let expires_at = r.expires_at.as_ref().map(|t| v.time("expires_at", Some(t)));
-        let added_at = r.added_at.as_ref().map_or(0, |t| v.time("added_at", Some(t)));
-        v.into_result(WatchEntry { account, station_id, reason, added_at, expires_at })
-    }
-}
-
-pub fn watch_entry_to_pb(e: &WatchEntry) -> pb::WatchlistEntry {
-    pb::WatchlistEntry {
-        account: e.account.clone(),
-        issuer_station_id: e.station_id.clone(),
-        reason: e.reason.clone(),
-        expires_at: e.expires_at.map(timestamp),
-        added_at: Some(timestamp(e.added_at)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Observation;
     use proptest::prelude::*;
 
     pub fn valid() -> pb::ScreenRequest {
