@@ -1,0 +1,250 @@
+//! The analyst's commands: check and test rule folders offline, show, reload
+//! and dry-run against a server, simulate traffic and backtest a ruleset.
+
+use super::{connect, print_json, rpc_error, runtime, teller, Client};
+use crate::api::proto as pb;
+use crate::rules::{schema, Ruleset};
+use crate::ruletest;
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use pb::rules_client::RulesClient;
+use std::path::{Path, PathBuf};
+use teller::ScreenArgs;
+
+#[derive(Subcommand)]
+pub enum RulesCommand {
+    /// Compile every rule file; list every error with file:line:col (exit 1 on error).
+    ///
+    /// Example: transfer-guard rules check rules/
+    Check {
+        /// The rules folder.
+        #[arg(default_value = "rules")]
+        dir: PathBuf,
+    },
+    /// Run the rule test cases in DIR/tests (exit 1 if any fails).
+    ///
+    /// Example: transfer-guard rules test rules/ --verbose
+    Test {
+        #[arg(default_value = "rules")]
+        dir: PathBuf,
+        /// Print every case, not only failures.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Print the context field table of docs/rules.md, generated from the schema.
+    Fields,
+    /// Show the ruleset a server is running.
+    Show {
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Ask a server to reload its rules folder (kept on any error).
+    Reload {
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Screen on a server without touching state or raising alerts.
+    DryRun(Box<ScreenArgs>),
+}
+
+/// Loads a ruleset, printing every diagnostic to stderr on failure.
+fn load(dir: &Path) -> Result<Ruleset, i32> {
+    Ruleset::load_dir(dir).map_err(|diags| {
+        for d in &diags {
+            eprintln!("{d}\n");
+        }
+        eprintln!("{} error(s); the ruleset was not loaded", diags.len());
+        1
+    })
+}
+
+fn rules_test(dir: &Path, verbose: bool) -> anyhow::Result<i32> {
+    let ruleset = match load(dir) {
+        Ok(rs) => rs,
+        Err(code) => return Ok(code),
+    };
+    let tests = dir.join("tests");
+    if !tests.is_dir() {
+        bail!("no test folder at {}", tests.display());
+    }
+    let results = match ruletest::run_dir(&ruleset, &tests) {
+        Ok(r) => r,
+        Err(diags) => {
+            for d in &diags {
+                eprintln!("{d}\n");
+            }
+            return Ok(1);
+        }
+    };
+    let failed = results.iter().filter(|r| !r.passed()).count();
+    for r in &results {
+        if r.passed() {
+            if verbose {
+                println!("ok    {} [{} score {}] {}", r.location, r.action, r.score, r.name);
+            }
+        } else {
+            println!("FAIL  {} {}", r.location, r.name);
+            for f in &r.failures {
+                println!("      {f}");
+            }
+        }
+    }
+    println!("{} passed, {} failed", results.len() - failed, failed);
+    Ok(i32::from(failed > 0))
+}
+
+pub fn backtest(
+    rules: &Path,
+    input: &Path,
+    baseline: Option<&Path>,
+    json: bool,
+    html: Option<&Path>,
+    from: Option<&str>,
+) -> anyhow::Result<i32> {
+    let load_rules = |dir: &Path| -> anyhow::Result<(Ruleset, crate::alerts::Routing)> {
+        let ruleset = load(dir).map_err(|_| anyhow::anyhow!("the rules in {} did not load", dir.display()))?;
+        let routing = crate::alerts::Routing::load_dir(dir)
+            .map_err(|d| anyhow::anyhow!("{}", d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
+        Ok((ruleset, routing))
+    };
+    let (ruleset, routing) = load_rules(rules)?;
+    let measure_from = match from {
+        None => None,
+        Some(day) => {
+            let date = time::Date::parse(day, time::macros::format_description!("[year]-[month]-[day]"))
+                .with_context(|| format!("--from: `{day}` is not YYYY-MM-DD"))?;
+            Some(date.midnight().assume_offset(ruleset.utc_offset).unix_timestamp())
+        }
+    };
+    let text = std::fs::read_to_string(input).with_context(|| format!("cannot read {}", input.display()))?;
+    let mut history = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let parsed: crate::simulate::Labelled = match serde_json::from_str(line) {
+            Ok(l) => l,
+            // A bare ScreenRequest (no label) is accepted too.
+            Err(_) => crate::simulate::Labelled {
+                request: serde_json::from_str(line)
+                    .with_context(|| format!("{}:{}: not a ScreenRequest", input.display(), n + 1))?,
+                label: String::new(),
+                scam_type: String::new(),
+            },
+        };
+        history.push(parsed);
+    }
+    let started = std::time::Instant::now();
+    let total = history.len() as u64;
+    let bar = indicatif::ProgressBar::new(total).with_style(
+        indicatif::ProgressStyle::default_bar()
+            .template("{bar:40} {pos}/{len} transfers, {per_sec}, eta {eta}")
+            .expect("a valid template"),
+    );
+    if total < 100_000 || json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let (report, replayed) =
+        crate::backtest::run_from(&ruleset, &routing, &history, measure_from, |done| bar.set_position(done));
+    bar.finish_and_clear();
+    let elapsed = started.elapsed();
+    if json {
+        print_json(&report)?;
+    } else {
+        println!("{}", crate::backtest::text(&report));
+        println!(
+            "replayed in {:.2} s ({:.0} transfers/s)",
+            elapsed.as_secs_f64(),
+            total as f64 / elapsed.as_secs_f64()
+        );
+    }
+    let mut changes = Vec::new();
+    if let Some(base) = baseline {
+        let (base_rules, base_routing) = load_rules(base)?;
+        let (_, base_replayed) = crate::backtest::run_from(&base_rules, &base_routing, &history, measure_from, |_| {});
+        changes = crate::backtest::diff(&replayed, &base_replayed);
+        println!("\n{} decisions differ from the baseline {}:", changes.len(), base.display());
+        for c in changes.iter().take(50) {
+            println!("  {c}");
+        }
+    }
+    if let Some(path) = html {
+        std::fs::write(path, crate::backtest::html(&report, &changes))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    Ok(0)
+}
+
+/// `simulate`: labelled synthetic traffic as JSON lines on stdout.
+pub fn simulate(customers: usize, days: u32, seed: u64) -> anyhow::Result<i32> {
+    use std::io::Write as _;
+    let out = std::io::stdout();
+    let mut out = std::io::BufWriter::new(out.lock());
+    for line in crate::simulate::generate(customers, days, seed) {
+        serde_json::to_writer(&mut out, &line)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(0)
+}
+
+/// `rules`: offline checks, and the calls to a running server.
+pub fn rules(command: RulesCommand) -> anyhow::Result<i32> {
+    match command {
+        RulesCommand::Check { dir } => Ok(match load(&dir) {
+            Ok(rs) => {
+                println!("ok: {} rules, {} lists, version {}", rs.rules.len(), rs.lists.len(), rs.version);
+                0
+            }
+            Err(code) => code,
+        }),
+        RulesCommand::Test { dir, verbose } => rules_test(&dir, verbose),
+        RulesCommand::Fields => {
+            print!("{}", schema::field_table_markdown());
+            Ok(0)
+        }
+        remote => runtime()?.block_on(rules_remote(remote)),
+    }
+}
+
+async fn rules_remote(command: RulesCommand) -> anyhow::Result<i32> {
+    match command {
+        RulesCommand::DryRun(args) => teller::screen(*args, true).await?,
+        RulesCommand::Show { client } => {
+            let r = RulesClient::new(connect(&client.addr).await?)
+                .get_ruleset(pb::GetRulesetRequest {})
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if client.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "{} {} (warn {}, hold {}, block {})",
+                    r.name, r.version, r.warn_threshold, r.hold_threshold, r.block_threshold
+                );
+                for rule in &r.rules {
+                    println!("  {:<40} {:>5} {:<6} {}", rule.id, rule.score, rule.mode, rule.title);
+                }
+            }
+        }
+        RulesCommand::Reload { client } => {
+            let r = RulesClient::new(connect(&client.addr).await?)
+                .reload_rules(pb::ReloadRulesRequest {})
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if r.reloaded {
+                println!("reloaded: version {}", r.version);
+            } else {
+                for e in &r.errors {
+                    eprintln!("{e}\n");
+                }
+                eprintln!("not reloaded; still running version {}", r.version);
+                return Ok(1);
+            }
+        }
+        RulesCommand::Check { .. } | RulesCommand::Test { .. } | RulesCommand::Fields => {
+            bail!("offline rules commands run without a server")
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,376 @@
+//! The operator's commands: run the service, load-test it, and inspect or fill
+//! its store.
+
+use super::{generated_id, runtime};
+use crate::app::{attach_store, open_rules};
+use crate::config::{Config, Overrides};
+use crate::rules::parse_duration;
+use crate::server;
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand)]
+pub enum StoreCommand {
+    /// Load the store as `serve` does at startup; print what it holds and how long loading took.
+    Recover {
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+    },
+    /// Write synthetic state for N customers (5 known payees each, one in ten with transfers in
+    /// the last hour) through the service's own state code, then screen T transfers through the
+    /// service (as retries must find them for 48 h), to measure startup on a large store.
+    Fill {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 1_000_000)]
+        customers: usize,
+        #[arg(long, default_value_t = 0)]
+        transfers: u64,
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// The server (loopback only in tests and docs).
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// Callers in flight (closed loop), or the most in flight (open loop).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// How long to send, e.g. 10s.
+    #[arg(long, default_value = "10s")]
+    duration: String,
+    /// Requests per second (open loop, latency from the intended send time); none = closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// HTTP/2 connections the callers share.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Also bench an in-process no-op server of the same shape, the same way, and print the ratio.
+    #[arg(long)]
+    baseline: bool,
+    /// Ignore --addr: start the real service in this process (rules from RULES, audit file in a
+    /// temp dir), so that it and the no-op baseline are measured the same way.
+    #[arg(long, value_name = "RULES")]
+    in_process: Option<PathBuf>,
+    /// With --in-process: sync keeps state in a store in the temp dir (fsync per group commit),
+    /// none in memory only.
+    #[arg(long, value_enum, default_value_t = crate::store::Durability::None)]
+    durability: crate::store::Durability,
+    /// With --in-process: also bench a durable (sync) service the same way, and print the ratio
+    /// durable / in-memory.
+    #[arg(long)]
+    compare_durability: bool,
+}
+
+/// Starts the real service in this process on a loopback port; its data (audit
+/// file, store) in a temp dir removed when it stops.
+async fn start_in_process(rules: &Path, durability: crate::store::Durability) -> anyhow::Result<(String, InProcess)> {
+    let dir = tempfile_dir("transfer-guard-bench")?;
+    let guard = crate::app::build(&crate::app::Setup::new(rules, &dir, durability))?.guard;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::run(listener, guard.clone(), async {
+        let _ = stopped.await;
+    }));
+    Ok((addr, InProcess { stop, task, dir, guard }))
+}
+
+struct InProcess {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    dir: PathBuf,
+    guard: std::sync::Arc<crate::service::TransferGuard>,
+}
+
+impl InProcess {
+    /// Stops the server and tears the service down completely (audit and store
+    /// writers joined, files removed), so nothing of it runs during the next
+    /// measurement.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+        let guard = self.guard;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::sync::Arc::strong_count(&guard) > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let dir = self.dir;
+        let _ = tokio::task::spawn_blocking(move || {
+            drop(guard);
+            let _ = std::fs::remove_dir_all(dir);
+        })
+        .await;
+        // Let the disk and the other core settle.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// A fresh directory under the system temp dir.
+fn tempfile_dir(prefix: &str) -> anyhow::Result<PathBuf> {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{t}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(dir)
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// gRPC listen address.
+    #[arg(long, env = "TRANSFER_GUARD_LISTEN")]
+    listen: Option<String>,
+    /// The rules folder.
+    #[arg(long, env = "TRANSFER_GUARD_RULES")]
+    rules: Option<PathBuf>,
+    /// Where data is kept.
+    #[arg(long, env = "TRANSFER_GUARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// A TOML config file (keys: listen, rules, data_dir, durability, metrics_listen, nats_url,
+    /// nats_stream, nats_subject_prefix, max_clock_skew, alert_retention, webhook_url, webhook_secret).
+    #[arg(long, env = "TRANSFER_GUARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// sync (default): answer only once the change is on disk in DATA_DIR/store, and recover it
+    /// after a crash; none: keep everything in memory (tests, benchmarks).
+    #[arg(long, env = "TRANSFER_GUARD_DURABILITY", value_enum)]
+    durability: Option<crate::store::Durability>,
+    /// Log format.
+    #[arg(long, env = "TRANSFER_GUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Prometheus metrics listen address (GET /metrics).
+    #[arg(long, env = "TRANSFER_GUARD_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// Also publish alert events to this NATS server's JetStream, e.g. nats://127.0.0.1:4222.
+    #[arg(long, env = "TRANSFER_GUARD_NATS_URL")]
+    nats_url: Option<String>,
+    /// The JetStream stream (created if missing). Default TRANSFER_GUARD_ALERTS.
+    #[arg(long, env = "TRANSFER_GUARD_NATS_STREAM")]
+    nats_stream: Option<String>,
+    /// Subject prefix; station S gets PREFIX.S. Default transferguard.alerts.
+    #[arg(long, env = "TRANSFER_GUARD_NATS_SUBJECT_PREFIX")]
+    nats_subject_prefix: Option<String>,
+    /// How far a live Screen's or RecordEvent's timestamps may be from this server's clock
+    /// (default 5m); further off is INVALID_ARGUMENT. DryRun, backtest and simulate replay any time.
+    #[arg(long, env = "TRANSFER_GUARD_MAX_CLOCK_SKEW")]
+    max_clock_skew: Option<String>,
+    /// How long resolved alerts and alert events are kept, in memory and in the store
+    /// (default 30d); open alerts stay whatever their age.
+    #[arg(long, env = "TRANSFER_GUARD_ALERT_RETENTION")]
+    alert_retention: Option<String>,
+    /// Also POST every alert event (proto3 JSON) to this http:// URL, retried until it answers 2xx.
+    #[arg(long, env = "TRANSFER_GUARD_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// The secret webhook POSTs are signed with (HMAC-SHA256); required with --webhook-url.
+    /// Prefer the environment variable: a flag shows in the process list.
+    #[arg(long, env = "TRANSFER_GUARD_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
+    let duration = parse_duration(&args.duration)
+        .filter(|d| *d > 0)
+        .with_context(|| format!("--duration: `{}` is not e.g. 10s", args.duration))?;
+    if args.compare_durability && args.in_process.is_none() {
+        bail!("--compare-durability needs --in-process RULES");
+    }
+    let mut stop_in_process = None;
+    let addr = match &args.in_process {
+        None => args.addr.clone(),
+        Some(rules) => {
+            let (addr, running) = start_in_process(rules, args.durability).await?;
+            stop_in_process = Some(running);
+            addr
+        }
+    };
+    let mut config = crate::loadgen::LoadConfig {
+        addr: addr.clone(),
+        concurrency: args.concurrency,
+        duration: std::time::Duration::from_secs(duration as u64),
+        rate: args.rate,
+        connections: args.connections,
+    };
+    let mode = match args.rate {
+        Some(r) => format!("open loop at {r:.0} req/s, at most {} in flight", args.concurrency),
+        None => format!("closed loop, {} callers", args.concurrency),
+    };
+    println!("{mode}, {} connections, {}", args.connections, args.duration);
+    let run_id = generated_id("bench");
+    let target = crate::loadgen::run(&config, &run_id).await.with_context(|| format!("connect to {addr}"))?;
+    let label = if stop_in_process.is_some() {
+        format!("screening (in-process, durability {:?})", args.durability).to_lowercase()
+    } else {
+        format!("screening {addr}")
+    };
+    println!("{label}: {}", target.summary());
+    if let Some(running) = stop_in_process.take() {
+        running.stop().await;
+    }
+    let [_, allow, warn, hold, block] = target.actions;
+    println!("  actions: ALLOW {allow}, WARN {warn}, HOLD {hold}, BLOCK {block}");
+    if let (true, Some(rules)) = (args.compare_durability, &args.in_process) {
+        let other = match args.durability {
+            crate::store::Durability::None => crate::store::Durability::Sync,
+            crate::store::Durability::Sync => crate::store::Durability::None,
+        };
+        let (addr, running) = start_in_process(rules, other).await?;
+        let run =
+            crate::loadgen::run(&crate::loadgen::LoadConfig { addr, ..config.clone() }, &generated_id("bench")).await?;
+        running.stop().await;
+        println!("{}: {}", format!("screening (in-process, durability {other:?})").to_lowercase(), run.summary());
+        let (sync, none) = if other == crate::store::Durability::Sync { (&run, &target) } else { (&target, &run) };
+        println!("ratio durable (sync) / in-memory (none) throughput: {:.2}", sync.throughput() / none.throughput());
+    }
+    if args.baseline {
+        let (addr, stop) = crate::loadgen::start_noop().await?;
+        config.addr = addr;
+        let noop = crate::loadgen::run(&config, &run_id).await?;
+        let _ = stop.send(());
+        println!("no-op baseline (in-process): {}", noop.summary());
+        println!("ratio screening / no-op throughput: {:.2}", target.throughput() / noop.throughput());
+    }
+    Ok(i32::from(target.errors > 0))
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRANSFER_GUARD_LOG")
+        // Ours at INFO, dependencies (the store's internals, h2, tonic) at WARN
+        // unless asked for with TRANSFER_GUARD_LOG.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,transfer_guard=info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
+    init_logs(args.log_format);
+    let config = Config::resolve(&Overrides {
+        listen: args.listen,
+        rules: args.rules,
+        data_dir: args.data_dir,
+        config: args.config,
+        nats_url: args.nats_url,
+        nats_stream: args.nats_stream,
+        nats_subject_prefix: args.nats_subject_prefix,
+        metrics_listen: args.metrics_listen,
+        durability: args.durability,
+        max_clock_skew: args.max_clock_skew,
+        alert_retention: args.alert_retention,
+        webhook_url: args.webhook_url,
+        webhook_secret: args.webhook_secret,
+    })?;
+    if config.durability == crate::store::Durability::None {
+        tracing::warn!("durability none: nothing is kept across a restart");
+    }
+    let setup = crate::app::Setup {
+        alert_retention_secs: config.alert_retention.as_secs() as i64,
+        ..crate::app::Setup::new(&config.rules_dir, &config.data_dir, config.durability)
+    };
+    let guard = crate::app::build(&setup)?.guard;
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listen on {}", config.listen))?;
+        let ruleset = guard.ruleset();
+        tracing::info!(
+            listen = %listener.local_addr()?,
+            rules = %config.rules_dir.display(),
+            version = %ruleset.version,
+            rules_count = ruleset.rules.len(),
+            "transfer-guard serving"
+        );
+        let metrics = tokio::net::TcpListener::bind(config.metrics_listen)
+            .await
+            .with_context(|| format!("listen for metrics on {}", config.metrics_listen))?;
+        tracing::info!(metrics = %metrics.local_addr()?, "metrics at /metrics");
+        let extras = server::Extras {
+            nats: config.nats.clone(),
+            webhook: config.webhook.clone(),
+            metrics: Some(metrics),
+            watch_rules: true,
+            max_clock_skew: config.max_clock_skew,
+        };
+        server::run_with(listener, guard, extras, server::shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(0)
+    })
+}
+
+fn store_recover(data_dir: &Path, rules: &Path) -> anyhow::Result<i32> {
+    let (guard, store) = attach_store(open_rules(rules)?, data_dir)?;
+    let r = guard.recovered();
+    println!(
+        "recovered in {:.2} s: {} customers, {} payees, {} watchlist entries, {} transfers ({} held), {} event ids, {} alerts, {} alert events",
+        r.seconds, r.customers, r.payees, r.watchlist, r.transfers, r.held, r.event_ids, r.alerts, r.alert_events
+    );
+    println!("store on disk: {:.1} MiB", store.disk_bytes() as f64 / (1024.0 * 1024.0));
+    Ok(0)
+}
+
+fn store_fill(data_dir: &Path, rules: &Path, customers: usize, transfers: u64) -> anyhow::Result<i32> {
+    use crate::model::Payee;
+    let (guard, store) = attach_store(open_rules(rules)?, data_dir)?;
+    let state = guard.state();
+    let now = crate::service::wall_clock();
+    let started = std::time::Instant::now();
+    for c in 0..customers {
+        let id = format!("cust-{c:08}");
+        for p in 0..5 {
+            let payee = Payee { account: format!("6222{c:08}{p:04}"), name: String::new(), bank_code: "icbc".into() };
+            state.record_known_payee(&id, &payee, now - 90 * 86_400 + p as i64);
+        }
+        if c % 10 == 0 {
+            for t in 0..2 {
+                let payee =
+                    Payee { account: format!("6222{c:08}{t:04}"), name: String::new(), bank_code: "icbc".into() };
+                state.apply(&crate::state::TransferRecord {
+                    customer_id: id.clone(),
+                    payee: crate::state::PayeeKey::of(&payee),
+                    amount: 100_000,
+                    at: now - 3600 + t,
+                });
+            }
+        }
+        if c % 50_000 == 49_999 {
+            store.flush()?;
+        }
+    }
+    store.flush()?;
+    println!("{customers} customers written in {:.1} s", started.elapsed().as_secs_f64());
+    let started = std::time::Instant::now();
+    for k in 0..transfers {
+        let transfer = crate::model::Transfer::try_from(&crate::loadgen::request("fill", k))
+            .map_err(|v| anyhow::anyhow!("generated request invalid: {v:?}"))?;
+        guard.screen(&transfer, k)?;
+        if k % 50_000 == 49_999 {
+            store.flush()?;
+        }
+    }
+    store.flush()?;
+    if transfers > 0 {
+        println!("{transfers} transfers screened and written in {:.1} s", started.elapsed().as_secs_f64());
+    }
+    Ok(0)
+}
+
+/// `store`: what a data dir's store holds, or filling one for startup tests.
+pub fn store(command: StoreCommand) -> anyhow::Result<i32> {
+    match command {
+        StoreCommand::Recover { data_dir, rules } => store_recover(&data_dir, &rules),
+        StoreCommand::Fill { data_dir, customers, transfers, rules } => {
+            store_fill(&data_dir, &rules, customers, transfers)
+        }
+    }
+}
