@@ -7,6 +7,16 @@
 //! Speaks domain types only; the `api` module maps the wire onto it. Must not
 //! block on I/O while holding a lock, or read rules from disk on the hot path.
 
+mod audit_trail;
+mod housekeeping;
+mod recovery;
+mod reload;
+
+pub use reload::load_checked;
+
+use audit_trail::{decision_record, summary};
+pub use recovery::Recovered;
+
 use crate::alerts::{
     Alert, AlertBook, AlertError, AlertEvent, AlertState, HoldDecision, Outcome, Routing, TransferSummary,
 };
@@ -63,30 +73,6 @@ struct ScreenEntry {
     answer: Screened,
     record: TransferRecord,
     status: watch::Sender<TransferStatus>,
-}
-
-/// Keys of the `meta` keyspace.
-const META_BOOT: &[u8] = b"boot";
-/// The NATS sink's cursor as written before sinks had cursors of their own.
-const META_NATS_CURSOR: &[u8] = b"nats_cursor";
-
-/// Key in `meta` of the durable cursor of the alert sink `name`.
-fn sink_cursor_key(name: &str) -> String {
-    format!("sink_cursor/{name}")
-}
-
-/// What a restart found in the store.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Recovered {
-    pub customers: usize,
-    pub payees: usize,
-    pub watchlist: usize,
-    pub transfers: usize,
-    pub held: usize,
-    pub event_ids: usize,
-    pub alerts: usize,
-    pub alert_events: usize,
-    pub seconds: f64,
 }
 
 /// A customer event, validated.
@@ -175,27 +161,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Compiles the rules folder and runs its tests: the gate for every ruleset
-/// that goes live.
-pub fn load_checked(dir: &Path) -> Result<(Ruleset, Routing), Vec<String>> {
-    let render = |d: Vec<Diagnostic>| d.iter().map(|d| d.to_string()).collect::<Vec<_>>();
-    let ruleset = Ruleset::load_dir(dir).map_err(render)?;
-    let routing = Routing::load_dir(dir).map_err(render)?;
-    let tests = dir.join("tests");
-    if tests.is_dir() {
-        let results = ruletest::run_dir(&ruleset, &tests).map_err(render)?;
-        let failed: Vec<String> = results
-            .iter()
-            .filter(|r| !r.passed())
-            .map(|r| format!("{}: rule test failed: {}: {}", r.location, r.name, r.failures.join("; ")))
-            .collect();
-        if !failed.is_empty() {
-            return Err(failed);
-        }
-    }
-    Ok((ruleset, routing))
-}
-
 impl TransferGuard {
     pub fn new(rules_dir: PathBuf, ruleset: Ruleset, routing: Routing) -> TransferGuard {
         TransferGuard {
@@ -247,101 +212,6 @@ impl TransferGuard {
         self
     }
 
-    /// Loads what `store` holds, then writes every change to it from now on.
-    /// Held transfers come back held (their expiry still running), alerts with
-    /// their events and cursors, ids with their answers.
-    pub fn with_store(mut self, store: Arc<Store>) -> Result<Self, StoreError> {
-        let started = std::time::Instant::now();
-        let mut found = Recovered::default();
-        // Customers and transfers are most of a store: read them on two threads.
-        let (customers, transfers) = std::thread::scope(|scope| {
-            let customers = scope.spawn(|| {
-                store.for_each(Space::Customers, |id, image| self.state.restore_customer(&key_text(id), image))
-            });
-            let transfers = self.restore_transfers(&store);
-            (customers.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), transfers)
-        });
-        found.customers = customers?;
-        (found.transfers, found.held) = transfers?;
-        self.state.rebuild_fan_in();
-        found.payees = self.state.sizes().payees;
-        found.watchlist =
-            store.for_each(Space::Watchlist, |_, entry: WatchEntry| self.state.watchlist_upsert(entry))?;
-        found.event_ids = store.for_each(Space::Events, |id, seen| {
-            self.events.insert(key_text(id), seen);
-        })?;
-        let alerts: Vec<(Alert, u32)> =
-            store.load::<StoredAlert>(Space::Alerts)?.into_iter().map(|(_, a)| (a.alert, a.sequence)).collect();
-        let events: Vec<AlertEvent> = store.load(Space::AlertEvents)?.into_iter().map(|(_, e)| e).collect();
-        (found.alerts, found.alert_events) = (alerts.len(), events.len());
-        self.alerts.restore(alerts, events);
-        // Alert ids carry the boot time: make it unique even for a restart
-        // within the same second.
-        let last_boot: UnixSeconds = store.get(Space::Meta, META_BOOT)?.unwrap_or(0);
-        self.started_at = self.started_at.max(last_boot + 1);
-
-        self.state.set_log(store.clone());
-        self.alerts.set_log(store.clone());
-        // Weak: the book holds the store (as its log); a strong reference back
-        // would keep both alive, and the store open, after the service is dropped.
-        let alerts = Arc::downgrade(&self.alerts);
-        store.on_commit(move |cursor| {
-            if let Some(alerts) = alerts.upgrade() {
-                alerts.release(cursor);
-            }
-        });
-        let metrics = self.metrics.clone();
-        store.observe_commits(move |secs, n| {
-            metrics.store_commit_seconds.observe(secs);
-            metrics.store_changes.inc_by(n as u64);
-        });
-        store.put(Space::Meta, META_BOOT, Some(&self.started_at));
-        store.flush()?;
-        found.seconds = started.elapsed().as_secs_f64();
-        tracing::info!(
-            customers = found.customers,
-            payees = found.payees,
-            watchlist = found.watchlist,
-            transfers = found.transfers,
-            held = found.held,
-            alerts = found.alerts,
-            alert_events = found.alert_events,
-            seconds = found.seconds,
-            store = %store.path().display(),
-            "state recovered from the store"
-        );
-        self.store = Some(store);
-        self.recovered = found;
-        Ok(self)
-    }
-
-    /// Screened transfers back from the store, held ones back in the hold
-    /// index: (transfers, held).
-    fn restore_transfers(&self, store: &Store) -> Result<(usize, usize), StoreError> {
-        let mut holds = lock(&self.holds);
-        let n = store.for_each(Space::Transfers, |id, t: StoredTransfer| {
-            let id = key_text(id);
-            if t.status.state == TransferState::Held {
-                holds.insert((t.status.hold_expires_at.unwrap_or(0), id.clone()));
-            }
-            let (status, _) = watch::channel(t.status);
-            let entry = ScreenEntry {
-                answered_at: t.answered_at,
-                fingerprint: t.fingerprint,
-                answer: t.answer,
-                record: t.record,
-                status,
-            };
-            self.screens.insert(id, entry);
-        })?;
-        Ok((n, holds.len()))
-    }
-
-    /// What the store gave back at startup.
-    pub fn recovered(&self) -> &Recovered {
-        &self.recovered
-    }
-
     /// Waits until every change made so far is durable (at once without a store).
     /// Called before answering a request that changed something.
     pub async fn committed(&self) -> Result<(), ServiceError> {
@@ -349,68 +219,6 @@ impl TransferGuard {
             Some(store) => Ok(store.wait(store.queued()).await?),
             None => Ok(()),
         }
-    }
-
-    /// The cursor the store remembers for the alert sink `name`: every event up
-    /// to it was acknowledged (0 without a store, or for a new sink).
-    pub fn sink_cursor(&self, name: &str) -> u64 {
-        let Some(store) = &self.store else { return 0 };
-        let read = |key: &[u8]| match store.get::<u64>(Space::Meta, key) {
-            Ok(cursor) => cursor,
-            Err(e) => {
-                tracing::error!(sink = name, error = %e, "cannot read the sink's cursor; delivering from the start");
-                None
-            }
-        };
-        read(sink_cursor_key(name).as_bytes())
-            .or_else(|| (name == "nats").then(|| read(META_NATS_CURSOR)).flatten())
-            .unwrap_or(0)
-    }
-
-    /// The alert sink `name` acknowledged every event up to `cursor`.
-    pub fn sink_delivered(&self, name: &str, cursor: u64) {
-        if let Some(store) = &self.store {
-            store.put(Space::Meta, sink_cursor_key(name).as_bytes(), Some(&cursor));
-        }
-    }
-
-    fn log_transfer(&self, request_id: &str, entry: Option<&ScreenEntry>) {
-        let Some(store) = &self.store else { return };
-        match entry {
-            Some(e) => {
-                let status = e.status.borrow();
-                let image = StoredTransfer {
-                    answered_at: e.answered_at,
-                    fingerprint: e.fingerprint,
-                    answer: &e.answer,
-                    record: &e.record,
-                    status: &*status,
-                };
-                store.put(Space::Transfers, request_id.as_bytes(), Some(&image));
-            }
-            None => store.put(Space::Transfers, request_id.as_bytes(), None::<&()>),
-        }
-    }
-
-    fn audit(&self, record: impl FnOnce() -> AuditRecord) {
-        if let Some(a) = &self.audit {
-            a.record(record());
-        }
-    }
-
-    fn audit_alert(&self, event: &'static str, alert: &Alert) {
-        self.audit(|| AuditRecord::Alert {
-            at: alert.updated_at,
-            event,
-            alert_id: alert.id.clone(),
-            station_id: alert.station_id.clone(),
-            officer_id: alert.officer_id.clone(),
-            outcome: alert.outcome.map(Outcome::as_str),
-            hold_decision: alert.hold_decision.map(|d| match d {
-                HoldDecision::Release => "release",
-                HoldDecision::Block => "block",
-            }),
-        });
     }
 
     fn with_ruleset_metric(self) -> Self {
@@ -740,89 +548,6 @@ impl TransferGuard {
         Ok(alert)
     }
 
-    /// Forgets ids and statuses older than [`IDEMPOTENCY_SECS`] (never a
-    /// transfer still held) and drops window entries that can no longer count.
-    /// Also forgets resolved alerts and alert events past their retention.
-    pub fn prune(&self, now: UnixSeconds) {
-        let forgotten = self.alerts.forget_before(now - self.alert_retention_secs);
-        if forgotten > 0 {
-            tracing::info!(alerts = forgotten, "resolved alerts past their retention forgotten");
-        }
-        let cutoff = now - IDEMPOTENCY_SECS;
-        self.screens.retain(|id, e| {
-            let keep = e.answered_at >= cutoff || e.status.borrow().state == TransferState::Held;
-            if !keep {
-                self.log_transfer(id, None);
-            }
-            keep
-        });
-        self.events.retain(|id, (_, at)| {
-            let keep = *at >= cutoff;
-            if let (false, Some(store)) = (keep, &self.store) {
-                store.put(Space::Events, id.as_bytes(), None::<&()>);
-            }
-            keep
-        });
-        self.state.prune(now);
-    }
-
-    /// Escalates overdue alerts and ends expired holds; prunes once a minute.
-    /// Called by a timer.
-    pub fn tick(&self, now: UnixSeconds) {
-        let last = self.last_prune.load(Ordering::Relaxed) as i64;
-        if now - last >= PRUNE_EVERY_SECS {
-            self.last_prune.store(now as u64, Ordering::Relaxed);
-            if last != 0 {
-                self.prune(now);
-            }
-        }
-        let routing = self.routing.load();
-        for alert in self.alerts.escalate_overdue(&routing, now) {
-            self.metrics.alerts.with_label_values(&[&alert.station_id, "escalated"]).inc();
-            self.audit_alert("escalated", &alert);
-        }
-        let due: Vec<String> = {
-            let mut holds = lock(&self.holds);
-            let mut due = Vec::new();
-            while let Some(first) = holds.first() {
-                if first.0 > now {
-                    break;
-                }
-                let (_, id) = holds.pop_first().expect("first exists");
-                due.push(id);
-            }
-            due
-        };
-        let expiry = self.ruleset.load().hold.expiry_action;
-        for request_id in due {
-            let Some(entry) = self.screens.get_mut(&request_id) else { continue };
-            if entry.status.borrow().state != TransferState::Held {
-                continue;
-            }
-            let step = TransferState::Held.next(TransferEvent::Expire(expiry)).expect("a held transfer can expire");
-            self.change_history(step.history, &entry.record);
-            let (decision, outcome_label) = match expiry {
-                ExpiryAction::Block => (HoldDecision::Block, "expired_block"),
-                ExpiryAction::Release => (HoldDecision::Release, "expired_release"),
-            };
-            self.metrics.hold_outcomes.with_label_values(&[outcome_label]).inc();
-            let next = step.to;
-            if let Some(alert_id) = entry.answer.alert_id.as_deref() {
-                if let Ok(alert) = self.alerts.hold_expired(alert_id, decision, now) {
-                    self.metrics.alerts.with_label_values(&[&alert.station_id, "expired"]).inc();
-                    self.audit_alert("expired", &alert);
-                }
-            }
-            entry.status.send_modify(|s| {
-                s.state = next;
-                s.hold_expires_at = None;
-                s.note = "hold expired".into();
-                s.updated_at = now;
-            });
-            self.log_transfer(&request_id, Some(&entry));
-        }
-    }
-
     pub fn watchlist_upsert(&self, mut entry: WatchEntry) -> WatchEntry {
         if entry.added_at == 0 {
             entry.added_at = self.now();
@@ -856,40 +581,6 @@ impl TransferGuard {
         self.state.watchlist_entries()
     }
 
-    /// Recompiles and tests the rules folder; swaps it in only if all is well.
-    pub fn reload(&self) -> Reload {
-        let started = std::time::Instant::now();
-        let result = load_checked(&self.rules_dir);
-        self.metrics.reload_seconds.observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok((ruleset, routing)) => {
-                let version = ruleset.version.to_string();
-                self.ruleset.store(Arc::new(ruleset));
-                self.routing.store(Arc::new(routing));
-                self.metrics.set_ruleset(&version);
-                tracing::info!(%version, "rules reloaded");
-                self.audit(|| AuditRecord::Ruleset {
-                    at: self.now(),
-                    version: version.clone(),
-                    loaded: true,
-                    errors: 0,
-                });
-                Reload { reloaded: true, version, errors: Vec::new() }
-            }
-            Err(errors) => {
-                self.metrics.reload_failures.inc();
-                self.audit(|| AuditRecord::Ruleset {
-                    at: self.now(),
-                    version: self.ruleset.load().version.to_string(),
-                    loaded: false,
-                    errors: errors.len(),
-                });
-                tracing::error!(errors = errors.len(), first = %errors.first().map_or("", |e| e.as_str()), "rules reload refused; the running ruleset stays");
-                Reload { reloaded: false, version: self.ruleset.load().version.to_string(), errors }
-            }
-        }
-    }
-
     pub fn backlog(&self, stations: &[String], after: u64) -> crate::alerts::Backlog {
         self.alerts.backlog(stations, after)
     }
@@ -900,52 +591,5 @@ impl TransferGuard {
 
     pub fn screened_count(&self) -> usize {
         self.screens.len()
-    }
-}
-
-/// A store key that is an id (customer, request, event) as text.
-fn key_text(key: &[u8]) -> String {
-    String::from_utf8_lossy(key).into_owned()
-}
-
-fn decision_record(t: &Transfer, s: &Screened) -> AuditRecord {
-    let (shadow, active): (Vec<_>, Vec<_>) = s.decision.hits.iter().partition(|h| h.shadow);
-    AuditRecord::Decision {
-        at: t.requested_at,
-        request_id: t.request_id.clone(),
-        bank_id: t.bank_id.clone(),
-        branch_id: t.branch_id.clone(),
-        channel: t.channel.as_str(),
-        amount_minor: t.amount,
-        currency: t.currency.clone(),
-        customer_account: mask_account(&t.customer.account_id),
-        payee_account: mask_account(&t.payee.account),
-        payee_name: mask_name(&t.payee.name),
-        action: s.decision.action.as_str(),
-        score: s.decision.score,
-        hits: active.iter().map(|h| h.rule_id().to_string()).collect(),
-        shadow_hits: shadow.iter().map(|h| h.rule_id().to_string()).collect(),
-        ruleset_version: s.decision.ruleset_version.to_string(),
-        alert_id: s.alert_id.clone(),
-        station_id: s.station_id.clone(),
-    }
-}
-
-fn summary(t: &Transfer, customer_age: i64) -> TransferSummary {
-    TransferSummary {
-        request_id: t.request_id.clone(),
-        amount: t.amount,
-        currency: t.currency.clone(),
-        channel: t.channel,
-        bank_id: t.bank_id.clone(),
-        branch_id: t.branch_id.clone(),
-        teller_id: t.teller_id.clone(),
-        customer_age_band: age_band(customer_age),
-        customer_account_masked: mask_account(&t.customer.account_id),
-        payee_account_masked: mask_account(&t.payee.account),
-        payee_name_masked: mask_name(&t.payee.name),
-        payee_bank_code: t.payee.bank_code.clone(),
-        memo: t.memo.clone(),
-        observations: t.observations,
     }
 }

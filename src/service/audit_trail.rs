@@ -1,0 +1,89 @@
+//! The audit trail's records of what the service did: every decision, alert
+//! change and transfer state change, masked (no full account or name).
+//!
+//! Must not log or write anything unmasked.
+
+use super::*;
+
+pub(super) fn decision_record(t: &Transfer, s: &Screened) -> AuditRecord {
+    let (shadow, active): (Vec<_>, Vec<_>) = s.decision.hits.iter().partition(|h| h.shadow);
+    AuditRecord::Decision {
+        at: t.requested_at,
+        request_id: t.request_id.clone(),
+        bank_id: t.bank_id.clone(),
+        branch_id: t.branch_id.clone(),
+        channel: t.channel.as_str(),
+        amount_minor: t.amount,
+        currency: t.currency.clone(),
+        customer_account: mask_account(&t.customer.account_id),
+        payee_account: mask_account(&t.payee.account),
+        payee_name: mask_name(&t.payee.name),
+        action: s.decision.action.as_str(),
+        score: s.decision.score,
+        hits: active.iter().map(|h| h.rule_id().to_string()).collect(),
+        shadow_hits: shadow.iter().map(|h| h.rule_id().to_string()).collect(),
+        ruleset_version: s.decision.ruleset_version.to_string(),
+        alert_id: s.alert_id.clone(),
+        station_id: s.station_id.clone(),
+    }
+}
+
+pub(super) fn summary(t: &Transfer, customer_age: i64) -> TransferSummary {
+    TransferSummary {
+        request_id: t.request_id.clone(),
+        amount: t.amount,
+        currency: t.currency.clone(),
+        channel: t.channel,
+        bank_id: t.bank_id.clone(),
+        branch_id: t.branch_id.clone(),
+        teller_id: t.teller_id.clone(),
+        customer_age_band: age_band(customer_age),
+        customer_account_masked: mask_account(&t.customer.account_id),
+        payee_account_masked: mask_account(&t.payee.account),
+        payee_name_masked: mask_name(&t.payee.name),
+        payee_bank_code: t.payee.bank_code.clone(),
+        memo: t.memo.clone(),
+        observations: t.observations,
+    }
+}
+
+impl TransferGuard {
+    pub(super) fn log_transfer(&self, request_id: &str, entry: Option<&ScreenEntry>) {
+        let Some(store) = &self.store else { return };
+        match entry {
+            Some(e) => {
+                let status = e.status.borrow();
+                let image = StoredTransfer {
+                    answered_at: e.answered_at,
+                    fingerprint: e.fingerprint,
+                    answer: &e.answer,
+                    record: &e.record,
+                    status: &*status,
+                };
+                store.put(Space::Transfers, request_id.as_bytes(), Some(&image));
+            }
+            None => store.put(Space::Transfers, request_id.as_bytes(), None::<&()>),
+        }
+    }
+
+    pub(super) fn audit(&self, record: impl FnOnce() -> AuditRecord) {
+        if let Some(a) = &self.audit {
+            a.record(record());
+        }
+    }
+
+    pub(super) fn audit_alert(&self, event: &'static str, alert: &Alert) {
+        self.audit(|| AuditRecord::Alert {
+            at: alert.updated_at,
+            event,
+            alert_id: alert.id.clone(),
+            station_id: alert.station_id.clone(),
+            officer_id: alert.officer_id.clone(),
+            outcome: alert.outcome.map(Outcome::as_str),
+            hold_decision: alert.hold_decision.map(|d| match d {
+                HoldDecision::Release => "release",
+                HoldDecision::Block => "block",
+            }),
+        });
+    }
+}
