@@ -10,6 +10,9 @@
 //! - `*.toml` beside it (but `stations.toml`): `[[rule]]` tables
 //! - `lists/*.toml`: `[[list]]` tables (keywords, patterns, values)
 //! - `tests/*.toml`: rule test cases (see [`crate::ruletest`])
+//!
+//! One file on purpose: the folder's layout, its TOML shapes and the checks
+//! that turn them into a `Ruleset` are one loader (its tests are the last part).
 
 pub mod compile;
 pub mod diagnostic;
