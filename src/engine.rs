@@ -12,7 +12,10 @@ use crate::rules::text::FoldedText;
 use crate::rules::{Mode, Ruleset};
 use crate::state::{Snapshot, State, TransferRecord};
 use std::cell::{Cell, RefCell};
-use time::OffsetDateTime;
+use time::Date;
+
+/// The Julian day number of 1970-01-01.
+const UNIX_EPOCH_JULIAN_DAY: i64 = 2_440_588;
 
 /// What screening one transfer produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,9 +127,12 @@ pub fn facts<'a>(
     memo: &'a [Cell<u8>],
 ) -> Facts<'a> {
     let now = transfer.requested_at;
-    let local =
-        OffsetDateTime::from_unix_timestamp(now).unwrap_or(OffsetDateTime::UNIX_EPOCH).to_offset(ruleset.utc_offset);
-    let today = local.date();
+    // The local day and hour by integer arithmetic on the offset (the same as
+    // converting through OffsetDateTime, at a fraction of the cost).
+    let local_secs = now.saturating_add(i64::from(ruleset.utc_offset.whole_seconds()));
+    let local_day = local_secs.div_euclid(86_400);
+    let today = Date::from_julian_day((UNIX_EPOCH_JULIAN_DAY + local_day).clamp(0, i64::from(i32::MAX)) as i32)
+        .unwrap_or(Date::MIN);
     let customer = &transfer.customer;
 
     // The caller may know a later limit change than we recorded; the latest wins.
@@ -142,11 +148,12 @@ pub fn facts<'a>(
         transfer_currency: &transfer.currency,
         transfer_channel: transfer.channel.as_str(),
         transfer_memo: text.memo.view(&transfer.memo),
-        transfer_hour: i64::from(local.hour()),
+        transfer_hour: local_secs.rem_euclid(86_400) / 3600,
         bank_id: &transfer.bank_id,
         branch_id: &transfer.branch_id,
         customer_age: age_on(customer.birth_date, today),
-        customer_account_age_days: (today - customer.account_opened_on).whole_days(),
+        customer_account_age_days: i64::from(today.to_julian_day())
+            - i64::from(customer.account_opened_on.to_julian_day()),
         customer_daily_limit: customer.daily_limit,
         customer_limit_raised_ago: raise.map_or(NEVER, |c| now - c.changed_at),
         customer_limit_raised_to_max: raise.is_some_and(|c| c.is_maximum),
@@ -236,6 +243,23 @@ reason = { zh = "试", en = "trial" }
             currency: "CNY".into(),
             memo: String::new(),
             observations: Observations::default(),
+        }
+    }
+
+    #[test]
+    fn the_local_day_and_hour_match_the_calendar() {
+        let rs = ruleset();
+        let snapshot = State::new().snapshot("c1", &transfer(1).payee, 0);
+        let text = RequestText::default();
+        let memo = [];
+        for at in [1_773_109_200, 1_773_162_000, 1_773_158_399, 0, 946_684_799, 4_102_444_799] {
+            let mut t = transfer(1);
+            t.requested_at = at;
+            let f = facts(&rs, &t, &snapshot, &text, &memo);
+            let local = time::OffsetDateTime::from_unix_timestamp(at).unwrap().to_offset(rs.utc_offset);
+            assert_eq!(f.transfer_hour, i64::from(local.hour()), "{at}");
+            assert_eq!(f.customer_account_age_days, (local.date() - t.customer.account_opened_on).whole_days());
+            assert_eq!(f.customer_age, age_on(t.customer.birth_date, local.date()));
         }
     }
 

@@ -331,8 +331,11 @@ pub fn age_band(age: i64) -> &'static str {
 
 /// Whole years between `birth` and `on`.
 pub fn age_on(birth: Date, on: Date) -> i64 {
-    let mut years = i64::from(on.year()) - i64::from(birth.year());
-    if (on.month() as u8, on.day()) < (birth.month() as u8, birth.day()) {
+    // One calendar conversion per date (month() and day() each redo it).
+    let (birth_year, birth_month, birth_day) = birth.to_calendar_date();
+    let (year, month, day) = on.to_calendar_date();
+    let mut years = i64::from(year) - i64::from(birth_year);
+    if (month as u8, day) < (birth_month as u8, birth_day) {
         years -= 1;
     }
     years
