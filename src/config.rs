@@ -9,7 +9,7 @@ use crate::delivery::{NatsConfig, WebhookConfig};
 use crate::store::Durability;
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -42,10 +42,12 @@ pub struct Config {
     pub alert_retention: Duration,
 }
 
-/// The config file (TOML). Every key is optional.
-#[derive(Debug, Default, Deserialize)]
+/// Every setting, each optional: as the config file (TOML) gives them, and as
+/// the flags and `TRANSFER_GUARD_*` env vars do (clap merges those two, flags
+/// first). [`Config::resolve`] puts the two layers over the defaults.
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileConfig {
+pub struct Settings {
     pub listen: Option<String>,
     pub rules: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
@@ -57,25 +59,6 @@ pub struct FileConfig {
     /// A duration: `90s`, `5m`.
     pub max_clock_skew: Option<String>,
     /// A duration: `30d`.
-    pub alert_retention: Option<String>,
-    pub webhook_url: Option<String>,
-    pub webhook_secret: Option<String>,
-}
-
-/// What came from flags or `TRANSFER_GUARD_*` env vars (clap merges those two,
-/// flags first).
-#[derive(Debug, Default, Clone)]
-pub struct Overrides {
-    pub listen: Option<String>,
-    pub rules: Option<PathBuf>,
-    pub data_dir: Option<PathBuf>,
-    pub config: Option<PathBuf>,
-    pub nats_url: Option<String>,
-    pub nats_stream: Option<String>,
-    pub nats_subject_prefix: Option<String>,
-    pub metrics_listen: Option<String>,
-    pub durability: Option<Durability>,
-    pub max_clock_skew: Option<String>,
     pub alert_retention: Option<String>,
     pub webhook_url: Option<String>,
     pub webhook_secret: Option<String>,
@@ -96,9 +79,10 @@ pub enum ConfigError {
 }
 
 impl Config {
-    pub fn resolve(o: &Overrides) -> Result<Config, ConfigError> {
-        let file = match &o.config {
-            None => FileConfig::default(),
+    /// `flags` over the file at `config` (if any) over the defaults.
+    pub fn resolve(o: &Settings, config: Option<&Path>) -> Result<Config, ConfigError> {
+        let file = match config {
+            None => Settings::default(),
             Some(path) => {
                 let shown = path.display().to_string();
                 let text = std::fs::read_to_string(path)
@@ -163,30 +147,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("tg.toml");
         std::fs::write(&file, "listen = \"127.0.0.1:6000\"\nrules = \"/etc/tg/rules\"\n").unwrap();
-        let o = Overrides { config: Some(file.clone()), rules: Some("mine".into()), ..Overrides::default() };
-        let c = Config::resolve(&o).unwrap();
+        let o = Settings { rules: Some("mine".into()), ..Settings::default() };
+        let c = Config::resolve(&o, Some(&file)).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:6000");
         assert_eq!(c.rules_dir, PathBuf::from("mine"));
         assert_eq!(c.data_dir, PathBuf::from("data"));
-        assert_eq!(Config::resolve(&Overrides::default()).unwrap().listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(Config::resolve(&Settings::default(), None).unwrap().listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.durability, Durability::Sync, "durable unless told otherwise");
         std::fs::write(&file, "durability = \"none\"\n").unwrap();
-        let o = Overrides { config: Some(file.clone()), ..Overrides::default() };
-        assert_eq!(Config::resolve(&o).unwrap().durability, Durability::None);
-        let o = Overrides { durability: Some(Durability::Sync), ..o };
-        assert_eq!(Config::resolve(&o).unwrap().durability, Durability::Sync);
+        let o = Settings::default();
+        assert_eq!(Config::resolve(&o, Some(&file)).unwrap().durability, Durability::None);
+        let o = Settings { durability: Some(Durability::Sync), ..o };
+        assert_eq!(Config::resolve(&o, Some(&file)).unwrap().durability, Durability::Sync);
 
         std::fs::write(&file, "listen = 5\n").unwrap();
-        let e = Config::resolve(&Overrides { config: Some(file.clone()), ..Overrides::default() }).unwrap_err();
+        let e = Config::resolve(&Settings::default(), Some(&file)).unwrap_err();
         assert!(e.to_string().contains("tg.toml:1:10"), "{e}");
 
-        assert_eq!(Config::resolve(&Overrides::default()).unwrap().max_clock_skew, DEFAULT_MAX_CLOCK_SKEW);
+        assert_eq!(Config::resolve(&Settings::default(), None).unwrap().max_clock_skew, DEFAULT_MAX_CLOCK_SKEW);
         std::fs::write(&file, "max_clock_skew = \"2m\"\n").unwrap();
-        let o = Overrides { config: Some(file), ..Overrides::default() };
-        assert_eq!(Config::resolve(&o).unwrap().max_clock_skew, Duration::from_secs(120));
-        let o = Overrides { max_clock_skew: Some("90s".into()), ..o };
-        assert_eq!(Config::resolve(&o).unwrap().max_clock_skew, Duration::from_secs(90));
-        let o = Overrides { max_clock_skew: Some("soon".into()), ..o };
-        assert!(Config::resolve(&o).unwrap_err().to_string().contains("max_clock_skew `soon`"));
+        let o = Settings::default();
+        assert_eq!(Config::resolve(&o, Some(&file)).unwrap().max_clock_skew, Duration::from_secs(120));
+        let o = Settings { max_clock_skew: Some("90s".into()), ..o };
+        assert_eq!(Config::resolve(&o, Some(&file)).unwrap().max_clock_skew, Duration::from_secs(90));
+        let o = Settings { max_clock_skew: Some("soon".into()), ..o };
+        assert!(Config::resolve(&o, Some(&file)).unwrap_err().to_string().contains("max_clock_skew `soon`"));
     }
 }

@@ -3,7 +3,7 @@
 
 use super::{generated_id, runtime};
 use crate::app::{attach_store, open_rules};
-use crate::config::{Config, Overrides};
+use crate::config::{Config, Settings};
 use crate::rules::parse_duration;
 use crate::server;
 use anyhow::{bail, Context};
@@ -256,11 +256,10 @@ fn init_logs(format: LogFormat) {
 
 pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     init_logs(args.log_format);
-    let config = Config::resolve(&Overrides {
+    let flags = Settings {
         listen: args.listen,
         rules: args.rules,
         data_dir: args.data_dir,
-        config: args.config,
         nats_url: args.nats_url,
         nats_stream: args.nats_stream,
         nats_subject_prefix: args.nats_subject_prefix,
@@ -270,7 +269,8 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         alert_retention: args.alert_retention,
         webhook_url: args.webhook_url,
         webhook_secret: args.webhook_secret,
-    })?;
+    };
+    let config = Config::resolve(&flags, args.config.as_deref())?;
     if config.durability == crate::store::Durability::None {
         tracing::warn!("durability none: nothing is kept across a restart");
     }
