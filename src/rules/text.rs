@@ -10,8 +10,9 @@
 //! selectors, combining marks left over) removed, and white space, punctuation and symbols removed — so
 //! `刷 单`, `刷-单`, `刷\u{200b}单` and `刷单` are one text. Where separators were
 //! removed is remembered ([`TextView::breaks`]): a keyword that spans one
-//! matches only when it covers the spaced pieces whole ([`TextView::whole`]):
-//! `安全 账户` and `安 全 账 户` match `安全账户`, `资金安全 账户余额` does not.
+//! matches only when it begins or ends where a spaced piece does
+//! ([`TextView::whole`]): `安全 账户`, `转到安全 账户` and `安 全 账 户` match
+//! `安全账户`; `资金安全 账户余额`, stitched from the insides of two words, does not.
 //!
 //! Must not allocate per request once its buffers have grown ([`FoldedText::fill`]
 //! reuses them), read files, or know about fields and rules.
@@ -351,7 +352,8 @@ pub struct TextView<'a> {
 impl TextView<'_> {
     /// May a keyword found at `text[start..end]` count? Always when it lies
     /// within one spaced piece; when it spans removed separators, only if it
-    /// begins at the start of a piece and ends at the end of one.
+    /// begins at the start of a piece or ends at the end of one — it is not
+    /// stitched together from the insides of two words.
     #[inline]
     pub fn whole(&self, start: usize, end: usize) -> bool {
         if self.breaks.is_empty() {
@@ -362,7 +364,7 @@ impl TextView<'_> {
             return true;
         }
         let edge = |at: usize| at == 0 || at == self.text.len() || self.breaks.contains(&(at as u32));
-        edge(start) && edge(end)
+        edge(start) || edge(end)
     }
 
     /// Does the text contain the (normalised) `needle` as a whole keyword?
@@ -426,6 +428,9 @@ mod tests {
         assert!(hit("请转到 安全 账户", "安全账户"));
         assert!(hit("转到安全账户里", "安全账户"));
         assert!(hit("刷 单 返 利", "刷单"));
+        assert!(hit("转到安全 账户", "安全账户"), "ends where a piece ends");
+        assert!(hit("安全 账户里", "安全账户"), "begins where a piece begins");
+        assert!(!hit("转到安全 账户里", "安全账户"), "inside two words: the price of the rule");
         assert!(hit("safe account", "safe account"));
         assert!(hit("SAFE-ACCOUNT", "safe account"));
         assert!(!hit("资金安全 账户余额", "安全账户"));

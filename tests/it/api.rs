@@ -345,6 +345,8 @@ async fn memo_evasions_are_caught_over_grpc() {
     let cases = [
         ("安全账户", Some("memo_safe_account")),
         ("安全 账户", Some("memo_safe_account")),
+        ("转到安全 账户", Some("memo_safe_account")),
+        ("安全　账户", Some("memo_safe_account")),
         ("安全賬戶", Some("memo_safe_account")),
         ("转到安全帐户", Some("memo_safe_account")),
         ("安\u{200b}全账户", Some("memo_safe_account")),
