@@ -20,7 +20,7 @@ use crate::model::Action;
 use crate::rules::ExpiryAction;
 
 /// Where a screened transfer stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TransferState {
     Allowed,
     Warned,

@@ -213,7 +213,7 @@ pub struct Transfer {
 
 /// A rule's id and the words a clerk reads aloud, shared (one reference count)
 /// by every hit of that rule.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleText {
     pub rule_id: Box<str>,
     pub reason_zh: Box<str>,
@@ -221,7 +221,7 @@ pub struct RuleText {
 }
 
 /// A rule that matched, with the words a clerk can read aloud.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hit {
     pub text: Arc<RuleText>,
     pub score: i64,
@@ -241,7 +241,7 @@ impl Hit {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub action: Action,
     /// Sum of the scores of the active rules that matched.
@@ -309,13 +309,6 @@ pub fn format_minor(amount: Minor) -> String {
 /// Age band for alerts, so officers see "60-69" rather than a birth date.
 /// Every value [`age_band`] returns.
 pub const AGE_BANDS: [&str; 7] = ["<18", "18-29", "30-44", "45-59", "60-69", "70-79", "80+"];
-
-/// Reads back one of a fixed set of names (an age band, an event kind) as the
-/// `&'static str` it was written from; anything else is an error.
-pub fn static_name<'de, D: serde::Deserializer<'de>>(d: D, known: &[&'static str]) -> Result<&'static str, D::Error> {
-    let s = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
-    known.iter().find(|k| **k == s).copied().ok_or_else(|| serde::de::Error::custom(format!("unknown name `{s}`")))
-}
 
 pub fn age_band(age: i64) -> &'static str {
     match age {

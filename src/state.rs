@@ -164,7 +164,7 @@ pub trait StateLog: Send + Sync {
 
 /// A police watchlist entry: transfers to `account` hit `payee.watchlisted`
 /// until `expires_at`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchEntry {
     pub account: String,
     pub station_id: String,
@@ -200,7 +200,7 @@ pub struct Snapshot {
 /// The change a counted transfer makes to state. The engine returns it; the
 /// caller decides when to apply it (at once for ALLOW/WARN, on release for HOLD)
 /// and can revert it (a cancelled transfer).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransferRecord {
     pub customer_id: String,
     pub payee: PayeeKey,

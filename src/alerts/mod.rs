@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 /// Events kept for watchers to resume from; older cursors get "resume too old".
 pub const EVENT_RETENTION: usize = 100_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AlertState {
     New,
     Claimed,
@@ -26,7 +26,7 @@ pub enum AlertState {
     Resolved,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Dissuaded,
     FraudConfirmed,
@@ -45,14 +45,14 @@ impl Outcome {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HoldDecision {
     Release,
     Block,
 }
 
 /// What an officer sees of a transfer: no full account number, no birth date.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransferSummary {
     pub request_id: String,
     pub amount: i64,
@@ -61,7 +61,6 @@ pub struct TransferSummary {
     pub bank_id: String,
     pub branch_id: String,
     pub teller_id: String,
-    #[serde(deserialize_with = "age_band")]
     pub customer_age_band: StaticName,
     pub customer_account_masked: String,
     pub payee_account_masked: String,
@@ -71,7 +70,7 @@ pub struct TransferSummary {
     pub observations: Observations,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alert {
     pub id: String,
     pub station_id: String,
@@ -99,12 +98,11 @@ impl Alert {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlertEvent {
     pub cursor: u64,
     /// `<alert id>:<sequence>`: stable, so JetStream can deduplicate on it.
     pub event_id: String,
-    #[serde(deserialize_with = "event_kind")]
     pub kind: StaticName,
     pub alert: Alert,
     pub at: UnixSeconds,
@@ -120,20 +118,11 @@ pub enum AlertError {
     DecisionRequired,
 }
 
-/// A name from a fixed set. (An alias, so serde's derive does not take the
-/// field for a borrow of the input.)
+/// A name from a fixed set (an age band, an event kind).
 pub type StaticName = &'static str;
 
 /// Every kind of [`AlertEvent`].
 pub const EVENT_KINDS: [&str; 5] = ["raised", "claimed", "resolved", "expired", "escalated"];
-
-fn event_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
-    crate::model::static_name(d, &EVENT_KINDS)
-}
-
-fn age_band<'de, D: serde::Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
-    crate::model::static_name(d, &crate::model::AGE_BANDS)
-}
 
 /// Where alert changes go to be made durable; called under the book's lock,
 /// so in cursor order. Implementations only queue (no I/O, no other locks).

@@ -56,9 +56,9 @@ impl TransferGuard {
                 let image = StoredTransfer {
                     answered_at: e.answered_at,
                     fingerprint: e.fingerprint,
-                    answer: &e.answer,
-                    record: &e.record,
-                    status: &*status,
+                    answer: (&e.answer).into(),
+                    record: (&e.record).into(),
+                    status: (&*status).into(),
                 };
                 store.put(Space::Transfers, request_id.as_bytes(), Some(&image));
             }

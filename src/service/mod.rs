@@ -41,7 +41,7 @@ use tokio::sync::watch;
 
 pub use crate::lifecycle::TransferState;
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransferStatus {
     pub request_id: String,
     pub state: TransferState,
@@ -56,7 +56,7 @@ pub struct TransferStatus {
 }
 
 /// The answer to a screen.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Screened {
     pub request_id: String,
     pub decision: Decision,

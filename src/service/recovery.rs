@@ -6,6 +6,13 @@
 //! Must not decide anything: it only puts back what the service wrote.
 
 use super::*;
+use crate::store::records::Unknown;
+use crate::store::{AlertEventRec, WatchEntryRec};
+
+/// A stored value that does not map back onto the domain.
+fn damaged(space: &'static str, key: &[u8], e: Unknown) -> StoreError {
+    StoreError::Damaged { space, key: key_text(key), error: e.to_string() }
+}
 
 /// Keys of the `meta` keyspace.
 pub(super) const META_BOOT: &[u8] = b"boot";
@@ -57,13 +64,20 @@ impl TransferGuard {
         self.state.rebuild_fan_in();
         found.payees = self.state.sizes().payees;
         found.watchlist =
-            store.for_each(Space::Watchlist, |_, entry: WatchEntry| self.state.watchlist_upsert(entry))?;
+            store.for_each(Space::Watchlist, |_, entry: WatchEntryRec| self.state.watchlist_upsert(entry.into()))?;
         found.event_ids = store.for_each(Space::Events, |id, seen| {
             self.events.insert(key_text(id), seen);
         })?;
-        let alerts: Vec<(Alert, u32)> =
-            store.load::<StoredAlert>(Space::Alerts)?.into_iter().map(|(_, a)| (a.alert, a.sequence)).collect();
-        let events: Vec<AlertEvent> = store.load(Space::AlertEvents)?.into_iter().map(|(_, e)| e).collect();
+        let alerts: Vec<(Alert, u32)> = store
+            .load::<StoredAlert>(Space::Alerts)?
+            .into_iter()
+            .map(|(key, a)| Ok((Alert::try_from(a.alert).map_err(|e| damaged("alerts", &key, e))?, a.sequence)))
+            .collect::<Result<_, StoreError>>()?;
+        let events: Vec<AlertEvent> = store
+            .load::<AlertEventRec>(Space::AlertEvents)?
+            .into_iter()
+            .map(|(key, e)| AlertEvent::try_from(e).map_err(|e| damaged("alert_events", &key, e)))
+            .collect::<Result<_, StoreError>>()?;
         (found.alerts, found.alert_events) = (alerts.len(), events.len());
         self.alerts.restore(alerts, events);
         // Alert ids carry the boot time: make it unique even for a restart
@@ -112,15 +126,16 @@ impl TransferGuard {
         let mut holds = lock(&self.holds);
         let n = store.for_each(Space::Transfers, |id, t: StoredTransfer| {
             let id = key_text(id);
-            if t.status.state == TransferState::Held {
-                holds.insert((t.status.hold_expires_at.unwrap_or(0), id.clone()));
+            let status = TransferStatus::from(t.status);
+            if status.state == TransferState::Held {
+                holds.insert((status.hold_expires_at.unwrap_or(0), id.clone()));
             }
-            let (status, _) = watch::channel(t.status);
+            let (status, _) = watch::channel(status);
             let entry = ScreenEntry {
                 answered_at: t.answered_at,
                 fingerprint: t.fingerprint,
-                answer: t.answer,
-                record: t.record,
+                answer: t.answer.into(),
+                record: t.record.into(),
                 status,
             };
             self.screens.insert(id, entry);

@@ -15,10 +15,13 @@
 //! Owns the file format (fjall's) and the encoding of values (JSON). Must not
 //! decide anything or hold locks of other modules while writing.
 
+pub mod records;
+
+pub use records::{AlertEventRec, StoredAlert, StoredTransfer, WatchEntryRec};
+
 use crate::alerts::{Alert, AlertEvent, AlertLog};
 use crate::model::UnixSeconds;
-use crate::service::{Screened, TransferStatus};
-use crate::state::{CustomerImage, StateLog, TransferRecord, WatchEntry};
+use crate::state::{CustomerImage, StateLog, WatchEntry};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Slice};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -134,11 +137,11 @@ pub fn reencode(space_name: &str, key: &[u8], value: &[u8]) -> Result<Vec<u8>, S
     })?;
     match space {
         Space::Customers => again::<CustomerImage>(space, key, value),
-        Space::Watchlist => again::<WatchEntry>(space, key, value),
+        Space::Watchlist => again::<WatchEntryRec>(space, key, value),
         Space::Transfers => again::<StoredTransfer>(space, key, value),
         Space::Events => again::<(u64, UnixSeconds)>(space, key, value),
         Space::Alerts => again::<StoredAlert>(space, key, value),
-        Space::AlertEvents => again::<AlertEvent>(space, key, value),
+        Space::AlertEvents => again::<AlertEventRec>(space, key, value),
         Space::Meta => again::<u64>(space, key, value),
     }
 }
@@ -467,43 +470,24 @@ impl StateLog for Store {
     }
 
     fn watch(&self, account: &str, entry: Option<&WatchEntry>) {
-        self.put(Space::Watchlist, account.as_bytes(), entry);
+        self.put(Space::Watchlist, account.as_bytes(), entry.map(WatchEntryRec::from).as_ref());
     }
-}
-
-/// A screened transfer as the store keeps it: written from borrowed parts of
-/// the service's entry, read back owned.
-#[derive(Serialize, serde::Deserialize)]
-pub struct StoredTransfer<A = Screened, R = TransferRecord, S = TransferStatus> {
-    pub answered_at: UnixSeconds,
-    pub fingerprint: u64,
-    pub answer: A,
-    pub record: R,
-    pub status: S,
 }
 
 /// A stored record as bytes: its keyspace's name, its key, its value.
 pub type RawRecord = (&'static str, Vec<u8>, Vec<u8>);
-
-/// An alert as stored: its image and how many events it has had. Written
-/// from a borrowed alert (`StoredAlert<&Alert>`), read back owned.
-#[derive(Serialize, serde::Deserialize)]
-pub struct StoredAlert<A = Alert> {
-    pub alert: A,
-    pub sequence: u32,
-}
 
 impl AlertLog for Store {
     fn changed(&self, alert: &Alert, sequence: u32, event: &AlertEvent) {
         let image = Put {
             space: Space::Alerts,
             key: Slice::from(alert.id.as_bytes()),
-            value: Some(encode(&StoredAlert { alert, sequence })),
+            value: Some(encode(&StoredAlert { alert: alert.into(), sequence })),
         };
         let logged = Put {
             space: Space::AlertEvents,
             key: Slice::from(&event.cursor.to_be_bytes()[..]),
-            value: Some(encode(event)),
+            value: Some(encode(&AlertEventRec::from(event))),
         };
         self.queue([image, logged], Some(event.cursor));
     }
