@@ -60,7 +60,7 @@ pub struct BenchArgs {
     in_process: Option<PathBuf>,
     /// With --in-process: sync keeps state in a store in the temp dir (fsync per group commit),
     /// none in memory only.
-    #[arg(long, value_enum, default_value_t = crate::store::Durability::None)]
+    #[arg(long, value_name = "sync|none", default_value = "none")]
     durability: crate::store::Durability,
     /// With --in-process: also bench a durable (sync) service the same way, and print the ratio
     /// durable / in-memory.
@@ -137,7 +137,7 @@ pub struct ServeArgs {
     config: Option<PathBuf>,
     /// sync (default): answer only once the change is on disk in DATA_DIR/store, and recover it
     /// after a crash; none: keep everything in memory (tests, benchmarks).
-    #[arg(long, env = "TRANSFER_GUARD_DURABILITY", value_enum)]
+    #[arg(long, env = "TRANSFER_GUARD_DURABILITY", value_name = "sync|none")]
     durability: Option<crate::store::Durability>,
     /// Log format.
     #[arg(long, env = "TRANSFER_GUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -68,12 +68,24 @@ impl Space {
 }
 
 /// `sync` answers only after the change is on disk; `none` keeps everything in memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     #[default]
     Sync,
     None,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Durability, String> {
+        match s {
+            "sync" => Ok(Durability::Sync),
+            "none" => Ok(Durability::None),
+            other => Err(format!("`{other}` is not a durability: use sync or none")),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
