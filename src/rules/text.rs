@@ -10,9 +10,8 @@
 //! selectors, combining marks left over) removed, and white space, punctuation and symbols removed — so
 //! `刷 单`, `刷-单`, `刷\u{200b}单` and `刷单` are one text. Where separators were
 //! removed is remembered ([`TextView::breaks`]): a keyword that spans one
-//! matches only when it begins or ends where a spaced piece does
-//! ([`TextView::whole`]): `安全 账户`, `转到安全 账户` and `安 全 账 户` match
-//! `安全账户`; `资金安全 账户余额`, stitched from the insides of two words, does not.
+//! matches only when its last word is whole ([`TextView::whole`]): `安全 账户`,
+//! `转到安全 账户` and `安 全 账 户` match `安全账户`; `安全 账户余额` does not.
 //!
 //! Must not allocate per request once its buffers have grown ([`FoldedText::fill`]
 //! reuses them), read files, or know about fields and rules.
@@ -351,9 +350,11 @@ pub struct TextView<'a> {
 
 impl TextView<'_> {
     /// May a keyword found at `text[start..end]` count? Always when it lies
-    /// within one spaced piece; when it spans removed separators, only if it
-    /// begins at the start of a piece or ends at the end of one — it is not
-    /// stitched together from the insides of two words.
+    /// within one spaced piece. When it spans removed separators it must end
+    /// where a piece ends (its last word is whole: `安全 账户余额` is not
+    /// `安全账户`), and begin where a piece begins unless it follows Chinese
+    /// text (pieces of Chinese are phrases: `转到安全 账户` is; pieces of
+    /// English are words: `unsafe account` is not `safe account`).
     #[inline]
     pub fn whole(&self, start: usize, end: usize) -> bool {
         if self.breaks.is_empty() {
@@ -364,7 +365,8 @@ impl TextView<'_> {
             return true;
         }
         let edge = |at: usize| at == 0 || at == self.text.len() || self.breaks.contains(&(at as u32));
-        edge(start) || edge(end)
+        let after_a_word = self.text[..start].chars().next_back().is_some_and(|c| c.is_ascii_alphanumeric());
+        edge(end) && (edge(start) || !after_a_word)
     }
 
     /// Does the text contain the (normalised) `needle` as a whole keyword?
@@ -428,9 +430,10 @@ mod tests {
         assert!(hit("请转到 安全 账户", "安全账户"));
         assert!(hit("转到安全账户里", "安全账户"));
         assert!(hit("刷 单 返 利", "刷单"));
-        assert!(hit("转到安全 账户", "安全账户"), "ends where a piece ends");
-        assert!(hit("安全 账户里", "安全账户"), "begins where a piece begins");
-        assert!(!hit("转到安全 账户里", "安全账户"), "inside two words: the price of the rule");
+        assert!(hit("转到安全 账户", "安全账户"), "ends where a piece ends, after Chinese text");
+        assert!(!hit("安全 账户余额", "安全账户"), "its last word is not whole");
+        assert!(!hit("安全 账户里", "安全账户"), "the price of the rule: a particle after the keyword");
+        assert!(!hit("unsafe account", "safe account"), "an English word cut at its start");
         assert!(hit("safe account", "safe account"));
         assert!(hit("SAFE-ACCOUNT", "safe account"));
         assert!(!hit("资金安全 账户余额", "安全账户"));

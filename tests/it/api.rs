@@ -354,11 +354,13 @@ async fn memo_evasions_are_caught_over_grpc() {
         ("刷单", Some("memo_task_rebate")),
         ("刷 单 返 利", Some("memo_task_rebate")),
         ("资金安全 账户余额", None),
+        ("安全 账户余额", None),
         ("账户余额", None),
     ];
     for (i, (memo, rule)) in cases.into_iter().enumerate() {
         // A 68-year-old sending 5,000 CNY to a payee never paid before.
-        let mut r = ordinary(&format!("evasion-{i}"), &format!("customer-ev-{i}"), "6217990000000911");
+        // A payee of its own each: many customers paying one account is the mule signal.
+        let mut r = ordinary(&format!("evasion-{i}"), &format!("customer-ev-{i}"), &format!("62179900000009{i:02}"));
         r.customer.as_mut().unwrap().birth_date = "1958-02-01".into();
         r.amount_minor = 500_000;
         r.memo = memo.into();
