@@ -7,9 +7,19 @@
 //! channel runs dry (records reach the file within about 10 ms). Only if the writer falls a whole channel behind does a
 //! caller wait for it: an audit trail that drops records is no audit trail.
 //! Must not write personal data unmasked.
+//!
+//! The file is a hash chain: every line carries its sequence number (`seq`)
+//! and the SHA-256 of the line before it (`prev`; 64 zeros for the first), so
+//! an edited, deleted or reordered line breaks the chain at the next one
+//! ([`verify`], `transfer-guard audit verify DATA_DIR`). Appending after a
+//! restart continues the chain from the file's last line. The last line has no
+//! successor to vouch for it: `verify` prints its hash (the head) for an
+//! operator to anchor elsewhere.
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use std::fs::OpenOptions;
+use std::io::{BufRead, Read, Seek, SeekFrom};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,6 +93,7 @@ pub struct AuditLog {
 impl AuditLog {
     /// Opens (creating or appending to) `path` and starts the writer thread.
     pub fn open(path: &Path) -> std::io::Result<AuditLog> {
+        let mut chain = Chain::continuing(path)?;
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         let (tx, rx) = mpsc::sync_channel::<AuditRecord>(BUFFER);
         std::thread::Builder::new().name("audit-writer".into()).spawn(move || {
@@ -92,8 +103,9 @@ impl AuditLog {
             loop {
                 match rx.try_recv() {
                     Ok(record) => {
-                        let written = serde_json::to_writer(&mut out, &record)
-                            .map_err(std::io::Error::from)
+                        let written = chain
+                            .line(&record)
+                            .and_then(|line| out.write_all(line.as_bytes()))
                             .and_then(|()| out.write_all(b"\n"));
                         if let Err(e) = written {
                             tracing::error!(error = %e, "cannot write the audit file");
@@ -129,5 +141,186 @@ impl AuditLog {
 
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The `prev` of the first line.
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The SHA-256 of one line (without its newline), in hex.
+fn line_hash(line: &str) -> String {
+    Sha256::digest(line.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where the chain stands: the next line's sequence number and `prev`.
+struct Chain {
+    seq: u64,
+    prev: String,
+}
+
+impl Chain {
+    /// After the last line of the file at `path` (a new chain if there is none).
+    fn continuing(path: &Path) -> std::io::Result<Chain> {
+        let Some(last) = last_line(path)? else { return Ok(Chain { seq: 1, prev: GENESIS.into() }) };
+        let seq =
+            serde_json::from_str::<serde_json::Value>(&last).ok().and_then(|v| v["seq"].as_u64()).map_or(1, |s| s + 1);
+        Ok(Chain { seq, prev: line_hash(&last) })
+    }
+
+    /// The line for `record`, linked to the one before it.
+    fn line(&mut self, record: &AuditRecord) -> std::io::Result<String> {
+        let mut value = serde_json::to_value(record)?;
+        if let Some(fields) = value.as_object_mut() {
+            fields.insert("seq".into(), self.seq.into());
+            fields.insert("prev".into(), self.prev.clone().into());
+        }
+        let line = serde_json::to_string(&value)?;
+        self.seq += 1;
+        self.prev = line_hash(&line);
+        Ok(line)
+    }
+}
+
+/// The last complete line of a file, read from its end.
+fn last_line(path: &Path) -> std::io::Result<Option<String>> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = file.seek(SeekFrom::End(0))?;
+    let mut tail = Vec::new();
+    let mut read_from = len;
+    // Grow the window from the end until it holds a whole last line.
+    loop {
+        let step = (64 * 1024).min(read_from);
+        read_from -= step;
+        file.seek(SeekFrom::Start(read_from))?;
+        let mut chunk = vec![0; step as usize];
+        file.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&tail);
+        tail = chunk;
+        let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
+        if let Some(i) = body.iter().rposition(|b| *b == b'\n') {
+            return Ok(Some(String::from_utf8_lossy(&body[i + 1..]).into_owned()));
+        }
+        if read_from == 0 {
+            return Ok((!body.is_empty()).then(|| String::from_utf8_lossy(body).into_owned()));
+        }
+    }
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verified {
+    /// Every line links to the one before it.
+    Intact { records: u64, head: String },
+    /// The first line that does not: its number in the file (from 1) and why.
+    Broken { line: u64, why: String },
+}
+
+/// Checks the hash chain of an audit file, line by line.
+pub fn verify(path: &Path) -> std::io::Result<Verified> {
+    let file = std::fs::File::open(path)?;
+    let mut prev = GENESIS.to_string();
+    let mut expected_seq: Option<u64> = None;
+    let mut n = 0;
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line?;
+        n += 1;
+        let broken = |why: String| Ok(Verified::Broken { line: n, why });
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
+            return broken("not a JSON record".into());
+        };
+        let (Some(seq), Some(claimed)) = (value["seq"].as_u64(), value["prev"].as_str()) else {
+            return broken("no seq or prev: not part of the chain".into());
+        };
+        if claimed != prev {
+            return broken(format!(
+                "record {seq} does not follow the line before it (an earlier line was edited, deleted or moved)"
+            ));
+        }
+        if expected_seq.is_some_and(|e| e != seq) {
+            return broken(format!("record {seq} where record {} was due", expected_seq.unwrap_or(0)));
+        }
+        expected_seq = Some(seq + 1);
+        prev = line_hash(&line);
+    }
+    Ok(Verified::Intact { records: n, head: prev })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(i: i64) -> AuditRecord {
+        AuditRecord::Ruleset { at: 1_773_109_200 + i, version: format!("sha256:{i:016x}"), loaded: true, errors: 0 }
+    }
+
+    /// Five chained lines in a temp file.
+    fn chained() -> (tempfile::TempDir, PathBuf, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut chain = Chain::continuing(&path).unwrap();
+        let lines: Vec<String> = (0..5).map(|i| chain.line(&record(i)).unwrap()).collect();
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        (dir, path, lines)
+    }
+
+    fn write(path: &Path, lines: &[String]) {
+        std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    }
+
+    #[test]
+    fn an_intact_chain_verifies_and_names_its_head() {
+        let (_dir, path, lines) = chained();
+        assert_eq!(verify(&path).unwrap(), Verified::Intact { records: 5, head: line_hash(&lines[4]) });
+    }
+
+    #[test]
+    fn an_edited_a_deleted_and_a_moved_line_are_each_found() {
+        let (_dir, path, lines) = chained();
+        let mut edited = lines.clone();
+        edited[1] = edited[1].replace("\"loaded\":true", "\"loaded\":false");
+        write(&path, &edited);
+        assert!(matches!(verify(&path).unwrap(), Verified::Broken { line: 3, .. }), "edit");
+
+        let mut deleted = lines.clone();
+        deleted.remove(1);
+        write(&path, &deleted);
+        assert!(matches!(verify(&path).unwrap(), Verified::Broken { line: 2, .. }), "delete");
+
+        let mut moved = lines.clone();
+        moved.swap(1, 2);
+        write(&path, &moved);
+        assert!(matches!(verify(&path).unwrap(), Verified::Broken { line: 2, .. }), "reorder");
+    }
+
+    #[test]
+    fn the_writer_continues_the_chain_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let lines = |n: usize| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                if text.lines().count() >= n {
+                    return;
+                }
+                assert!(std::time::Instant::now() < deadline, "the writer did not write {n} lines");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        };
+        let log = AuditLog::open(&path).unwrap();
+        (0..3).for_each(|i| log.record(record(i)));
+        lines(3);
+        drop(log);
+        let log = AuditLog::open(&path).unwrap();
+        (3..5).for_each(|i| log.record(record(i)));
+        lines(5);
+        match verify(&path).unwrap() {
+            Verified::Intact { records: 5, .. } => {}
+            other => panic!("{other:?}"),
+        }
     }
 }

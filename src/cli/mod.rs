@@ -92,6 +92,9 @@ pub enum Command {
     /// The durable store in DATA_DIR/store (the service must not be running on it).
     #[command(subcommand)]
     Store(operator::StoreCommand),
+    /// The audit trail in DATA_DIR/audit.jsonl.
+    #[command(subcommand)]
+    Audit(operator::AuditCommand),
 }
 
 #[derive(Args, Clone)]
@@ -111,6 +114,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Serve(args) => operator::serve(args),
         Command::Bench(args) => runtime()?.block_on(operator::bench(args)),
         Command::Store(command) => operator::store(command),
+        Command::Audit(command) => operator::audit(command),
         Command::Screen(args) => runtime()?.block_on(teller::screen_command(*args)),
         Command::Event(command) => runtime()?.block_on(teller::event(command)),
         Command::Transfer(command) => runtime()?.block_on(teller::transfer(command)),

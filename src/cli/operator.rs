@@ -374,3 +374,35 @@ pub fn store(command: StoreCommand) -> anyhow::Result<i32> {
         }
     }
 }
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check the audit trail's hash chain: prints "intact, N records" and the head hash to anchor
+    /// elsewhere, or the first line that does not follow the one before it (exit 1).
+    ///
+    /// Example: transfer-guard audit verify data
+    Verify {
+        /// The data dir (the file is DATA_DIR/audit.jsonl).
+        #[arg(default_value = "data")]
+        data_dir: PathBuf,
+    },
+}
+
+/// `audit`: the audit trail.
+pub fn audit(command: AuditCommand) -> anyhow::Result<i32> {
+    match command {
+        AuditCommand::Verify { data_dir } => {
+            let path = data_dir.join("audit.jsonl");
+            match crate::audit::verify(&path).with_context(|| format!("read {}", path.display()))? {
+                crate::audit::Verified::Intact { records, head } => {
+                    println!("intact, {records} records (head sha256 {head})");
+                    Ok(0)
+                }
+                crate::audit::Verified::Broken { line, why } => {
+                    println!("broken at line {line} of {}: {why}", path.display());
+                    Ok(1)
+                }
+            }
+        }
+    }
+}

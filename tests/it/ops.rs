@@ -36,6 +36,23 @@ async fn logs_never_show_full_accounts_or_names_and_sigterm_stops_cleanly() {
     for secret in ["6217000099998888777", "6210981234567890", "621098123456", "陈某某", "王房东"] {
         assert!(!logs.contains(secret), "`{secret}` in the logs:\n{logs}");
     }
+
+    // The audit trail is a hash chain: intact as written, and an edited line is found.
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap().to_string();
+    let verify = || crate::harness::transfer_guard(&["audit", "verify", &data_arg]);
+    let intact = verify();
+    let said = String::from_utf8_lossy(&intact.stdout).to_string();
+    assert!(intact.status.success() && said.starts_with("intact, "), "{said}");
+    let audit = data.join("audit.jsonl");
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert!(text.lines().count() >= 3, "{text}");
+    let tampered = text.replacen("\"action\":\"HOLD\"", "\"action\":\"ALLOW\"", 1);
+    assert_ne!(tampered, text, "the held decision is audited");
+    std::fs::write(&audit, tampered).unwrap();
+    let broken = verify();
+    let said = String::from_utf8_lossy(&broken.stdout).to_string();
+    assert!(!broken.status.success() && said.contains("broken at line"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
