@@ -62,6 +62,8 @@ pub struct Settings {
     pub alert_retention: Option<String>,
     pub webhook_url: Option<String>,
     pub webhook_secret: Option<String>,
+    /// Serve plaintext on an address other than loopback (there is no TLS yet).
+    pub insecure_plaintext: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +74,11 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("listen address `{0}` is not HOST:PORT")]
     Listen(String),
+    #[error(
+        "listen address `{0}` is not loopback and the gRPC API is plaintext with every caller trusted: \
+         listen on 127.0.0.1, or say --insecure-plaintext if the network in between is yours"
+    )]
+    PlaintextOutsideLoopback(String),
     #[error("webhook_url is set but webhook_secret is not: every POST is signed with it")]
     WebhookSecret,
     #[error("{key} `{value}` is not a positive duration such as `90s`, `5m` or `30d`")]
@@ -124,13 +131,18 @@ impl Config {
                 None => return Err(ConfigError::WebhookSecret),
             },
         };
+        let listen_addr: SocketAddr = listen.parse().map_err(|_| ConfigError::Listen(listen.clone()))?;
+        let insecure = o.insecure_plaintext.or(file.insecure_plaintext).unwrap_or(false);
+        if !listen_addr.ip().is_loopback() && !insecure {
+            return Err(ConfigError::PlaintextOutsideLoopback(listen));
+        }
         Ok(Config {
             webhook,
             max_clock_skew,
             alert_retention,
             metrics_listen: metrics_listen.parse().map_err(|_| ConfigError::Listen(metrics_listen.clone()))?,
             nats,
-            listen: listen.parse().map_err(|_| ConfigError::Listen(listen.clone()))?,
+            listen: listen_addr,
             rules_dir: o.rules.clone().or(file.rules).unwrap_or_else(|| DEFAULT_RULES.into()),
             data_dir: o.data_dir.clone().or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA.into()),
             durability: o.durability.or(file.durability).unwrap_or_default(),
@@ -172,5 +184,14 @@ mod tests {
         assert_eq!(Config::resolve(&o, Some(&file)).unwrap().max_clock_skew, Duration::from_secs(90));
         let o = Settings { max_clock_skew: Some("soon".into()), ..o };
         assert!(Config::resolve(&o, Some(&file)).unwrap_err().to_string().contains("max_clock_skew `soon`"));
+
+        // Plaintext stays on loopback unless the operator says otherwise.
+        let open = Settings { listen: Some("0.0.0.0:50051".into()), ..Settings::default() };
+        let e = Config::resolve(&open, None).unwrap_err();
+        assert!(e.to_string().contains("not loopback"), "{e}");
+        let said = Settings { insecure_plaintext: Some(true), ..open };
+        assert_eq!(Config::resolve(&said, None).unwrap().listen.to_string(), "0.0.0.0:50051");
+        let v6 = Settings { listen: Some("[::1]:50051".into()), ..Settings::default() };
+        assert!(Config::resolve(&v6, None).is_ok());
     }
 }

@@ -169,6 +169,10 @@ pub struct ServeArgs {
     /// Prefer the environment variable: a flag shows in the process list.
     #[arg(long, env = "TRANSFER_GUARD_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
+    /// Serve the plaintext gRPC API on an address other than loopback. There is no TLS or
+    /// caller identity yet: every caller can do everything, so only on a network that is yours.
+    #[arg(long, env = "TRANSFER_GUARD_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -269,6 +273,7 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         alert_retention: args.alert_retention,
         webhook_url: args.webhook_url,
         webhook_secret: args.webhook_secret,
+        insecure_plaintext: args.insecure_plaintext.then_some(true),
     };
     let config = Config::resolve(&flags, args.config.as_deref())?;
     if config.durability == crate::store::Durability::None {
@@ -290,6 +295,11 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             version = %ruleset.version,
             rules_count = ruleset.rules.len(),
             "transfer-guard serving"
+        );
+        tracing::warn!(
+            listen = %config.listen,
+            "plaintext gRPC with every caller trusted (no TLS, no roles yet){}",
+            if config.listen.ip().is_loopback() { ": loopback only" } else { ": --insecure-plaintext" }
         );
         let metrics = tokio::net::TcpListener::bind(config.metrics_listen)
             .await
