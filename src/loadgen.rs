@@ -281,16 +281,34 @@ pub async fn start_noop() -> std::io::Result<(String, tokio::sync::oneshot::Send
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(pb::screening_server::ScreeningServer::new(NoopScreening))
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
+    tokio::spawn(serve_noop(listener, async {
+        let _ = stopped.await;
+    }));
     Ok((addr, stop))
+}
+
+/// Serves the no-op baseline on `listener` until `shutdown` completes (as a
+/// process of its own: `bench --noop-server`, to be pinned and driven like `serve`).
+pub async fn serve_noop(
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .add_service(pb::screening_server::ScreeningServer::new(NoopScreening))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+/// CPU time a process has used so far, summed over its threads, from Linux's
+/// `/proc/PID/task/*/schedstat` (nanoseconds on the CPU); None where there is no /proc.
+pub fn process_cpu(pid: u32) -> Option<std::time::Duration> {
+    let mut total: u64 = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(std::time::Duration::from_nanos(total))
 }
 
 #[cfg(test)]

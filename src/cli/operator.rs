@@ -66,6 +66,17 @@ pub struct BenchArgs {
     /// durable / in-memory.
     #[arg(long)]
     compare_durability: bool,
+    /// The pid of the server at --addr (Linux): also print its CPU time per request, read from
+    /// /proc before and after the run. Pin it and the generator to different cores (taskset).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Run no load: serve the no-op baseline (the Screen shape, no work) on --listen until
+    /// Ctrl-C, as a process of its own to pin and drive like `serve`.
+    #[arg(long)]
+    noop_server: bool,
+    /// With --noop-server: where to listen.
+    #[arg(long, default_value = "127.0.0.1:50052")]
+    listen: String,
 }
 
 /// Starts the real service in this process on a loopback port; its data (audit
@@ -182,6 +193,13 @@ pub enum LogFormat {
 }
 
 pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
+    if args.noop_server {
+        let listener =
+            tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
+        println!("no-op baseline serving on {} (pid {}); Ctrl-C stops it", listener.local_addr()?, std::process::id());
+        crate::loadgen::serve_noop(listener, server::shutdown_signal()).await?;
+        return Ok(0);
+    }
     let duration = parse_duration(&args.duration)
         .filter(|d| *d > 0)
         .with_context(|| format!("--duration: `{}` is not e.g. 10s", args.duration))?;
@@ -210,7 +228,18 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     };
     println!("{mode}, {} connections, {}", args.connections, args.duration);
     let run_id = generated_id("bench");
+    let cpu_before = args.server_pid.and_then(crate::loadgen::process_cpu);
     let target = crate::loadgen::run(&config, &run_id).await.with_context(|| format!("connect to {addr}"))?;
+    if let (Some(pid), Some(before)) = (args.server_pid, cpu_before) {
+        match crate::loadgen::process_cpu(pid) {
+            Some(after) if target.ok > 0 => println!(
+                "server (pid {pid}) CPU: {:.2} s in all, {:.1} µs per request",
+                (after - before).as_secs_f64(),
+                (after - before).as_secs_f64() * 1e6 / target.ok as f64
+            ),
+            _ => println!("server (pid {pid}) CPU: not readable"),
+        }
+    }
     let label = if stop_in_process.is_some() {
         format!("screening (in-process, durability {:?})", args.durability).to_lowercase()
     } else {

@@ -183,3 +183,40 @@ async fn dependencies_log_only_warnings_by_default() {
         );
     }
 }
+
+/// The no-op baseline runs as a process of its own, and `bench` reads a
+/// server's CPU time per request from its pid.
+#[test]
+fn the_noop_baseline_runs_alone_and_bench_reads_the_servers_cpu() {
+    let port = crate::harness::free_port();
+    let mut noop = std::process::Command::new(env!("CARGO_BIN_EXE_transfer-guard"))
+        .args(["bench", "--noop-server", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the no-op server");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the no-op server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let addr = format!("http://127.0.0.1:{port}");
+    let pid = noop.id().to_string();
+    let out = crate::harness::transfer_guard(&[
+        "bench",
+        "--addr",
+        &addr,
+        "--server-pid",
+        &pid,
+        "--duration",
+        "1s",
+        "--concurrency",
+        "4",
+        "--connections",
+        "1",
+    ]);
+    let _ = noop.kill();
+    let _ = noop.wait();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{said}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains(&format!("server (pid {pid}) CPU:")) && said.contains("per request"), "{said}");
+}
