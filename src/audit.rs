@@ -149,7 +149,7 @@ const GENESIS: &str = "000000000000000000000000000000000000000000000000000000000
 
 /// The SHA-256 of one line (without its newline), in hex.
 fn line_hash(line: &str) -> String {
-    Sha256::digest(line.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    crate::model::hex(&Sha256::digest(line.as_bytes()))
 }
 
 /// Where the chain stands: the next line's sequence number and `prev`.

@@ -6,16 +6,12 @@
 //! caller decides when: at once, on release, never), or allocate while
 //! evaluating conditions.
 
-use crate::model::{age_on, Decision, Hit, Transfer};
+use crate::model::{age_on, local_day, Decision, Hit, Transfer};
 use crate::rules::schema::{Facts, NEVER};
 use crate::rules::text::FoldedText;
 use crate::rules::{Mode, Ruleset};
 use crate::state::{Snapshot, State, TransferRecord};
 use std::cell::{Cell, RefCell};
-use time::Date;
-
-/// The Julian day number of 1970-01-01.
-const UNIX_EPOCH_JULIAN_DAY: i64 = 2_440_588;
 
 /// What screening one transfer produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,16 +42,8 @@ impl RequestText {
     /// buffers (the rest is left empty: no rule looks at it).
     pub fn fill(&mut self, ruleset: &Ruleset, transfer: &Transfer) {
         let read = ruleset.text_fields;
-        if read.memo {
-            self.memo.fill(&transfer.memo);
-        } else {
-            self.memo.clear();
-        }
-        if read.payee_name {
-            self.payee_name.fill(&transfer.payee.name);
-        } else {
-            self.payee_name.clear();
-        }
+        self.memo.fill(if read.memo { &transfer.memo } else { "" });
+        self.payee_name.fill(if read.payee_name { &transfer.payee.name } else { "" });
     }
 }
 
@@ -127,12 +115,7 @@ pub fn facts<'a>(
     memo: &'a [Cell<u8>],
 ) -> Facts<'a> {
     let now = transfer.requested_at;
-    // The local day and hour by integer arithmetic on the offset (the same as
-    // converting through OffsetDateTime, at a fraction of the cost).
-    let local_secs = now.saturating_add(i64::from(ruleset.utc_offset.whole_seconds()));
-    let local_day = local_secs.div_euclid(86_400);
-    let today = Date::from_julian_day((UNIX_EPOCH_JULIAN_DAY + local_day).clamp(0, i64::from(i32::MAX)) as i32)
-        .unwrap_or(Date::MIN);
+    let (today, hour) = local_day(now, ruleset.utc_offset);
     let customer = &transfer.customer;
 
     // The caller may know a later limit change than we recorded; the latest wins.
@@ -148,7 +131,7 @@ pub fn facts<'a>(
         transfer_currency: &transfer.currency,
         transfer_channel: transfer.channel.as_str(),
         transfer_memo: text.memo.view(&transfer.memo),
-        transfer_hour: local_secs.rem_euclid(86_400) / 3600,
+        transfer_hour: hour,
         bank_id: &transfer.bank_id,
         branch_id: &transfer.branch_id,
         customer_age: age_on(customer.birth_date, today),

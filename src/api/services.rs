@@ -121,7 +121,7 @@ impl pb::screening_server::Screening for Api {
         self.rpc("Screen", async move {
             let started = std::time::Instant::now();
             let request = request.into_inner();
-            let transfer = convert::transfer(&request, self.guard.ruleset().utc_offset)
+            let transfer = convert::transfer(&request, self.guard.utc_offset())
                 .and_then(|t| self.live_clock().check_transfer(&t).map(|()| t))
                 .map_err(|v| {
                     // Field names only: a bad value may be an account number.
@@ -394,8 +394,7 @@ impl pb::rules_server::Rules for Api {
 
     async fn dry_run(&self, request: Request<pb::ScreenRequest>) -> Result<Response<pb::ScreenResponse>, Status> {
         self.rpc("DryRun", async move {
-            let transfer =
-                convert::transfer(&request.into_inner(), self.guard.ruleset().utc_offset).map_err(invalid)?;
+            let transfer = convert::transfer(&request.into_inner(), self.guard.utc_offset()).map_err(invalid)?;
             Ok(Response::new(convert::screened_to_pb(&self.guard.dry_run(&transfer))))
         })
         .await

@@ -382,7 +382,7 @@ fn version_of(sources: &[Source]) -> String {
         hasher.update([0]);
     }
     let digest = hasher.finalize();
-    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let hex = crate::model::hex(&digest[..8]);
     format!("sha256:{hex}")
 }
 

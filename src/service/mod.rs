@@ -258,6 +258,12 @@ impl TransferGuard {
         self.ruleset.load_full()
     }
 
+    /// The local time of the branches (the ruleset's), without taking a
+    /// reference on the ruleset: read on every request.
+    pub fn utc_offset(&self) -> time::UtcOffset {
+        self.ruleset.load().utc_offset
+    }
+
     pub fn state(&self) -> &State {
         &self.state
     }

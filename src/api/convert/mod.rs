@@ -254,7 +254,7 @@ impl PageToken {
 
     pub fn encode(&self) -> String {
         let text = format!("p1:{}:{:016x}:{}", self.created_at, self.filters, self.alert_id);
-        text.bytes().map(|b| format!("{b:02x}")).collect()
+        crate::model::hex(text.as_bytes())
     }
 
     /// The token of `r`, if any, checked against its filters.
@@ -298,7 +298,7 @@ fn truncate(s: &str) -> String {
 
 /// The local date of `at` where the branches are (the ruleset's `utc_offset`).
 fn local_date(at: UnixSeconds, utc_offset: time::UtcOffset) -> Date {
-    time::OffsetDateTime::from_unix_timestamp(at).map_or(Date::MIN, |t| t.to_offset(utc_offset).date())
+    crate::model::local_day(at, utc_offset).0
 }
 
 #[cfg(test)]
