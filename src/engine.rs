@@ -42,8 +42,17 @@ impl RequestText {
     /// buffers (the rest is left empty: no rule looks at it).
     pub fn fill(&mut self, ruleset: &Ruleset, transfer: &Transfer) {
         let read = ruleset.text_fields;
-        self.memo.fill(if read.memo { &transfer.memo } else { "" });
-        self.payee_name.fill(if read.payee_name { &transfer.payee.name } else { "" });
+        // Clearing is cheaper than normalising an empty text.
+        if read.memo {
+            self.memo.fill(&transfer.memo);
+        } else {
+            self.memo.clear();
+        }
+        if read.payee_name {
+            self.payee_name.fill(&transfer.payee.name);
+        } else {
+            self.payee_name.clear();
+        }
     }
 }
 

@@ -329,6 +329,7 @@ const UNIX_EPOCH_JULIAN_DAY: i64 = 2_440_588;
 /// The local date and hour of `at` at `utc_offset`, by integer arithmetic (the
 /// same as converting through `OffsetDateTime`, at a fraction of the cost: the
 /// engine does it for every transfer).
+#[inline]
 pub fn local_day(at: UnixSeconds, utc_offset: time::UtcOffset) -> (Date, i64) {
     let local = at.saturating_add(i64::from(utc_offset.whole_seconds()));
     let julian = (UNIX_EPOCH_JULIAN_DAY + local.div_euclid(86_400)).clamp(0, i64::from(i32::MAX)) as i32;
@@ -344,6 +345,7 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
+#[inline]
 pub fn age_on(birth: Date, on: Date) -> i64 {
     // One calendar conversion per date (month() and day() each redo it).
     let (birth_year, birth_month, birth_day) = birth.to_calendar_date();

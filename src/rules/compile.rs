@@ -5,9 +5,9 @@
 //! out cannot fail and does not allocate when evaluated. Must not evaluate rules
 //! on transfers (the engine does) or read files (the loader does).
 //!
-//! One file on purpose: the type rules, the specialised closures and the
-//! shared keyword scans are one pass over one tree, and read best together
-//! (its unit tests are the last part of it).
+//! One cohesive thing, not a hub (nothing else routes through it): the type
+//! rules, the specialised closures and the shared keyword scans are one pass
+//! over one tree, and read best together (its unit tests are the last part).
 
 use super::diagnostic::one_line;
 use super::parser::{BinOp, Expr, ExprKind, UnOp};
