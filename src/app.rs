@@ -24,6 +24,8 @@ pub struct Setup {
     pub clock: Arc<dyn Clock>,
     /// How long resolved alerts and alert events are kept, in seconds.
     pub alert_retention_secs: i64,
+    /// Whether a new ruleset needs a second analyst's approval.
+    pub approval: crate::service::Approval,
 }
 
 impl Setup {
@@ -35,6 +37,7 @@ impl Setup {
             durability,
             clock: Arc::new(SystemClock),
             alert_retention_secs: crate::service::DEFAULT_ALERT_RETENTION_SECS,
+            approval: crate::service::Approval::Automatic,
         }
     }
 
@@ -60,6 +63,47 @@ pub enum AppError {
     Audit { path: String, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot read {what} {path}: {source}")]
+    TrustFile { what: &'static str, path: String, source: std::io::Error },
+    #[error("{path}: {source}")]
+    TokenKey { path: String, source: crate::auth::token::KeyError },
+}
+
+/// The identity settings made real: how callers are identified, and the
+/// server's TLS (with the client CA when callers present certificates).
+pub fn trust(
+    security: &crate::config::Security,
+) -> Result<(crate::api::identity::Trust, Option<tonic::transport::ServerTlsConfig>), AppError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |what: &'static str, path: &Path| {
+        std::fs::read(path).map_err(|source| AppError::TrustFile { what, path: path.display().to_string(), source })
+    };
+    let tls = match &security.tls {
+        None => None,
+        Some((cert, key)) => {
+            let mut tls = ServerTlsConfig::new()
+                .identity(Identity::from_pem(read("the TLS certificate", cert)?, read("the TLS key", key)?));
+            if let Some(ca) = &security.client_ca {
+                // Optional at the handshake so a person may come with a token
+                // instead; the gate refuses a call with neither.
+                tls = tls.client_ca_root(Certificate::from_pem(read("the client CA", ca)?)).client_auth_optional(true);
+            }
+            Some(tls)
+        }
+    };
+    if !security.identifies_callers() {
+        return Ok((crate::api::identity::Trust::Open, tls));
+    }
+    let tokens = match &security.token_public_key {
+        None => None,
+        Some(path) => {
+            let text = String::from_utf8_lossy(&read("the token public key", path)?).into_owned();
+            let verifier = crate::auth::token::TokenVerifier::from_paserk(&text)
+                .map_err(|source| AppError::TokenKey { path: path.display().to_string(), source })?;
+            Some(verifier)
+        }
+    };
+    Ok((crate::api::identity::Trust::Enforced { trust_domain: security.trust_domain.clone(), tokens }, tls))
 }
 
 /// Compiles and tests the rules folder and builds the service on it, with
@@ -77,8 +121,10 @@ pub fn attach_store(guard: TransferGuard, data_dir: &Path) -> Result<(TransferGu
 
 /// Builds the service: rules, clock, store (recovered), audit trail.
 pub fn build(setup: &Setup) -> Result<App, AppError> {
-    let guard =
-        open_rules(&setup.rules_dir)?.with_clock(setup.clock.clone()).with_alert_retention(setup.alert_retention_secs);
+    let guard = open_rules(&setup.rules_dir)?
+        .with_clock(setup.clock.clone())
+        .with_alert_retention(setup.alert_retention_secs)
+        .with_approval(setup.approval);
     std::fs::create_dir_all(&setup.data_dir)
         .map_err(|source| AppError::DataDir { dir: setup.data_dir.display().to_string(), source })?;
     let (guard, store) = match setup.durability {

@@ -1,6 +1,8 @@
 //! The audit trail: an append-only JSON-lines file of every decision, alert
-//! lifecycle change, watchlist change and ruleset change, with accounts and
-//! names masked as in the logs.
+//! lifecycle change, watchlist change, ruleset change and refused call, each
+//! naming who caused it (`by`: the principal, `open` when the server trusts
+//! every caller, `service` for its own expiry and escalation), with accounts
+//! and names masked as in the logs.
 //!
 //! Screening does not wait on the disk: records go through a bounded channel
 //! (65,536 records) to one writer thread, which appends, and flushes whenever the
@@ -80,12 +82,45 @@ pub enum AuditRecord {
         loaded: bool,
         errors: usize,
     },
+    /// A ruleset put forward for a second analyst's approval (maker–checker).
+    RulesProposed {
+        at: i64,
+        version: String,
+    },
+    /// A proposed ruleset approved (or an approval refused, with why).
+    RulesApproved {
+        at: i64,
+        version: String,
+        proposed_by: String,
+        approved: bool,
+        why: String,
+    },
+    /// A call refused: unauthenticated, wrong role, wrong bank or station.
+    Denied {
+        at: i64,
+        method: String,
+        reason: &'static str,
+        message: String,
+    },
+    /// A screen answered by the fail mode while the store could not commit.
+    FailMode {
+        at: i64,
+        request_id: String,
+        decided: &'static str,
+        answered: &'static str,
+    },
+    /// The store could not commit in time (degraded), or commits again.
+    Degraded {
+        at: i64,
+        degraded: bool,
+        why: String,
+    },
 }
 
 /// The sending side; cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::SyncSender<AuditRecord>,
+    tx: mpsc::SyncSender<(String, AuditRecord)>,
     dropped: Arc<AtomicU64>,
     path: PathBuf,
 }
@@ -95,16 +130,16 @@ impl AuditLog {
     pub fn open(path: &Path) -> std::io::Result<AuditLog> {
         let mut chain = Chain::continuing(path)?;
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        let (tx, rx) = mpsc::sync_channel::<AuditRecord>(BUFFER);
+        let (tx, rx) = mpsc::sync_channel::<(String, AuditRecord)>(BUFFER);
         std::thread::Builder::new().name("audit-writer".into()).spawn(move || {
             let mut out = BufWriter::new(file);
             // Poll rather than block in recv: a blocked receiver makes every
             // send a futex wake-up, which measurably slowed screening.
             loop {
                 match rx.try_recv() {
-                    Ok(record) => {
+                    Ok((by, record)) => {
                         let written = chain
-                            .line(&record)
+                            .line(&by, &record)
                             .and_then(|line| out.write_all(line.as_bytes()))
                             .and_then(|()| out.write_all(b"\n"));
                         if let Err(e) = written {
@@ -129,9 +164,9 @@ impl AuditLog {
         &self.path
     }
 
-    /// Queues a record (waits only while the channel is full).
-    pub fn record(&self, record: AuditRecord) {
-        if self.tx.send(record).is_err() {
+    /// Queues a record of what `by` caused (waits only while the channel is full).
+    pub fn record(&self, by: &crate::auth::Caller, record: AuditRecord) {
+        if self.tx.send((by.to_string(), record)).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 tracing::error!(lost = n, "the audit writer has stopped; records lost");
@@ -168,9 +203,10 @@ impl Chain {
     }
 
     /// The line for `record`, linked to the one before it.
-    fn line(&mut self, record: &AuditRecord) -> std::io::Result<String> {
+    fn line(&mut self, by: &str, record: &AuditRecord) -> std::io::Result<String> {
         let mut value = serde_json::to_value(record)?;
         if let Some(fields) = value.as_object_mut() {
+            fields.insert("by".into(), by.into());
             fields.insert("seq".into(), self.seq.into());
             fields.insert("prev".into(), self.prev.clone().into());
         }
@@ -262,7 +298,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let mut chain = Chain::continuing(&path).unwrap();
-        let lines: Vec<String> = (0..5).map(|i| chain.line(&record(i)).unwrap()).collect();
+        let lines: Vec<String> = (0..5).map(|i| chain.line("open", &record(i)).unwrap()).collect();
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
         (dir, path, lines)
     }
@@ -312,11 +348,11 @@ mod tests {
             }
         };
         let log = AuditLog::open(&path).unwrap();
-        (0..3).for_each(|i| log.record(record(i)));
+        (0..3).for_each(|i| log.record(&crate::auth::Caller::Open, record(i)));
         lines(3);
         drop(log);
         let log = AuditLog::open(&path).unwrap();
-        (3..5).for_each(|i| log.record(record(i)));
+        (3..5).for_each(|i| log.record(&crate::auth::Caller::Open, record(i)));
         lines(5);
         match verify(&path).unwrap() {
             Verified::Intact { records: 5, .. } => {}

@@ -5,7 +5,9 @@
 //!
 //! Must not build or run anything (that is `app` and `server`).
 
+use crate::api::admission::{FailMode, Limits};
 use crate::delivery::{NatsConfig, WebhookConfig};
+use crate::service::Approval;
 use crate::store::Durability;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -40,7 +42,37 @@ pub struct Config {
     pub max_clock_skew: Duration,
     /// Resolved alerts and alert events are forgotten this long after.
     pub alert_retention: Duration,
+    /// TLS, client certificates and tokens: who callers are.
+    pub security: Security,
+    /// Admission control and the explicit limits.
+    pub limits: Limits,
+    /// Whether a new ruleset needs a second analyst's approval.
+    pub approval: Approval,
 }
+
+/// The trust settings (docs/security.md).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Security {
+    /// The server's certificate and key (PEM).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Clients must present a certificate signed by this CA (PEM) naming a
+    /// SPIFFE id, unless they carry a token.
+    pub client_ca: Option<PathBuf>,
+    /// SPIFFE ids must be of this trust domain.
+    pub trust_domain: String,
+    /// Bearer tokens are checked with this Ed25519 public key (PASERK file).
+    pub token_public_key: Option<PathBuf>,
+}
+
+impl Security {
+    /// True when every call must name a principal.
+    pub fn identifies_callers(&self) -> bool {
+        self.client_ca.is_some() || self.token_public_key.is_some()
+    }
+}
+
+/// The SPIFFE trust domain when none is configured.
+pub const DEFAULT_TRUST_DOMAIN: &str = "transfer-guard.local";
 
 /// Every setting, each optional: as the config file (TOML) gives them, and as
 /// the flags and `TRANSFER_GUARD_*` env vars do (clap merges those two, flags
@@ -62,8 +94,25 @@ pub struct Settings {
     pub alert_retention: Option<String>,
     pub webhook_url: Option<String>,
     pub webhook_secret: Option<String>,
-    /// Serve plaintext on an address other than loopback (there is no TLS yet).
+    /// Serve plaintext on an address other than loopback.
     pub insecure_plaintext: Option<bool>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    pub trust_domain: Option<String>,
+    pub token_public_key: Option<PathBuf>,
+    /// `automatic` or `required` (maker–checker).
+    pub approval: Option<Approval>,
+    pub max_screens_in_flight: Option<usize>,
+    pub screen_queue_wait_ms: Option<u64>,
+    pub officer_calls_in_flight: Option<usize>,
+    pub commit_timeout_ms: Option<u64>,
+    pub fail_mode: Option<FailMode>,
+    /// Minor units (fen): with fail_mode floor, amounts from here get HOLD.
+    pub fail_floor_minor: Option<i64>,
+    pub max_message_bytes: Option<usize>,
+    pub streams_per_connection: Option<u32>,
+    pub watchers_per_station: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +132,20 @@ pub enum ConfigError {
     WebhookSecret,
     #[error("{key} `{value}` is not a positive duration such as `90s`, `5m` or `30d`")]
     Duration { key: &'static str, value: String },
+    #[error("{0}")]
+    Security(&'static str),
+    #[error("{key} must be positive")]
+    NotPositive { key: &'static str },
+}
+
+impl Settings {
+    /// The settings of a config file's text; `shown` names it in errors (file:line:col).
+    pub fn from_toml(shown: &str, text: &str) -> Result<Settings, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let d = crate::rules::Diagnostic::toml(shown, text, &e);
+            ConfigError::Parse { path: d.location(), message: d.message }
+        })
+    }
 }
 
 impl Config {
@@ -94,12 +157,14 @@ impl Config {
                 let shown = path.display().to_string();
                 let text = std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
-                toml::from_str(&text).map_err(|e| {
-                    let d = crate::rules::Diagnostic::toml(&shown, &text, &e);
-                    ConfigError::Parse { path: d.location(), message: d.message }
-                })?
+                Settings::from_toml(&shown, &text)?
             }
         };
+        Config::merge(o, file)
+    }
+
+    /// `flags` over the settings of a config file over the defaults.
+    pub fn merge(o: &Settings, file: Settings) -> Result<Config, ConfigError> {
         let listen = o.listen.clone().or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
         let nats = o.nats_url.clone().or(file.nats_url).filter(|u| !u.is_empty()).map(|url| {
             let mut n = NatsConfig::new(url);
@@ -132,11 +197,80 @@ impl Config {
             },
         };
         let listen_addr: SocketAddr = listen.parse().map_err(|_| ConfigError::Listen(listen.clone()))?;
+        let security = Security {
+            tls: match (o.tls_cert.clone().or(file.tls_cert), o.tls_key.clone().or(file.tls_key)) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => return Err(ConfigError::Security("tls_cert and tls_key go together")),
+            },
+            client_ca: o.client_ca.clone().or(file.client_ca),
+            trust_domain: o.trust_domain.clone().or(file.trust_domain).unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.into()),
+            token_public_key: o.token_public_key.clone().or(file.token_public_key),
+        };
+        if security.client_ca.is_some() && security.tls.is_none() {
+            return Err(ConfigError::Security(
+                "client_ca needs tls_cert and tls_key: client certificates come over TLS",
+            ));
+        }
         let insecure = o.insecure_plaintext.or(file.insecure_plaintext).unwrap_or(false);
-        if !listen_addr.ip().is_loopback() && !insecure {
+        if !listen_addr.ip().is_loopback() && security.tls.is_none() && !insecure {
             return Err(ConfigError::PlaintextOutsideLoopback(listen));
         }
+        let approval = o.approval.or(file.approval).unwrap_or_default();
+        if approval == Approval::Required && !security.identifies_callers() {
+            return Err(ConfigError::Security(
+                "approval = required needs identified callers (client_ca or token_public_key): \
+                 the approver must be known to be someone other than the proposer",
+            ));
+        }
+        let d = Limits::default();
+        let positive = |key: &'static str, v: Option<usize>, default: usize| match v {
+            Some(0) => Err(ConfigError::NotPositive { key }),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        let limits = Limits {
+            screens_in_flight: positive(
+                "max_screens_in_flight",
+                o.max_screens_in_flight.or(file.max_screens_in_flight),
+                d.screens_in_flight,
+            )?,
+            screen_queue_wait: o
+                .screen_queue_wait_ms
+                .or(file.screen_queue_wait_ms)
+                .map_or(d.screen_queue_wait, Duration::from_millis),
+            officer_calls_in_flight: positive(
+                "officer_calls_in_flight",
+                o.officer_calls_in_flight.or(file.officer_calls_in_flight),
+                d.officer_calls_in_flight,
+            )?,
+            commit_timeout: Duration::from_millis(positive(
+                "commit_timeout_ms",
+                o.commit_timeout_ms.or(file.commit_timeout_ms).map(|n| n as usize),
+                d.commit_timeout.as_millis() as usize,
+            )? as u64),
+            fail_mode: o.fail_mode.or(file.fail_mode).unwrap_or(d.fail_mode),
+            fail_floor: o.fail_floor_minor.or(file.fail_floor_minor).unwrap_or(d.fail_floor).max(0),
+            max_message_bytes: positive(
+                "max_message_bytes",
+                o.max_message_bytes.or(file.max_message_bytes),
+                d.max_message_bytes,
+            )?,
+            streams_per_connection: positive(
+                "streams_per_connection",
+                o.streams_per_connection.or(file.streams_per_connection).map(|n| n as usize),
+                d.streams_per_connection as usize,
+            )? as u32,
+            watchers_per_station: positive(
+                "watchers_per_station",
+                o.watchers_per_station.or(file.watchers_per_station),
+                d.watchers_per_station,
+            )?,
+        };
         Ok(Config {
+            security,
+            limits,
+            approval,
             webhook,
             max_clock_skew,
             alert_retention,

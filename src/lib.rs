@@ -27,12 +27,15 @@ pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod audit;
+pub mod auth;
 pub mod backtest;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod lifecycle;
 pub mod loadgen;
 pub mod model;

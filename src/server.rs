@@ -5,6 +5,8 @@
 //! `run` takes a listener so tests bind `127.0.0.1:0`. Must not hold business
 //! logic (that is `service`) or wire mapping (that is `api`).
 
+use crate::api::admission::{Admission, Limits};
+use crate::api::identity::{Gate, Trust};
 use crate::api::proto::{
     alerts_server::AlertsServer, rules_server::RulesServer, screening_server::ScreeningServer,
     watchlist_server::WatchlistServer, FILE_DESCRIPTOR_SET,
@@ -47,11 +49,26 @@ pub struct Extras {
     pub watch_rules: bool,
     /// How far live requests' timestamps may be from the server's clock.
     pub max_clock_skew: Duration,
+    /// How callers are identified (open: every caller trusted).
+    pub trust: Trust,
+    /// Serve TLS (with client certificates when a client CA is set).
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Admission control and the explicit limits.
+    pub limits: Limits,
 }
 
 impl Default for Extras {
     fn default() -> Extras {
-        Extras { nats: None, webhook: None, metrics: None, watch_rules: false, max_clock_skew: DEFAULT_MAX_CLOCK_SKEW }
+        Extras {
+            nats: None,
+            webhook: None,
+            metrics: None,
+            watch_rules: false,
+            max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
+            trust: Trust::Open,
+            tls: None,
+            limits: Limits::default(),
+        }
     }
 }
 
@@ -119,7 +136,7 @@ async fn reload_loop(
             }
         }
         let g = guard.clone();
-        let _ = tokio::task::spawn_blocking(move || g.reload()).await;
+        let _ = tokio::task::spawn_blocking(move || g.reload(&crate::auth::Caller::Service)).await;
     }
 }
 
@@ -166,8 +183,15 @@ pub async fn run_with(
             tokio::spawn(delivery::run(guard.clone(), sink, progress, streams_stop.clone()))
         })
         .collect();
-    let api =
-        Api { guard: guard.clone(), shutdown: streams_stop, max_clock_skew: extras.max_clock_skew.as_secs() as i64 };
+    let limits = extras.limits;
+    let api = Api {
+        guard: guard.clone(),
+        shutdown: streams_stop,
+        max_clock_skew: extras.max_clock_skew.as_secs() as i64,
+        admission: Arc::new(Admission::new(limits.clone())),
+        watchers: Arc::default(),
+    };
+    let gate = Gate::new(extras.trust, guard.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ScreeningServer<Api>>().await;
@@ -203,14 +227,20 @@ pub async fn run_with(
         tracing::info!("shutting down: finishing in-flight calls");
         let _ = stop_streams.send(true);
     };
-    let served = Server::builder()
+    let mut builder = Server::builder().max_concurrent_streams(limits.streams_per_connection);
+    if let Some(tls) = extras.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let size = limits.max_message_bytes;
+    let served = builder
+        .layer(gate)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
-        .add_service(ScreeningServer::new(api.clone()))
-        .add_service(AlertsServer::new(api.clone()))
-        .add_service(WatchlistServer::new(api.clone()))
-        .add_service(RulesServer::new(api))
+        .add_service(ScreeningServer::new(api.clone()).max_decoding_message_size(size))
+        .add_service(AlertsServer::new(api.clone()).max_decoding_message_size(size))
+        .add_service(WatchlistServer::new(api.clone()).max_decoding_message_size(size))
+        .add_service(RulesServer::new(api).max_decoding_message_size(size))
         .serve_with_incoming_shutdown(incoming, signal)
         .await;
     ticker.abort();

@@ -419,6 +419,11 @@ impl State {
         }
     }
 
+    /// The entry for `account` (in any of its spellings), active or not.
+    pub fn watchlist_entry(&self, account: &str) -> Option<WatchEntry> {
+        self.watchlist.get(normalise_account(account).as_ref()).map(|e| e.value().clone())
+    }
+
     pub fn watchlist_entries(&self) -> Vec<WatchEntry> {
         let mut v: Vec<WatchEntry> = self.watchlist.iter().map(|e| e.value().clone()).collect();
         v.sort_by(|a, b| a.account.cmp(&b.account));

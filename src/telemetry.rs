@@ -38,6 +38,17 @@ pub struct Metrics {
     pub store_commit_seconds: Histogram,
     /// Changes written to the durable store.
     pub store_changes: IntCounter,
+    /// Calls refused by the trust layer, by method and reason
+    /// (unauthenticated, role, scope, not_self).
+    pub denied: IntCounterVec,
+    /// Calls turned away at once by admission control, by method and why
+    /// (busy: no slot in time; deadline: the caller's deadline had passed).
+    pub shed: IntCounterVec,
+    /// 1 while the store cannot commit within its bound and screens are
+    /// answered by the fail mode.
+    pub degraded: prometheus::IntGauge,
+    /// Screens answered by the fail mode, by the answer given (hold, warn, unavailable).
+    pub fail_mode_answers: IntCounterVec,
     /// Children of `screen_seconds` and `decisions` per action, resolved once:
     /// a label lookup per request costs a hash and a lock.
     screen_by_action: [Histogram; 4],
@@ -121,6 +132,26 @@ impl Metrics {
             .expect("valid metric"),
             store_changes: IntCounter::new("store_changes_total", "Changes written to the durable store")
                 .expect("valid metric"),
+            denied: IntCounterVec::new(
+                Opts::new("denied_total", "Calls refused by the trust layer, by method and reason"),
+                &["method", "reason"],
+            )
+            .expect("valid metric"),
+            shed: IntCounterVec::new(
+                Opts::new("shed_total", "Calls turned away at once by admission control, by method and why"),
+                &["method", "why"],
+            )
+            .expect("valid metric"),
+            degraded: prometheus::IntGauge::new(
+                "degraded",
+                "1 while the store cannot commit in time and screens get the fail mode",
+            )
+            .expect("valid metric"),
+            fail_mode_answers: IntCounterVec::new(
+                Opts::new("fail_mode_answers_total", "Screens answered by the fail mode, by the answer"),
+                &["answer"],
+            )
+            .expect("valid metric"),
             registry,
         };
         for c in [
@@ -138,6 +169,10 @@ impl Metrics {
             Box::new(m.state_size.clone()),
             Box::new(m.reload_seconds.clone()),
             Box::new(m.grpc_requests.clone()),
+            Box::new(m.denied.clone()),
+            Box::new(m.shed.clone()),
+            Box::new(m.degraded.clone()),
+            Box::new(m.fail_mode_answers.clone()),
             Box::new(m.store_commit_seconds.clone()),
             Box::new(m.store_changes.clone()),
         ] {

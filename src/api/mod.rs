@@ -1,3 +1,5 @@
+pub mod admission;
 pub mod convert;
+pub mod identity;
 pub mod proto;
 pub mod services;

@@ -2,14 +2,19 @@
 //! (`convert`), call the [`TransferGuard`], map the answer or the one error type
 //! back ([`status_of`]). No business logic here.
 
+use super::admission::{deadline_of, Admission, Shed};
 use super::convert::{self, FieldViolation};
+use super::identity::caller_of;
 use super::proto as pb;
 use crate::alerts::{self, Backlog};
+use crate::auth::{Caller, Denied, Method, Principal, Role};
 use crate::model::mask_account;
-use crate::service::{ServiceError, TransferGuard, TransferState};
+use crate::service::{ApprovalError, Commit, ServiceError, TransferGuard, TransferState};
+use dashmap::DashMap;
 use prost::Message;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
@@ -23,6 +28,10 @@ pub struct Api {
     pub shutdown: watch::Receiver<bool>,
     /// Seconds a live request's timestamps may be from the server's clock.
     pub max_clock_skew: i64,
+    /// Slots for screens and officers' calls, and the limits.
+    pub admission: Arc<Admission>,
+    /// WatchAlerts streams open now, by station.
+    pub watchers: Arc<DashMap<String, usize>>,
 }
 
 impl Api {
@@ -39,6 +48,49 @@ impl Api {
         };
         self.guard.metrics().observe_rpc(method, code_name(code));
         result
+    }
+
+    /// The scope check for an identified caller (open callers pass): a
+    /// refusal is PERMISSION_DENIED naming what was needed, counted and audited.
+    fn check(
+        &self,
+        caller: &Caller,
+        method: Method,
+        rule: impl FnOnce(&Principal) -> Result<(), Denied>,
+    ) -> Result<(), Status> {
+        match caller {
+            Caller::Known(p) => rule(p).map_err(|d| {
+                self.guard.refused(caller, method.name(), d.reason(), &d.to_string());
+                Status::permission_denied(d.to_string())
+            }),
+            Caller::Open | Caller::Service => Ok(()),
+        }
+    }
+
+    /// A slot for a teller's or bank system's call; RESOURCE_EXHAUSTED at once
+    /// past the limit, DEADLINE_EXCEEDED if the caller already gave up.
+    async fn teller_slot<T>(
+        &self,
+        method: Method,
+        request: &Request<T>,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        let deadline = deadline_of(request.metadata(), Instant::now());
+        self.admission.screen_slot(deadline).await.map_err(|shed| self.shed(method, shed))
+    }
+
+    /// A slot on the officers' own budget.
+    async fn officer_slot<T>(
+        &self,
+        method: Method,
+        request: &Request<T>,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        let deadline = deadline_of(request.metadata(), Instant::now());
+        self.admission.officer_slot(deadline).await.map_err(|shed| self.shed(method, shed))
+    }
+
+    fn shed(&self, method: Method, shed: Shed) -> Status {
+        self.guard.metrics().shed.with_label_values(&[method.name(), shed.why()]).inc();
+        shed.into_status()
     }
 
     /// The server's clock now, with the skew live requests are held to.
@@ -94,7 +146,15 @@ pub fn status_of(e: ServiceError) -> Status {
     Status::new(code, e.to_string())
 }
 
-/// Identifies a request body for idempotency (prost encoding is deterministic).
+fn approval_status(e: ApprovalError) -> Status {
+    match e {
+        ApprovalError::OwnProposal(_) | ApprovalError::Anonymous => Status::permission_denied(e.to_string()),
+        ApprovalError::NothingPending | ApprovalError::OtherVersion { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
+    }
+}
+
 /// Identifies a request's body for idempotency. Kept in the store, so it
 /// must not change across builds: the stable hash of the protobuf encoding.
 fn fingerprint<M: Message>(m: &M) -> u64 {
@@ -120,6 +180,8 @@ impl pb::screening_server::Screening for Api {
     async fn screen(&self, request: Request<pb::ScreenRequest>) -> Result<Response<pb::ScreenResponse>, Status> {
         self.rpc("Screen", async move {
             let started = std::time::Instant::now();
+            let _slot = self.teller_slot(Method::Screen, &request).await?;
+            let caller = caller_of(&request);
             let request = request.into_inner();
             let transfer = convert::transfer(&request, self.guard.utc_offset())
                 .and_then(|t| self.live_clock().check_transfer(&t).map(|()| t))
@@ -129,9 +191,14 @@ impl pb::screening_server::Screening for Api {
                     tracing::debug!(method = "Screen", ?fields, "invalid request");
                     invalid(v)
                 })?;
-            let screened = self.guard.screen(&transfer, fingerprint(&request)).map_err(status_of)?;
-            // Answer only once the decision, its state change and its alert are on disk.
-            self.guard.committed().await.map_err(status_of)?;
+            self.check(&caller, Method::Screen, |p| p.require_bank("Screen", &transfer.bank_id))?;
+            let screened = self.guard.screen(&transfer, fingerprint(&request), &caller).map_err(status_of)?;
+            // Answer only once the decision, its state change and its alert are
+            // on disk; a store that cannot commit in time gets the fail mode.
+            let limits = &self.admission.limits;
+            if self.guard.committed_within(limits.commit_timeout).await.map_err(status_of)? == Commit::Stalled {
+                return self.fail_safe(&transfer, &screened);
+            }
             let d = &screened.decision;
             let duration_us = started.elapsed().as_micros() as u64;
             macro_rules! log_decision {
@@ -167,11 +234,21 @@ impl pb::screening_server::Screening for Api {
         request: Request<pb::RecordEventRequest>,
     ) -> Result<Response<pb::RecordEventResponse>, Status> {
         self.rpc("RecordEvent", async move {
+            let _slot = self.teller_slot(Method::RecordEvent, &request).await?;
+            let caller = caller_of(&request);
             let request = request.into_inner();
             let event = convert::customer_event(&request, self.live_clock()).map_err(invalid)?;
+            if !request.bank_id.is_empty() {
+                self.check(&caller, Method::RecordEvent, |p| p.require_bank("RecordEvent", &request.bank_id))?;
+            }
+            if let Some(id) = event.request_id() {
+                if let Ok(status) = self.guard.transfer_status(id) {
+                    self.check(&caller, Method::RecordEvent, |p| p.require_bank("RecordEvent", &status.bank_id))?;
+                }
+            }
             let duplicate =
                 self.guard.record_event(&request.event_id, fingerprint(&request), event).map_err(status_of)?;
-            self.guard.committed().await.map_err(status_of)?;
+            self.commit().await?;
             Ok(Response::new(pb::RecordEventResponse { event_id: request.event_id, duplicate }))
         })
         .await
@@ -182,8 +259,10 @@ impl pb::screening_server::Screening for Api {
         request: Request<pb::GetTransferRequest>,
     ) -> Result<Response<pb::TransferStatus>, Status> {
         self.rpc("GetTransfer", async move {
+            let caller = caller_of(&request);
             let id = convert::request_id(&request.into_inner()).map_err(invalid)?;
             let status = self.guard.transfer_status(&id).map_err(status_of)?;
+            self.check(&caller, Method::GetTransfer, |p| p.require_bank("GetTransfer", &status.bank_id))?;
             Ok(Response::new(convert::status_to_pb(&status)))
         })
         .await
@@ -196,8 +275,11 @@ impl pb::screening_server::Screening for Api {
         request: Request<pb::GetTransferRequest>,
     ) -> Result<Response<Self::WatchTransferStream>, Status> {
         self.rpc("WatchTransfer", async move {
+            let caller = caller_of(&request);
             let id = convert::request_id(&request.into_inner()).map_err(invalid)?;
             let mut updates = self.guard.watch_transfer(&id).map_err(status_of)?;
+            let bank = updates.borrow().bank_id.clone();
+            self.check(&caller, Method::WatchTransfer, |p| p.require_bank("WatchTransfer", &bank))?;
             let (tx, rx) = mpsc::channel(8);
             let mut shutdown = self.shutdown.clone();
             tokio::spawn(async move {
@@ -231,14 +313,20 @@ impl pb::alerts_server::Alerts for Api {
         request: Request<pb::WatchAlertsRequest>,
     ) -> Result<Response<Self::WatchAlertsStream>, Status> {
         self.rpc("WatchAlerts", async move {
+            let caller = caller_of(&request);
             let r = request.into_inner();
             let stations = convert::watched_stations(&r).map_err(invalid)?;
+            for station in &stations {
+                self.check(&caller, Method::WatchAlerts, |p| p.require_station("WatchAlerts", station))?;
+            }
+            let watching = self.watching(&stations)?;
             let guard = self.guard.clone();
             // Subscribe before reading the backlog so no event falls in between.
             let mut live = guard.subscribe_alerts();
             let (tx, rx) = mpsc::channel(256);
             let mut shutdown = self.shutdown.clone();
             tokio::spawn(async move {
+                let _watching = watching;
                 let mut last = r.after_cursor;
                 let mut catch_up = true;
                 loop {
@@ -291,8 +379,20 @@ impl pb::alerts_server::Alerts for Api {
         request: Request<pb::ListAlertsRequest>,
     ) -> Result<Response<pb::ListAlertsResponse>, Status> {
         self.rpc("ListAlerts", async move {
+            let _slot = self.officer_slot(Method::ListAlerts, &request).await?;
+            let caller = caller_of(&request);
             let r = request.into_inner();
-            let q = convert::alert_query(&r).map_err(invalid)?;
+            let mut q = convert::alert_query(&r).map_err(invalid)?;
+            match &caller {
+                // An officer sees their own station's alerts: none named means theirs.
+                Caller::Known(p) if p.role == Role::Officer && q.stations.is_empty() => {
+                    q.stations = vec![p.scope.clone()]
+                }
+                _ => {}
+            }
+            for station in &q.stations {
+                self.check(&caller, Method::ListAlerts, |p| p.require_station("ListAlerts", station))?;
+            }
             let cursor = q.page.as_ref().map(|t| (t.created_at, t.alert_id.as_str()));
             let created = (q.created_after, q.created_before);
             let (alerts, more) = self.guard.alerts().list(&q.stations, &q.states, created, cursor, q.limit);
@@ -310,9 +410,12 @@ impl pb::alerts_server::Alerts for Api {
 
     async fn claim_alert(&self, request: Request<pb::ClaimAlertRequest>) -> Result<Response<pb::Alert>, Status> {
         self.rpc("ClaimAlert", async move {
+            let _slot = self.officer_slot(Method::ClaimAlert, &request).await?;
+            let caller = caller_of(&request);
             let (alert_id, officer) = convert::claim(&request.into_inner()).map_err(invalid)?;
-            let alert = self.guard.claim_alert(&alert_id, &officer).map_err(status_of)?;
-            self.guard.committed().await.map_err(status_of)?;
+            self.check_officer(&caller, Method::ClaimAlert, &alert_id, &officer)?;
+            let alert = self.guard.claim_alert(&alert_id, &officer, &caller).map_err(status_of)?;
+            self.commit().await?;
             Ok(Response::new(convert::alert_to_pb(&alert)))
         })
         .await
@@ -320,10 +423,15 @@ impl pb::alerts_server::Alerts for Api {
 
     async fn resolve_alert(&self, request: Request<pb::ResolveAlertRequest>) -> Result<Response<pb::Alert>, Status> {
         self.rpc("ResolveAlert", async move {
+            let _slot = self.officer_slot(Method::ResolveAlert, &request).await?;
+            let caller = caller_of(&request);
             let r = convert::resolution(&request.into_inner()).map_err(invalid)?;
-            let alert =
-                self.guard.resolve_alert(&r.alert_id, &r.officer, r.outcome, r.decision, &r.note).map_err(status_of)?;
-            self.guard.committed().await.map_err(status_of)?;
+            self.check_officer(&caller, Method::ResolveAlert, &r.alert_id, &r.officer)?;
+            let alert = self
+                .guard
+                .resolve_alert(&r.alert_id, &r.officer, r.outcome, r.decision, &r.note, &caller)
+                .map_err(status_of)?;
+            self.commit().await?;
             Ok(Response::new(convert::alert_to_pb(&alert)))
         })
         .await
@@ -334,9 +442,17 @@ impl pb::alerts_server::Alerts for Api {
 impl pb::watchlist_server::Watchlist for Api {
     async fn upsert_entry(&self, request: Request<pb::WatchlistEntry>) -> Result<Response<pb::WatchlistEntry>, Status> {
         self.rpc("UpsertEntry", async move {
+            let _slot = self.officer_slot(Method::UpsertEntry, &request).await?;
+            let caller = caller_of(&request);
             let entry = crate::state::WatchEntry::try_from(&request.into_inner()).map_err(invalid)?;
-            let entry = self.guard.watchlist_upsert(entry);
-            self.guard.committed().await.map_err(status_of)?;
+            // The issuer is the caller's own station; replacing another station's entry is removing it.
+            self.check(&caller, Method::UpsertEntry, |p| p.require_station("UpsertEntry", &entry.station_id))?;
+            if let Some(existing) = self.guard.watchlist_entry(&entry.account) {
+                let issuer = existing.station_id;
+                self.check(&caller, Method::UpsertEntry, |p| p.require_station("replacing this entry", &issuer))?;
+            }
+            let entry = self.guard.watchlist_upsert(entry, &caller);
+            self.commit().await?;
             Ok(Response::new(convert::watch_entry_to_pb(&entry)))
         })
         .await
@@ -347,9 +463,15 @@ impl pb::watchlist_server::Watchlist for Api {
         request: Request<pb::RemoveEntryRequest>,
     ) -> Result<Response<pb::RemoveEntryResponse>, Status> {
         self.rpc("RemoveEntry", async move {
+            let _slot = self.officer_slot(Method::RemoveEntry, &request).await?;
+            let caller = caller_of(&request);
             let account = convert::removed_account(&request.into_inner()).map_err(invalid)?;
-            let removed = self.guard.watchlist_remove(&account);
-            self.guard.committed().await.map_err(status_of)?;
+            if let Some(existing) = self.guard.watchlist_entry(&account) {
+                let issuer = existing.station_id;
+                self.check(&caller, Method::RemoveEntry, |p| p.require_station("RemoveEntry", &issuer))?;
+            }
+            let removed = self.guard.watchlist_remove(&account, &caller);
+            self.commit().await?;
             Ok(Response::new(pb::RemoveEntryResponse { removed }))
         })
         .await
@@ -357,9 +479,10 @@ impl pb::watchlist_server::Watchlist for Api {
 
     async fn list_entries(
         &self,
-        _request: Request<pb::ListEntriesRequest>,
+        request: Request<pb::ListEntriesRequest>,
     ) -> Result<Response<pb::ListEntriesResponse>, Status> {
         self.rpc("ListEntries", async move {
+            let _slot = self.officer_slot(Method::ListEntries, &request).await?;
             let entries = self.guard.watchlist().iter().map(convert::watch_entry_to_pb).collect();
             Ok(Response::new(pb::ListEntriesResponse { entries }))
         })
@@ -370,17 +493,26 @@ impl pb::watchlist_server::Watchlist for Api {
 #[tonic::async_trait]
 impl pb::rules_server::Rules for Api {
     async fn get_ruleset(&self, _request: Request<pb::GetRulesetRequest>) -> Result<Response<pb::RulesetInfo>, Status> {
-        self.rpc("GetRuleset", async move { Ok(Response::new(convert::ruleset_to_pb(&self.guard.ruleset()))) }).await
+        self.rpc("GetRuleset", async move {
+            let ruleset = self.guard.ruleset();
+            let mut info = convert::ruleset_to_pb(&ruleset);
+            info.approval = format!("{:?}", self.guard.approval()).to_lowercase();
+            info.pending =
+                self.guard.pending_proposal().map(|p| convert::proposal_to_pb(Some(p), &ruleset.version, Vec::new()));
+            Ok(Response::new(info))
+        })
+        .await
     }
 
     async fn reload_rules(
         &self,
-        _request: Request<pb::ReloadRulesRequest>,
+        request: Request<pb::ReloadRulesRequest>,
     ) -> Result<Response<pb::ReloadRulesResponse>, Status> {
         self.rpc("ReloadRules", async move {
+            let caller = caller_of(&request);
             let guard = self.guard.clone();
             // Compiling and testing reads files: keep it off the async workers.
-            let reload = tokio::task::spawn_blocking(move || guard.reload())
+            let reload = tokio::task::spawn_blocking(move || guard.reload(&caller))
                 .await
                 .map_err(|e| Status::internal(format!("reload task failed: {e}")))?;
             Ok(Response::new(pb::ReloadRulesResponse {
@@ -398,5 +530,134 @@ impl pb::rules_server::Rules for Api {
             Ok(Response::new(convert::screened_to_pb(&self.guard.dry_run(&transfer))))
         })
         .await
+    }
+
+    async fn propose_rules(
+        &self,
+        request: Request<pb::ProposeRulesRequest>,
+    ) -> Result<Response<pb::RulesProposal>, Status> {
+        self.rpc("ProposeRules", async move {
+            let caller = caller_of(&request);
+            let guard = self.guard.clone();
+            let proposed = tokio::task::spawn_blocking(move || guard.propose(&caller))
+                .await
+                .map_err(|e| Status::internal(format!("propose task failed: {e}")))?;
+            let running = self.guard.ruleset().version.to_string();
+            Ok(Response::new(match proposed {
+                Ok(_) => convert::proposal_to_pb(self.guard.pending_proposal(), &running, Vec::new()),
+                Err(errors) => convert::proposal_to_pb(None, &running, errors),
+            }))
+        })
+        .await
+    }
+
+    async fn approve_rules(
+        &self,
+        request: Request<pb::ApproveRulesRequest>,
+    ) -> Result<Response<pb::ReloadRulesResponse>, Status> {
+        self.rpc("ApproveRules", async move {
+            let caller = caller_of(&request);
+            let r = request.into_inner();
+            let mut v = convert::Violations::default();
+            let version = v.id("version", &r.version, 128);
+            v.into_result(()).map_err(invalid)?;
+            let reload = self.guard.approve(&version, &caller).map_err(approval_status)?;
+            Ok(Response::new(pb::ReloadRulesResponse {
+                reloaded: reload.reloaded,
+                version: reload.version,
+                errors: reload.errors,
+            }))
+        })
+        .await
+    }
+}
+
+impl Api {
+    /// Waits for the store like every change-making call; past the commit
+    /// bound, UNAVAILABLE (the change is queued and written on recovery).
+    async fn commit(&self) -> Result<(), Status> {
+        match self.guard.committed_within(self.admission.limits.commit_timeout).await.map_err(status_of)? {
+            Commit::Durable => Ok(()),
+            Commit::Stalled => Err(Status::unavailable(
+                "the store cannot commit right now; the change is queued and will be written when it recovers",
+            )),
+        }
+    }
+
+    /// An officer claims or resolves only as themself and only their
+    /// station's alerts (or those escalated to it).
+    fn check_officer(&self, caller: &Caller, method: Method, alert_id: &str, officer: &str) -> Result<(), Status> {
+        self.check(caller, method, |p| p.require_self("officer_id", officer))?;
+        if let (Caller::Known(p), Some(alert)) = (caller, self.guard.alerts().get(alert_id)) {
+            if p.role == Role::Officer && !alert.visible_to(std::slice::from_ref(&p.scope)) {
+                return self.check(caller, method, |p| p.require_station(method.name(), &alert.station_id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a WatchAlerts stream against each station's limit; the guard
+    /// gives the places back when the stream ends.
+    fn watching(&self, stations: &[String]) -> Result<Watching, Status> {
+        let limit = self.admission.limits.watchers_per_station;
+        let mut taken = Vec::new();
+        for s in stations {
+            let mut n = self.watchers.entry(s.clone()).or_insert(0);
+            if *n >= limit {
+                drop(n);
+                drop(Watching { watchers: self.watchers.clone(), stations: taken });
+                self.guard.metrics().shed.with_label_values(&["WatchAlerts", "busy"]).inc();
+                return Err(Status::resource_exhausted(format!(
+                    "station `{s}` already has {limit} WatchAlerts streams open (the limit)"
+                )));
+            }
+            *n += 1;
+            taken.push(s.clone());
+        }
+        Ok(Watching { watchers: self.watchers.clone(), stations: taken })
+    }
+
+    /// The answer while the store cannot commit: the fail mode, never a hang.
+    fn fail_safe(
+        &self,
+        transfer: &crate::model::Transfer,
+        screened: &crate::service::Screened,
+    ) -> Result<Response<pb::ScreenResponse>, Status> {
+        let limits = &self.admission.limits;
+        let answer = limits.fail_mode.answer(screened.decision.action, transfer.amount, limits.fail_floor);
+        let label = answer.map_or("unavailable", |a| a.as_str());
+        self.guard.metrics().fail_mode_answers.with_label_values(&[label]).inc();
+        self.guard.fail_mode_answered(&transfer.request_id, screened.decision.action, label);
+        let Some(action) = answer else {
+            return Err(Status::unavailable(
+                "the store cannot commit right now (fail mode: unavailable); retry shortly",
+            ));
+        };
+        let mut response = convert::screened_to_pb(screened);
+        response.action = convert::action_to_pb(action) as i32;
+        response.hits.push(pb::Hit {
+            rule_id: "fail-safe".into(),
+            score: 0,
+            reason_zh: "系统暂时无法记录决定，按安全模式处理：请暂停本笔转账，稍后重试或人工复核".into(),
+            reason_en: "The service cannot record decisions right now (fail-safe mode): pause this transfer, retry shortly or review it by hand".into(),
+            shadow: false,
+        });
+        Ok(Response::new(response))
+    }
+}
+
+/// A WatchAlerts stream's places in the per-station count, given back on drop.
+struct Watching {
+    watchers: Arc<DashMap<String, usize>>,
+    stations: Vec<String>,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        for s in &self.stations {
+            if let Some(mut n) = self.watchers.get_mut(s) {
+                *n = n.saturating_sub(1);
+            }
+        }
     }
 }

@@ -209,7 +209,7 @@ async fn rules_remote(command: RulesCommand) -> anyhow::Result<i32> {
     match command {
         RulesCommand::DryRun(args) => teller::screen(*args, true).await?,
         RulesCommand::Show { client } => {
-            let r = RulesClient::new(connect(&client.addr).await?)
+            let r = RulesClient::new(connect(&client).await?)
                 .get_ruleset(pb::GetRulesetRequest {})
                 .await
                 .map_err(rpc_error)?
@@ -227,7 +227,7 @@ async fn rules_remote(command: RulesCommand) -> anyhow::Result<i32> {
             }
         }
         RulesCommand::Reload { client } => {
-            let r = RulesClient::new(connect(&client.addr).await?)
+            let r = RulesClient::new(connect(&client).await?)
                 .reload_rules(pb::ReloadRulesRequest {})
                 .await
                 .map_err(rpc_error)?

@@ -95,16 +95,31 @@ pub enum Command {
     /// The audit trail in DATA_DIR/audit.jsonl.
     #[command(subcommand)]
     Audit(operator::AuditCommand),
+    /// Signed bearer tokens for people (PASETO v4.public, Ed25519): make a key pair, issue a token.
+    #[command(subcommand)]
+    Token(operator::TokenCommand),
 }
 
 #[derive(Args, Clone)]
 pub struct Client {
-    /// The server.
+    /// The server (https:// for TLS).
     #[arg(long, global = true, env = "TRANSFER_GUARD_ADDR", default_value = "http://127.0.0.1:50051")]
     addr: String,
     /// Print the answer as proto3 JSON.
     #[arg(long, global = true)]
     json: bool,
+    /// A bearer token (`transfer-guard token issue`) naming who you are.
+    #[arg(long, global = true, env = "TRANSFER_GUARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// With https://: the CA that signed the server's certificate (PEM).
+    #[arg(long, global = true, env = "TRANSFER_GUARD_CA")]
+    ca: Option<PathBuf>,
+    /// With https://: this client's certificate (PEM), whose SPIFFE id names you.
+    #[arg(long, global = true, env = "TRANSFER_GUARD_CLIENT_CERT", requires = "key")]
+    cert: Option<PathBuf>,
+    /// With --cert: its private key (PEM).
+    #[arg(long, global = true, env = "TRANSFER_GUARD_CLIENT_KEY", requires = "cert")]
+    key: Option<PathBuf>,
 }
 
 /// Runs one command. Every command is routed here by its role's module: a new
@@ -115,6 +130,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bench(args) => runtime()?.block_on(operator::bench(args)),
         Command::Store(command) => operator::store(command),
         Command::Audit(command) => operator::audit(command),
+        Command::Token(command) => operator::token(command),
         Command::Screen(args) => runtime()?.block_on(teller::screen_command(*args)),
         Command::Event(command) => runtime()?.block_on(teller::event(command)),
         Command::Transfer(command) => runtime()?.block_on(teller::transfer(command)),
@@ -132,12 +148,44 @@ pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")
 }
 
-pub(super) async fn connect(addr: &str) -> anyhow::Result<Channel> {
-    Channel::from_shared(addr.to_string())
-        .with_context(|| format!("bad server address {addr}"))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach transfer-guard at {addr}"))
+/// A connection that sends the client's bearer token, if any, with every call.
+pub(super) type Connection = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+#[derive(Clone)]
+pub(super) struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub(super) async fn connect(client: &Client) -> anyhow::Result<Connection> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let addr = &client.addr;
+    let mut endpoint = Channel::from_shared(addr.to_string()).with_context(|| format!("bad server address {addr}"))?;
+    if addr.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &client.ca {
+            let pem = std::fs::read(ca).with_context(|| format!("read --ca {}", ca.display()))?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        if let (Some(cert), Some(key)) = (&client.cert, &client.key) {
+            let cert = std::fs::read(cert).with_context(|| format!("read --cert {}", cert.display()))?;
+            let key = std::fs::read(key).with_context(|| format!("read --key {}", key.display()))?;
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        endpoint = endpoint.tls_config(tls).context("TLS settings")?;
+    }
+    let channel = endpoint.connect().await.with_context(|| format!("cannot reach transfer-guard at {addr}"))?;
+    let token = match &client.token {
+        None => None,
+        Some(t) => Some(format!("Bearer {}", t.trim()).parse().context("--token is not a valid header value")?),
+    };
+    Ok(tonic::service::interceptor::InterceptedService::new(channel, Bearer(token)))
 }
 
 pub(super) fn now() -> Timestamp {

@@ -126,7 +126,7 @@ fn print_alert(a: &pb::Alert) {
 pub async fn alerts(command: AlertsCommand) -> anyhow::Result<i32> {
     match command {
         AlertsCommand::Watch { client, stations, after } => {
-            let mut stream = AlertsClient::new(connect(&client.addr).await?)
+            let mut stream = AlertsClient::new(connect(&client).await?)
                 .watch_alerts(pb::WatchAlertsRequest { station_ids: stations, after_cursor: after })
                 .await
                 .map_err(rpc_error)?
@@ -143,7 +143,7 @@ pub async fn alerts(command: AlertsCommand) -> anyhow::Result<i32> {
             }
         }
         AlertsCommand::List { client, stations, limit, page_size } => {
-            let mut alerts = AlertsClient::new(connect(&client.addr).await?);
+            let mut alerts = AlertsClient::new(connect(&client).await?);
             let mut all = pb::ListAlertsResponse::default();
             loop {
                 let wanted = if limit == 0 { page_size } else { page_size.min(limit - all.alerts.len() as u32) };
@@ -166,7 +166,7 @@ pub async fn alerts(command: AlertsCommand) -> anyhow::Result<i32> {
             show(client.json, &all, |r| r.alerts.iter().for_each(print_alert))?;
         }
         AlertsCommand::Claim { client, alert_id, officer } => {
-            let a = AlertsClient::new(connect(&client.addr).await?)
+            let a = AlertsClient::new(connect(&client).await?)
                 .claim_alert(pb::ClaimAlertRequest { alert_id, officer_id: officer })
                 .await
                 .map_err(rpc_error)?
@@ -185,7 +185,7 @@ pub async fn alerts(command: AlertsCommand) -> anyhow::Result<i32> {
                 Some(DecisionArg::Release) => pb::HoldDecision::Release,
                 Some(DecisionArg::Block) => pb::HoldDecision::Block,
             };
-            let a = AlertsClient::new(connect(&client.addr).await?)
+            let a = AlertsClient::new(connect(&client).await?)
                 .resolve_alert(pb::ResolveAlertRequest {
                     alert_id,
                     officer_id: officer,
@@ -214,7 +214,7 @@ pub async fn watchlist(command: WatchlistCommand) -> anyhow::Result<i32> {
                     nanos: 0,
                 }),
             };
-            let e = WatchlistClient::new(connect(&client.addr).await?)
+            let e = WatchlistClient::new(connect(&client).await?)
                 .upsert_entry(pb::WatchlistEntry {
                     account,
                     issuer_station_id: station,
@@ -228,7 +228,7 @@ pub async fn watchlist(command: WatchlistCommand) -> anyhow::Result<i32> {
             print_json(&e)?;
         }
         WatchlistCommand::Rm { client, account } => {
-            let r = WatchlistClient::new(connect(&client.addr).await?)
+            let r = WatchlistClient::new(connect(&client).await?)
                 .remove_entry(pb::RemoveEntryRequest { account })
                 .await
                 .map_err(rpc_error)?
@@ -236,7 +236,7 @@ pub async fn watchlist(command: WatchlistCommand) -> anyhow::Result<i32> {
             println!("{}", if r.removed { "removed" } else { "no such entry" });
         }
         WatchlistCommand::Ls { client } => {
-            let r = WatchlistClient::new(connect(&client.addr).await?)
+            let r = WatchlistClient::new(connect(&client).await?)
                 .list_entries(pb::ListEntriesRequest {})
                 .await
                 .map_err(rpc_error)?

@@ -2,6 +2,7 @@
 //! its store.
 
 use super::{generated_id, runtime};
+use crate::api::identity::Trust;
 use crate::app::{attach_store, open_rules};
 use crate::config::{Config, Settings};
 use crate::rules::parse_duration;
@@ -142,8 +143,8 @@ pub struct ServeArgs {
     /// Where data is kept.
     #[arg(long, env = "TRANSFER_GUARD_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// A TOML config file (keys: listen, rules, data_dir, durability, metrics_listen, nats_url,
-    /// nats_stream, nats_subject_prefix, max_clock_skew, alert_retention, webhook_url, webhook_secret).
+    /// A TOML config file: every flag below as a key, with _ for - (listen, rules, data_dir,
+    /// durability, tls_cert, client_ca, approval, fail_mode, ...; docs/security.md lists them).
     #[arg(long, env = "TRANSFER_GUARD_CONFIG")]
     config: Option<PathBuf>,
     /// sync (default): answer only once the change is on disk in DATA_DIR/store, and recover it
@@ -180,10 +181,59 @@ pub struct ServeArgs {
     /// Prefer the environment variable: a flag shows in the process list.
     #[arg(long, env = "TRANSFER_GUARD_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
-    /// Serve the plaintext gRPC API on an address other than loopback. There is no TLS or
-    /// caller identity yet: every caller can do everything, so only on a network that is yours.
+    /// Serve plaintext gRPC on an address other than loopback (without --tls-cert every caller
+    /// is trusted unless --token-public-key is set): only on a network that is yours.
     #[arg(long, env = "TRANSFER_GUARD_INSECURE_PLAINTEXT")]
     insecure_plaintext: bool,
+    /// The server's TLS certificate (PEM); with --tls-key, gRPC is served over TLS.
+    #[arg(long, env = "TRANSFER_GUARD_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The server's TLS private key (PEM).
+    #[arg(long, env = "TRANSFER_GUARD_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Clients present a certificate signed by this CA (PEM) whose URI SAN is their SPIFFE id
+    /// (spiffe://TRUST_DOMAIN/ROLE/...), or a bearer token; roles are enforced (docs/security.md).
+    #[arg(long, env = "TRANSFER_GUARD_CLIENT_CA")]
+    client_ca: Option<PathBuf>,
+    /// The SPIFFE trust domain client certificates must belong to (default transfer-guard.local).
+    #[arg(long, env = "TRANSFER_GUARD_TRUST_DOMAIN")]
+    trust_domain: Option<String>,
+    /// Accept bearer tokens signed by this Ed25519 key (PASERK file from `token keygen`);
+    /// roles are enforced.
+    #[arg(long, env = "TRANSFER_GUARD_TOKEN_PUBLIC_KEY")]
+    token_public_key: Option<PathBuf>,
+    /// required: a new ruleset goes live only when a second analyst approves it
+    /// (`rules propose`, `rules approve`); automatic (default): when it passes its tests.
+    #[arg(long, env = "TRANSFER_GUARD_APPROVAL", value_name = "automatic|required")]
+    approval: Option<crate::service::Approval>,
+    /// Screens and customer events worked on at once (default 256 per core).
+    #[arg(long, env = "TRANSFER_GUARD_MAX_SCREENS_IN_FLIGHT")]
+    max_screens_in_flight: Option<usize>,
+    /// How long a screen waits for a slot before RESOURCE_EXHAUSTED (default 2 ms).
+    #[arg(long, env = "TRANSFER_GUARD_SCREEN_QUEUE_WAIT_MS")]
+    screen_queue_wait_ms: Option<u64>,
+    /// Officers' calls in flight at once, a budget apart from the screens' (default 64).
+    #[arg(long, env = "TRANSFER_GUARD_OFFICER_CALLS_IN_FLIGHT")]
+    officer_calls_in_flight: Option<usize>,
+    /// How long a call waits for the store to commit before the fail mode (default 1000 ms).
+    #[arg(long, env = "TRANSFER_GUARD_COMMIT_TIMEOUT_MS")]
+    commit_timeout_ms: Option<u64>,
+    /// What screens get while the store cannot commit: floor (default: hold from
+    /// --fail-floor-minor, warn below), hold, warn or unavailable.
+    #[arg(long, env = "TRANSFER_GUARD_FAIL_MODE", value_name = "floor|hold|warn|unavailable")]
+    fail_mode: Option<crate::api::admission::FailMode>,
+    /// With fail mode floor: amounts from here (minor units, default 500000 = 5,000 CNY) get HOLD.
+    #[arg(long, env = "TRANSFER_GUARD_FAIL_FLOOR_MINOR")]
+    fail_floor_minor: Option<i64>,
+    /// The largest request message accepted, in bytes (default 65536).
+    #[arg(long, env = "TRANSFER_GUARD_MAX_MESSAGE_BYTES")]
+    max_message_bytes: Option<usize>,
+    /// HTTP/2 streams one connection may have open (default 256).
+    #[arg(long, env = "TRANSFER_GUARD_STREAMS_PER_CONNECTION")]
+    streams_per_connection: Option<u32>,
+    /// WatchAlerts streams open at once per station (default 64).
+    #[arg(long, env = "TRANSFER_GUARD_WATCHERS_PER_STATION")]
+    watchers_per_station: Option<usize>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -303,6 +353,21 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         webhook_url: args.webhook_url,
         webhook_secret: args.webhook_secret,
         insecure_plaintext: args.insecure_plaintext.then_some(true),
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        client_ca: args.client_ca,
+        trust_domain: args.trust_domain,
+        token_public_key: args.token_public_key,
+        approval: args.approval,
+        max_screens_in_flight: args.max_screens_in_flight,
+        screen_queue_wait_ms: args.screen_queue_wait_ms,
+        officer_calls_in_flight: args.officer_calls_in_flight,
+        commit_timeout_ms: args.commit_timeout_ms,
+        fail_mode: args.fail_mode,
+        fail_floor_minor: args.fail_floor_minor,
+        max_message_bytes: args.max_message_bytes,
+        streams_per_connection: args.streams_per_connection,
+        watchers_per_station: args.watchers_per_station,
     };
     let config = Config::resolve(&flags, args.config.as_deref())?;
     if config.durability == crate::store::Durability::None {
@@ -310,6 +375,7 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     }
     let setup = crate::app::Setup {
         alert_retention_secs: config.alert_retention.as_secs() as i64,
+        approval: config.approval,
         ..crate::app::Setup::new(&config.rules_dir, &config.data_dir, config.durability)
     };
     let guard = crate::app::build(&setup)?.guard;
@@ -325,11 +391,27 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             rules_count = ruleset.rules.len(),
             "transfer-guard serving"
         );
-        tracing::warn!(
-            listen = %config.listen,
-            "plaintext gRPC with every caller trusted (no TLS, no roles yet){}",
-            if config.listen.ip().is_loopback() { ": loopback only" } else { ": --insecure-plaintext" }
-        );
+        let (trust, tls) = crate::app::trust(&config.security)?;
+        match (&tls, &trust) {
+            (None, Trust::Open) => tracing::warn!(
+                listen = %config.listen,
+                "plaintext gRPC with every caller trusted (no TLS, no roles){}",
+                if config.listen.ip().is_loopback() { ": loopback only" } else { ": --insecure-plaintext" }
+            ),
+            (Some(_), Trust::Open) => tracing::warn!("TLS without client identities: every caller trusted"),
+            (None, Trust::Enforced { .. }) => {
+                tracing::warn!("bearer tokens over plaintext: anyone on the path can read and replay them")
+            }
+            (Some(_), Trust::Enforced { .. }) => tracing::info!(
+                trust_domain = %config.security.trust_domain,
+                client_certificates = config.security.client_ca.is_some(),
+                tokens = config.security.token_public_key.is_some(),
+                "TLS with callers identified; roles enforced"
+            ),
+        }
+        if config.approval == crate::service::Approval::Required {
+            tracing::info!("maker-checker: a new ruleset goes live only when a second analyst approves it");
+        }
         let metrics = tokio::net::TcpListener::bind(config.metrics_listen)
             .await
             .with_context(|| format!("listen for metrics on {}", config.metrics_listen))?;
@@ -340,6 +422,9 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             metrics: Some(metrics),
             watch_rules: true,
             max_clock_skew: config.max_clock_skew,
+            trust,
+            tls,
+            limits: config.limits.clone(),
         };
         server::run_with(listener, guard, extras, server::shutdown_signal()).await?;
         tracing::info!("stopped");
@@ -392,7 +477,7 @@ fn store_fill(data_dir: &Path, rules: &Path, customers: usize, transfers: u64) -
     for k in 0..transfers {
         let transfer = crate::model::Transfer::try_from(&crate::loadgen::request("fill", k))
             .map_err(|v| anyhow::anyhow!("generated request invalid: {v:?}"))?;
-        guard.screen(&transfer, k)?;
+        guard.screen(&transfer, k, &crate::auth::Caller::Open)?;
         if k % 50_000 == 49_999 {
             store.flush()?;
         }
@@ -444,4 +529,90 @@ pub fn audit(command: AuditCommand) -> anyhow::Result<i32> {
             }
         }
     }
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Make an Ed25519 key pair: DIR/token-secret.paserk (keep it with whoever issues tokens,
+    /// readable by them only) and DIR/token-public.paserk (give it to the server:
+    /// --token-public-key).
+    ///
+    /// Example: transfer-guard token keygen --out keys
+    Keygen {
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Issue a token naming a principal, signed with the secret key.
+    ///
+    /// Example: transfer-guard token issue --key keys/token-secret.paserk --role officer
+    ///          --station heshan-zhongshan-ps --subject officer-li --ttl 12h
+    Issue {
+        /// The secret key file (token keygen).
+        #[arg(long, env = "TRANSFER_GUARD_TOKEN_SECRET_KEY")]
+        key: PathBuf,
+        /// teller, system, officer, analyst or admin.
+        #[arg(long)]
+        role: String,
+        /// The officer's station (officer), or the bank (teller, system).
+        #[arg(long, visible_alias = "bank", default_value = "")]
+        station: String,
+        /// The person's or system's id.
+        #[arg(long)]
+        subject: String,
+        /// How long the token is valid, e.g. 12h.
+        #[arg(long, default_value = "12h")]
+        ttl: String,
+    },
+}
+
+/// `token`: key pairs and tokens for people.
+pub fn token(command: TokenCommand) -> anyhow::Result<i32> {
+    use crate::auth::token::{generate_key_pair, TokenSigner};
+    use crate::auth::{Principal, Role};
+    match command {
+        TokenCommand::Keygen { out } => {
+            let (secret, public) = generate_key_pair()?;
+            std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
+            let secret_path = out.join("token-secret.paserk");
+            write_private(&secret_path, &secret)?;
+            let public_path = out.join("token-public.paserk");
+            std::fs::write(&public_path, format!("{public}\n"))
+                .with_context(|| format!("write {}", public_path.display()))?;
+            println!("secret key: {} (issue tokens with it; keep it private)", secret_path.display());
+            println!("public key: {} (serve --token-public-key)", public_path.display());
+            Ok(0)
+        }
+        TokenCommand::Issue { key, role, station, subject, ttl } => {
+            let role = Role::parse(&role)
+                .with_context(|| format!("--role `{role}` is not teller, system, officer, analyst or admin"))?;
+            if role.is_scoped() && station.is_empty() {
+                bail!("a {role} token needs --station (officer) or --bank (teller, system)");
+            }
+            let secs =
+                parse_duration(&ttl).filter(|s| *s > 0).with_context(|| format!("--ttl `{ttl}` is not e.g. 12h"))?;
+            let text = std::fs::read_to_string(&key).with_context(|| format!("read {}", key.display()))?;
+            let signer = TokenSigner::from_paserk(&text)?;
+            let scope = if role.is_scoped() { station } else { String::new() };
+            let who = Principal { role, scope, subject };
+            let until = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+            println!("{}", signer.issue(&who, until)?);
+            eprintln!("token for {who}, valid until {}", crate::cli::rfc3339(until.unix_timestamp()));
+            Ok(0)
+        }
+    }
+}
+
+/// Writes a secret readable by its owner only.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).with_context(|| format!("create {}", path.display()))?;
+    writeln!(file, "{text}").with_context(|| format!("write {}", path.display()))?;
+    Ok(())
 }

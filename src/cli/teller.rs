@@ -228,7 +228,7 @@ fn print_status(s: &pb::TransferStatus) {
 
 pub(super) async fn screen(args: ScreenArgs, dry_run: bool) -> anyhow::Result<()> {
     let request = screen_request(&args)?;
-    let channel = connect(&args.client.addr).await?;
+    let channel = connect(&args.client).await?;
     let response = if dry_run {
         pb::rules_client::RulesClient::new(channel).dry_run(request).await
     } else {
@@ -267,10 +267,12 @@ pub async fn event(e: EventCommand) -> anyhow::Result<i32> {
             (client, event_id, Event::TransferCancelled(pb::TransferCancelled { request_id }))
         }
     };
-    let request =
-        pb::RecordEventRequest { event_id: event_id.unwrap_or_else(|| generated_id("ev")), event: Some(event) };
-    let r =
-        ScreeningClient::new(connect(&client.addr).await?).record_event(request).await.map_err(rpc_error)?.into_inner();
+    let request = pb::RecordEventRequest {
+        event_id: event_id.unwrap_or_else(|| generated_id("ev")),
+        event: Some(event),
+        bank_id: String::new(),
+    };
+    let r = ScreeningClient::new(connect(&client).await?).record_event(request).await.map_err(rpc_error)?.into_inner();
     show(client.json, &r, |r| {
         println!("recorded {}{}", r.event_id, if r.duplicate { " (already recorded)" } else { "" })
     })?;
@@ -281,7 +283,7 @@ pub async fn event(e: EventCommand) -> anyhow::Result<i32> {
 pub async fn transfer(command: TransferCommand) -> anyhow::Result<i32> {
     match command {
         TransferCommand::Get { client, request_id } => {
-            let s = ScreeningClient::new(connect(&client.addr).await?)
+            let s = ScreeningClient::new(connect(&client).await?)
                 .get_transfer(pb::GetTransferRequest { request_id })
                 .await
                 .map_err(rpc_error)?
@@ -289,7 +291,7 @@ pub async fn transfer(command: TransferCommand) -> anyhow::Result<i32> {
             show(client.json, &s, print_status)?;
         }
         TransferCommand::Watch { client, request_id } => {
-            let mut stream = ScreeningClient::new(connect(&client.addr).await?)
+            let mut stream = ScreeningClient::new(connect(&client).await?)
                 .watch_transfer(pb::GetTransferRequest { request_id })
                 .await
                 .map_err(rpc_error)?

@@ -48,6 +48,19 @@ pub(super) fn summary(t: &Transfer, customer_age: i64) -> TransferSummary {
 }
 
 impl TransferGuard {
+    /// Counts and audits a refused call (`reason`: unauthenticated, role,
+    /// scope, not_self, busy). Called by the API's gate and handlers.
+    pub fn refused(&self, by: &Caller, method: &str, reason: &'static str, message: &str) {
+        self.metrics.denied.with_label_values(&[method, reason]).inc();
+        tracing::warn!(%by, method, reason, message, "call refused");
+        self.audit(by, || AuditRecord::Denied {
+            at: self.now(),
+            method: method.to_string(),
+            reason,
+            message: message.to_string(),
+        });
+    }
+
     pub(super) fn log_transfer(&self, request_id: &str, entry: Option<&ScreenEntry>) {
         let Some(store) = &self.store else { return };
         match entry {
@@ -66,14 +79,14 @@ impl TransferGuard {
         }
     }
 
-    pub(super) fn audit(&self, record: impl FnOnce() -> AuditRecord) {
+    pub(super) fn audit(&self, by: &Caller, record: impl FnOnce() -> AuditRecord) {
         if let Some(a) = &self.audit {
-            a.record(record());
+            a.record(by, record());
         }
     }
 
-    pub(super) fn audit_alert(&self, event: &'static str, alert: &Alert) {
-        self.audit(|| AuditRecord::Alert {
+    pub(super) fn audit_alert(&self, by: &Caller, event: &'static str, alert: &Alert) {
+        self.audit(by, || AuditRecord::Alert {
             at: alert.updated_at,
             event,
             alert_id: alert.id.clone(),

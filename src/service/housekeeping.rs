@@ -46,7 +46,7 @@ impl TransferGuard {
         let routing = self.routing.load();
         for alert in self.alerts.escalate_overdue(&routing, now) {
             self.metrics.alerts.with_label_values(&[&alert.station_id, "escalated"]).inc();
-            self.audit_alert("escalated", &alert);
+            self.audit_alert(&Caller::Service, "escalated", &alert);
         }
         let due: Vec<String> = {
             let mut holds = lock(&self.holds);
@@ -77,7 +77,7 @@ impl TransferGuard {
             if let Some(alert_id) = entry.answer.alert_id.as_deref() {
                 if let Ok(alert) = self.alerts.hold_expired(alert_id, decision, now) {
                     self.metrics.alerts.with_label_values(&[&alert.station_id, "expired"]).inc();
-                    self.audit_alert("expired", &alert);
+                    self.audit_alert(&Caller::Service, "expired", &alert);
                 }
             }
             entry.status.send_modify(|s| {

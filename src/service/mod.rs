@@ -12,7 +12,7 @@ mod housekeeping;
 mod recovery;
 mod reload;
 
-pub use reload::load_checked;
+pub use reload::{load_checked, Approval, ApprovalError};
 
 use audit_trail::{decision_record, summary};
 pub use recovery::Recovered;
@@ -21,6 +21,7 @@ use crate::alerts::{
     Alert, AlertBook, AlertError, AlertEvent, AlertState, HoldDecision, Outcome, Routing, TransferSummary,
 };
 use crate::audit::{AuditLog, AuditRecord};
+pub use crate::auth::Caller;
 use crate::clock::{Clock, SystemClock};
 use crate::engine::{self, Evaluation};
 use crate::lifecycle::{History, TransferEvent};
@@ -44,6 +45,8 @@ pub use crate::lifecycle::TransferState;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransferStatus {
     pub request_id: String,
+    /// The bank that screened it: only its tellers may follow it.
+    pub bank_id: String,
     pub state: TransferState,
     pub action: Action,
     pub alert_id: Option<String>,
@@ -82,6 +85,18 @@ pub enum CustomerEvent {
     PayeeAdded { customer_id: String, payee: Payee, added_at: UnixSeconds },
     TransferExecuted { request_id: String },
     TransferCancelled { request_id: String },
+}
+
+impl CustomerEvent {
+    /// The screened transfer the event is about, if any.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            CustomerEvent::TransferExecuted { request_id } | CustomerEvent::TransferCancelled { request_id } => {
+                Some(request_id)
+            }
+            CustomerEvent::LimitChanged { .. } | CustomerEvent::PayeeAdded { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +159,23 @@ pub struct TransferGuard {
     clock: Arc<dyn Clock>,
     /// Resolved alerts, and alert events, leave memory and the store this long after.
     alert_retention_secs: i64,
+    /// Whether a reload goes live or waits for a second analyst.
+    approval: reload::Approval,
+    proposal: Mutex<Option<reload::Proposal>>,
+    /// The store could not commit within the bound (`committed_within`).
+    degraded: std::sync::atomic::AtomicBool,
 }
+
+/// Whether a change reached the disk within the bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    Durable,
+    /// Not yet on disk; queued in memory, written when the store recovers.
+    Stalled,
+}
+
+/// While degraded, how long a call waits to see whether the store recovered.
+const DEGRADED_PROBE: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// How long resolved alerts and alert events are kept by default: 30 days.
 pub const DEFAULT_ALERT_RETENTION_SECS: i64 = 30 * 86_400;
@@ -182,6 +213,9 @@ impl TransferGuard {
             recovered: Recovered::default(),
             clock: Arc::new(SystemClock),
             alert_retention_secs: DEFAULT_ALERT_RETENTION_SECS,
+            approval: reload::Approval::Automatic,
+            proposal: Mutex::new(None),
+            degraded: std::sync::atomic::AtomicBool::new(false),
         }
         .with_ruleset_metric()
     }
@@ -207,7 +241,7 @@ impl TransferGuard {
     /// Writes the audit trail to `audit` from now on.
     pub fn with_audit(mut self, audit: AuditLog) -> Self {
         let version = self.ruleset.load().version.to_string();
-        audit.record(AuditRecord::Ruleset { at: self.now(), version, loaded: true, errors: 0 });
+        audit.record(&Caller::Service, AuditRecord::Ruleset { at: self.now(), version, loaded: true, errors: 0 });
         self.audit = Some(audit);
         self
     }
@@ -219,6 +253,46 @@ impl TransferGuard {
             Some(store) => Ok(store.wait(store.queued()).await?),
             None => Ok(()),
         }
+    }
+
+    /// [`Self::committed`], but no longer than `bound`: past it the store is
+    /// degraded (a stalled or full disk) and this says so at once, until a
+    /// commit completes again. While degraded, a call waits only a moment.
+    pub async fn committed_within(&self, bound: std::time::Duration) -> Result<Commit, ServiceError> {
+        let Some(store) = &self.store else { return Ok(Commit::Durable) };
+        let seq = store.queued();
+        let degraded = self.degraded.load(Ordering::Relaxed);
+        let bound = if degraded { bound.min(DEGRADED_PROBE) } else { bound };
+        match tokio::time::timeout(bound, store.wait(seq)).await {
+            Ok(result) => {
+                result?;
+                if degraded && self.degraded.swap(false, Ordering::Relaxed) {
+                    self.set_degraded(false, "the store commits again");
+                }
+                Ok(Commit::Durable)
+            }
+            Err(_) => {
+                if !self.degraded.swap(true, Ordering::Relaxed) {
+                    self.set_degraded(true, &format!("no commit within {} ms", bound.as_millis()));
+                }
+                Ok(Commit::Stalled)
+            }
+        }
+    }
+
+    fn set_degraded(&self, degraded: bool, why: &str) {
+        self.metrics.degraded.set(degraded as i64);
+        if degraded {
+            tracing::error!(why, "store degraded: screens get the fail mode until it commits again");
+        } else {
+            tracing::warn!(why, "store recovered: screens answered normally again");
+        }
+        self.audit(&Caller::Service, || AuditRecord::Degraded { at: self.now(), degraded, why: why.to_string() });
+    }
+
+    /// True while the store cannot commit in time.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
     }
 
     fn with_ruleset_metric(self) -> Self {
@@ -273,7 +347,7 @@ impl TransferGuard {
     }
 
     /// Screens a transfer; `fingerprint` identifies the request body for idempotency.
-    pub fn screen(&self, transfer: &Transfer, fingerprint: u64) -> Result<Screened, ServiceError> {
+    pub fn screen(&self, transfer: &Transfer, fingerprint: u64, by: &Caller) -> Result<Screened, ServiceError> {
         if let Some(done) = self.replay(&transfer.request_id, fingerprint)? {
             return Ok(done);
         }
@@ -297,10 +371,10 @@ impl TransferGuard {
                 }
             }
             Entry::Vacant(slot) => {
-                let (entry, answer) = self.settle(&ruleset, transfer, evaluation, fingerprint);
+                let (entry, answer) = self.settle(&ruleset, transfer, evaluation, fingerprint, by);
                 self.log_transfer(&transfer.request_id, Some(&entry));
                 slot.insert(entry);
-                self.audit(|| decision_record(transfer, &answer));
+                self.audit(by, || decision_record(transfer, &answer));
                 Ok(answer)
             }
         }
@@ -321,6 +395,7 @@ impl TransferGuard {
         transfer: &Transfer,
         evaluation: Evaluation,
         fingerprint: u64,
+        by: &Caller,
     ) -> (ScreenEntry, Screened) {
         let now = self.now();
         let Evaluation { decision, record, customer_age } = evaluation;
@@ -368,12 +443,13 @@ impl TransferGuard {
                 updated_at: now,
                 awaiting_decision: held,
             });
-            self.audit_alert("raised", &event.alert);
+            self.audit_alert(by, "raised", &event.alert);
             answer.alert_id = Some(id);
             answer.station_id = Some(station.id.clone());
         }
         let status = TransferStatus {
             request_id: transfer.request_id.clone(),
+            bank_id: transfer.bank_id.clone(),
             state,
             action: answer.decision.action,
             alert_id: answer.alert_id.clone(),
@@ -485,11 +561,11 @@ impl TransferGuard {
         }
     }
 
-    pub fn claim_alert(&self, alert_id: &str, officer: &str) -> Result<Alert, ServiceError> {
+    pub fn claim_alert(&self, alert_id: &str, officer: &str, by: &Caller) -> Result<Alert, ServiceError> {
         let alert = self.alerts.claim(alert_id, officer, self.now())?;
         self.metrics.alerts.with_label_values(&[&alert.station_id, "claimed"]).inc();
         tracing::info!(alert_id, station = %alert.station_id, officer, "alert claimed");
-        self.audit_alert("claimed", &alert);
+        self.audit_alert(by, "claimed", &alert);
         Ok(alert)
     }
 
@@ -501,6 +577,7 @@ impl TransferGuard {
         outcome: Outcome,
         decision: Option<HoldDecision>,
         note: &str,
+        by: &Caller,
     ) -> Result<Alert, ServiceError> {
         let alert = self.alerts.get(alert_id).ok_or_else(|| AlertError::NotFound(alert_id.into()))?;
         let request_id = alert.transfer.request_id.clone();
@@ -530,7 +607,7 @@ impl TransferGuard {
             decision = ?alert.hold_decision,
             "alert resolved"
         );
-        self.audit_alert("resolved", &alert);
+        self.audit_alert(by, "resolved", &alert);
         if let (Some(entry), true) = (entry, held) {
             let (event, outcome_label) = match alert.hold_decision {
                 Some(HoldDecision::Release) => (TransferEvent::Release, "release"),
@@ -554,12 +631,12 @@ impl TransferGuard {
         Ok(alert)
     }
 
-    pub fn watchlist_upsert(&self, mut entry: WatchEntry) -> WatchEntry {
+    pub fn watchlist_upsert(&self, mut entry: WatchEntry, by: &Caller) -> WatchEntry {
         if entry.added_at == 0 {
             entry.added_at = self.now();
         }
         self.state.watchlist_upsert(entry.clone());
-        self.audit(|| AuditRecord::Watchlist {
+        self.audit(by, || AuditRecord::Watchlist {
             at: entry.added_at,
             op: "upsert",
             account: mask_account(&entry.account),
@@ -569,10 +646,10 @@ impl TransferGuard {
         entry
     }
 
-    pub fn watchlist_remove(&self, account: &str) -> bool {
+    pub fn watchlist_remove(&self, account: &str, by: &Caller) -> bool {
         let removed = self.state.watchlist_remove(account);
         if let Some(e) = &removed {
-            self.audit(|| AuditRecord::Watchlist {
+            self.audit(by, || AuditRecord::Watchlist {
                 at: self.now(),
                 op: "remove",
                 account: mask_account(&e.account),
@@ -581,6 +658,20 @@ impl TransferGuard {
             });
         }
         removed.is_some()
+    }
+
+    pub fn watchlist_entry(&self, account: &str) -> Option<WatchEntry> {
+        self.state.watchlist_entry(account)
+    }
+
+    /// Audits a screen answered by the fail mode (`answered`: hold, warn, unavailable).
+    pub fn fail_mode_answered(&self, request_id: &str, decided: Action, answered: &'static str) {
+        self.audit(&Caller::Service, || AuditRecord::FailMode {
+            at: self.now(),
+            request_id: request_id.to_string(),
+            decided: decided.as_str(),
+            answered,
+        });
     }
 
     pub fn watchlist(&self) -> Vec<WatchEntry> {

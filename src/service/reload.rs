@@ -2,7 +2,15 @@
 //! can go live, then swapped in whole; a folder with any error is refused and
 //! the running rules stay.
 //!
-//! Must not swap a ruleset that failed its tests.
+//! Maker–checker: with [`Approval::Required`] a reload only proposes. The
+//! folder's compiled, tested ruleset (named by its content hash) waits, and
+//! goes live when a second principal approves that version; the proposer
+//! cannot approve their own, and the running set stays until then. Both
+//! steps are audited. A pending proposal lives in memory: a restart drops it
+//! (propose again).
+//!
+//! Must not swap a ruleset that failed its tests, nor, under approval, one
+//! its proposer approved.
 
 use super::*;
 
@@ -27,9 +35,136 @@ pub fn load_checked(dir: &Path) -> Result<(Ruleset, Routing), Vec<String>> {
     Ok((ruleset, routing))
 }
 
+/// Whether a tested ruleset goes live at once or waits for a second analyst.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Approval {
+    /// A reload that compiles and passes its tests goes live.
+    #[default]
+    Automatic,
+    /// A reload proposes; another principal approves.
+    Required,
+}
+
+impl std::str::FromStr for Approval {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Approval, String> {
+        match s {
+            "automatic" => Ok(Approval::Automatic),
+            "required" => Ok(Approval::Required),
+            _ => Err(format!("approval `{s}` is not `automatic` or `required`")),
+        }
+    }
+}
+
+/// A tested ruleset waiting for its second pair of eyes.
+pub struct Proposal {
+    pub version: String,
+    pub proposed_by: Caller,
+    pub proposed_at: UnixSeconds,
+    ruleset: Ruleset,
+    routing: Routing,
+}
+
+/// Why an approval was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApprovalError {
+    #[error("no ruleset is waiting for approval (propose one first)")]
+    NothingPending,
+    #[error("version `{wanted}` is not the one waiting for approval (`{pending}`)")]
+    OtherVersion { wanted: String, pending: String },
+    #[error("`{0}` proposed this ruleset and cannot also approve it: a second analyst must")]
+    OwnProposal(String),
+    #[error("approval needs a known principal: the server trusts every caller (no TLS or tokens)")]
+    Anonymous,
+}
+
 impl TransferGuard {
-    /// Recompiles and tests the rules folder; swaps it in only if all is well.
-    pub fn reload(&self) -> Reload {
+    /// Rules go live after a second analyst's approval from now on.
+    pub fn with_approval(mut self, approval: Approval) -> Self {
+        self.approval = approval;
+        self
+    }
+
+    pub fn approval(&self) -> Approval {
+        self.approval
+    }
+
+    /// Compiles and tests the folder and holds it for approval, replacing any
+    /// earlier proposal. The running rules do not change.
+    pub fn propose(&self, by: &Caller) -> Result<(String, UnixSeconds), Vec<String>> {
+        let (ruleset, routing) = load_checked(&self.rules_dir)?;
+        let version = ruleset.version.to_string();
+        let proposed_at = self.now();
+        tracing::info!(%version, %by, "ruleset proposed; waiting for a second analyst");
+        self.audit(by, || AuditRecord::RulesProposed { at: proposed_at, version: version.clone() });
+        *lock(&self.proposal) =
+            Some(Proposal { version: version.clone(), proposed_by: by.clone(), proposed_at, ruleset, routing });
+        Ok((version, proposed_at))
+    }
+
+    /// Makes the proposed `version` live, if `by` is not its proposer.
+    pub fn approve(&self, version: &str, by: &Caller) -> Result<Reload, ApprovalError> {
+        let mut pending = lock(&self.proposal);
+        let checked = match pending.as_ref() {
+            None => Err(ApprovalError::NothingPending),
+            Some(p) if p.version != version => {
+                Err(ApprovalError::OtherVersion { wanted: version.into(), pending: p.version.clone() })
+            }
+            Some(_) if !matches!(by, Caller::Known(_)) => Err(ApprovalError::Anonymous),
+            Some(p) if p.proposed_by == *by => Err(ApprovalError::OwnProposal(by.to_string())),
+            Some(p) => Ok(p.proposed_by.to_string()),
+        };
+        let proposed_by = match checked {
+            Ok(p) => p,
+            Err(e) => {
+                self.audit(by, || AuditRecord::RulesApproved {
+                    at: self.now(),
+                    version: version.to_string(),
+                    proposed_by: pending.as_ref().map(|p| p.proposed_by.to_string()).unwrap_or_default(),
+                    approved: false,
+                    why: e.to_string(),
+                });
+                return Err(e);
+            }
+        };
+        let p = pending.take().expect("checked above");
+        self.ruleset.store(Arc::new(p.ruleset));
+        self.routing.store(Arc::new(p.routing));
+        self.metrics.set_ruleset(&p.version);
+        tracing::info!(version = %p.version, %proposed_by, approved_by = %by, "ruleset approved and live");
+        self.audit(by, || AuditRecord::RulesApproved {
+            at: self.now(),
+            version: p.version.clone(),
+            proposed_by,
+            approved: true,
+            why: String::new(),
+        });
+        Ok(Reload { reloaded: true, version: p.version, errors: Vec::new() })
+    }
+
+    /// The proposal waiting for approval: (version, proposer, when).
+    pub fn pending_proposal(&self) -> Option<(String, String, UnixSeconds)> {
+        lock(&self.proposal).as_ref().map(|p| (p.version.clone(), p.proposed_by.to_string(), p.proposed_at))
+    }
+
+    /// Recompiles and tests the rules folder; swaps it in only if all is
+    /// well. Under [`Approval::Required`] it swaps nothing: it proposes.
+    pub fn reload(&self, by: &Caller) -> Reload {
+        if self.approval == Approval::Required {
+            let running = self.ruleset.load().version.to_string();
+            return match self.propose(by) {
+                Ok((version, _)) if version == running => Reload { reloaded: false, version: running, errors: Vec::new() },
+                Ok((version, _)) => Reload {
+                    reloaded: false,
+                    version: running,
+                    errors: vec![format!(
+                        "approval required: version `{version}` is proposed and goes live when a second analyst approves it (rules approve {version})"
+                    )],
+                },
+                Err(errors) => Reload { reloaded: false, version: running, errors },
+            };
+        }
         let started = std::time::Instant::now();
         let result = load_checked(&self.rules_dir);
         self.metrics.reload_seconds.observe(started.elapsed().as_secs_f64());
@@ -40,7 +175,7 @@ impl TransferGuard {
                 self.routing.store(Arc::new(routing));
                 self.metrics.set_ruleset(&version);
                 tracing::info!(%version, "rules reloaded");
-                self.audit(|| AuditRecord::Ruleset {
+                self.audit(by, || AuditRecord::Ruleset {
                     at: self.now(),
                     version: version.clone(),
                     loaded: true,
@@ -50,7 +185,7 @@ impl TransferGuard {
             }
             Err(errors) => {
                 self.metrics.reload_failures.inc();
-                self.audit(|| AuditRecord::Ruleset {
+                self.audit(by, || AuditRecord::Ruleset {
                     at: self.now(),
                     version: self.ruleset.load().version.to_string(),
                     loaded: false,

@@ -199,6 +199,9 @@ struct Shared {
     on_commit: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
     /// Called after each commit with its duration and number of changes.
     observe: OnceLock<Box<dyn Fn(f64, usize) + Send + Sync>>,
+    /// The stalled-disk drill: while true, the writer waits before each commit.
+    stalled: Mutex<bool>,
+    unstalled: Condvar,
 }
 
 /// The open store and its writer thread. Dropping it writes what is queued
@@ -239,6 +242,8 @@ impl Store {
             committed: Mutex::new(Committed::default()),
             on_commit: OnceLock::new(),
             observe: OnceLock::new(),
+            stalled: Mutex::new(false),
+            unstalled: Condvar::new(),
         });
         let writer = {
             let shared = shared.clone();
@@ -302,6 +307,13 @@ impl Store {
     /// Queues the new value of `key` (None: delete it).
     pub fn put<T: Serialize + ?Sized>(&self, space: Space, key: &[u8], value: Option<&T>) {
         self.queue([Put { space, key: Slice::from(key), value: value.map(encode) }], None);
+    }
+
+    /// The stalled-disk drill (tests, fire drills): while `stalled`, commits
+    /// wait as they would on a hung or full disk; changes queue in memory.
+    pub fn stall_commits(&self, stalled: bool) {
+        *lock(&self.shared.stalled) = stalled;
+        self.shared.unstalled.notify_all();
     }
 
     /// The sequence number of the newest queued change.
@@ -383,6 +395,7 @@ impl Store {
     }
 
     fn stop(&self) {
+        self.stall_commits(false);
         lock(&self.shared.pending).stop = true;
         self.shared.wake.notify_one();
         if let Some(w) = lock(&self.writer).take() {
@@ -462,6 +475,12 @@ fn write_loop(shared: &Shared) {
 }
 
 fn commit(shared: &Shared, puts: Vec<Put>) -> Result<(), fjall::Error> {
+    {
+        let mut stalled = lock(&shared.stalled);
+        while *stalled {
+            stalled = shared.unstalled.wait(stalled).unwrap_or_else(|e| e.into_inner());
+        }
+    }
     let mut batch = shared.db.batch();
     for put in puts {
         let ks = &shared.spaces[put.space as usize];

@@ -179,6 +179,9 @@ impl From<TransferRecordRec> for TransferRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferStatusRec {
     pub request_id: String,
+    /// Added within format 1: absent in older records (read as empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub bank_id: String,
     pub state: TransferStateRec,
     pub action: ActionRec,
     pub alert_id: Option<String>,
@@ -194,6 +197,7 @@ impl From<&TransferStatus> for TransferStatusRec {
     fn from(s: &TransferStatus) -> TransferStatusRec {
         TransferStatusRec {
             request_id: s.request_id.clone(),
+            bank_id: s.bank_id.clone(),
             state: s.state.into(),
             action: s.action.into(),
             alert_id: s.alert_id.clone(),
@@ -211,6 +215,7 @@ impl From<TransferStatusRec> for TransferStatus {
     fn from(s: TransferStatusRec) -> TransferStatus {
         TransferStatus {
             request_id: s.request_id,
+            bank_id: s.bank_id,
             state: s.state.into(),
             action: s.action.into(),
             alert_id: s.alert_id,
@@ -427,6 +432,24 @@ impl From<WatchEntryRec> for WatchEntry {
             added_at: e.added_at,
             expires_at: e.expires_at,
         }
+    }
+}
+
+/// Decodes `bytes` as each record kind that maps onto the domain and
+/// converts what decodes: the store-record fuzz target's second half.
+#[doc(hidden)]
+pub fn to_domain_any(bytes: &[u8]) {
+    if let Ok(t) = serde_json::from_slice::<StoredTransfer>(bytes) {
+        let _ = (Screened::from(t.answer), TransferRecord::from(t.record), TransferStatus::from(t.status));
+    }
+    if let Ok(a) = serde_json::from_slice::<StoredAlert>(bytes) {
+        let _ = Alert::try_from(a.alert);
+    }
+    if let Ok(e) = serde_json::from_slice::<AlertEventRec>(bytes) {
+        let _ = AlertEvent::try_from(e);
+    }
+    if let Ok(w) = serde_json::from_slice::<WatchEntryRec>(bytes) {
+        let _ = WatchEntry::from(w);
     }
 }
 

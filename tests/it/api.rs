@@ -206,6 +206,7 @@ async fn a_cancelled_transfer_leaves_the_history_and_events_are_idempotent() {
     let request = ordinary("to-cancel", "customer-c", "6222020000000777");
     client.screen(request.clone()).await.unwrap();
     let cancel = pb::RecordEventRequest {
+        bank_id: String::new(),
         event_id: "ev-1".into(),
         event: Some(pb::record_event_request::Event::TransferCancelled(pb::TransferCancelled {
             request_id: "to-cancel".into(),
@@ -223,6 +224,7 @@ async fn a_cancelled_transfer_leaves_the_history_and_events_are_idempotent() {
     let unknown = client.get_transfer(pb::GetTransferRequest { request_id: "nope".into() }).await.unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
     let reused = pb::RecordEventRequest {
+        bank_id: String::new(),
         event_id: "ev-1".into(),
         event: Some(pb::record_event_request::Event::TransferExecuted(pb::TransferExecuted {
             request_id: "to-cancel".into(),
@@ -244,6 +246,7 @@ async fn a_recorded_limit_raise_and_the_watchlist_change_decisions() {
     assert_eq!(dry.action, pb::Action::Warn as i32, "{dry:?}");
 
     let raise = pb::RecordEventRequest {
+        bank_id: String::new(),
         event_id: "limit-1".into(),
         event: Some(pb::record_event_request::Event::LimitChanged(pb::LimitChanged {
             customer_id: "zhongshan-customer-58".into(),

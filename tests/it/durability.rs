@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::Channel;
 use transfer_guard::api::proto as pb;
+use transfer_guard::auth::Caller;
 
 const STATION: &str = "heshan-zhongshan-ps";
 const CRASHES: usize = 5;
@@ -43,6 +44,7 @@ impl Acked {
 
 fn payee_added(event_id: &str, customer: &str, account: &str) -> pb::RecordEventRequest {
     pb::RecordEventRequest {
+        bank_id: String::new(),
         event_id: event_id.into(),
         event: Some(pb::record_event_request::Event::PayeeAdded(pb::PayeeAdded {
             customer_id: customer.into(),
@@ -370,7 +372,7 @@ async fn a_hold_survives_a_restart_and_its_decision_the_next() {
     };
     let held = Transfer::try_from(&seed_case("restart-hold")).unwrap();
     let guard = open();
-    let answer = guard.screen(&held, 7).unwrap();
+    let answer = guard.screen(&held, 7, &Caller::Open).unwrap();
     guard.committed().await.unwrap();
     let alert_id = answer.alert_id.clone().expect("a HOLD raises an alert");
     drop(guard);
@@ -378,8 +380,17 @@ async fn a_hold_survives_a_restart_and_its_decision_the_next() {
     let guard = open();
     assert_eq!((guard.recovered().held, guard.recovered().alerts), (1, 1));
     assert_eq!(guard.transfer_status("restart-hold").unwrap().state, TransferState::Held);
-    assert_eq!(guard.screen(&held, 7).unwrap(), answer, "the retry gets the first answer");
-    guard.resolve_alert(&alert_id, "officer-li", Outcome::CustomerProceeded, Some(HoldDecision::Release), "").unwrap();
+    assert_eq!(guard.screen(&held, 7, &Caller::Open).unwrap(), answer, "the retry gets the first answer");
+    guard
+        .resolve_alert(
+            &alert_id,
+            "officer-li",
+            Outcome::CustomerProceeded,
+            Some(HoldDecision::Release),
+            "",
+            &Caller::Open,
+        )
+        .unwrap();
     guard.committed().await.unwrap();
     drop(guard);
 
@@ -419,16 +430,18 @@ async fn resolved_alerts_leave_memory_and_the_store_after_their_retention() {
         ..Setup::new(crate::harness::rules_dir(), dir.path(), Durability::Sync).with_clock(clock.clone())
     };
     let guard = build(&setup).unwrap().guard;
-    let open = guard.screen(&Transfer::try_from(&seed_case("ret-open")).unwrap(), 1).unwrap();
+    let open = guard.screen(&Transfer::try_from(&seed_case("ret-open")).unwrap(), 1, &Caller::Open).unwrap();
     let open_id = open.alert_id.expect("a HOLD raises an alert");
     let mut sizes = Vec::new();
     for day in 0..5 {
         for i in 0..20 {
             let mut t = Transfer::try_from(&seed_case(&format!("ret-{day}-{i}"))).unwrap();
             t.requested_at = guard.now();
-            let answer = guard.screen(&t, 2).unwrap();
+            let answer = guard.screen(&t, 2, &Caller::Open).unwrap();
             let id = answer.alert_id.expect("a HOLD raises an alert");
-            guard.resolve_alert(&id, "officer-li", Outcome::Dissuaded, Some(HoldDecision::Block), "").unwrap();
+            guard
+                .resolve_alert(&id, "officer-li", Outcome::Dissuaded, Some(HoldDecision::Block), "", &Caller::Open)
+                .unwrap();
         }
         guard.committed().await.unwrap();
         assert_eq!(guard.alerts().len(), 21, "day {day}: resolved alerts stay within their retention");
@@ -497,8 +510,14 @@ async fn write_every_kind_of_record(data: &std::path::Path) {
     use transfer_guard::state::WatchEntry;
     use transfer_guard::store::Durability;
     let guard = build(&Setup::new(crate::harness::rules_dir(), data, Durability::Sync)).unwrap().guard;
-    let held = guard.screen(&Transfer::try_from(&seed_case("golden-hold")).unwrap(), 1).unwrap();
-    guard.screen(&Transfer::try_from(&ordinary("golden-rent", "customer-g", "6222020000008002")).unwrap(), 2).unwrap();
+    let held = guard.screen(&Transfer::try_from(&seed_case("golden-hold")).unwrap(), 1, &Caller::Open).unwrap();
+    guard
+        .screen(
+            &Transfer::try_from(&ordinary("golden-rent", "customer-g", "6222020000008002")).unwrap(),
+            2,
+            &Caller::Open,
+        )
+        .unwrap();
     let payee = Payee { account: "6222020000008003".into(), name: "张三".into(), bank_code: "icbc".into() };
     let added = CustomerEvent::PayeeAdded { customer_id: "customer-g".into(), payee, added_at: guard.now() };
     guard.record_event("golden-event", 3, added).unwrap();
@@ -507,16 +526,28 @@ async fn write_every_kind_of_record(data: &std::path::Path) {
     guard
         .record_event("golden-limit", 4, CustomerEvent::LimitChanged { customer_id: "customer-g".into(), change })
         .unwrap();
-    guard.watchlist_upsert(WatchEntry {
-        account: "6222000055556666".into(),
-        station_id: "heshan-zhongshan-ps".into(),
-        reason: "涉诈收款账户".into(),
-        added_at: 0,
-        expires_at: None,
-    });
+    guard.watchlist_upsert(
+        WatchEntry {
+            account: "6222000055556666".into(),
+            station_id: "heshan-zhongshan-ps".into(),
+            reason: "涉诈收款账户".into(),
+            added_at: 0,
+            expires_at: None,
+        },
+        &Caller::Open,
+    );
     let alert_id = held.alert_id.unwrap();
-    guard.claim_alert(&alert_id, "officer-li").unwrap();
-    guard.resolve_alert(&alert_id, "officer-li", Outcome::Dissuaded, Some(HoldDecision::Block), "劝阻成功").unwrap();
+    guard.claim_alert(&alert_id, "officer-li", &Caller::Open).unwrap();
+    guard
+        .resolve_alert(
+            &alert_id,
+            "officer-li",
+            Outcome::Dissuaded,
+            Some(HoldDecision::Block),
+            "劝阻成功",
+            &Caller::Open,
+        )
+        .unwrap();
     guard.committed().await.unwrap();
 }
 

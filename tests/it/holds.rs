@@ -7,6 +7,7 @@ use crate::harness::{edit, ordinary, seed_case, TestServer};
 use std::time::Duration;
 use tonic::Code;
 use transfer_guard::api::proto as pb;
+use transfer_guard::auth::Caller;
 
 const STATION: &str = "heshan-zhongshan-ps";
 const OTHER: &str = "heshan-shaping-ps";
@@ -312,7 +313,7 @@ async fn rules_reload_when_files_change_and_screens_never_see_half_a_ruleset() {
         for i in 0..100 {
             let text = if i % 2 == 0 { &changed } else { &original };
             std::fs::write(dir.join("teller.toml"), text).unwrap();
-            let r = guard.reload();
+            let r = guard.reload(&Caller::Open);
             assert!(r.reloaded, "{:?}", r.errors);
             versions.insert(r.version);
         }

@@ -62,6 +62,7 @@ async fn events_stamped_far_from_the_server_clock_are_refused() {
     let server = TestServer::start().await;
     let mut client = server.screening().await;
     let limit = |id: &str, shift: i64| pb::RecordEventRequest {
+        bank_id: String::new(),
         event_id: id.into(),
         event: Some(pb::record_event_request::Event::LimitChanged(pb::LimitChanged {
             customer_id: "customer-ev".into(),
@@ -78,6 +79,7 @@ async fn events_stamped_far_from_the_server_clock_are_refused() {
     assert!(!client.record_event(limit("live", -60)).await.unwrap().into_inner().duplicate);
 
     let payee = |id: &str, shift: i64| pb::RecordEventRequest {
+        bank_id: String::new(),
         event_id: id.into(),
         event: Some(pb::record_event_request::Event::PayeeAdded(pb::PayeeAdded {
             customer_id: "customer-ev".into(),

@@ -177,6 +177,7 @@ pub fn customer_event(r: &pb::RecordEventRequest, clock: LiveClock) -> Result<Cu
     use pb::record_event_request::Event;
     let mut v = Violations::default();
     v.id("event_id", &r.event_id, 128);
+    v.text("bank_id", &r.bank_id, 64);
     let event = match &r.event {
         None => {
             v.add("event", "required: one of limit_changed, payee_added, transfer_executed, transfer_cancelled");

@@ -209,5 +209,26 @@ pub fn ruleset_to_pb(rs: &Ruleset) -> pb::RulesetInfo {
                 location: r.location.clone(),
             })
             .collect(),
+        pending: None,
+        approval: String::new(),
+    }
+}
+
+/// A ruleset proposed for approval (or why it could not be).
+pub fn proposal_to_pb(
+    pending: Option<(String, String, UnixSeconds)>,
+    running: &str,
+    errors: Vec<String>,
+) -> pb::RulesProposal {
+    match pending {
+        Some((version, proposed_by, at)) if errors.is_empty() => pb::RulesProposal {
+            proposed: true,
+            version,
+            proposed_by,
+            proposed_at: Some(timestamp(at)),
+            errors,
+            running_version: running.to_string(),
+        },
+        _ => pb::RulesProposal { running_version: running.to_string(), errors, ..Default::default() },
     }
 }

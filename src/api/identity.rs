@@ -1,0 +1,154 @@
+//! The edge of trust: a tower layer around every gRPC service that resolves
+//! each call's caller (the client certificate's SPIFFE id, else a bearer
+//! token) and applies the role table (`auth::Method::roles`) before any
+//! handler runs. Handlers read the [`Caller`] from the request's extensions
+//! and add the scope checks that need the body (`Api::check`).
+//!
+//! Health checks pass without an identity (load balancers probe them);
+//! reflection needs any identity. Must not decide anything else.
+
+use crate::auth::token::TokenVerifier;
+use crate::auth::{Caller, IdentityError, Method, Principal};
+use crate::service::TransferGuard;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::Status;
+
+/// How callers are identified.
+pub enum Trust {
+    /// The embedded default: plaintext on loopback, every principal allowed.
+    Open,
+    /// Every call names a principal: a client certificate from `trust_domain`
+    /// (verified by TLS against the client CA) or a token signed by the key
+    /// whose public half is `tokens`.
+    Enforced { trust_domain: String, tokens: Option<TokenVerifier> },
+}
+
+impl Trust {
+    /// Who is calling, from the connection's certificate or the request's token.
+    fn identify<B>(&self, request: &http::Request<B>) -> Result<Caller, IdentityError> {
+        let Trust::Enforced { trust_domain, tokens } = self else { return Ok(Caller::Open) };
+        let certs = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|i| i.peer_certs());
+        if let Some(leaf) = certs.as_deref().and_then(|c| c.first()) {
+            return spiffe_principal(leaf, trust_domain).map(Caller::Known);
+        }
+        let bearer = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match (bearer, tokens) {
+            (Some(token), Some(verifier)) => verifier.verify(token.trim()).map(Caller::Known),
+            (Some(_), None) => {
+                Err(IdentityError::Token("this server accepts no tokens (no --token-public-key)".into()))
+            }
+            (None, _) => Err(IdentityError::Missing),
+        }
+    }
+}
+
+/// The principal a client certificate names in its URI SAN.
+pub fn spiffe_principal(der: &[u8], trust_domain: &str) -> Result<Principal, IdentityError> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+    let san = cert.subject_alternative_name().map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+    let uris = san.iter().flat_map(|s| s.value.general_names.iter()).filter_map(|n| match n {
+        GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(*uri),
+        _ => None,
+    });
+    let mut found = None;
+    for uri in uris {
+        if found.is_some() {
+            // SPIFFE: an X.509 SVID carries exactly one SPIFFE id.
+            return Err(IdentityError::BadSpiffeId(uri.into(), "the certificate carries more than one SPIFFE id"));
+        }
+        found = Some(uri);
+    }
+    Principal::from_spiffe(found.ok_or(IdentityError::NoSpiffeId)?, trust_domain)
+}
+
+/// The layer: one per server.
+#[derive(Clone)]
+pub struct Gate {
+    trust: Arc<Trust>,
+    guard: Arc<TransferGuard>,
+}
+
+impl Gate {
+    pub fn new(trust: Trust, guard: Arc<TransferGuard>) -> Gate {
+        Gate { trust: Arc::new(trust), guard }
+    }
+}
+
+impl<S> tower::Layer<S> for Gate {
+    type Service = Gated<S>;
+    fn layer(&self, inner: S) -> Gated<S> {
+        Gated { gate: self.clone(), inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct Gated<S> {
+    gate: Gate,
+    inner: S,
+}
+
+impl Gate {
+    /// The caller, or the status that refuses the call.
+    fn admit<B>(&self, request: &http::Request<B>) -> Result<Caller, Status> {
+        let path = request.uri().path();
+        if path.starts_with("/grpc.health.v1.Health/") {
+            return Ok(Caller::Open);
+        }
+        let method = Method::from_path(path);
+        let name: &str = match method {
+            Some(m) => m.name(),
+            None => path,
+        };
+        let caller = self.trust.identify(request).map_err(|e| {
+            self.guard.refused(&Caller::Open, name, "unauthenticated", &e.to_string());
+            Status::unauthenticated(e.to_string())
+        })?;
+        if let (Caller::Known(p), Some(method)) = (&caller, method) {
+            p.may_call(method).map_err(|d| {
+                self.guard.refused(&caller, name, d.reason(), &d.to_string());
+                Status::permission_denied(d.to_string())
+            })?;
+        }
+        Ok(caller)
+    }
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Gated<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        match self.gate.admit(&request) {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                Box::pin(self.inner.call(request))
+            }
+            Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
+        }
+    }
+}
+
+/// The caller the gate put on a request (open when there was no gate: in-process tests of handlers).
+pub fn caller_of<T>(request: &tonic::Request<T>) -> Caller {
+    request.extensions().get::<Caller>().cloned().unwrap_or(Caller::Open)
+}
