@@ -291,6 +291,7 @@ impl pb::screening_server::Screening for Api {
                     }
                     tokio::select! {
                         changed = updates.changed() => if changed.is_err() { break },
+                        _ = tx.closed() => break,
                         _ = stopped(&mut shutdown) => {
                             let _ = tx.send(Err(Status::unavailable("server shutting down; watch again"))).await;
                             break;
@@ -350,6 +351,8 @@ impl pb::alerts_server::Alerts for Api {
                     }
                     let next = tokio::select! {
                         next = live.recv() => next,
+                        // The watcher went away: give its place back now, not at the next event.
+                        _ = tx.closed() => return,
                         _ = stopped(&mut shutdown) => {
                             let _ = tx.send(Err(Status::unavailable(format!("server shutting down; resume after cursor {last}")))).await;
                             return;

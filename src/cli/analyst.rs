@@ -45,6 +45,20 @@ pub enum RulesCommand {
     },
     /// Screen on a server without touching state or raising alerts.
     DryRun(Box<ScreenArgs>),
+    /// Maker-checker: ask a server to compile and test its rules folder and hold it for a
+    /// second analyst's approval (prints the version to approve).
+    Propose {
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Maker-checker: make the proposed VERSION live (not as its proposer).
+    ///
+    /// Example: transfer-guard rules approve sha256:3f2a... --token "$TOKEN"
+    Approve {
+        version: String,
+        #[command(flatten)]
+        client: Client,
+    },
 }
 
 /// Loads a ruleset, printing every diagnostic to stderr on failure.
@@ -241,6 +255,38 @@ async fn rules_remote(command: RulesCommand) -> anyhow::Result<i32> {
                 eprintln!("not reloaded; still running version {}", r.version);
                 return Ok(1);
             }
+        }
+        RulesCommand::Propose { client } => {
+            let r = RulesClient::new(connect(&client).await?)
+                .propose_rules(pb::ProposeRulesRequest {})
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if client.json {
+                print_json(&r)?;
+            }
+            if !r.proposed {
+                for e in &r.errors {
+                    eprintln!("{e}\n");
+                }
+                eprintln!("not proposed; still running version {}", r.running_version);
+                return Ok(1);
+            }
+            if !client.json {
+                println!("proposed: version {} by {}", r.version, r.proposed_by);
+                println!(
+                    "still running {} until a second analyst runs: rules approve {}",
+                    r.running_version, r.version
+                );
+            }
+        }
+        RulesCommand::Approve { version, client } => {
+            let r = RulesClient::new(connect(&client).await?)
+                .approve_rules(pb::ApproveRulesRequest { version })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            println!("approved: version {} is live", r.version);
         }
         RulesCommand::Check { .. } | RulesCommand::Test { .. } | RulesCommand::Fields => {
             bail!("offline rules commands run without a server")

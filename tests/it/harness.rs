@@ -11,8 +11,9 @@ use transfer_guard::app::Setup;
 use transfer_guard::clock::AdjustableClock;
 use transfer_guard::delivery::NatsConfig;
 use transfer_guard::server::Extras;
-use transfer_guard::service::{wall_clock, TransferGuard};
+use transfer_guard::service::{wall_clock, Approval, TransferGuard};
 use transfer_guard::store::Durability;
+use transfer_guard::store::Store;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -69,6 +70,8 @@ pub struct TestServer {
     pub rules: tempfile::TempDir,
     /// The data dir; the audit trail is `audit.jsonl` in it.
     pub data: tempfile::TempDir,
+    /// The durable store, when started durable (its commits can be stalled).
+    pub store: Option<Arc<Store>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -100,17 +103,31 @@ impl TestServer {
         TestServer::start_opts(|_| {}, extras, durable).await
     }
 
+    /// `extras` (trust, TLS, limits) with rules going live per `approval`.
+    pub async fn start_trusted(extras: Extras, durable: bool, approval: Approval) -> TestServer {
+        TestServer::start_setup(|_| {}, extras, durable, approval).await
+    }
+
     /// `extras` as given, but for the metrics listener, which is always bound here.
     async fn start_opts(prepare: impl FnOnce(&Path), extras: Extras, durable: bool) -> TestServer {
+        TestServer::start_setup(prepare, extras, durable, Approval::Automatic).await
+    }
+
+    async fn start_setup(prepare: impl FnOnce(&Path), extras: Extras, durable: bool, approval: Approval) -> TestServer {
         let rules = rules_copy();
         prepare(rules.path());
         let data = tempfile::tempdir().unwrap();
         let clock = Arc::new(AdjustableClock::new());
         let durability = if durable { Durability::Sync } else { Durability::None };
-        let setup = Setup::new(rules.path(), data.path(), durability).with_clock(clock.clone());
-        let guard = transfer_guard::app::build(&setup).unwrap_or_else(|e| panic!("{e}")).guard;
+        let setup = Setup { approval, ..Setup::new(rules.path(), data.path(), durability).with_clock(clock.clone()) };
+        let app = transfer_guard::app::build(&setup).unwrap_or_else(|e| panic!("{e}"));
+        let (guard, store) = (app.guard, app.store);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = format!("http://{}", listener.local_addr().unwrap());
+        // TLS clients check the server's name: its test certificate is for localhost.
+        let addr = match extras.tls {
+            Some(_) => format!("https://localhost:{}", listener.local_addr().unwrap().port()),
+            None => format!("http://{}", listener.local_addr().unwrap()),
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics_addr = metrics.local_addr().unwrap().to_string();
@@ -121,7 +138,7 @@ impl TestServer {
         let task = tokio::spawn(async move {
             task.await.unwrap().unwrap();
         });
-        TestServer { addr, clock, metrics_addr, guard, rules, data, stop: Some(stop), task: Some(task) }
+        TestServer { addr, clock, metrics_addr, guard, rules, data, store, stop: Some(stop), task: Some(task) }
     }
 
     pub async fn start() -> TestServer {

@@ -11,4 +11,5 @@ mod metrics;
 mod nats;
 mod ops;
 mod rules;
+mod trust;
 mod webhook;
