@@ -31,6 +31,10 @@ pub struct LoadConfig {
 pub struct LoadReport {
     pub ok: u64,
     pub errors: u64,
+    /// Answers of RESOURCE_EXHAUSTED (turned away by admission control), and
+    /// how long each took, in microseconds.
+    pub shed: u64,
+    pub shed_latency: Histogram<u64>,
     pub elapsed: Duration,
     /// Latency in microseconds.
     pub latency: Histogram<u64>,
@@ -48,6 +52,17 @@ impl LoadReport {
 
     /// One line of figures.
     pub fn summary(&self) -> String {
+        let shed = if self.shed == 0 {
+            String::new()
+        } else {
+            format!(
+                "; {} turned away (RESOURCE_EXHAUSTED) in µs p50 {} p99 {} max {}",
+                self.shed,
+                self.shed_latency.value_at_quantile(0.5),
+                self.shed_latency.value_at_quantile(0.99),
+                self.shed_latency.max()
+            )
+        };
         format!(
             "{:.0} req/s ({} ok, {} errors in {:.1} s); latency µs p50 {} p90 {} p99 {} p99.9 {} max {}",
             self.throughput(),
@@ -59,7 +74,7 @@ impl LoadReport {
             self.percentile_us(0.99),
             self.percentile_us(0.999),
             self.latency.max()
-        )
+        ) + &shed
     }
 }
 
@@ -122,17 +137,30 @@ async fn channels(addr: &str, n: usize) -> Result<Vec<Channel>, tonic::transport
 
 struct Tally {
     latency: Mutex<Histogram<u64>>,
+    shed_latency: Mutex<Histogram<u64>>,
     ok: AtomicU64,
     errors: AtomicU64,
+    shed: AtomicU64,
     actions: [AtomicU64; 5],
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+fn record_us(h: &Mutex<Histogram<u64>>, latency: Duration) {
+    let us = (latency.as_micros() as u64).clamp(1, 60_000_000);
+    let _ = h.lock().unwrap_or_else(|e| e.into_inner()).record(us);
 }
 
 impl Tally {
     fn new() -> Tally {
         Tally {
-            latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")),
+            latency: Mutex::new(histogram()),
+            shed_latency: Mutex::new(histogram()),
             ok: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
             actions: Default::default(),
         }
     }
@@ -143,8 +171,11 @@ impl Tally {
                 self.ok.fetch_add(1, Ordering::Relaxed);
                 let a = r.into_inner().action.clamp(0, 4) as usize;
                 self.actions[a].fetch_add(1, Ordering::Relaxed);
-                let us = (latency.as_micros() as u64).clamp(1, 60_000_000);
-                let _ = self.latency.lock().unwrap_or_else(|e| e.into_inner()).record(us);
+                record_us(&self.latency, latency);
+            }
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                self.shed.fetch_add(1, Ordering::Relaxed);
+                record_us(&self.shed_latency, latency);
             }
             Err(_) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
@@ -225,10 +256,175 @@ pub async fn run(config: &LoadConfig, run_id: &str) -> Result<LoadReport, tonic:
     Ok(LoadReport {
         ok: tally.ok.into_inner(),
         errors: tally.errors.into_inner(),
+        shed: tally.shed.into_inner(),
+        shed_latency: tally.shed_latency.into_inner().unwrap_or_else(|e| e.into_inner()),
         elapsed,
         latency: tally.latency.into_inner().unwrap_or_else(|e| e.into_inner()),
         actions: tally.actions.map(AtomicU64::into_inner),
     })
+}
+
+/// What officers and a load balancer saw while the load ran (`bench --flood`).
+#[derive(Debug)]
+pub struct ProbeReport {
+    /// Health check latency, µs.
+    pub health: Histogram<u64>,
+    /// ResolveAlert latency, µs (each on a transfer the probe had held).
+    pub resolve: Histogram<u64>,
+    /// Calls of the probe that failed (health, hold, claim or resolve).
+    pub failures: u64,
+    /// The server's resident memory (KiB), sampled every second: first, lowest, highest, last.
+    pub rss_kib: Option<(u64, u64, u64, u64)>,
+}
+
+impl ProbeReport {
+    pub fn summary(&self) -> String {
+        let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        let mut s = format!(
+            "health checks: {} answered, ms p50 {:.2} p99 {:.2} max {:.2}\nResolveAlert: {} answered, ms p50 {:.2} p99 {:.2} max {:.2}\nprobe failures: {}",
+            self.health.len(),
+            ms(&self.health, 0.5),
+            ms(&self.health, 0.99),
+            self.health.max() as f64 / 1000.0,
+            self.resolve.len(),
+            ms(&self.resolve, 0.5),
+            ms(&self.resolve, 0.99),
+            self.resolve.max() as f64 / 1000.0,
+            self.failures
+        );
+        if let Some((first, low, high, last)) = self.rss_kib {
+            s.push_str(&format!(
+                "\nserver RSS MiB: first {:.1}, lowest {:.1}, highest {:.1}, last {:.1} (last/first {:.2})",
+                first as f64 / 1024.0,
+                low as f64 / 1024.0,
+                high as f64 / 1024.0,
+                last as f64 / 1024.0,
+                last as f64 / first.max(1) as f64
+            ));
+        }
+        s
+    }
+}
+
+/// The seed case from the article (a HOLD with the shipped rules), as the
+/// probe's transfer to hold and resolve.
+fn held_request(run: &str, k: u64) -> pb::ScreenRequest {
+    let mut r: pb::ScreenRequest =
+        serde_json::from_str(include_str!("../examples/seed-case.json")).expect("the example is a ScreenRequest");
+    r.request_id = format!("{run}-probe-{k}");
+    r.requested_at = Some(now());
+    if let Some(c) = r.customer.as_mut() {
+        c.customer_id = format!("{run}-probe-customer-{k}");
+    }
+    r
+}
+
+/// Resident memory of a process in KiB, from /proc/PID/status.
+pub fn process_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// For `duration`, on a connection of its own: a health check every 100 ms,
+/// and every 500 ms a transfer held (retried while the server turns screens
+/// away), claimed and resolved, timing the ResolveAlert; and, with `pid`, the
+/// server's memory every second.
+pub async fn probe(
+    addr: &str,
+    duration: Duration,
+    run: &str,
+    pid: Option<u32>,
+) -> Result<ProbeReport, tonic::transport::Error> {
+    let channel = Endpoint::from_shared(addr.to_string()).expect("a valid address").connect().await?;
+    let deadline = Instant::now() + duration;
+    let health = {
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        tokio::spawn(async move {
+            let (mut h, mut failures) = (histogram(), 0u64);
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                let asked = client.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
+                match asked {
+                    Ok(_) => {
+                        let _ = h.record((sent.elapsed().as_micros() as u64).clamp(1, 60_000_000));
+                    }
+                    Err(_) => failures += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (h, failures)
+        })
+    };
+    let memory = pid.map(|pid| {
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while Instant::now() < deadline {
+                samples.extend(process_rss_kib(pid));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            samples
+        })
+    });
+    let (mut resolve, mut failures) = (histogram(), 0u64);
+    let mut screening = pb::screening_client::ScreeningClient::new(channel.clone());
+    let mut alerts = pb::alerts_client::AlertsClient::new(channel);
+    for k in 0.. {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let next = Instant::now() + Duration::from_millis(500);
+        let mut held = None;
+        while held.is_none() && Instant::now() < deadline {
+            match screening.screen(held_request(run, k)).await {
+                Ok(r) if !r.get_ref().alert_id.is_empty() => held = Some(r.into_inner().alert_id),
+                Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                _ => {
+                    failures += 1;
+                    break;
+                }
+            }
+        }
+        if let Some(alert_id) = held {
+            let officer_id = "probe-officer".to_string();
+            let claim = pb::ClaimAlertRequest { alert_id: alert_id.clone(), officer_id: officer_id.clone() };
+            if alerts.claim_alert(claim).await.is_err() {
+                failures += 1;
+            } else {
+                let sent = Instant::now();
+                let resolved = alerts
+                    .resolve_alert(pb::ResolveAlertRequest {
+                        alert_id,
+                        officer_id,
+                        outcome: pb::Outcome::Dissuaded as i32,
+                        hold_decision: pb::HoldDecision::Block as i32,
+                        note: String::new(),
+                    })
+                    .await;
+                match resolved {
+                    Ok(_) => {
+                        let _ = resolve.record((sent.elapsed().as_micros() as u64).clamp(1, 60_000_000));
+                    }
+                    Err(_) => failures += 1,
+                }
+            }
+        }
+        tokio::time::sleep_until(next.into()).await;
+    }
+    let (health, health_failures) = health.await.expect("the health probe does not panic");
+    let rss_kib = match memory {
+        Some(m) => {
+            let samples = m.await.expect("the memory probe does not panic");
+            match (samples.first(), samples.iter().min(), samples.iter().max(), samples.last()) {
+                (Some(&f), Some(&lo), Some(&hi), Some(&l)) => Some((f, lo, hi, l)),
+                _ => None,
+            }
+        }
+        None => None,
+    };
+    Ok(ProbeReport { health, resolve, failures: failures + health_failures, rss_kib })
 }
 
 /// A Screening service that decodes the request and answers ALLOW at once:

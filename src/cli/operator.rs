@@ -78,6 +78,11 @@ pub struct BenchArgs {
     /// With --noop-server: where to listen.
     #[arg(long, default_value = "127.0.0.1:50052")]
     listen: String,
+    /// While the load runs, probe as an officer and a load balancer on a connection of their
+    /// own: health checks every 100 ms, a transfer held, claimed and resolved every 500 ms
+    /// (ResolveAlert timed), and with --server-pid the server's memory every second.
+    #[arg(long)]
+    flood: bool,
 }
 
 /// Starts the real service in this process on a loopback port; its data (audit
@@ -279,7 +284,15 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     println!("{mode}, {} connections, {}", args.connections, args.duration);
     let run_id = generated_id("bench");
     let cpu_before = args.server_pid.and_then(crate::loadgen::process_cpu);
+    let probe = args.flood.then(|| {
+        let (addr, duration, run, pid) = (addr.clone(), config.duration, run_id.clone(), args.server_pid);
+        tokio::spawn(async move { crate::loadgen::probe(&addr, duration, &run, pid).await })
+    });
     let target = crate::loadgen::run(&config, &run_id).await.with_context(|| format!("connect to {addr}"))?;
+    if let Some(probe) = probe {
+        let report = probe.await.context("the probe stopped")?.with_context(|| format!("probe {addr}"))?;
+        println!("{}", report.summary());
+    }
     if let (Some(pid), Some(before)) = (args.server_pid, cpu_before) {
         match crate::loadgen::process_cpu(pid) {
             Some(after) if target.ok > 0 => println!(
