@@ -25,6 +25,9 @@ pub struct LoadConfig {
     pub rate: Option<f64>,
     /// HTTP/2 connections the callers share.
     pub connections: usize,
+    /// Closed loop: how long a caller turned away (RESOURCE_EXHAUSTED) waits
+    /// before its next request, as a well-behaved client backs off.
+    pub backoff: Duration,
 }
 
 #[derive(Debug)]
@@ -197,13 +200,18 @@ pub async fn run(config: &LoadConfig, run_id: &str) -> Result<LoadReport, tonic:
             for i in 0..config.concurrency.max(1) {
                 let mut client = pb::screening_client::ScreeningClient::new(channels[i % channels.len()].clone());
                 let (tally, counter, run_id) = (tally.clone(), counter.clone(), run_id.to_string());
+                let backoff = config.backoff;
                 tasks.push(tokio::spawn(async move {
                     while Instant::now() < deadline {
                         let k = counter.fetch_add(1, Ordering::Relaxed);
                         let r = request(&run_id, k);
                         let sent = Instant::now();
                         let result = client.screen(r).await;
+                        let turned_away = matches!(&result, Err(s) if s.code() == tonic::Code::ResourceExhausted);
                         tally.record(sent.elapsed(), result);
+                        if turned_away && !backoff.is_zero() {
+                            tokio::time::sleep(backoff).await;
+                        }
                     }
                 }));
             }
@@ -315,6 +323,9 @@ fn held_request(run: &str, k: u64) -> pb::ScreenRequest {
     r.requested_at = Some(now());
     if let Some(c) = r.customer.as_mut() {
         c.customer_id = format!("{run}-probe-customer-{k}");
+        if let Some(change) = c.last_limit_change.as_mut() {
+            change.customer_id.clone_from(&c.customer_id);
+        }
     }
     r
 }
@@ -511,6 +522,11 @@ pub fn process_cpu(pid: u32) -> Option<std::time::Duration> {
 mod tests {
     use super::*;
     use crate::model::Transfer;
+
+    #[test]
+    fn the_probe_transfer_is_valid() {
+        Transfer::try_from(&held_request("t", 1)).unwrap();
+    }
 
     #[test]
     fn generated_requests_are_valid() {

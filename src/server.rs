@@ -184,14 +184,15 @@ pub async fn run_with(
         })
         .collect();
     let limits = extras.limits;
+    let admission = Arc::new(Admission::new(limits.clone()));
     let api = Api {
         guard: guard.clone(),
         shutdown: streams_stop,
         max_clock_skew: extras.max_clock_skew.as_secs() as i64,
-        admission: Arc::new(Admission::new(limits.clone())),
+        admission: admission.clone(),
         watchers: Arc::default(),
     };
-    let gate = Gate::new(extras.trust, guard.clone());
+    let gate = Gate::new(extras.trust, guard.clone(), admission);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ScreeningServer<Api>>().await;

@@ -2,10 +2,12 @@
 //! flight with a bounded wait for a slot (beyond it RESOURCE_EXHAUSTED at
 //! once, never a growing queue), calls whose gRPC deadline has passed dropped
 //! before any work, officers' calls on a budget of their own, and the fail
-//! mode a screen gets while the store cannot commit.
+//! mode a screen gets while the store cannot commit. The gate
+//! (`api::identity`) takes the slot before the request is even decoded.
 //!
 //! Must not decide transfers: the fail mode only raises the engine's answer.
 
+use crate::auth::Method;
 use crate::model::{Action, Minor};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,7 +66,7 @@ impl Default for Limits {
     fn default() -> Limits {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Limits {
-            screens_in_flight: 256 * cores,
+            screens_in_flight: 32 * cores,
             screen_queue_wait: Duration::from_millis(2),
             officer_calls_in_flight: 64,
             commit_timeout: Duration::from_secs(1),
@@ -120,9 +122,40 @@ impl Shed {
     }
 }
 
+/// Which budget a call takes a slot from, if any: tellers' and banks' calls
+/// that change state share one, officers' calls have their own; reads of a
+/// transfer, streams (counted per station) and health take none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    Screens,
+    Officers,
+}
+
+impl Budget {
+    pub fn of(method: Method) -> Option<Budget> {
+        match method {
+            Method::Screen | Method::RecordEvent => Some(Budget::Screens),
+            Method::ListAlerts
+            | Method::ClaimAlert
+            | Method::ResolveAlert
+            | Method::UpsertEntry
+            | Method::RemoveEntry
+            | Method::ListEntries => Some(Budget::Officers),
+            Method::GetTransfer
+            | Method::WatchTransfer
+            | Method::WatchAlerts
+            | Method::GetRuleset
+            | Method::ReloadRules
+            | Method::DryRun
+            | Method::ProposeRules
+            | Method::ApproveRules => None,
+        }
+    }
+}
+
 /// The caller's deadline, from the `grpc-timeout` header ("100m", "5S", ...).
-pub fn deadline_of(metadata: &tonic::metadata::MetadataMap, arrived: Instant) -> Option<Instant> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+pub fn deadline_of(headers: &http::HeaderMap, arrived: Instant) -> Option<Instant> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     let n: u64 = digits.parse().ok()?;
     let timeout = match unit {
@@ -146,18 +179,16 @@ impl Admission {
         }
     }
 
-    /// A slot for a teller's or bank system's call, or why not: no slot
-    /// within the wait, or the caller's deadline already passed.
-    pub async fn screen_slot(&self, deadline: Option<Instant>) -> Result<OwnedSemaphorePermit, Shed> {
-        self.slot(&self.screens, self.limits.screen_queue_wait, deadline, "screens").await
+    /// A slot from `budget`, or why not: no slot within the wait, or the
+    /// caller's deadline already passed. Officers' calls never wait behind screens.
+    pub async fn slot(&self, budget: Budget, deadline: Option<Instant>) -> Result<OwnedSemaphorePermit, Shed> {
+        match budget {
+            Budget::Screens => self.take(&self.screens, self.limits.screen_queue_wait, deadline, "screens").await,
+            Budget::Officers => self.take(&self.officers, Duration::from_secs(1), deadline, "officer calls").await,
+        }
     }
 
-    /// A slot on the officers' own budget: a flood of screens never takes it.
-    pub async fn officer_slot(&self, deadline: Option<Instant>) -> Result<OwnedSemaphorePermit, Shed> {
-        self.slot(&self.officers, Duration::from_secs(1), deadline, "officer calls").await
-    }
-
-    async fn slot(
+    async fn take(
         &self,
         slots: &Arc<Semaphore>,
         wait: Duration,
@@ -211,7 +242,7 @@ mod tests {
     #[test]
     fn grpc_timeouts_are_read_in_every_unit() {
         let now = Instant::now();
-        let mut m = tonic::metadata::MetadataMap::new();
+        let mut m = http::HeaderMap::new();
         for (v, d) in [("100m", 100), ("2S", 2000), ("1M", 60_000), ("5000u", 5), ("1H", 3_600_000)] {
             m.insert("grpc-timeout", v.parse().unwrap());
             assert_eq!(deadline_of(&m, now), Some(now + Duration::from_millis(d)), "{v}");
@@ -226,12 +257,12 @@ mod tests {
     async fn beyond_the_slots_the_answer_is_at_once() {
         let limits = Limits { screens_in_flight: 1, screen_queue_wait: Duration::from_millis(1), ..Limits::default() };
         let admission = Admission::new(limits);
-        let held = admission.screen_slot(None).await.ok().unwrap();
-        assert!(matches!(admission.screen_slot(None).await, Err(Shed::Busy(_))));
-        assert!(admission.officer_slot(None).await.is_ok(), "officers have their own budget");
+        let held = admission.slot(Budget::Screens, None).await.ok().unwrap();
+        assert!(matches!(admission.slot(Budget::Screens, None).await, Err(Shed::Busy(_))));
+        assert!(admission.slot(Budget::Officers, None).await.is_ok(), "officers have their own budget");
         drop(held);
-        assert!(admission.screen_slot(None).await.is_ok());
+        assert!(admission.slot(Budget::Screens, None).await.is_ok());
         let past = Instant::now() - Duration::from_millis(1);
-        assert!(matches!(admission.screen_slot(Some(past)).await, Err(Shed::Deadline(_))));
+        assert!(matches!(admission.slot(Budget::Screens, Some(past)).await, Err(Shed::Deadline(_))));
     }
 }

@@ -7,6 +7,7 @@
 //! Health checks pass without an identity (load balancers probe them);
 //! reflection needs any identity. Must not decide anything else.
 
+use super::admission::{deadline_of, Admission, Budget};
 use crate::auth::token::TokenVerifier;
 use crate::auth::{Caller, IdentityError, Method, Principal};
 use crate::service::TransferGuard;
@@ -75,11 +76,12 @@ pub fn spiffe_principal(der: &[u8], trust_domain: &str) -> Result<Principal, Ide
 pub struct Gate {
     trust: Arc<Trust>,
     guard: Arc<TransferGuard>,
+    admission: Arc<Admission>,
 }
 
 impl Gate {
-    pub fn new(trust: Trust, guard: Arc<TransferGuard>) -> Gate {
-        Gate { trust: Arc::new(trust), guard }
+    pub fn new(trust: Trust, guard: Arc<TransferGuard>, admission: Arc<Admission>) -> Gate {
+        Gate { trust: Arc::new(trust), guard, admission }
     }
 }
 
@@ -97,11 +99,11 @@ pub struct Gated<S> {
 }
 
 impl Gate {
-    /// The caller, or the status that refuses the call.
-    fn admit<B>(&self, request: &http::Request<B>) -> Result<Caller, Status> {
+    /// The caller and the RPC, or the status that refuses the call.
+    fn admit<B>(&self, request: &http::Request<B>) -> Result<(Caller, Option<Method>), Status> {
         let path = request.uri().path();
         if path.starts_with("/grpc.health.v1.Health/") {
-            return Ok(Caller::Open);
+            return Ok((Caller::Open, None));
         }
         let method = Method::from_path(path);
         let name: &str = match method {
@@ -118,7 +120,7 @@ impl Gate {
                 Status::permission_denied(d.to_string())
             })?;
         }
-        Ok(caller)
+        Ok((caller, method))
     }
 }
 
@@ -138,13 +140,31 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        match self.gate.admit(&request) {
-            Ok(caller) => {
-                request.extensions_mut().insert(caller);
-                Box::pin(self.inner.call(request))
+        let (caller, method) = match self.gate.admit(&request) {
+            Ok(admitted) => admitted,
+            Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
+        };
+        let budget = method.and_then(|m| Budget::of(m).map(|b| (m, b)));
+        let deadline = deadline_of(request.headers(), std::time::Instant::now());
+        request.extensions_mut().insert(caller);
+        let call = self.inner.call(request);
+        let Some((method, budget)) = budget else { return Box::pin(call) };
+        // A slot before the body is decoded or any handler runs; past the
+        // budget the answer is RESOURCE_EXHAUSTED at once.
+        let gate = self.gate.clone();
+        Box::pin(async move {
+            match gate.admission.slot(budget, deadline).await {
+                Ok(slot) => {
+                    let response = call.await;
+                    drop(slot);
+                    response
+                }
+                Err(shed) => {
+                    gate.guard.metrics().shed.with_label_values(&[method.name(), shed.why()]).inc();
+                    Ok(shed.into_status().into_http())
+                }
             }
-            Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
-        }
+        })
     }
 }
 

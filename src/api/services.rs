@@ -2,7 +2,7 @@
 //! (`convert`), call the [`TransferGuard`], map the answer or the one error type
 //! back ([`status_of`]). No business logic here.
 
-use super::admission::{deadline_of, Admission, Shed};
+use super::admission::Admission;
 use super::convert::{self, FieldViolation};
 use super::identity::caller_of;
 use super::proto as pb;
@@ -14,7 +14,6 @@ use dashmap::DashMap;
 use prost::Message;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
@@ -65,32 +64,6 @@ impl Api {
             }),
             Caller::Open | Caller::Service => Ok(()),
         }
-    }
-
-    /// A slot for a teller's or bank system's call; RESOURCE_EXHAUSTED at once
-    /// past the limit, DEADLINE_EXCEEDED if the caller already gave up.
-    async fn teller_slot<T>(
-        &self,
-        method: Method,
-        request: &Request<T>,
-    ) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
-        let deadline = deadline_of(request.metadata(), Instant::now());
-        self.admission.screen_slot(deadline).await.map_err(|shed| self.shed(method, shed))
-    }
-
-    /// A slot on the officers' own budget.
-    async fn officer_slot<T>(
-        &self,
-        method: Method,
-        request: &Request<T>,
-    ) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
-        let deadline = deadline_of(request.metadata(), Instant::now());
-        self.admission.officer_slot(deadline).await.map_err(|shed| self.shed(method, shed))
-    }
-
-    fn shed(&self, method: Method, shed: Shed) -> Status {
-        self.guard.metrics().shed.with_label_values(&[method.name(), shed.why()]).inc();
-        shed.into_status()
     }
 
     /// The server's clock now, with the skew live requests are held to.
@@ -180,7 +153,6 @@ impl pb::screening_server::Screening for Api {
     async fn screen(&self, request: Request<pb::ScreenRequest>) -> Result<Response<pb::ScreenResponse>, Status> {
         self.rpc("Screen", async move {
             let started = std::time::Instant::now();
-            let _slot = self.teller_slot(Method::Screen, &request).await?;
             let caller = caller_of(&request);
             let request = request.into_inner();
             let transfer = convert::transfer(&request, self.guard.utc_offset())
@@ -197,7 +169,7 @@ impl pb::screening_server::Screening for Api {
             // on disk; a store that cannot commit in time gets the fail mode.
             let limits = &self.admission.limits;
             if self.guard.committed_within(limits.commit_timeout).await.map_err(status_of)? == Commit::Stalled {
-                return self.fail_safe(&transfer, &screened);
+                return self.fail_safe(&transfer, &screened, &caller);
             }
             let d = &screened.decision;
             let duration_us = started.elapsed().as_micros() as u64;
@@ -234,7 +206,6 @@ impl pb::screening_server::Screening for Api {
         request: Request<pb::RecordEventRequest>,
     ) -> Result<Response<pb::RecordEventResponse>, Status> {
         self.rpc("RecordEvent", async move {
-            let _slot = self.teller_slot(Method::RecordEvent, &request).await?;
             let caller = caller_of(&request);
             let request = request.into_inner();
             let event = convert::customer_event(&request, self.live_clock()).map_err(invalid)?;
@@ -382,7 +353,6 @@ impl pb::alerts_server::Alerts for Api {
         request: Request<pb::ListAlertsRequest>,
     ) -> Result<Response<pb::ListAlertsResponse>, Status> {
         self.rpc("ListAlerts", async move {
-            let _slot = self.officer_slot(Method::ListAlerts, &request).await?;
             let caller = caller_of(&request);
             let r = request.into_inner();
             let mut q = convert::alert_query(&r).map_err(invalid)?;
@@ -413,7 +383,6 @@ impl pb::alerts_server::Alerts for Api {
 
     async fn claim_alert(&self, request: Request<pb::ClaimAlertRequest>) -> Result<Response<pb::Alert>, Status> {
         self.rpc("ClaimAlert", async move {
-            let _slot = self.officer_slot(Method::ClaimAlert, &request).await?;
             let caller = caller_of(&request);
             let (alert_id, officer) = convert::claim(&request.into_inner()).map_err(invalid)?;
             self.check_officer(&caller, Method::ClaimAlert, &alert_id, &officer)?;
@@ -426,7 +395,6 @@ impl pb::alerts_server::Alerts for Api {
 
     async fn resolve_alert(&self, request: Request<pb::ResolveAlertRequest>) -> Result<Response<pb::Alert>, Status> {
         self.rpc("ResolveAlert", async move {
-            let _slot = self.officer_slot(Method::ResolveAlert, &request).await?;
             let caller = caller_of(&request);
             let r = convert::resolution(&request.into_inner()).map_err(invalid)?;
             self.check_officer(&caller, Method::ResolveAlert, &r.alert_id, &r.officer)?;
@@ -445,7 +413,6 @@ impl pb::alerts_server::Alerts for Api {
 impl pb::watchlist_server::Watchlist for Api {
     async fn upsert_entry(&self, request: Request<pb::WatchlistEntry>) -> Result<Response<pb::WatchlistEntry>, Status> {
         self.rpc("UpsertEntry", async move {
-            let _slot = self.officer_slot(Method::UpsertEntry, &request).await?;
             let caller = caller_of(&request);
             let entry = crate::state::WatchEntry::try_from(&request.into_inner()).map_err(invalid)?;
             // The issuer is the caller's own station; replacing another station's entry is removing it.
@@ -466,7 +433,6 @@ impl pb::watchlist_server::Watchlist for Api {
         request: Request<pb::RemoveEntryRequest>,
     ) -> Result<Response<pb::RemoveEntryResponse>, Status> {
         self.rpc("RemoveEntry", async move {
-            let _slot = self.officer_slot(Method::RemoveEntry, &request).await?;
             let caller = caller_of(&request);
             let account = convert::removed_account(&request.into_inner()).map_err(invalid)?;
             if let Some(existing) = self.guard.watchlist_entry(&account) {
@@ -482,10 +448,9 @@ impl pb::watchlist_server::Watchlist for Api {
 
     async fn list_entries(
         &self,
-        request: Request<pb::ListEntriesRequest>,
+        _request: Request<pb::ListEntriesRequest>,
     ) -> Result<Response<pb::ListEntriesResponse>, Status> {
         self.rpc("ListEntries", async move {
-            let _slot = self.officer_slot(Method::ListEntries, &request).await?;
             let entries = self.guard.watchlist().iter().map(convert::watch_entry_to_pb).collect();
             Ok(Response::new(pb::ListEntriesResponse { entries }))
         })
@@ -625,12 +590,13 @@ impl Api {
         &self,
         transfer: &crate::model::Transfer,
         screened: &crate::service::Screened,
+        caller: &Caller,
     ) -> Result<Response<pb::ScreenResponse>, Status> {
         let limits = &self.admission.limits;
         let answer = limits.fail_mode.answer(screened.decision.action, transfer.amount, limits.fail_floor);
         let label = answer.map_or("unavailable", |a| a.as_str());
         self.guard.metrics().fail_mode_answers.with_label_values(&[label]).inc();
-        self.guard.fail_mode_answered(&transfer.request_id, screened.decision.action, label);
+        self.guard.fail_mode_answered(&transfer.request_id, screened.decision.action, label, caller);
         let Some(action) = answer else {
             return Err(Status::unavailable(
                 "the store cannot commit right now (fail mode: unavailable); retry shortly",

@@ -301,6 +301,24 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_uri_is_parsed_or_refused_never_a_panic(uri in ".{0,80}") {
+            let _ = Principal::from_spiffe(&uri, "td.example");
+        }
+
+        #[test]
+        fn a_principal_survives_its_spiffe_id(
+            role in proptest::sample::select(Role::ALL.to_vec()),
+            scope in "[a-z0-9][a-z0-9._-]{0,20}",
+            subject in "[A-Za-z0-9][A-Za-z0-9._-]{0,20}",
+        ) {
+            let p = Principal::new(role, if role.is_scoped() { &scope } else { "" }, &subject);
+            let uri = format!("spiffe://td.example/{p}");
+            proptest::prop_assert_eq!(Principal::from_spiffe(&uri, "td.example").unwrap(), p);
+        }
+    }
+
     #[test]
     fn every_method_has_a_path_and_at_least_one_role() {
         for m in Method::ALL {

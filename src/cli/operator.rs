@@ -83,6 +83,10 @@ pub struct BenchArgs {
     /// (ResolveAlert timed), and with --server-pid the server's memory every second.
     #[arg(long)]
     flood: bool,
+    /// Closed loop: a caller turned away with RESOURCE_EXHAUSTED waits this long (ms) before
+    /// its next request, as a client with a retry policy does.
+    #[arg(long, default_value_t = 0)]
+    backoff_ms: u64,
 }
 
 /// Starts the real service in this process on a loopback port; its data (audit
@@ -211,7 +215,7 @@ pub struct ServeArgs {
     /// (`rules propose`, `rules approve`); automatic (default): when it passes its tests.
     #[arg(long, env = "TRANSFER_GUARD_APPROVAL", value_name = "automatic|required")]
     approval: Option<crate::service::Approval>,
-    /// Screens and customer events worked on at once (default 256 per core).
+    /// Screens and customer events worked on at once (default 32 per core).
     #[arg(long, env = "TRANSFER_GUARD_MAX_SCREENS_IN_FLIGHT")]
     max_screens_in_flight: Option<usize>,
     /// How long a screen waits for a slot before RESOURCE_EXHAUSTED (default 2 ms).
@@ -276,6 +280,7 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
         duration: std::time::Duration::from_secs(duration as u64),
         rate: args.rate,
         connections: args.connections,
+        backoff: std::time::Duration::from_millis(args.backoff_ms),
     };
     let mode = match args.rate {
         Some(r) => format!("open loop at {r:.0} req/s, at most {} in flight", args.concurrency),

@@ -665,8 +665,8 @@ impl TransferGuard {
     }
 
     /// Audits a screen answered by the fail mode (`answered`: hold, warn, unavailable).
-    pub fn fail_mode_answered(&self, request_id: &str, decided: Action, answered: &'static str) {
-        self.audit(&Caller::Service, || AuditRecord::FailMode {
+    pub fn fail_mode_answered(&self, request_id: &str, decided: Action, answered: &'static str, by: &Caller) {
+        self.audit(by, || AuditRecord::FailMode {
             at: self.now(),
             request_id: request_id.to_string(),
             decided: decided.as_str(),

@@ -64,6 +64,7 @@ async fn the_load_generator_measures_closed_and_open_loops_and_the_baseline() {
         duration: Duration::from_millis(800),
         rate: None,
         connections: 2,
+        backoff: Duration::ZERO,
     };
     let report = loadgen::run(&closed, "lg-closed").await.unwrap();
     assert!(report.ok > 0 && report.errors == 0, "{report:?}");
