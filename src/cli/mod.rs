@@ -33,7 +33,7 @@ pub enum Command {
     /// Run the service (defaults: rules from ./rules, data in ./data, gRPC on 127.0.0.1:50051).
     ///
     /// Precedence: flags, then TRANSFER_GUARD_* env vars, then the --config file, then defaults.
-    Serve(operator::ServeArgs),
+    Serve(Box<operator::ServeArgs>),
     /// Screen a transfer (teller). From a JSON ScreenRequest (--file, or - for stdin) or flags.
     Screen(Box<teller::ScreenArgs>),
     /// Record a customer event (core banking).
@@ -126,7 +126,7 @@ pub struct Client {
 /// command that is not routed does not compile.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Serve(args) => operator::serve(args),
+        Command::Serve(args) => operator::serve(*args),
         Command::Bench(args) => runtime()?.block_on(operator::bench(args)),
         Command::Store(command) => operator::store(command),
         Command::Audit(command) => operator::audit(command),
