@@ -48,6 +48,8 @@ pub struct Config {
     pub limits: Limits,
     /// Whether a new ruleset needs a second analyst's approval.
     pub approval: Approval,
+    /// Officers, analysts and health checks also served here, on a runtime of their own.
+    pub officer_listen: Option<SocketAddr>,
 }
 
 /// The trust settings (docs/security.md).
@@ -113,6 +115,8 @@ pub struct Settings {
     pub max_message_bytes: Option<usize>,
     pub streams_per_connection: Option<u32>,
     pub watchers_per_station: Option<usize>,
+    /// HOST:PORT for the officers' own listener.
+    pub officer_listen: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +220,16 @@ impl Config {
         if !listen_addr.ip().is_loopback() && security.tls.is_none() && !insecure {
             return Err(ConfigError::PlaintextOutsideLoopback(listen));
         }
+        let officer_listen = match o.officer_listen.clone().or(file.officer_listen).filter(|a| !a.is_empty()) {
+            None => None,
+            Some(a) => {
+                let addr: SocketAddr = a.parse().map_err(|_| ConfigError::Listen(a.clone()))?;
+                if !addr.ip().is_loopback() && security.tls.is_none() && !insecure {
+                    return Err(ConfigError::PlaintextOutsideLoopback(a));
+                }
+                Some(addr)
+            }
+        };
         let approval = o.approval.or(file.approval).unwrap_or_default();
         if approval == Approval::Required && !security.identifies_callers() {
             return Err(ConfigError::Security(
@@ -268,6 +282,7 @@ impl Config {
             )?,
         };
         Ok(Config {
+            officer_listen,
             security,
             limits,
             approval,

@@ -337,20 +337,27 @@ pub fn process_rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// For `duration`, on a connection of its own: a health check every 100 ms,
+/// For `duration`, on a connection of its own (to `officer_addr` when the
+/// server serves officers apart): a health check every 100 ms,
 /// and every 500 ms a transfer held (retried while the server turns screens
 /// away), claimed and resolved, timing the ResolveAlert; and, with `pid`, the
 /// server's memory every second.
 pub async fn probe(
     addr: &str,
+    officer_addr: Option<&str>,
     duration: Duration,
     run: &str,
     pid: Option<u32>,
 ) -> Result<ProbeReport, tonic::transport::Error> {
     let channel = Endpoint::from_shared(addr.to_string()).expect("a valid address").connect().await?;
+    // Officers and health on their own listener when the server has one.
+    let officer_channel = match officer_addr {
+        Some(a) => Endpoint::from_shared(a.to_string()).expect("a valid address").connect().await?,
+        None => channel.clone(),
+    };
     let deadline = Instant::now() + duration;
     let health = {
-        let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let mut client = tonic_health::pb::health_client::HealthClient::new(officer_channel.clone());
         tokio::spawn(async move {
             let (mut h, mut failures) = (histogram(), 0u64);
             while Instant::now() < deadline {
@@ -378,8 +385,8 @@ pub async fn probe(
         })
     });
     let (mut resolve, mut failures) = (histogram(), 0u64);
-    let mut screening = pb::screening_client::ScreeningClient::new(channel.clone());
-    let mut alerts = pb::alerts_client::AlertsClient::new(channel);
+    let mut screening = pb::screening_client::ScreeningClient::new(channel);
+    let mut alerts = pb::alerts_client::AlertsClient::new(officer_channel);
     for k in 0.. {
         if Instant::now() >= deadline {
             break;

@@ -55,6 +55,10 @@ pub struct Extras {
     pub tls: Option<tonic::transport::ServerTlsConfig>,
     /// Admission control and the explicit limits.
     pub limits: Limits,
+    /// Also serve officers, analysts and health checks here, from a runtime
+    /// thread of their own: a flood of screens on the main listener then
+    /// cannot delay them.
+    pub officer_listener: Option<std::net::TcpListener>,
 }
 
 impl Default for Extras {
@@ -68,6 +72,7 @@ impl Default for Extras {
             trust: Trust::Open,
             tls: None,
             limits: Limits::default(),
+            officer_listener: None,
         }
     }
 }
@@ -184,6 +189,7 @@ pub async fn run_with(
         })
         .collect();
     let limits = extras.limits;
+    let streams_stop_for_officers = streams_stop.clone();
     let admission = Arc::new(Admission::new(limits.clone()));
     let api = Api {
         guard: guard.clone(),
@@ -222,6 +228,16 @@ pub async fn run_with(
         })
     };
 
+    let officers = match extras.officer_listener {
+        None => None,
+        Some(listener) => {
+            let (gate, api, tls, stop) = (gate.clone(), api.clone(), extras.tls.clone(), streams_stop_for_officers);
+            Some(serve_officers(listener, gate, api, tls, limits.clone(), stop).map_err(|e| {
+                tracing::error!(error = %e, "cannot start the officers' listener");
+                e
+            }))
+        }
+    };
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let signal = async move {
         shutdown.await;
@@ -245,6 +261,10 @@ pub async fn run_with(
         .serve_with_incoming_shutdown(incoming, signal)
         .await;
     ticker.abort();
+    if let Some(Ok(officers)) = officers {
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), tokio::task::spawn_blocking(move || officers.join())).await;
+    }
     if let Some(r) = reloader {
         r.abort();
     }
@@ -256,6 +276,64 @@ pub async fn run_with(
         let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
     }
     served
+}
+
+/// Serves the officers' side (alerts, watchlist, rules, health, reflection)
+/// on `listener` from a thread with a runtime of its own, until `stop`.
+fn serve_officers(
+    listener: std::net::TcpListener,
+    gate: Gate,
+    api: Api,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new().name("officer-api".into()).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(r) => r,
+            Err(e) => return tracing::error!(error = %e, "no runtime for the officers' listener"),
+        };
+        runtime.block_on(async move {
+            let listener = match TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => return tracing::error!(error = %e, "the officers' listener"),
+            };
+            let (health, health_service) = tonic_health::server::health_reporter();
+            health.set_serving::<AlertsServer<Api>>().await;
+            health.set_serving::<WatchlistServer<Api>>().await;
+            health.set_serving::<RulesServer<Api>>().await;
+            health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+            let mut builder = Server::builder().max_concurrent_streams(limits.streams_per_connection);
+            if let Some(tls) = tls {
+                builder = match builder.tls_config(tls) {
+                    Ok(b) => b,
+                    Err(e) => return tracing::error!(error = %e, "TLS on the officers' listener"),
+                };
+            }
+            let size = limits.max_message_bytes;
+            let reflection = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1()
+                .expect("the embedded descriptor set is valid");
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let served = builder
+                .layer(gate)
+                .add_service(health_service)
+                .add_service(reflection)
+                .add_service(AlertsServer::new(api.clone()).max_decoding_message_size(size))
+                .add_service(WatchlistServer::new(api.clone()).max_decoding_message_size(size))
+                .add_service(RulesServer::new(api).max_decoding_message_size(size))
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the officers' listener stopped");
+            }
+        })
+    })
 }
 
 /// Completes on Ctrl-C or SIGTERM.

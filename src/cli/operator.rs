@@ -83,6 +83,10 @@ pub struct BenchArgs {
     /// (ResolveAlert timed), and with --server-pid the server's memory every second.
     #[arg(long)]
     flood: bool,
+    /// With --flood: the server's officers' listener (serve --officer-listen), for the probe's
+    /// health checks and ResolveAlerts.
+    #[arg(long)]
+    officer_addr: Option<String>,
     /// Closed loop: a caller turned away with RESOURCE_EXHAUSTED waits this long (ms) before
     /// its next request, as a client with a retry policy does.
     #[arg(long, default_value_t = 0)]
@@ -240,6 +244,10 @@ pub struct ServeArgs {
     /// HTTP/2 streams one connection may have open (default 256).
     #[arg(long, env = "TRANSFER_GUARD_STREAMS_PER_CONNECTION")]
     streams_per_connection: Option<u32>,
+    /// Also serve officers, analysts and health checks on this address, from a runtime thread
+    /// of their own, so that a flood of screens cannot delay them (default: the main listener only).
+    #[arg(long, env = "TRANSFER_GUARD_OFFICER_LISTEN")]
+    officer_listen: Option<String>,
     /// WatchAlerts streams open at once per station (default 64).
     #[arg(long, env = "TRANSFER_GUARD_WATCHERS_PER_STATION")]
     watchers_per_station: Option<usize>,
@@ -291,7 +299,8 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     let cpu_before = args.server_pid.and_then(crate::loadgen::process_cpu);
     let probe = args.flood.then(|| {
         let (addr, duration, run, pid) = (addr.clone(), config.duration, run_id.clone(), args.server_pid);
-        tokio::spawn(async move { crate::loadgen::probe(&addr, duration, &run, pid).await })
+        let officer_addr = args.officer_addr.clone();
+        tokio::spawn(async move { crate::loadgen::probe(&addr, officer_addr.as_deref(), duration, &run, pid).await })
     });
     let target = crate::loadgen::run(&config, &run_id).await.with_context(|| format!("connect to {addr}"))?;
     if let Some(probe) = probe {
@@ -386,6 +395,7 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         max_message_bytes: args.max_message_bytes,
         streams_per_connection: args.streams_per_connection,
         watchers_per_station: args.watchers_per_station,
+        officer_listen: args.officer_listen,
     };
     let config = Config::resolve(&flags, args.config.as_deref())?;
     if config.durability == crate::store::Durability::None {
@@ -443,6 +453,15 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             trust,
             tls,
             limits: config.limits.clone(),
+            officer_listener: match config.officer_listen {
+                None => None,
+                Some(addr) => {
+                    let l =
+                        std::net::TcpListener::bind(addr).with_context(|| format!("listen for officers on {addr}"))?;
+                    tracing::info!(officers = %l.local_addr()?, "officers, analysts and health also served here");
+                    Some(l)
+                }
+            },
         };
         server::run_with(listener, guard, extras, server::shutdown_signal()).await?;
         tracing::info!("stopped");

@@ -655,3 +655,41 @@ async fn the_binary_makes_keys_and_issues_tokens_the_server_accepts() {
     assert_eq!(code(screening(&officer).screen(seed_case("cli-token")).await), Code::PermissionDenied);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn officers_can_have_a_listener_and_runtime_of_their_own() {
+    let officers = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let officer_addr = format!("http://{}", officers.local_addr().unwrap());
+    let extras = Extras { officer_listener: Some(officers), ..Extras::default() };
+    let server = TestServer::start_trusted(extras, false, Approval::Automatic).await;
+    let held = server.screening().await.screen(seed_case("officer-port")).await.unwrap().into_inner();
+
+    let officer = Channel::from_shared(officer_addr).unwrap().connect().await.unwrap();
+    let mut alerts = pb::alerts_client::AlertsClient::new(officer.clone());
+    let claim = pb::ClaimAlertRequest { alert_id: held.alert_id.clone(), officer_id: "officer-li".into() };
+    alerts.claim_alert(claim).await.unwrap();
+    let resolve = pb::ResolveAlertRequest {
+        alert_id: held.alert_id.clone(),
+        officer_id: "officer-li".into(),
+        outcome: pb::Outcome::Dissuaded as i32,
+        hold_decision: pb::HoldDecision::Block as i32,
+        note: String::new(),
+    };
+    alerts.resolve_alert(resolve).await.unwrap();
+    let status = server
+        .screening()
+        .await
+        .get_transfer(pb::GetTransferRequest { request_id: "officer-port".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.state, pb::TransferState::Blocked as i32, "the teller sees the officer's decision");
+    let health = tonic_health::pb::health_client::HealthClient::new(officer.clone())
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await;
+    assert!(health.is_ok());
+    // Tellers' traffic stays on the main listener.
+    let screened = pb::screening_client::ScreeningClient::new(officer).screen(seed_case("officer-port-2")).await;
+    assert_eq!(code(screened), Code::Unimplemented);
+    server.stop().await;
+}
