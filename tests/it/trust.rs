@@ -693,3 +693,79 @@ async fn officers_can_have_a_listener_and_runtime_of_their_own() {
     assert_eq!(code(screened), Code::Unimplemented);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_client_speaks_mutual_tls_and_tokens() {
+    let pki = Pki::new();
+    let tokens = Tokens::new();
+    let extras = Extras { trust: tokens.trust(), tls: Some(pki.server_tls()), ..Extras::default() };
+    let server = TestServer::start_trusted(extras, false, Approval::Automatic).await;
+    let (cert, key) = pki.issue(&[], Some(&format!("spiffe://{TRUST_DOMAIN}/analyst/analyst-zhang")));
+    std::fs::write(pki.path("analyst.pem"), cert).unwrap();
+    std::fs::write(pki.path("analyst.key"), key).unwrap();
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            transfer_guard(&args)
+        })
+    };
+    let (addr, ca) = (server.addr.clone(), pki.path("ca.pem").display().to_string());
+
+    // A certificate naming an analyst: the ruleset is shown.
+    let shown = run(vec![
+        "rules".into(),
+        "show".into(),
+        "--addr".into(),
+        addr.clone(),
+        "--ca".into(),
+        ca.clone(),
+        "--cert".into(),
+        pki.path("analyst.pem").display().to_string(),
+        "--key".into(),
+        pki.path("analyst.key").display().to_string(),
+    ])
+    .await
+    .unwrap();
+    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("sha256:"));
+
+    // A token naming an officer, over TLS: the station's alerts; screening is refused.
+    let token = tokens.for_(Role::Officer, STATION, "officer-li");
+    let listed = run(vec![
+        "alerts".into(),
+        "list".into(),
+        "--addr".into(),
+        addr.clone(),
+        "--ca".into(),
+        ca.clone(),
+        "--token".into(),
+        token.clone(),
+    ])
+    .await
+    .unwrap();
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let reload = run(vec![
+        "rules".into(),
+        "reload".into(),
+        "--addr".into(),
+        addr.clone(),
+        "--ca".into(),
+        ca.clone(),
+        "--token".into(),
+        token,
+    ])
+    .await
+    .unwrap();
+    assert!(!reload.status.success());
+    assert!(
+        String::from_utf8_lossy(&reload.stderr).contains("PermissionDenied"),
+        "{}",
+        String::from_utf8_lossy(&reload.stderr)
+    );
+
+    // Neither: refused, and said so.
+    let anonymous = run(vec!["rules".into(), "show".into(), "--addr".into(), addr, "--ca".into(), ca]).await.unwrap();
+    assert!(!anonymous.status.success());
+    assert!(String::from_utf8_lossy(&anonymous.stderr).contains("Unauthenticated"));
+    server.stop().await;
+}
