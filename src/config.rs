@@ -343,4 +343,47 @@ mod tests {
         let v6 = Settings { listen: Some("[::1]:50051".into()), ..Settings::default() };
         assert!(Config::resolve(&v6, None).is_ok());
     }
+
+    #[test]
+    fn trust_and_limit_settings_are_checked_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tg.toml");
+        let d = Settings::default;
+        let e = Config::resolve(&Settings { client_ca: Some("ca.pem".into()), ..d() }, None).unwrap_err();
+        assert!(e.to_string().contains("client_ca needs tls_cert"), "{e}");
+        let e = Config::resolve(&Settings { tls_cert: Some("c.pem".into()), ..d() }, None).unwrap_err();
+        assert!(e.to_string().contains("go together"), "{e}");
+        let e = Config::resolve(&Settings { approval: Some(Approval::Required), ..d() }, None).unwrap_err();
+        assert!(e.to_string().contains("identified callers"), "{e}");
+        let tokens = Settings { token_public_key: Some("k.paserk".into()), approval: Some(Approval::Required), ..d() };
+        let c = Config::resolve(&tokens, None).unwrap();
+        assert!(c.security.identifies_callers() && c.approval == Approval::Required);
+        assert_eq!(c.security.trust_domain, DEFAULT_TRUST_DOMAIN);
+        let e = Config::resolve(&Settings { max_screens_in_flight: Some(0), ..d() }, None).unwrap_err();
+        assert!(e.to_string().contains("max_screens_in_flight must be positive"), "{e}");
+        // TLS lets the server leave loopback; so does the officers' listener only with it.
+        let tls = Settings {
+            listen: Some("0.0.0.0:50051".into()),
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            officer_listen: Some("0.0.0.0:50053".into()),
+            ..d()
+        };
+        assert_eq!(Config::resolve(&tls, None).unwrap().officer_listen.unwrap().port(), 50053);
+        let e = Config::resolve(&Settings { officer_listen: Some("0.0.0.0:50053".into()), ..d() }, None).unwrap_err();
+        assert!(e.to_string().contains("not loopback"), "{e}");
+
+        std::fs::write(
+            &file,
+            "approval = \"required\"\ntoken_public_key = \"k\"\nfail_mode = \"unavailable\"\ncommit_timeout_ms = 250\nfail_floor_minor = 100\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&d(), Some(&file)).unwrap();
+        assert_eq!(c.limits.fail_mode, FailMode::Unavailable);
+        assert_eq!(c.limits.commit_timeout, Duration::from_millis(250));
+        assert_eq!(c.limits.fail_floor, 100);
+        std::fs::write(&file, "fail_mode = \"maybe\"\n").unwrap();
+        let e = Config::resolve(&d(), Some(&file)).unwrap_err();
+        assert!(e.to_string().contains("tg.toml:1:"), "{e}");
+    }
 }
