@@ -18,6 +18,7 @@
 //! successor to vouch for it: `verify` prints its hash (the head) for an
 //! operator to anchor elsewhere.
 
+use crate::auth::Caller;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::fs::OpenOptions;
@@ -120,7 +121,7 @@ pub enum AuditRecord {
 /// The sending side; cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::SyncSender<(String, AuditRecord)>,
+    tx: mpsc::SyncSender<(Caller, AuditRecord)>,
     dropped: Arc<AtomicU64>,
     path: PathBuf,
 }
@@ -130,7 +131,7 @@ impl AuditLog {
     pub fn open(path: &Path) -> std::io::Result<AuditLog> {
         let mut chain = Chain::continuing(path)?;
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        let (tx, rx) = mpsc::sync_channel::<(String, AuditRecord)>(BUFFER);
+        let (tx, rx) = mpsc::sync_channel::<(Caller, AuditRecord)>(BUFFER);
         std::thread::Builder::new().name("audit-writer".into()).spawn(move || {
             let mut out = BufWriter::new(file);
             // Poll rather than block in recv: a blocked receiver makes every
@@ -139,7 +140,7 @@ impl AuditLog {
                 match rx.try_recv() {
                     Ok((by, record)) => {
                         let written = chain
-                            .line(&by, &record)
+                            .line(&by.to_string(), &record)
                             .and_then(|line| out.write_all(line.as_bytes()))
                             .and_then(|()| out.write_all(b"\n"));
                         if let Err(e) = written {
@@ -165,8 +166,9 @@ impl AuditLog {
     }
 
     /// Queues a record of what `by` caused (waits only while the channel is full).
-    pub fn record(&self, by: &crate::auth::Caller, record: AuditRecord) {
-        if self.tx.send((by.to_string(), record)).is_err() {
+    /// The caller is formatted on the writer thread, off the request's path.
+    pub fn record(&self, by: &Caller, record: AuditRecord) {
+        if self.tx.send((by.clone(), record)).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 tracing::error!(lost = n, "the audit writer has stopped; records lost");
@@ -348,11 +350,11 @@ mod tests {
             }
         };
         let log = AuditLog::open(&path).unwrap();
-        (0..3).for_each(|i| log.record(&crate::auth::Caller::Open, record(i)));
+        (0..3).for_each(|i| log.record(&Caller::Open, record(i)));
         lines(3);
         drop(log);
         let log = AuditLog::open(&path).unwrap();
-        (3..5).for_each(|i| log.record(&crate::auth::Caller::Open, record(i)));
+        (3..5).for_each(|i| log.record(&Caller::Open, record(i)));
         lines(5);
         match verify(&path).unwrap() {
             Verified::Intact { records: 5, .. } => {}

@@ -336,6 +336,14 @@ pub fn local_day(at: UnixSeconds, utc_offset: time::UtcOffset) -> (Date, i64) {
     (Date::from_julian_day(julian).unwrap_or(Date::MIN), local.rem_euclid(86_400) / 3600)
 }
 
+/// A setting's value chosen by name (`sync`, `required`, `floor`, ...): the
+/// enum's own serde names, one parser for every such setting's flag and env var.
+pub fn parse_name<T: serde::de::DeserializeOwned>(what: &str, value: &str, choices: &str) -> Result<T, String> {
+    use serde::de::IntoDeserializer;
+    T::deserialize(IntoDeserializer::<serde::de::value::Error>::into_deserializer(value))
+        .map_err(|_| format!("{what} `{value}` is not {choices}"))
+}
+
 /// Bytes as lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;

@@ -200,22 +200,8 @@ pub async fn run_with(
     };
     let gate = Gate::new(extras.trust, guard.clone(), admission);
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<ScreeningServer<Api>>().await;
-    health.set_serving::<AlertsServer<Api>>().await;
-    health.set_serving::<WatchlistServer<Api>>().await;
-    health.set_serving::<RulesServer<Api>>().await;
-    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
-
-    // Both reflection versions: grpcurl speaks v1, several clients (Python's
-    // grpcio-reflection among them) only v1alpha.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1alpha = reflection().build_v1alpha().expect("the embedded descriptor set is valid");
-    let reflection = reflection().build_v1().expect("the embedded descriptor set is valid");
+    let health_service = health(true).await;
+    let (reflection, reflection_v1alpha) = reflection();
 
     let ticker = {
         let guard = guard.clone();
@@ -244,12 +230,8 @@ pub async fn run_with(
         tracing::info!("shutting down: finishing in-flight calls");
         let _ = stop_streams.send(true);
     };
-    let mut builder = Server::builder().max_concurrent_streams(limits.streams_per_connection);
-    if let Some(tls) = extras.tls {
-        builder = builder.tls_config(tls)?;
-    }
     let size = limits.max_message_bytes;
-    let served = builder
+    let served = builder(&limits, extras.tls)?
         .layer(gate)
         .add_service(health_service)
         .add_service(reflection)
@@ -278,6 +260,48 @@ pub async fn run_with(
     served
 }
 
+/// A server with the limits that apply to every listener, over TLS when configured.
+fn builder(limits: &Limits, tls: Option<tonic::transport::ServerTlsConfig>) -> Result<Server, tonic::transport::Error> {
+    let server = Server::builder().max_concurrent_streams(limits.streams_per_connection);
+    match tls {
+        Some(tls) => server.tls_config(tls),
+        None => Ok(server),
+    }
+}
+
+/// The health service, SERVING for the services a listener serves (Screening
+/// only on the main one).
+async fn health(
+    with_screening: bool,
+) -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    if with_screening {
+        health.set_serving::<ScreeningServer<Api>>().await;
+    }
+    health.set_serving::<AlertsServer<Api>>().await;
+    health.set_serving::<WatchlistServer<Api>>().await;
+    health.set_serving::<RulesServer<Api>>().await;
+    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    health_service
+}
+
+/// Both reflection versions: grpcurl speaks v1, several clients (Python's
+/// grpcio-reflection among them) only v1alpha.
+fn reflection() -> (
+    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
+) {
+    let configure = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    (
+        configure().build_v1().expect("the embedded descriptor set is valid"),
+        configure().build_v1alpha().expect("the embedded descriptor set is valid"),
+    )
+}
+
 /// Serves the officers' side (alerts, watchlist, rules, health, reflection)
 /// on `listener` from a thread with a runtime of its own, until `stop`.
 fn serve_officers(
@@ -299,29 +323,18 @@ fn serve_officers(
                 Ok(l) => l,
                 Err(e) => return tracing::error!(error = %e, "the officers' listener"),
             };
-            let (health, health_service) = tonic_health::server::health_reporter();
-            health.set_serving::<AlertsServer<Api>>().await;
-            health.set_serving::<WatchlistServer<Api>>().await;
-            health.set_serving::<RulesServer<Api>>().await;
-            health.set_service_status("", tonic_health::ServingStatus::Serving).await;
-            let mut builder = Server::builder().max_concurrent_streams(limits.streams_per_connection);
-            if let Some(tls) = tls {
-                builder = match builder.tls_config(tls) {
-                    Ok(b) => b,
-                    Err(e) => return tracing::error!(error = %e, "TLS on the officers' listener"),
-                };
-            }
+            let server = match builder(&limits, tls) {
+                Ok(b) => b,
+                Err(e) => return tracing::error!(error = %e, "TLS on the officers' listener"),
+            };
             let size = limits.max_message_bytes;
-            let reflection = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .build_v1()
-                .expect("the embedded descriptor set is valid");
+            let (reflection, reflection_v1alpha) = reflection();
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            let served = builder
+            let served = server
                 .layer(gate)
-                .add_service(health_service)
+                .add_service(health(false).await)
                 .add_service(reflection)
+                .add_service(reflection_v1alpha)
                 .add_service(AlertsServer::new(api.clone()).max_decoding_message_size(size))
                 .add_service(WatchlistServer::new(api.clone()).max_decoding_message_size(size))
                 .add_service(RulesServer::new(api).max_decoding_message_size(size))

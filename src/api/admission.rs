@@ -30,13 +30,7 @@ pub enum FailMode {
 impl std::str::FromStr for FailMode {
     type Err = String;
     fn from_str(s: &str) -> Result<FailMode, String> {
-        match s {
-            "floor" => Ok(FailMode::Floor),
-            "hold" => Ok(FailMode::Hold),
-            "warn" => Ok(FailMode::Warn),
-            "unavailable" => Ok(FailMode::Unavailable),
-            _ => Err(format!("fail_mode `{s}` is not floor, hold, warn or unavailable")),
-        }
+        crate::model::parse_name("fail mode", s, "floor, hold, warn or unavailable")
     }
 }
 
@@ -237,6 +231,12 @@ mod tests {
         assert_eq!(FailMode::Warn.answer(Action::Hold, 10, floor), Some(Action::Hold));
         assert_eq!(FailMode::Hold.answer(Action::Allow, 10, floor), Some(Action::Hold));
         assert_eq!(FailMode::Unavailable.answer(Action::Allow, 10, floor), None);
+    }
+
+    #[test]
+    fn fail_modes_are_chosen_by_name() {
+        assert_eq!("unavailable".parse::<FailMode>(), Ok(FailMode::Unavailable));
+        assert!("maybe".parse::<FailMode>().unwrap_err().contains("floor, hold, warn or unavailable"));
     }
 
     #[test]

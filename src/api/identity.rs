@@ -71,6 +71,13 @@ pub fn spiffe_principal(der: &[u8], trust_domain: &str) -> Result<Principal, Ide
     Principal::from_spiffe(found.ok_or(IdentityError::NoSpiffeId)?, trust_domain)
 }
 
+/// PERMISSION_DENIED naming what was needed, counted and audited: every
+/// refusal of a known caller, by the gate's role check or a handler's scope check.
+pub fn denied(guard: &TransferGuard, caller: &Caller, method: &str, d: crate::auth::Denied) -> Status {
+    guard.refused(caller, method, d.reason(), &d.to_string());
+    Status::permission_denied(d.to_string())
+}
+
 /// The layer: one per server.
 #[derive(Clone)]
 pub struct Gate {
@@ -115,10 +122,7 @@ impl Gate {
             Status::unauthenticated(e.to_string())
         })?;
         if let (Caller::Known(p), Some(method)) = (&caller, method) {
-            p.may_call(method).map_err(|d| {
-                self.guard.refused(&caller, name, d.reason(), &d.to_string());
-                Status::permission_denied(d.to_string())
-            })?;
+            p.may_call(method).map_err(|d| denied(&self.guard, &caller, name, d))?;
         }
         Ok((caller, method))
     }
@@ -146,7 +150,10 @@ where
         };
         let budget = method.and_then(|m| Budget::of(m).map(|b| (m, b)));
         let deadline = deadline_of(request.headers(), std::time::Instant::now());
-        request.extensions_mut().insert(caller);
+        // `caller_of` reads a missing caller as open: no insert (and no allocation) then.
+        if caller != Caller::Open {
+            request.extensions_mut().insert(caller);
+        }
         let call = self.inner.call(request);
         let Some((method, budget)) = budget else { return Box::pin(call) };
         // A slot before the body is decoded or any handler runs; past the

@@ -1,10 +1,15 @@
 //! The tonic services. Each handler: take the request, validate and convert it
-//! (`convert`), call the [`TransferGuard`], map the answer or the one error type
-//! back ([`status_of`]). No business logic here.
+//! (`convert`), make its one scope check (`Api::check`), call the
+//! [`TransferGuard`], map the answer or the one error type back ([`status_of`]).
+//! No business logic here.
+//!
+//! A hub, not one thing: one short handler per RPC of the four services, side
+//! by side because they share the same few helpers (check, commit, status
+//! mapping); the logic of each lives in `service`, `convert` and `identity`.
 
 use super::admission::Admission;
 use super::convert::{self, FieldViolation};
-use super::identity::caller_of;
+use super::identity::{caller_of, denied};
 use super::proto as pb;
 use crate::alerts::{self, Backlog};
 use crate::auth::{Caller, Denied, Method, Principal, Role};
@@ -58,10 +63,7 @@ impl Api {
         rule: impl FnOnce(&Principal) -> Result<(), Denied>,
     ) -> Result<(), Status> {
         match caller {
-            Caller::Known(p) => rule(p).map_err(|d| {
-                self.guard.refused(caller, method.name(), d.reason(), &d.to_string());
-                Status::permission_denied(d.to_string())
-            }),
+            Caller::Known(p) => rule(p).map_err(|d| denied(&self.guard, caller, method.name(), d)),
             Caller::Open | Caller::Service => Ok(()),
         }
     }

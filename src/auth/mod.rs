@@ -292,7 +292,7 @@ mod tests {
             ("spiffe://bank-police.example", "no path"),
             ("spiffe://bank-police.example/teller/icbc", "/<role>/<bank-or-station>/<id>"),
             ("spiffe://bank-police.example/officer//o", "/<role>/<bank-or-station>/<id>"),
-            ("spiffe://bank-police.example/root/x", "role is not"),
+            ("spiffe://bank-police.example/superuser/x", "role is not"),
             ("spiffe://bank-police.example/admin/", "/<role>/<id>"),
             ("spiffe://bank-police.example/teller/ic bc/t", "/<role>/<bank-or-station>/<id>"),
         ] {

@@ -219,6 +219,16 @@ pub fn rules(command: RulesCommand) -> anyhow::Result<i32> {
     }
 }
 
+/// Prints why a ruleset was not `what` (each error, file:line:col) and the
+/// version still running; the exit code.
+fn refused(what: &str, errors: &[String], running: &str) -> i32 {
+    for e in errors {
+        eprintln!("{e}\n");
+    }
+    eprintln!("not {what}; still running version {running}");
+    1
+}
+
 async fn rules_remote(command: RulesCommand) -> anyhow::Result<i32> {
     match command {
         RulesCommand::DryRun(args) => teller::screen(*args, true).await?,
@@ -246,15 +256,10 @@ async fn rules_remote(command: RulesCommand) -> anyhow::Result<i32> {
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
-            if r.reloaded {
-                println!("reloaded: version {}", r.version);
-            } else {
-                for e in &r.errors {
-                    eprintln!("{e}\n");
-                }
-                eprintln!("not reloaded; still running version {}", r.version);
-                return Ok(1);
+            if !r.reloaded {
+                return Ok(refused("reloaded", &r.errors, &r.version));
             }
+            println!("reloaded: version {}", r.version);
         }
         RulesCommand::Propose { client } => {
             let r = RulesClient::new(connect(&client).await?)
@@ -266,11 +271,7 @@ async fn rules_remote(command: RulesCommand) -> anyhow::Result<i32> {
                 print_json(&r)?;
             }
             if !r.proposed {
-                for e in &r.errors {
-                    eprintln!("{e}\n");
-                }
-                eprintln!("not proposed; still running version {}", r.running_version);
-                return Ok(1);
+                return Ok(refused("proposed", &r.errors, &r.running_version));
             }
             if !client.json {
                 println!("proposed: version {} by {}", r.version, r.proposed_by);

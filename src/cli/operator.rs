@@ -1,5 +1,9 @@
-//! The operator's commands: run the service, load-test it, and inspect or fill
-//! its store.
+//! The operator's commands: run the service, load-test it, inspect or fill its
+//! store, verify the audit trail, make token keys and tokens.
+//!
+//! A hub, not one thing: each command's flags and its few lines of glue to the
+//! library (`app`, `server`, `loadgen`, `store`, `audit`, `auth::token`),
+//! routed from `cli::run`; no logic of its own beyond printing.
 
 use super::{generated_id, runtime};
 use crate::api::identity::Trust;

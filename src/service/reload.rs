@@ -49,11 +49,7 @@ pub enum Approval {
 impl std::str::FromStr for Approval {
     type Err = String;
     fn from_str(s: &str) -> Result<Approval, String> {
-        match s {
-            "automatic" => Ok(Approval::Automatic),
-            "required" => Ok(Approval::Required),
-            _ => Err(format!("approval `{s}` is not `automatic` or `required`")),
-        }
+        crate::model::parse_name("approval", s, "automatic or required")
     }
 }
 

@@ -80,11 +80,7 @@ impl std::str::FromStr for Durability {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Durability, String> {
-        match s {
-            "sync" => Ok(Durability::Sync),
-            "none" => Ok(Durability::None),
-            other => Err(format!("`{other}` is not a durability: use sync or none")),
-        }
+        crate::model::parse_name("durability", s, "sync or none")
     }
 }
 

@@ -207,7 +207,7 @@ async fn mutual_tls_names_callers_by_their_spiffe_id() {
     for (spiffe, why) in [
         (Some("spiffe://other.test/teller/psbc/t-07".to_string()), "trust domain"),
         (None, "no URI SAN"),
-        (Some(format!("spiffe://{TRUST_DOMAIN}/root/me")), "role is not"),
+        (Some(format!("spiffe://{TRUST_DOMAIN}/superuser/me")), "role is not"),
     ] {
         let (cert, key) = pki.issue(&[], spiffe.as_deref());
         let c = channel(&server, ca, Some(Identity::from_pem(cert, key))).await.unwrap();
