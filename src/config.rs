@@ -18,6 +18,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_RULES: &str = "rules";
 pub const DEFAULT_DATA: &str = "data";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+/// Where the web board is served unless told otherwise (`off` for none).
+pub const DEFAULT_BOARD_LISTEN: &str = "127.0.0.1:8080";
 /// How long resolved alerts and alert events are kept.
 pub const DEFAULT_ALERT_RETENTION: Duration = Duration::from_secs(crate::service::DEFAULT_ALERT_RETENTION_SECS as u64);
 /// How far a live request's timestamps may be from the server's clock.
@@ -50,6 +52,8 @@ pub struct Config {
     pub approval: Approval,
     /// Officers, analysts and health checks also served here, on a runtime of their own.
     pub officer_listen: Option<SocketAddr>,
+    /// The web board (HTTP), or none.
+    pub board_listen: Option<SocketAddr>,
 }
 
 /// The trust settings (docs/security.md).
@@ -117,6 +121,8 @@ pub struct Settings {
     pub watchers_per_station: Option<usize>,
     /// HOST:PORT for the officers' own listener.
     pub officer_listen: Option<String>,
+    /// HOST:PORT for the web board, or `off`.
+    pub board_listen: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -230,6 +236,18 @@ impl Config {
                 Some(addr)
             }
         };
+        let board_listen = match o.board_listen.clone().or(file.board_listen) {
+            Some(a) if a.is_empty() || a == "off" => None,
+            a => {
+                let a = a.unwrap_or_else(|| DEFAULT_BOARD_LISTEN.into());
+                let addr: SocketAddr = a.parse().map_err(|_| ConfigError::Listen(a.clone()))?;
+                // The board is plain HTTP: off loopback, behind a TLS proxy of the operator's.
+                if !addr.ip().is_loopback() && !insecure {
+                    return Err(ConfigError::PlaintextOutsideLoopback(a));
+                }
+                Some(addr)
+            }
+        };
         let approval = o.approval.or(file.approval).unwrap_or_default();
         if approval == Approval::Required && !security.identifies_callers() {
             return Err(ConfigError::Security(
@@ -283,6 +301,7 @@ impl Config {
         };
         Ok(Config {
             officer_listen,
+            board_listen,
             security,
             limits,
             approval,

@@ -13,6 +13,7 @@
 //! - [`service`]: the application — idempotency, history, the hold loop.
 //! - [`api`]: proto ↔ domain conversion and validation; the tonic services.
 //! - [`server`]: configuration, serving, health, reflection, shutdown.
+//! - [`board`]: the officers' and analysts' live web page (axum, SSE).
 //! - [`audit`]: the append-only JSON-lines audit trail.
 //! - [`delivery`]: alert events to NATS JetStream.
 //! - [`telemetry`]: Prometheus metrics and `/metrics`.
@@ -29,6 +30,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod backtest;
+pub mod board;
 pub mod cli;
 pub mod clock;
 pub mod config;

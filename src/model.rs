@@ -218,6 +218,21 @@ pub struct RuleText {
     pub rule_id: Box<str>,
     pub reason_zh: Box<str>,
     pub reason_en: Box<str>,
+    /// What the teller should ask the customer (the rule file's `ask`), in
+    /// both languages, the same questions in the same order; often none.
+    pub ask_zh: Box<[Box<str>]>,
+    pub ask_en: Box<[Box<str>]>,
+}
+
+impl RuleText {
+    /// The teller's questions in English (`en`) or Chinese.
+    pub fn questions(&self, en: bool) -> &[Box<str>] {
+        if en {
+            &self.ask_en
+        } else {
+            &self.ask_zh
+        }
+    }
 }
 
 /// A rule that matched, with the words a clerk can read aloud.

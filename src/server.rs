@@ -45,6 +45,8 @@ pub struct Extras {
     pub webhook: Option<WebhookConfig>,
     /// Serve `/metrics` here.
     pub metrics: Option<TcpListener>,
+    /// Serve the web board here (`board`).
+    pub board: Option<TcpListener>,
     /// Reload when a file in the rules folder changes, and on SIGHUP.
     pub watch_rules: bool,
     /// How far live requests' timestamps may be from the server's clock.
@@ -67,6 +69,7 @@ impl Default for Extras {
             nats: None,
             webhook: None,
             metrics: None,
+            board: None,
             watch_rules: false,
             max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
             trust: Trust::Open,
@@ -198,7 +201,17 @@ pub async fn run_with(
         admission: admission.clone(),
         watchers: Arc::default(),
     };
-    let gate = Gate::new(extras.trust, guard.clone(), admission);
+    let trust = Arc::new(extras.trust);
+    let gate = Gate::new(trust.clone(), guard.clone(), admission);
+    let board = extras.board.map(|listener| {
+        let config = crate::board::BoardConfig { trust, commit_timeout: limits.commit_timeout };
+        let served = crate::board::serve(listener, guard.clone(), config, api.shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = served.await {
+                tracing::error!(error = %e, "the board stopped");
+            }
+        })
+    });
 
     let health_service = health(true).await;
     let (reflection, reflection_v1alpha) = reflection();
@@ -249,6 +262,9 @@ pub async fn run_with(
     }
     if let Some(r) = reloader {
         r.abort();
+    }
+    if let Some(b) = board {
+        let _ = tokio::time::timeout(Duration::from_secs(5), b).await;
     }
     if let Some(m) = metrics_server {
         let _ = tokio::time::timeout(Duration::from_secs(2), m).await;

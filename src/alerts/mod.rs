@@ -488,6 +488,29 @@ impl AlertBook {
         old.len()
     }
 
+    /// The retained events of one alert, oldest first.
+    pub fn history(&self, id: &str) -> Vec<AlertEvent> {
+        self.lock().events.iter().filter(|e| e.alert.id == id).cloned().collect()
+    }
+
+    /// The alert with this id, or the one raised for this transfer request id.
+    pub fn find(&self, id_or_request: &str) -> Option<Alert> {
+        let book = self.lock();
+        book.alerts
+            .get(id_or_request)
+            .or_else(|| book.alerts.values().find(|a| a.transfer.request_id == id_or_request))
+            .cloned()
+    }
+
+    /// How many alerts fall under each key `key` gives (alerts it gives none for are left out).
+    pub fn tally<K: Ord>(&self, key: impl Fn(&Alert) -> Option<K>) -> std::collections::BTreeMap<K, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for k in self.lock().alerts.values().filter_map(key) {
+            *counts.entry(k).or_insert(0) += 1;
+        }
+        counts
+    }
+
     /// How many events the log holds now.
     pub fn retained_events(&self) -> usize {
         self.lock().events.len()

@@ -175,12 +175,20 @@ impl Principal {
 
     /// The role check: may this principal call `method` at all?
     pub fn may_call(&self, method: Method) -> Result<(), Denied> {
-        let allowed = method.roles();
+        self.has_role(method.name(), method.roles())
+    }
+
+    /// The role check for a page of the web board.
+    pub fn may_see(&self, page: BoardPage) -> Result<(), Denied> {
+        self.has_role(page.name(), page.roles())
+    }
+
+    fn has_role(&self, what: &'static str, allowed: &[Role]) -> Result<(), Denied> {
         if allowed.contains(&self.role) {
             return Ok(());
         }
         Err(Denied::Role {
-            method: method.name(),
+            method: what,
             needed: allowed.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(" or "),
             caller: self.to_string(),
             role: self.role,
@@ -262,6 +270,33 @@ methods! {
     DryRun = "/transferguard.v1.Rules/DryRun": [Analyst];
     ProposeRules = "/transferguard.v1.Rules/ProposeRules": [Analyst];
     ApproveRules = "/transferguard.v1.Rules/ApproveRules": [Analyst];
+}
+
+/// The web board's pages, with the roles that may see them (docs/board.md).
+/// Acting on an alert from the board passes the RPC's own check too
+/// (`ClaimAlert`, `ResolveAlert`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoardPage {
+    /// The live queue, an alert's page, claiming and resolving.
+    Queue,
+    /// The ruleset in force, hits per hour, alerts per station and day, reloads.
+    Rules,
+}
+
+impl BoardPage {
+    pub fn name(self) -> &'static str {
+        match self {
+            BoardPage::Queue => "board:queue",
+            BoardPage::Rules => "board:rules",
+        }
+    }
+
+    pub fn roles(self) -> &'static [Role] {
+        match self {
+            BoardPage::Queue => &[Role::Officer],
+            BoardPage::Rules => &[Role::Analyst, Role::Admin],
+        }
+    }
 }
 
 impl Method {

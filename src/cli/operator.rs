@@ -168,6 +168,10 @@ pub struct ServeArgs {
     /// after a crash; none: keep everything in memory (tests, benchmarks).
     #[arg(long, env = "TRANSFER_GUARD_DURABILITY", value_name = "sync|none")]
     durability: Option<crate::store::Durability>,
+    /// The web board for officers and analysts (HTTP; default 127.0.0.1:8080; `off` for none).
+    /// Plain HTTP: off loopback only with --insecure-plaintext, behind a TLS proxy of yours.
+    #[arg(long, env = "TRANSFER_GUARD_BOARD_LISTEN")]
+    board_listen: Option<String>,
     /// Log format.
     #[arg(long, env = "TRANSFER_GUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -400,6 +404,7 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         streams_per_connection: args.streams_per_connection,
         watchers_per_station: args.watchers_per_station,
         officer_listen: args.officer_listen,
+        board_listen: args.board_listen,
     };
     let config = Config::resolve(&flags, args.config.as_deref())?;
     if config.durability == crate::store::Durability::None {
@@ -448,7 +453,23 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             .await
             .with_context(|| format!("listen for metrics on {}", config.metrics_listen))?;
         tracing::info!(metrics = %metrics.local_addr()?, "metrics at /metrics");
+        let board = match config.board_listen {
+            None => None,
+            // People sign in to the board with tokens; certificates are for systems.
+            Some(_) if matches!(trust, Trust::Enforced { tokens: None, .. }) => {
+                tracing::warn!("no board: callers are identified but no --token-public-key lets people sign in");
+                None
+            }
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("listen for the board on {addr}"))?;
+                tracing::info!(board = %format!("http://{}/", l.local_addr()?), "the board for officers and analysts");
+                Some(l)
+            }
+        };
         let extras = server::Extras {
+            board,
             nats: config.nats.clone(),
             webhook: config.webhook.clone(),
             metrics: Some(metrics),

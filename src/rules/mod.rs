@@ -227,6 +227,9 @@ struct RawRule {
     #[serde(default)]
     action: Option<Spanned<String>>,
     reason: RawReason,
+    /// What the teller should ask the customer when this rule is hit.
+    #[serde(default)]
+    ask: Option<Spanned<RawAsk>>,
     #[serde(default)]
     tags: Vec<String>,
     #[serde(default)]
@@ -238,6 +241,13 @@ struct RawRule {
 struct RawReason {
     zh: Spanned<String>,
     en: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAsk {
+    zh: Vec<String>,
+    en: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -532,6 +542,22 @@ fn compile_rule(
             diags.push(at(reason.span(), "a reason a clerk can read aloud is required".into()));
         }
     }
+    let (ask_zh, ask_en) = match &raw.ask {
+        None => (Vec::new(), Vec::new()),
+        Some(ask) => {
+            let a = ask.get_ref();
+            if a.zh.len() != a.en.len() || a.zh.is_empty() {
+                diags.push(at(
+                    ask.span(),
+                    "ask.zh and ask.en give the same questions, one or more, in each language".into(),
+                ));
+            }
+            if a.zh.iter().chain(&a.en).any(|q| q.trim().is_empty() || q.len() > 500) {
+                diags.push(at(ask.span(), "a question is 1 to 500 bytes of text".into()));
+            }
+            (a.zh.clone(), a.en.clone())
+        }
+    };
     let when = raw.when.get_ref();
     let offset = string_content_offset(&src.text, raw.when.span(), when);
     let condition = match parser::parse(when)
@@ -556,6 +582,8 @@ fn compile_rule(
         rule_id: id.as_str().into(),
         reason_zh: raw.reason.zh.get_ref().as_str().into(),
         reason_en: raw.reason.en.get_ref().as_str().into(),
+        ask_zh: ask_zh.into_iter().map(Into::into).collect(),
+        ask_en: ask_en.into_iter().map(Into::into).collect(),
     });
     Some(Rule {
         text,

@@ -164,6 +164,8 @@ pub struct TransferGuard {
     proposal: Mutex<Option<reload::Proposal>>,
     /// The store could not commit within the bound (`committed_within`).
     degraded: std::sync::atomic::AtomicBool,
+    /// When the last reload ran and what it did (None: none since start).
+    last_reload: Mutex<Option<(UnixSeconds, Reload)>>,
 }
 
 /// Whether a change reached the disk within the bound.
@@ -216,6 +218,7 @@ impl TransferGuard {
             approval: reload::Approval::Automatic,
             proposal: Mutex::new(None),
             degraded: std::sync::atomic::AtomicBool::new(false),
+            last_reload: Mutex::new(None),
         }
         .with_ruleset_metric()
     }
@@ -340,6 +343,21 @@ impl TransferGuard {
 
     pub fn state(&self) -> &State {
         &self.state
+    }
+
+    /// When this process started serving (the server's clock).
+    pub fn started_at(&self) -> UnixSeconds {
+        self.started_at
+    }
+
+    /// Branch → station routing in force.
+    pub fn routing(&self) -> Arc<Routing> {
+        self.routing.load_full()
+    }
+
+    /// When the last reload ran and what it did; None when none ran since start.
+    pub fn last_reload(&self) -> Option<(UnixSeconds, Reload)> {
+        lock(&self.last_reload).clone()
     }
 
     pub fn alerts(&self) -> &AlertBook {

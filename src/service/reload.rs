@@ -136,7 +136,9 @@ impl TransferGuard {
             approved: true,
             why: String::new(),
         });
-        Ok(Reload { reloaded: true, version: p.version, errors: Vec::new() })
+        let reload = Reload { reloaded: true, version: p.version, errors: Vec::new() };
+        *lock(&self.last_reload) = Some((self.now(), reload.clone()));
+        Ok(reload)
     }
 
     /// The proposal waiting for approval: (version, proposer, when).
@@ -147,6 +149,12 @@ impl TransferGuard {
     /// Recompiles and tests the rules folder; swaps it in only if all is
     /// well. Under [`Approval::Required`] it swaps nothing: it proposes.
     pub fn reload(&self, by: &Caller) -> Reload {
+        let reload = self.reload_now(by);
+        *lock(&self.last_reload) = Some((self.now(), reload.clone()));
+        reload
+    }
+
+    fn reload_now(&self, by: &Caller) -> Reload {
         if self.approval == Approval::Required {
             let running = self.ruleset.load().version.to_string();
             return match self.propose(by) {

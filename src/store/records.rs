@@ -55,6 +55,11 @@ pub struct RuleTextRec {
     pub rule_id: String,
     pub reason_zh: String,
     pub reason_en: String,
+    /// The teller's questions; absent in records written before they existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ask_zh: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ask_en: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +76,8 @@ impl From<&Hit> for HitRec {
                 rule_id: h.text.rule_id.to_string(),
                 reason_zh: h.text.reason_zh.to_string(),
                 reason_en: h.text.reason_en.to_string(),
+                ask_zh: h.text.ask_zh.iter().map(|q| q.to_string()).collect(),
+                ask_en: h.text.ask_en.iter().map(|q| q.to_string()).collect(),
             },
             score: h.score,
             shadow: h.shadow,
@@ -86,6 +93,8 @@ impl From<HitRec> for Hit {
                 rule_id: t.rule_id.into(),
                 reason_zh: t.reason_zh.into(),
                 reason_en: t.reason_en.into(),
+                ask_zh: t.ask_zh.into_iter().map(Into::into).collect(),
+                ask_en: t.ask_en.into_iter().map(Into::into).collect(),
             }),
             score: h.score,
             shadow: h.shadow,
