@@ -612,6 +612,7 @@ impl Api {
             reason_zh: "系统暂时无法记录决定，按安全模式处理：请暂停本笔转账，稍后重试或人工复核".into(),
             reason_en: "The service cannot record decisions right now (fail-safe mode): pause this transfer, retry shortly or review it by hand".into(),
             shadow: false,
+            ..Default::default()
         });
         Ok(Response::new(response))
     }

@@ -220,6 +220,8 @@ pub fn queue(frame: &Frame, q: &Queue) -> Markup {
 pub fn row(frame: &Frame, a: &Alert, hold_expires: Option<UnixSeconds>) -> Markup {
     let w = frame.w();
     let escalated = a.escalation_station_id.is_some() && a.state != AlertState::Resolved;
+    // The state already says so while it is escalated; the badge marks it once claimed.
+    let badge = escalated && a.state != AlertState::Escalated;
     html! {
         tr id={ "alert-" (a.id) } data-alert=(a.id) data-state=(crate::alerts::state_name(a.state))
             class=(if escalated { "escalated" } else { "" }) {
@@ -232,7 +234,7 @@ pub fn row(frame: &Frame, a: &Alert, hold_expires: Option<UnixSeconds>) -> Marku
             td.num { (a.score) }
             td.num { (money(a.transfer.amount, &a.transfer.currency)) }
             td { (frame.lang.state(a.state))
-                @if escalated { " " strong.badge { (w.escalated_badge) } }
+                @if badge { " " strong.badge { (w.escalated_badge) } }
             }
             td.hold {
                 @if let (Some(at), true) = (hold_expires, a.awaiting_decision) {
@@ -278,7 +280,7 @@ pub fn alert(frame: &Frame, p: &AlertPage) -> Markup {
         }
         dl.facts {
             dt { (w.state) } dd { (lang.state(a.state))
-                @if a.escalation_station_id.is_some() && active { " " strong.badge { (w.escalated_badge) } } }
+                @if a.escalation_station_id.is_some() && a.state == AlertState::Claimed { " " strong.badge { (w.escalated_badge) } } }
             dt { (w.action) } dd { span class={ "action " (a.action.as_str().to_lowercase()) } { (lang.action(a.action)) } " · " (w.score) " " (a.score) }
             dt { (w.station) } dd { (a.station_id) @if let Some(e) = &a.escalation_station_id { " → " (e) } }
             dt { (w.created) } dd { (frame.time(a.created_at)) }
@@ -299,7 +301,7 @@ pub fn alert(frame: &Frame, p: &AlertPage) -> Markup {
             h2 #h-transfer { (w.transfer) }
             dl.facts {
                 dt { (w.request_id) } dd { code { (t.request_id) } }
-                dt { (w.amount) } dd.num { (money(t.amount, &t.currency)) }
+                dt { (w.amount) } dd { strong { (money(t.amount, &t.currency)) } }
                 dt { (w.bank) " / " (w.branch) " / " (w.teller) } dd { (t.bank_id) " / " (t.branch_id) " / " (t.teller_id) }
                 dt { (w.channel) } dd { (t.channel.as_str()) }
                 dt { (w.customer_account) } dd { code { (t.customer_account_masked) } " · " (w.age_band) " " (t.customer_age_band) }

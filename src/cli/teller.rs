@@ -211,6 +211,12 @@ fn print_decision(r: &pb::ScreenResponse) {
         let mark = if h.shadow { "shadow" } else { "+" };
         println!("  {mark} {} ({})\n      {}\n      {}", h.rule_id, h.score, h.reason_zh, h.reason_en);
     }
+    if !r.questions.is_empty() {
+        println!("ask the customer / 请询问客户:");
+        for (i, q) in r.questions.iter().enumerate() {
+            println!("  {}. {}\n     {}", i + 1, q.zh, q.en);
+        }
+    }
 }
 
 fn print_status(s: &pb::TransferStatus) {

@@ -666,6 +666,21 @@ mod tests {
     }
 
     #[test]
+    fn the_tellers_questions_come_in_both_languages() {
+        let good = format!("{}ask.zh = [\"问？\"]\nask.en = [\"Ask?\"]\n", rule("'transfer.amount > 100'"));
+        let set = Ruleset::from_sources(vec![src("ruleset.toml", SETTINGS), src("r.toml", &good)]).unwrap();
+        assert_eq!((&*set.rules[0].text.ask_zh[0], &*set.rules[0].text.ask_en[0]), ("问？", "Ask?"));
+        let uneven =
+            format!("{}ask.zh = [\"问？\", \"再问？\"]\nask.en = [\"Ask?\"]\n", rule("'transfer.amount > 100'"));
+        let diags = errors(&uneven);
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert_eq!(diags[0].location(), "r.toml:7:1", "{}", diags[0]);
+        assert!(diags[0].message.contains("the same questions"), "{}", diags[0]);
+        let blank = format!("{}ask.zh = [\" \"]\nask.en = [\"Ask?\"]\n", rule("'transfer.amount > 100'"));
+        assert!(errors(&blank)[0].message.contains("1 to 500 bytes"));
+    }
+
+    #[test]
     fn all_errors_are_listed_at_once() {
         let file = format!("{}{}", rule("'a.b'"), rule("'c'"));
         let diags = errors(&file);

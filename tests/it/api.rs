@@ -25,10 +25,23 @@ async fn the_seed_case_is_held_with_reasons_and_an_ordinary_transfer_is_allowed(
     assert_eq!(seed.station_id, "heshan-zhongshan-ps");
     assert!(seed.hold_expires_at.is_some());
     assert_eq!(seed.ruleset_version, server.guard.ruleset().version.to_string());
+    // The teller's questions for what was hit, once each, in both languages.
+    let asks: Vec<&str> = seed.questions.iter().map(|q| q.zh.as_str()).collect();
+    assert!(asks.iter().any(|q| q.contains("投资导师")), "{asks:?}");
+    assert!(asks.iter().any(|q| q.contains("提高限额")), "{asks:?}");
+    assert!(seed.questions.iter().all(|q| !q.en.is_empty() && !q.rule_id.is_empty()));
+    let mut unique = asks.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), asks.len());
+    let alert = server.alerts().await.list_alerts(pb::ListAlertsRequest::default()).await.unwrap().into_inner();
+    let hit = alert.alerts[0].hits.iter().find(|h| h.rule_id == "memo_investment").unwrap();
+    assert_eq!((hit.ask_zh.len(), hit.ask_en.len()), (2, 2), "the station sees the questions too");
 
     let plain = client.screen(ordinary("rent-1", "customer-7", "6222020000008002")).await.unwrap().into_inner();
     assert_eq!(plain.action, pb::Action::Allow as i32, "{plain:?}");
     assert!(plain.alert_id.is_empty() && plain.station_id.is_empty() && plain.hold_expires_at.is_none());
+    assert!(plain.questions.is_empty());
     server.stop().await;
 }
 

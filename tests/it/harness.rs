@@ -66,6 +66,8 @@ pub struct TestServer {
     /// The server's clock: real time, advanced by tests of expiry and escalation.
     pub clock: Arc<AdjustableClock>,
     pub metrics_addr: String,
+    /// The web board's address (`http://127.0.0.1:PORT`), when started with one.
+    pub board_addr: Option<String>,
     pub guard: Arc<TransferGuard>,
     pub rules: tempfile::TempDir,
     /// The data dir; the audit trail is `audit.jsonl` in it.
@@ -116,7 +118,41 @@ impl TestServer {
     async fn start_setup(prepare: impl FnOnce(&Path), extras: Extras, durable: bool, approval: Approval) -> TestServer {
         let rules = rules_copy();
         prepare(rules.path());
-        let data = tempfile::tempdir().unwrap();
+        TestServer::start_in(rules, tempfile::tempdir().unwrap(), extras, durable, approval).await
+    }
+
+    /// With the web board on a free port too (`board_addr`).
+    pub async fn start_with_board(extras: Extras, durable: bool) -> TestServer {
+        let board = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let extras = Extras { board: Some(board), ..extras };
+        TestServer::start_setup(|_| {}, extras, durable, Approval::Automatic).await
+    }
+
+    /// Stops the server and starts it again on the same rules, data dir and
+    /// board port (a page open on the board reconnects to the new one).
+    pub async fn restart(mut self, extras: Extras) -> TestServer {
+        let board_port = self.board_addr.as_deref().and_then(|a| a.rsplit(':').next()?.parse::<u16>().ok());
+        let durable = self.store.is_some();
+        self.halt().await;
+        let board = match board_port {
+            Some(port) => {
+                Some(tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("the board's port again"))
+            }
+            None => None,
+        };
+        // The old service must let go of the store before the new one opens it.
+        let TestServer { rules, data, guard, store, .. } = self;
+        drop((guard, store));
+        TestServer::start_in(rules, data, Extras { board, ..extras }, durable, Approval::Automatic).await
+    }
+
+    async fn start_in(
+        rules: tempfile::TempDir,
+        data: tempfile::TempDir,
+        extras: Extras,
+        durable: bool,
+        approval: Approval,
+    ) -> TestServer {
         let clock = Arc::new(AdjustableClock::new());
         let durability = if durable { Durability::Sync } else { Durability::None };
         let setup = Setup { approval, ..Setup::new(rules.path(), data.path(), durability).with_clock(clock.clone()) };
@@ -131,6 +167,7 @@ impl TestServer {
         let (stop, stopped) = oneshot::channel::<()>();
         let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics_addr = metrics.local_addr().unwrap().to_string();
+        let board_addr = extras.board.as_ref().map(|b| format!("http://{}", b.local_addr().unwrap()));
         let extras = Extras { metrics: Some(metrics), ..extras };
         let task = tokio::spawn(transfer_guard::server::run_with(listener, guard.clone(), extras, async {
             let _ = stopped.await;
@@ -138,7 +175,18 @@ impl TestServer {
         let task = tokio::spawn(async move {
             task.await.unwrap().unwrap();
         });
-        TestServer { addr, clock, metrics_addr, guard, rules, data, store, stop: Some(stop), task: Some(task) }
+        TestServer {
+            addr,
+            clock,
+            metrics_addr,
+            board_addr,
+            guard,
+            rules,
+            data,
+            store,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     pub async fn start() -> TestServer {
@@ -167,6 +215,10 @@ impl TestServer {
 
     /// Stops the server gracefully and waits for it.
     pub async fn stop(mut self) {
+        self.halt().await;
+    }
+
+    async fn halt(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -3,6 +3,8 @@
 
 mod api;
 mod backtest;
+mod board;
+mod browser;
 mod durability;
 mod harness;
 mod holds;

@@ -80,23 +80,23 @@ impl Pki {
 }
 
 /// Token keys for the tests: the server checks with the public half.
-struct Tokens {
+pub(crate) struct Tokens {
     signer: TokenSigner,
     public: String,
 }
 
 impl Tokens {
-    fn new() -> Tokens {
+    pub(crate) fn new() -> Tokens {
         let (secret, public) = generate_key_pair().unwrap();
         Tokens { signer: TokenSigner::from_paserk(&secret).unwrap(), public }
     }
 
-    fn for_(&self, role: Role, scope: &str, subject: &str) -> String {
+    pub(crate) fn for_(&self, role: Role, scope: &str, subject: &str) -> String {
         let until = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
         self.signer.issue(&Principal::new(role, scope, subject), until).unwrap()
     }
 
-    fn trust(&self) -> Trust {
+    pub(crate) fn trust(&self) -> Trust {
         Trust::Enforced {
             trust_domain: TRUST_DOMAIN.into(),
             tokens: Some(TokenVerifier::from_paserk(&self.public).unwrap()),
@@ -105,7 +105,7 @@ impl Tokens {
 }
 
 #[derive(Clone)]
-struct Bearer(Option<String>);
+pub(crate) struct Bearer(Option<String>);
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
@@ -117,7 +117,7 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
-type Authed = InterceptedService<Channel, Bearer>;
+pub(crate) type Authed = InterceptedService<Channel, Bearer>;
 
 async fn channel(server: &TestServer, ca: Option<&str>, identity: Option<Identity>) -> Result<Channel, String> {
     let mut endpoint = Channel::from_shared(server.addr.clone()).unwrap();
@@ -131,14 +131,14 @@ async fn channel(server: &TestServer, ca: Option<&str>, identity: Option<Identit
     endpoint.connect().await.map_err(|e| format!("{e:?}"))
 }
 
-async fn with_token(server: &TestServer, ca: Option<&str>, token: Option<String>) -> Authed {
+pub(crate) async fn with_token(server: &TestServer, ca: Option<&str>, token: Option<String>) -> Authed {
     InterceptedService::new(channel(server, ca, None).await.unwrap(), Bearer(token))
 }
 
-fn screening(c: &Authed) -> pb::screening_client::ScreeningClient<Authed> {
+pub(crate) fn screening(c: &Authed) -> pb::screening_client::ScreeningClient<Authed> {
     pb::screening_client::ScreeningClient::new(c.clone())
 }
-fn alerts(c: &Authed) -> pb::alerts_client::AlertsClient<Authed> {
+pub(crate) fn alerts(c: &Authed) -> pb::alerts_client::AlertsClient<Authed> {
     pb::alerts_client::AlertsClient::new(c.clone())
 }
 fn watchlist(c: &Authed) -> pb::watchlist_client::WatchlistClient<Authed> {
@@ -152,13 +152,13 @@ fn code<T>(r: Result<T, Status>) -> Code {
     r.map_or_else(|s| s.code(), |_| Code::Ok)
 }
 
-fn audit_lines(server: &TestServer) -> Vec<serde_json::Value> {
+pub(crate) fn audit_lines(server: &TestServer) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(server.data.path().join("audit.jsonl")).unwrap_or_default();
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 /// Waits until the audit trail has a line that `matches` (the writer flushes every ~10 ms).
-async fn audited(server: &TestServer, matches: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+pub(crate) async fn audited(server: &TestServer, matches: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     for _ in 0..200 {
         if let Some(line) = audit_lines(server).into_iter().find(|l| matches(l)) {
             return line;

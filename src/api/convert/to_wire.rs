@@ -47,7 +47,26 @@ pub fn hit_to_pb(h: &Hit) -> pb::Hit {
         reason_zh: h.reason_zh().to_string(),
         reason_en: h.reason_en().to_string(),
         shadow: h.shadow,
+        ask_zh: h.text.ask_zh.iter().map(|q| q.to_string()).collect(),
+        ask_en: h.text.ask_en.iter().map(|q| q.to_string()).collect(),
     }
+}
+
+/// The teller's questions of a decision: on WARN and above, from the active
+/// hits, each once, in ruleset order.
+pub fn questions_to_pb(d: &Decision) -> Vec<pb::TellerQuestion> {
+    let mut out: Vec<pb::TellerQuestion> = Vec::new();
+    if d.action < Action::Warn {
+        return out;
+    }
+    for h in d.hits.iter().filter(|h| !h.shadow) {
+        for (zh, en) in h.text.ask_zh.iter().zip(h.text.ask_en.iter()) {
+            if !out.iter().any(|q| q.zh == **zh) {
+                out.push(pb::TellerQuestion { zh: zh.to_string(), en: en.to_string(), rule_id: h.rule_id().into() });
+            }
+        }
+    }
+    out
 }
 
 pub fn timestamp(at: UnixSeconds) -> Timestamp {
@@ -64,6 +83,7 @@ pub fn decision_to_pb(request_id: &str, d: &Decision) -> pb::ScreenResponse {
         station_id: String::new(),
         ruleset_version: d.ruleset_version.to_string(),
         hold_expires_at: None,
+        questions: questions_to_pb(d),
     }
 }
 
