@@ -37,8 +37,9 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use words::Lang;
 
-/// Alerts per page of the queue.
+/// Alerts per page of the queue, unless the query says (`limit`, up to the most).
 pub const PAGE_SIZE: usize = 50;
+pub const MAX_PAGE_SIZE: usize = 200;
 /// How often the hits history samples the rule counters.
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 /// Days of the alerts-per-station table.
@@ -128,8 +129,8 @@ async fn security_headers(mut response: Response) -> Response {
     response
 }
 
-fn asset(content_type: &'static str, body: &'static str) -> impl std::future::Future<Output = Response> {
-    async move { ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response() }
+async fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
 /// Who is looking, in which language, at what.
@@ -189,7 +190,7 @@ impl Board {
 
     /// The viewer of a request for `page`, or the answer that turns them away:
     /// to sign in (no or a bad token), or a refusal (the role table), audited.
-    fn enter(&self, headers: &HeaderMap, uri: &Uri, page: BoardPage) -> Result<Viewer, Response> {
+    fn enter(&self, headers: &HeaderMap, uri: &Uri, page: BoardPage) -> Result<Viewer, Box<Response>> {
         let lang = lang_of(headers);
         let here = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
         let bearer = headers
@@ -199,14 +200,13 @@ impl Board {
             .or_else(|| cookie(headers, TOKEN_COOKIE));
         let caller = match self.trust.bearer(bearer) {
             Ok(c) => c,
-            Err(IdentityError::Missing) => return Err(Redirect::to("/login").into_response()),
+            Err(IdentityError::Missing) => return Err(Box::new(Redirect::to("/login").into_response())),
             Err(e) => {
                 self.guard.refused(&Caller::Open, page.name(), "unauthenticated", &e.to_string());
                 let viewer = Viewer { caller: Caller::Open, lang, here, stations: Some(Vec::new()) };
                 let page = pages::sign_in(&viewer.frame(self), Some(&e.to_string()));
-                return Err(
-                    (StatusCode::UNAUTHORIZED, [(header::SET_COOKIE, clear_token())], Html(page.0)).into_response()
-                );
+                let refused = (StatusCode::UNAUTHORIZED, [(header::SET_COOKIE, clear_token())], Html(page.0));
+                return Err(Box::new(refused.into_response()));
             }
         };
         let stations = match &caller {
@@ -216,7 +216,7 @@ impl Board {
         let viewer = Viewer { caller, lang, here, stations };
         if let Caller::Known(p) = &viewer.caller {
             if let Err(d) = p.may_see(page) {
-                return Err(self.refuse(&viewer, page.name(), d));
+                return Err(Box::new(self.refuse(&viewer, page.name(), d)));
             }
         }
         Ok(viewer)
@@ -296,7 +296,7 @@ impl Filter {
 async fn queue(State(board): State<Arc<Board>>, headers: HeaderMap, uri: Uri, Query(q): Query<QueueQuery>) -> Response {
     let viewer = match board.enter(&headers, &uri, BoardPage::Queue) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     // Read the cursor first: the live stream replays anything after it.
     let cursor = board.guard.alerts().last_cursor();
@@ -317,8 +317,9 @@ async fn queue(State(board): State<Arc<Board>>, headers: HeaderMap, uri: Uri, Qu
                     let (at, id) = t.split_once('.')?;
                     Some((at.parse::<UnixSeconds>().ok()?, id))
                 });
+                let limit = q.limit.unwrap_or(PAGE_SIZE).clamp(1, MAX_PAGE_SIZE);
                 let (alerts, more) =
-                    board.guard.alerts().list(&filter.stations, &filter.states, filter.created, after, PAGE_SIZE);
+                    board.guard.alerts().list(&filter.stations, &filter.states, filter.created, after, limit);
                 if more {
                     next_page = alerts.last().map(|a| format!("{}.{}", a.created_at, a.id));
                 }
@@ -334,7 +335,7 @@ async fn queue(State(board): State<Arc<Board>>, headers: HeaderMap, uri: Uri, Qu
 async fn alert_page(State(board): State<Arc<Board>>, headers: HeaderMap, uri: Uri, Path(id): Path<String>) -> Response {
     let viewer = match board.enter(&headers, &uri, BoardPage::Queue) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match board.guard.alerts().get(&id) {
         Some(alert) if viewer.sees(&alert) => board.alert_response(&viewer, &alert, StatusCode::OK, None),
@@ -437,7 +438,7 @@ async fn act(
     }
     let mut viewer = match board.enter(headers, uri, BoardPage::Queue) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     viewer.here = format!("/alerts/{}", pages::encode(id).0);
     let Some(alert) = board.guard.alerts().get(id).filter(|a| viewer.sees(a)) else {
@@ -509,7 +510,7 @@ async fn events(
         Ok(v) => v,
         Err(_) => return (StatusCode::UNAUTHORIZED, "sign in again").into_response(),
     };
-    let query = QueueQuery { state: q.state, station: q.station, from: q.from, to: q.to, q: None, after: None };
+    let query = QueueQuery { state: q.state, station: q.station, from: q.from, to: q.to, ..QueueQuery::default() };
     let filter = match Filter::new(&query, &viewer, board.guard.utc_offset()) {
         Ok(f) => f,
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
@@ -601,7 +602,7 @@ async fn stream_events(
 async fn rules_page(State(board): State<Arc<Board>>, headers: HeaderMap, uri: Uri) -> Response {
     let viewer = match board.enter(&headers, &uri, BoardPage::Rules) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     board.sample_hits();
     let now = board.guard.now();

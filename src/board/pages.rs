@@ -129,6 +129,8 @@ pub struct QueueQuery {
     pub q: Option<String>,
     /// The page after this one: `<created_at>.<alert id>`.
     pub after: Option<String>,
+    /// Alerts per page (default 50, at most 200).
+    pub limit: Option<usize>,
 }
 
 impl QueueQuery {
@@ -139,6 +141,9 @@ impl QueueQuery {
             if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
                 parts.push(format!("{k}={}", encode(v).0));
             }
+        }
+        if let Some(n) = self.limit {
+            parts.push(format!("limit={n}"));
         }
         parts.join("&")
     }

@@ -318,3 +318,67 @@ async fn the_pages_pass_an_accessibility_check() {
     browser.close().await;
     server.stop().await;
 }
+
+/// Filters by state, station and day, search by alert or request id, and
+/// paging through the older alerts, as an officer of the whole centre would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_filters_searches_and_pages() {
+    let server = TestServer::start_with_board(Extras::default(), false).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(raise(&server, &format!("page-{i}")).await);
+    }
+    let mut shaping_case = seed_case("page-shaping");
+    shaping_case.branch_id = "psbc-heshan-shaping".into();
+    let shaping = server.screening().await.screen(shaping_case).await.unwrap().into_inner().alert_id;
+    server.guard.claim_alert(&ids[0], "officer-li", &transfer_guard::auth::Caller::Open).unwrap();
+    let browser = Browser::start(1).await;
+    let c = browser.window(0);
+    let rows = |c: &Client| {
+        let c = c.clone();
+        async move {
+            let v = js(&c, "return [...document.querySelectorAll('#queue tbody tr')].map(r => r.dataset.alert);").await;
+            v.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect::<Vec<_>>()
+        }
+    };
+    // Station filter from the form.
+    c.goto(&board(&server)).await.unwrap();
+    element(c, "select[name=station] option[value=heshan-shaping-ps]", WAIT).await.click().await.unwrap();
+    c.find(Locator::Css("form.filters button")).await.unwrap().click().await.unwrap();
+    element(c, &format!("#alert-{shaping}"), WAIT).await;
+    assert_eq!(rows(c).await, vec![shaping.clone()]);
+    // State: only the claimed one.
+    c.goto(&format!("{}/?state=claimed", board(&server))).await.unwrap();
+    element(c, "#queue", WAIT).await;
+    assert_eq!(rows(c).await, vec![ids[0].clone()]);
+    // Day: today (the branches' time) has all four; a day long past has none.
+    let today = time::OffsetDateTime::now_utc().to_offset(time::macros::offset!(+8)).date();
+    c.goto(&format!("{}/?state=any&from={today}&to={today}", board(&server))).await.unwrap();
+    element(c, "#queue", WAIT).await;
+    assert_eq!(rows(c).await.len(), 4);
+    c.goto(&format!("{}/?state=any&to=2020-01-01", board(&server))).await.unwrap();
+    assert!(element(c, "#empty", WAIT).await.is_displayed().await.unwrap());
+    // A bad filter is named, not a crash.
+    c.goto(&format!("{}/?from=yesterday", board(&server))).await.unwrap();
+    assert!(element(c, ".error", WAIT).await.text().await.unwrap().contains("from: `yesterday` is not YYYY-MM-DD"));
+    // Search by the bank's request id, whatever the state filter.
+    c.goto(&format!("{}/?q=page-1&state=resolved", board(&server))).await.unwrap();
+    element(c, "#queue", WAIT).await;
+    assert_eq!(rows(c).await, vec![ids[1].clone()]);
+    // Paging: two a page, newest first, then the rest; back to the newest.
+    c.goto(&format!("{}/?state=any&limit=2", board(&server))).await.unwrap();
+    element(c, "#queue", WAIT).await;
+    let mut seen = rows(c).await;
+    assert_eq!(seen.len(), 2);
+    c.find(Locator::Css("a[rel=next]")).await.unwrap().click().await.unwrap();
+    element(c, "#queue", WAIT).await;
+    seen.extend(rows(c).await);
+    assert!(!present(c, "a[rel=next]").await, "two pages hold four alerts");
+    let mut all = ids.clone();
+    all.push(shaping);
+    all.sort();
+    seen.sort();
+    assert_eq!(seen, all, "every alert once across the pages");
+    browser.close().await;
+    server.stop().await;
+}

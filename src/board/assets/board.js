@@ -28,6 +28,8 @@
   function listen(url, onAlert) {
     const seen = new Set();
     const source = new EventSource(url);
+    // Give the connection back when leaving: a browser keeps few per server.
+    window.addEventListener("pagehide", () => source.close());
     source.addEventListener("alert", (e) => {
       const d = JSON.parse(e.data);
       window.boardArrivals.push(d.cursor);
