@@ -364,6 +364,22 @@ mod tests {
     }
 
     #[test]
+    fn the_board_is_on_loopback_unless_said_or_off() {
+        let d = Settings::default;
+        assert_eq!(Config::resolve(&d(), None).unwrap().board_listen.unwrap().to_string(), DEFAULT_BOARD_LISTEN);
+        assert_eq!(
+            Config::resolve(&Settings { board_listen: Some("off".into()), ..d() }, None).unwrap().board_listen,
+            None
+        );
+        let wide = Settings { board_listen: Some("0.0.0.0:8080".into()), ..d() };
+        assert!(Config::resolve(&wide, None).unwrap_err().to_string().contains("not loopback"));
+        let said = Settings { insecure_plaintext: Some(true), ..wide };
+        assert!(Config::resolve(&said, None).unwrap().board_listen.is_some());
+        let bad = Settings { board_listen: Some("eight-oh-eight-oh".into()), ..d() };
+        assert!(Config::resolve(&bad, None).unwrap_err().to_string().contains("eight-oh-eight-oh"));
+    }
+
+    #[test]
     fn trust_and_limit_settings_are_checked_together() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("tg.toml");
