@@ -7,7 +7,7 @@
 //! evaluating conditions.
 
 use crate::model::{age_on, local_day, Decision, Hit, Transfer};
-use crate::rules::schema::{Facts, NEVER};
+use crate::rules::schema::{Facts, ABSENT, NEVER};
 use crate::rules::text::FoldedText;
 use crate::rules::{Mode, Ruleset};
 use crate::state::{Snapshot, State, TransferRecord};
@@ -161,8 +161,33 @@ pub fn facts<'a>(
         history_transfers_24h: snapshot.transfers_24h,
         history_amount_24h: snapshot.amount_24h,
         history_new_payees_24h: snapshot.new_payees_24h,
+        customer_transfers_seen: snapshot.transfers_seen,
+        customer_usual_amount: snapshot.usual_amount.unwrap_or(ABSENT),
+        transfer_amount_vs_usual: snapshot.usual_amount.map_or(ABSENT, |u| per_cent(transfer.amount, u)),
+        payee_times_paid: snapshot.payee_times_paid,
+        payee_last_paid: snapshot.payee_last_paid.unwrap_or(ABSENT),
+        payee_largest_paid: snapshot.payee_largest_paid.unwrap_or(ABSENT),
+        payee_growth: snapshot.payee_last_paid.map_or(ABSENT, |l| per_cent(transfer.amount, l)),
+        payee_growing_run: match snapshot.payee_last_paid {
+            Some(last) if transfer.amount > last => snapshot.payee_growing + 1,
+            _ => 0,
+        },
+        history_new_payees_1h: snapshot.new_payees_1h,
+        history_amount_1h: snapshot.amount_1h,
+        history_new_payee_growing_run: match snapshot.payee_first_paid {
+            Some(_) => 0,
+            None if snapshot.new_payee_run > 0 && transfer.amount > snapshot.new_payee_run_last => {
+                snapshot.new_payee_run + 1
+            }
+            None => 1,
+        },
         regex_memo: memo,
     }
+}
+
+/// `amount` as a whole per cent of `of` (saturating; `of` ≤ 0 counts as 1 fen).
+fn per_cent(amount: i64, of: i64) -> i64 {
+    (i128::from(amount) * 100 / i128::from(of.max(1))).clamp(i64::MIN as i128 + 1, i64::MAX as i128) as i64
 }
 
 #[cfg(test)]

@@ -51,10 +51,123 @@ pub fn stable_hash(parts: &[&[u8]]) -> u64 {
     h.finish()
 }
 
+/// A payee this customer has paid, with what is normal between them (32 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct KnownPayee {
     key: PayeeKey,
-    first_paid: UnixSeconds,
+    /// The last amount paid (0: known without a payment, e.g. imported).
+    last: Minor,
+    largest: Minor,
+    /// Unix seconds ([`pack_time`]).
+    first_paid: u32,
+    /// Payments counted (saturating).
+    times: u16,
+    /// Payments in a row each larger than the one before, ending with the last.
+    growing: u16,
+}
+
+/// First-paid times are kept as unsigned 32-bit unix seconds (to 2106-02-07),
+/// which keeps a known payee at 32 bytes; earlier times read as 1970.
+fn pack_time(at: UnixSeconds) -> u32 {
+    at.clamp(0, u32::MAX as i64) as u32
+}
+
+fn unpack_time(t: u32) -> UnixSeconds {
+    t as i64
+}
+
+impl KnownPayee {
+    fn new(key: PayeeKey, at: UnixSeconds) -> KnownPayee {
+        KnownPayee { key, last: 0, largest: 0, first_paid: pack_time(at), times: 0, growing: 0 }
+    }
+
+    fn paid(&mut self, amount: Minor) {
+        self.growing = if self.times > 0 && amount > self.last { self.growing.saturating_add(1) } else { 0 };
+        self.times = self.times.saturating_add(1);
+        self.last = amount;
+        self.largest = self.largest.max(amount);
+    }
+}
+
+/// Log-2 amount buckets of the profile: bucket 0 holds amounts under 2^11 fen
+/// (20.48 CNY), bucket b in 1..15 amounts in [2^(b+10), 2^(b+11)), bucket 15
+/// everything from 2^25 fen (335,544 CNY).
+pub const AMOUNT_BUCKETS: usize = 16;
+/// The profile looks back about this long: older counts are halved away.
+pub const PROFILE_DAYS: u32 = 90;
+/// A customer has a usual amount once this many transfers are in the profile.
+pub const USUAL_AFTER: u32 = 5;
+
+/// What is normal for one customer: how many transfers of which size over
+/// the last ~90 days (36 bytes, kept in the record itself).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Profile {
+    counts: [u16; AMOUNT_BUCKETS],
+    /// Day (unix days) the window started; 0 before the first transfer.
+    since_day: u32,
+}
+
+fn bucket_of(amount: Minor) -> usize {
+    let bits = 64 - (amount.max(1) as u64).leading_zeros() as usize; // floor(log2) + 1
+    bits.saturating_sub(11).min(AMOUNT_BUCKETS - 1)
+}
+
+/// The largest amount a bucket holds (its upper edge, exclusive, less one fen).
+fn bucket_top(b: usize) -> Minor {
+    (1i64 << (b + 11)) - 1
+}
+
+impl Profile {
+    fn total(&self) -> u32 {
+        self.counts.iter().map(|c| u32::from(*c)).sum()
+    }
+
+    fn add(&mut self, amount: Minor, at: UnixSeconds) {
+        let day = at.div_euclid(86_400).clamp(1, u32::MAX as i64) as u32;
+        if self.since_day == 0 || day.saturating_sub(self.since_day) > 8 * PROFILE_DAYS {
+            // The first transfer, or none for years: start afresh.
+            if self.since_day != 0 {
+                self.counts = [0; AMOUNT_BUCKETS];
+            }
+            self.since_day = day;
+        }
+        // Halve the counts every half window, so the profile forgets smoothly.
+        while day.saturating_sub(self.since_day) >= PROFILE_DAYS {
+            for c in &mut self.counts {
+                *c /= 2;
+            }
+            self.since_day += PROFILE_DAYS / 2;
+        }
+        let c = &mut self.counts[bucket_of(amount)];
+        if *c == u16::MAX {
+            for c in &mut self.counts {
+                *c /= 2;
+            }
+        }
+        self.counts[bucket_of(amount)] += 1;
+    }
+
+    fn remove(&mut self, amount: Minor) {
+        let c = &mut self.counts[bucket_of(amount)];
+        *c = c.saturating_sub(1);
+    }
+
+    /// The amount 90 % of the customer's transfers stay under (a bucket's top),
+    /// once there are [`USUAL_AFTER`] of them.
+    fn usual(&self) -> Option<Minor> {
+        let total = self.total();
+        if total < USUAL_AFTER {
+            return None;
+        }
+        let mut seen = 0;
+        for (b, c) in self.counts.iter().enumerate() {
+            seen += u32::from(*c);
+            if seen * 10 >= total * 9 {
+                return Some(bucket_top(b));
+            }
+        }
+        Some(bucket_top(AMOUNT_BUCKETS - 1))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +186,7 @@ struct CustomerRecord {
     /// Sorted by key for binary search; grown one slot at a time (new payees are rare).
     known: Vec<KnownPayee>,
     activity: Option<Box<Activity>>,
+    profile: Profile,
 }
 
 #[derive(Debug, Default)]
@@ -86,7 +200,10 @@ impl CustomerRecord {
     fn image(&self) -> CustomerImage {
         let activity = self.activity.as_deref();
         CustomerImage {
-            known: self.known.iter().map(|k| (k.key.0, k.first_paid)).collect(),
+            known: self.known.iter().map(|k| (k.key.0, unpack_time(k.first_paid))).collect(),
+            paid: self.known.iter().map(|k| (k.times, k.growing, k.last, k.largest)).collect(),
+            amounts: if self.profile.since_day == 0 { Vec::new() } else { self.profile.counts.to_vec() },
+            since_day: self.profile.since_day,
             recent: activity
                 .into_iter()
                 .flat_map(|a| a.recent.iter().map(|r| (r.at, r.amount, r.payee.0, r.new_payee)))
@@ -96,8 +213,23 @@ impl CustomerRecord {
     }
 
     fn from_image(image: CustomerImage) -> CustomerRecord {
-        let mut known: Vec<KnownPayee> =
-            image.known.into_iter().map(|(key, first_paid)| KnownPayee { key: PayeeKey(key), first_paid }).collect();
+        let mut paid = image.paid.into_iter();
+        let mut known: Vec<KnownPayee> = image
+            .known
+            .into_iter()
+            .map(|(key, first_paid)| {
+                let mut k = KnownPayee::new(PayeeKey(key), first_paid);
+                // Images from before the profile have no payment facts: known, never counted.
+                if let Some((times, growing, last, largest)) = paid.next() {
+                    (k.times, k.growing, k.last, k.largest) = (times, growing, last, largest);
+                }
+                k
+            })
+            .collect();
+        let mut profile = Profile { since_day: image.since_day, ..Profile::default() };
+        for (c, n) in profile.counts.iter_mut().zip(image.amounts) {
+            *c = n;
+        }
         known.sort_by_key(|k| k.key);
         known.dedup_by_key(|k| k.key);
         known.shrink_to_fit();
@@ -108,25 +240,25 @@ impl CustomerRecord {
             .collect();
         let activity =
             (!recent.is_empty() || image.limit.is_some()).then(|| Box::new(Activity { recent, limit: image.limit }));
-        CustomerRecord { known, activity }
+        CustomerRecord { known, activity, profile }
     }
 
     fn activity(&mut self) -> &mut Activity {
         self.activity.get_or_insert_with(Box::default)
     }
 
-    /// Inserts or updates a known payee; returns whether it was new.
-    fn know(&mut self, key: PayeeKey, at: UnixSeconds) -> bool {
+    /// Inserts or updates a known payee; returns it and whether it was new.
+    fn know(&mut self, key: PayeeKey, at: UnixSeconds) -> (&mut KnownPayee, bool) {
         match self.known.binary_search_by_key(&key, |k| k.key) {
             Ok(i) => {
                 let k = &mut self.known[i];
-                k.first_paid = k.first_paid.min(at);
-                false
+                k.first_paid = k.first_paid.min(pack_time(at));
+                (k, false)
             }
             Err(i) => {
                 self.known.reserve_exact(1);
-                self.known.insert(i, KnownPayee { key, first_paid: at });
-                true
+                self.known.insert(i, KnownPayee::new(key, at));
+                (&mut self.known[i], true)
             }
         }
     }
@@ -144,11 +276,25 @@ pub struct CustomerImage {
     /// (payee key, first paid).
     #[serde(rename = "k")]
     pub known: Vec<(u64, UnixSeconds)>,
+    /// For each of `known`, in the same order: (times paid, growing run, last
+    /// amount, largest amount). Empty in images from before the profile.
+    #[serde(rename = "kp", default, skip_serializing_if = "Vec::is_empty")]
+    pub paid: Vec<(u16, u16, Minor, Minor)>,
+    /// The profile's amount buckets ([`AMOUNT_BUCKETS`]), empty before the first transfer.
+    #[serde(rename = "a", default, skip_serializing_if = "Vec::is_empty")]
+    pub amounts: Vec<u16>,
+    /// The day the profile's window started.
+    #[serde(rename = "ad", default, skip_serializing_if = "is_zero")]
+    pub since_day: u32,
     /// (at, amount, payee key, new payee), oldest first.
     #[serde(rename = "r", default, skip_serializing_if = "Vec::is_empty")]
     pub recent: Vec<(UnixSeconds, Minor, u64, bool)>,
     #[serde(rename = "l", default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<LimitChange>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Where changes to state go to be made durable. Each method gets the new
@@ -195,6 +341,23 @@ pub struct Snapshot {
     pub amount_24h: Minor,
     pub new_payees_24h: i64,
     pub last_limit_change: Option<LimitChange>,
+    /// Transfers in the customer's profile (the last ~90 days, decayed).
+    pub transfers_seen: i64,
+    /// The amount 90 % of them stay under; None with too little history.
+    pub usual_amount: Option<Minor>,
+    /// Payments to this payee counted so far (0 for a new payee).
+    pub payee_times_paid: i64,
+    /// The last and the largest amount paid to this payee; None before any.
+    pub payee_last_paid: Option<Minor>,
+    pub payee_largest_paid: Option<Minor>,
+    /// Payments to this payee in a row, each larger than the one before, up to the last.
+    pub payee_growing: i64,
+    pub new_payees_1h: i64,
+    pub amount_1h: Minor,
+    /// In the last 24 h: how many payments to then-new payees in a row each
+    /// grew on the one before, ending with the latest; and that one's amount.
+    pub new_payee_run: i64,
+    pub new_payee_run_last: Minor,
 }
 
 /// The change a counted transfer makes to state. The engine returns it; the
@@ -307,11 +470,22 @@ impl State {
         }
         if let Some(c) = self.customers.get(customer_id) {
             if let Ok(i) = c.known.binary_search_by_key(&key, |k| k.key) {
-                let first = c.known[i].first_paid;
+                let k = &c.known[i];
+                let first = unpack_time(k.first_paid);
                 // A payee first paid after `now` (a replay out of order) is still new now.
-                snap.payee_first_paid = (first <= now).then_some(first);
+                if first <= now {
+                    snap.payee_first_paid = Some(first);
+                    snap.payee_times_paid = i64::from(k.times);
+                    if k.times > 0 {
+                        (snap.payee_last_paid, snap.payee_largest_paid) = (Some(k.last), Some(k.largest));
+                        snap.payee_growing = i64::from(k.growing);
+                    }
+                }
             }
+            snap.transfers_seen = i64::from(c.profile.total());
+            snap.usual_amount = c.profile.usual();
             let activity = c.activity.as_deref();
+            let (mut run_open, mut run_first) = (true, 0);
             for r in activity.into_iter().flat_map(|a| a.recent.iter().rev()) {
                 if !in_window(r.at, now, WINDOW_SECS) {
                     if r.at > now {
@@ -322,7 +496,23 @@ impl State {
                 snap.transfers_24h += 1;
                 snap.amount_24h = snap.amount_24h.saturating_add(r.amount);
                 snap.new_payees_24h += i64::from(r.new_payee);
-                snap.transfers_1h += i64::from(in_window(r.at, now, HOUR_SECS));
+                let last_hour = in_window(r.at, now, HOUR_SECS);
+                snap.transfers_1h += i64::from(last_hour);
+                if last_hour {
+                    snap.new_payees_1h += i64::from(r.new_payee);
+                    snap.amount_1h = snap.amount_1h.saturating_add(r.amount);
+                }
+                // Newest first: the run goes on while each earlier new-payee payment is smaller.
+                if r.new_payee && run_open {
+                    if snap.new_payee_run == 0 {
+                        (snap.new_payee_run, snap.new_payee_run_last) = (1, r.amount);
+                    } else if r.amount < run_first {
+                        snap.new_payee_run += 1;
+                    } else {
+                        run_open = false;
+                    }
+                    run_first = r.amount;
+                }
             }
             snap.last_limit_change = activity.and_then(|a| a.limit);
         }
@@ -333,7 +523,9 @@ impl State {
     /// payee's fan-in.
     pub fn apply(&self, record: &TransferRecord) {
         let mut c = self.customers.entry(record.customer_id.as_str().into()).or_default();
-        let new_payee = c.know(record.payee, record.at);
+        let (known, new_payee) = c.know(record.payee, record.at);
+        known.paid(record.amount);
+        c.profile.add(record.amount, record.at);
         let recent = &mut c.activity().recent;
         let entry = Recent { at: record.at, amount: record.amount, payee: record.payee, new_payee };
         // Keep time order even when records arrive slightly out of order.
@@ -369,10 +561,16 @@ impl State {
                 }
             }
             if let Ok(i) = c.known.binary_search_by_key(&record.payee, |k| k.key) {
-                if c.known[i].first_paid == record.at {
+                if c.known[i].first_paid == pack_time(record.at) {
                     c.known.remove(i);
+                } else {
+                    // The count goes back; the last and largest amounts stay (it was attempted).
+                    let k = &mut c.known[i];
+                    k.times = k.times.saturating_sub(1);
+                    k.growing = 0;
                 }
             }
+            c.profile.remove(record.amount);
             self.log_customer(&record.customer_id, &c);
         }
         let sender = stable_hash(&[record.customer_id.as_bytes()]);
@@ -395,7 +593,7 @@ impl State {
     /// a transfer in the windows.
     pub fn record_known_payee(&self, customer_id: &str, payee: &Payee, at: UnixSeconds) {
         let mut c = self.customers.entry(customer_id.into()).or_default();
-        c.know(PayeeKey::of(payee), at);
+        let _ = c.know(PayeeKey::of(payee), at);
         self.log_customer(customer_id, &c);
     }
 
@@ -562,6 +760,93 @@ mod tests {
         s.revert(&rec);
         let snap = s.snapshot("c", &payee("p"), 60);
         assert_eq!((snap.payee_first_paid, snap.transfers_24h, snap.payee_distinct_senders_24h), (None, 0, 1));
+    }
+
+    #[test]
+    fn the_profile_learns_what_is_usual_and_forgets_slowly() {
+        let s = State::new();
+        let day = 86_400;
+        for i in 0..4 {
+            pay(&s, "c", "shop", 10_000, 1_800_000_000 + i * day);
+        }
+        let snap = s.snapshot("c", &payee("new"), 1_800_000_000 + 5 * day);
+        assert_eq!((snap.transfers_seen, snap.usual_amount), (4, None), "too little history");
+        pay(&s, "c", "shop", 12_000, 1_800_000_000 + 5 * day);
+        let snap = s.snapshot("c", &payee("new"), 1_800_000_000 + 6 * day);
+        // 100-120 CNY lie in [2^13, 2^14) fen: the usual amount is that bucket's top.
+        assert_eq!((snap.transfers_seen, snap.usual_amount), (5, Some(16_383)));
+        // A year later the counts have halved away below the threshold.
+        pay(&s, "c", "shop", 10_000, 1_800_000_000 + 365 * day);
+        let snap = s.snapshot("c", &payee("new"), 1_800_000_000 + 366 * day);
+        assert!(snap.transfers_seen < 5 && snap.usual_amount.is_none(), "{snap:?}");
+        assert_eq!(bucket_of(1), 0);
+        assert_eq!(bucket_of(i64::MAX), AMOUNT_BUCKETS - 1);
+        assert_eq!(std::mem::size_of::<KnownPayee>(), 32);
+    }
+
+    #[test]
+    fn each_payee_remembers_times_last_largest_and_growth() {
+        let s = State::new();
+        for (i, amount) in [1_000, 3_000, 2_000, 5_000, 9_000].into_iter().enumerate() {
+            pay(&s, "c", "friend", amount, 1_000 + i as i64);
+        }
+        let snap = s.snapshot("c", &payee("friend"), 2_000);
+        assert_eq!(snap.payee_times_paid, 5);
+        assert_eq!((snap.payee_last_paid, snap.payee_largest_paid, snap.payee_growing), (Some(9_000), Some(9_000), 2));
+        let fresh = s.snapshot("c", &payee("stranger"), 2_000);
+        assert_eq!((fresh.payee_times_paid, fresh.payee_last_paid, fresh.payee_growing), (0, None, 0));
+        // A payee known from imported history has no payments yet.
+        s.record_known_payee("c", &payee("landlord"), 500);
+        let imported = s.snapshot("c", &payee("landlord"), 2_000);
+        assert_eq!(
+            (imported.payee_first_paid, imported.payee_times_paid, imported.payee_last_paid),
+            (Some(500), 0, None)
+        );
+    }
+
+    #[test]
+    fn new_payees_in_a_growing_run_and_in_the_last_hour() {
+        let s = State::new();
+        let t = 100_000;
+        pay(&s, "c", "a", 5_000, t);
+        pay(&s, "c", "b", 1_000, t + 10);
+        pay(&s, "c", "b", 9_000, t + 20); // known by now: not part of the run
+        pay(&s, "c", "d", 2_000, t + 30);
+        pay(&s, "c", "e", 4_000, t + HOUR_SECS + 40);
+        let snap = s.snapshot("c", &payee("f"), t + HOUR_SECS + 50);
+        assert_eq!((snap.new_payee_run, snap.new_payee_run_last), (3, 4_000), "b, d, e grew; a was larger than b");
+        assert_eq!((snap.new_payees_1h, snap.amount_1h, snap.transfers_1h), (1, 4_000, 1));
+    }
+
+    #[test]
+    fn revert_takes_back_the_count_and_restore_keeps_the_profile() {
+        let s = State::new();
+        for i in 0..6 {
+            pay(&s, "c", "p", 10_000 * (i + 1), 1_000 + i);
+        }
+        let rec =
+            TransferRecord { customer_id: "c".into(), payee: PayeeKey::of(&payee("p")), amount: 70_000, at: 2_000 };
+        s.apply(&rec);
+        s.revert(&rec);
+        let snap = s.snapshot("c", &payee("p"), 3_000);
+        assert_eq!((snap.transfers_seen, snap.payee_times_paid), (6, 6));
+        let restored = State::new();
+        for c in s.customers.iter() {
+            restored.restore_customer(c.key(), c.image());
+        }
+        restored.rebuild_fan_in();
+        assert_eq!(restored.snapshot("c", &payee("p"), 3_000), snap);
+        // An image written before the profile existed restores its payees as known, never paid.
+        let old = CustomerImage { known: vec![(PayeeKey::of(&payee("p")).0, 1_000)], ..CustomerImage::default() };
+        let json = serde_json::to_string(&old).unwrap();
+        assert_eq!(
+            json,
+            r#"{"k":[[2525438232055850698,1000]]}"#
+                .replace("2525438232055850698", &PayeeKey::of(&payee("p")).0.to_string())
+        );
+        restored.restore_customer("old", serde_json::from_str(&json).unwrap());
+        let o = restored.snapshot("old", &payee("p"), 3_000);
+        assert_eq!((o.payee_first_paid, o.payee_times_paid, o.transfers_seen), (Some(1_000), 0, 0));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use super::diagnostic::one_line;
 use super::parser::{BinOp, Expr, ExprKind, UnOp};
-use super::schema::{self, Facts, Read, StrRead, TextRead, Ty, NEVER};
+use super::schema::{self, Facts, Read, StrRead, TextRead, Ty, ABSENT, NEVER};
 use super::text::{self, TextView};
 use super::Span;
 use aho_corasick::AhoCorasick;
@@ -188,6 +188,8 @@ impl KeywordScan {
 enum IntE {
     Lit(i64),
     Read(fn(&Facts) -> i64),
+    /// An optional field: compared (false when absent), never computed with.
+    Opt(fn(&Facts) -> i64, &'static str),
     Dyn(IntFn),
 }
 
@@ -195,8 +197,16 @@ impl IntE {
     fn into_fn(self) -> IntFn {
         match self {
             IntE::Lit(v) => Box::new(move |_| v),
-            IntE::Read(r) => Box::new(r),
+            IntE::Read(r) | IntE::Opt(r, _) => Box::new(r),
             IntE::Dyn(f) => f,
+        }
+    }
+
+    /// The optional field this reads, if it is one.
+    fn optional(&self) -> Option<&'static str> {
+        match self {
+            IntE::Opt(_, path) => Some(path),
+            _ => None,
         }
     }
 }
@@ -263,6 +273,22 @@ macro_rules! compare {
 }
 
 fn compare_ints(op: BinOp, l: IntE, r: IntE) -> BoolFn {
+    if l.optional().is_some() || r.optional().is_some() {
+        // An absent value makes every comparison false, `!=` included.
+        let (a, b) = (l.into_fn(), r.into_fn());
+        let both = move |f: &Facts| {
+            let (x, y) = (a(f), b(f));
+            (x != ABSENT && y != ABSENT).then_some((x, y))
+        };
+        return match op {
+            BinOp::Eq => Box::new(move |f: &Facts| both(f).is_some_and(|(x, y)| x == y)),
+            BinOp::Ne => Box::new(move |f: &Facts| both(f).is_some_and(|(x, y)| x != y)),
+            BinOp::Lt => Box::new(move |f: &Facts| both(f).is_some_and(|(x, y)| x < y)),
+            BinOp::Le => Box::new(move |f: &Facts| both(f).is_some_and(|(x, y)| x <= y)),
+            BinOp::Gt => Box::new(move |f: &Facts| both(f).is_some_and(|(x, y)| x > y)),
+            _ => Box::new(move |f: &Facts| both(f).is_some_and(|(x, y)| x >= y)),
+        };
+    }
     match (l, r) {
         (IntE::Read(a), IntE::Lit(b)) => compare!(op, a, |_| b),
         (IntE::Lit(a), IntE::Read(b)) => compare!(op, |_| a, b),
@@ -366,6 +392,9 @@ impl<'l> Compiler<'l> {
             },
             ExprKind::Unary(UnOp::Neg, inner) => match self.value(inner)? {
                 Value::Int(IntE::Lit(n)) => Value::Int(IntE::Lit(n.saturating_neg())),
+                Value::Int(IntE::Opt(_, path)) => {
+                    return fail(inner.span, format!("`{path}` may be absent: compare it, do not negate it"))
+                }
                 Value::Int(e) => {
                     let f = e.into_fn();
                     Value::Int(IntE::Dyn(Box::new(move |x| f(x).saturating_neg())))
@@ -428,6 +457,15 @@ impl<'l> Compiler<'l> {
         match op {
             BinOp::Add | BinOp::Sub | BinOp::Mul => {
                 let (a, b, duration) = match (lv, rv) {
+                    (Value::Int(a), Value::Int(b)) if a.optional().or(b.optional()).is_some() => {
+                        let path = a.optional().or(b.optional()).unwrap_or_default();
+                        return fail(
+                            span,
+                            format!(
+                                "`{path}` may be absent: compare it (false when absent), but do not compute with it"
+                            ),
+                        );
+                    }
                     (Value::Int(a), Value::Int(b)) => (a, b, false),
                     (Value::Duration(a), Value::Duration(b)) if op != BinOp::Mul => (a, b, true),
                     (lv, rv) => {
@@ -720,6 +758,7 @@ fn has(args: &[Expr], span: Span) -> Result<Value, CompileError> {
     let field = lookup_field(&path, arg.span)?;
     match field.read {
         Read::Duration(read) if field.optional => Ok(Value::Bool(Box::new(move |f| read(f) != NEVER))),
+        Read::OptInt(read) => Ok(Value::Bool(Box::new(move |f| read(f) != ABSENT))),
         _ => fail(arg.span, format!("`{path}` is always present; `has` is for optional fields")),
     }
 }
@@ -743,6 +782,7 @@ fn field_value(path: &str, span: Span) -> Result<(&'static schema::Field, Value)
         field,
         match field.read {
             Read::Int(r) => Value::Int(IntE::Read(r)),
+            Read::OptInt(r) => Value::Int(IntE::Opt(r, field.path)),
             Read::Duration(r) => Value::Duration(IntE::Read(r)),
             Read::Str(r) => Value::Str(StrE::Read(r, field)),
             Read::Bool(r) => Value::Bool(Box::new(r)),
@@ -844,6 +884,20 @@ mod tests {
     }
 
     #[test]
+    fn an_absent_int_compares_false_every_way() {
+        let absent = Facts { transfer_amount_vs_usual: ABSENT, payee_growth: 250, ..Facts::default() };
+        for op in ["==", "!=", "<", "<=", ">", ">="] {
+            assert!(!eval(&format!("transfer.amount_vs_usual {op} 100"), &absent), "{op}");
+            assert!(!eval(&format!("100 {op} transfer.amount_vs_usual"), &absent), "{op}");
+        }
+        assert!(!eval("has(transfer.amount_vs_usual)", &absent));
+        assert!(eval("!has(transfer.amount_vs_usual) && has(payee.growth) && payee.growth >= 200", &absent));
+        assert!(eval("payee.growth != 100 && payee.growth in [250, 300]", &absent));
+        let present = Facts { transfer_amount_vs_usual: 0, ..absent };
+        assert!(eval("transfer.amount_vs_usual == 0 && transfer.amount_vs_usual < 1", &present));
+    }
+
+    #[test]
     fn rejects_what_would_silently_be_false() {
         let cases = [
             ("customer.agee >= 60", "did you mean `customer.age`"),
@@ -858,6 +912,8 @@ mod tests {
             ("transfer.memo.lower() == 'x'", "unknown function"),
             ("matches_list(payee.account, 'mules')", "exact values"),
             ("transfer.memo < 'a'", "does not order"),
+            ("transfer.amount_vs_usual * 2 > 10", "may be absent"),
+            ("-payee.growth < 0", "may be absent"),
         ];
         for (src, want) in cases {
             match compile(src) {

@@ -124,7 +124,7 @@ fn reference(e: &Expr, f: &Facts, words: &[&str]) -> V {
         ExprKind::Bool(b) => V::Bool(*b),
         ExprKind::List(items) => V::List(items.iter().map(|i| reference(i, f, words)).collect()),
         ExprKind::Path(p) => match schema::lookup(&p.join(".")).expect("known field").read {
-            Read::Int(r) | Read::Duration(r) => V::Int(r(f)),
+            Read::Int(r) | Read::Duration(r) | Read::OptInt(r) => V::Int(r(f)),
             Read::Str(r) if schema::lookup(&p.join(".")).unwrap().text.is_some() => V::Text(text::normalise(r(f))),
             Read::Str(r) => V::Str(r(f).to_string()),
             Read::Bool(r) => V::Bool(r(f)),

@@ -14,6 +14,10 @@ use std::cell::Cell;
 /// the limit, and `has(customer.limit_raised_ago)` tells the two apart.
 pub const NEVER: i64 = i64::MAX;
 
+/// An optional int field with no value reads as this; every comparison with
+/// it is false, and `has(field)` tells.
+pub const ABSENT: i64 = i64::MIN;
+
 /// Everything a rule can see about one transfer, flattened for fast reads.
 #[derive(Debug, Clone, Default)]
 pub struct Facts<'a> {
@@ -42,6 +46,19 @@ pub struct Facts<'a> {
     pub history_transfers_24h: i64,
     pub history_amount_24h: i64,
     pub history_new_payees_24h: i64,
+    pub customer_transfers_seen: i64,
+    /// [`ABSENT`] while the customer has too little history.
+    pub customer_usual_amount: i64,
+    pub transfer_amount_vs_usual: i64,
+    pub payee_times_paid: i64,
+    /// [`ABSENT`] before any payment to this payee.
+    pub payee_last_paid: i64,
+    pub payee_largest_paid: i64,
+    pub payee_growth: i64,
+    pub payee_growing_run: i64,
+    pub history_new_payees_1h: i64,
+    pub history_amount_1h: i64,
+    pub history_new_payee_growing_run: i64,
     /// Per-request memo of regex results, one slot per (pattern, field) in the
     /// ruleset: 0 = not computed yet, 1 = no match, 2 = match.
     pub regex_memo: &'a [Cell<u8>],
@@ -105,6 +122,8 @@ pub enum Read {
     Str(StrRead),
     Bool(fn(&Facts) -> bool),
     Observations(fn(&Facts) -> u8),
+    /// An int that may be absent ([`ABSENT`]): it can be compared, not computed with.
+    OptInt(fn(&Facts) -> i64),
 }
 
 impl Read {
@@ -115,6 +134,7 @@ impl Read {
             Read::Str(_) => Ty::Str,
             Read::Bool(_) => Ty::Bool,
             Read::Observations(_) => Ty::Observations,
+            Read::OptInt(_) => Ty::Int,
         }
     }
 }
@@ -139,6 +159,11 @@ pub const OBSERVATIONS: &[&str] =
 
 const fn field(path: &'static str, read: Read, doc: &'static str) -> Field {
     Field { path, read, optional: false, values: &[], text: None, doc }
+}
+
+/// An int that may be absent.
+const fn opt_int(path: &'static str, read: fn(&Facts) -> i64, doc: &'static str) -> Field {
+    Field { optional: true, ..field(path, Read::OptInt(read), doc) }
 }
 
 /// A free-text field: read normalised.
@@ -262,6 +287,57 @@ pub static FIELDS: &[Field] = &[
         "history.new_payees_24h",
         Read::Int(|f| f.history_new_payees_24h),
         "How many of those went to a payee that was new at the time.",
+    ),
+    field(
+        "history.new_payees_1h",
+        Read::Int(|f| f.history_new_payees_1h),
+        "Counted transfers to then-new payees in the hour before this one (a burst of new payees).",
+    ),
+    field("history.amount_1h", Read::Int(|f| f.history_amount_1h), "Sum of the hour's counted transfers, minor units."),
+    field(
+        "history.new_payee_growing_run",
+        Read::Int(|f| f.history_new_payee_growing_run),
+        "When this payee is new: how many payments to successive new payees in the last 24 h each grew on the one before, this one included (1: no run); 0 for a known payee.",
+    ),
+    field(
+        "customer.transfers_seen",
+        Read::Int(|f| f.customer_transfers_seen),
+        "Transfers in the customer's profile: the last ~90 days, older ones fading by halves (0: no history at all).",
+    ),
+    opt_int(
+        "customer.usual_amount",
+        |f| f.customer_usual_amount,
+        "The amount 90 % of the customer's profiled transfers stay under (rounded up to a power of two in fen); absent with fewer than 5.",
+    ),
+    opt_int(
+        "transfer.amount_vs_usual",
+        |f| f.transfer_amount_vs_usual,
+        "This amount as a per cent of `customer.usual_amount` (500: five times the usual); absent with it.",
+    ),
+    field(
+        "payee.times_paid",
+        Read::Int(|f| f.payee_times_paid),
+        "Counted payments from this customer to this payee before this one (0 for a new payee).",
+    ),
+    opt_int(
+        "payee.last_paid",
+        |f| f.payee_last_paid,
+        "The amount of the last payment to this payee, minor units; absent before any.",
+    ),
+    opt_int(
+        "payee.largest_paid",
+        |f| f.payee_largest_paid,
+        "The largest payment to this payee so far, minor units; absent before any.",
+    ),
+    opt_int(
+        "payee.growth",
+        |f| f.payee_growth,
+        "This amount as a per cent of `payee.last_paid` (300: three times the last); absent before any payment.",
+    ),
+    field(
+        "payee.growing_run",
+        Read::Int(|f| f.payee_growing_run),
+        "Payments to this payee in a row that each grew on the one before, this one included (0 when this one does not grow or the payee is new).",
     ),
 ];
 
