@@ -79,6 +79,69 @@ pub struct Report {
     pub by_threshold: BTreeMap<&'static str, Quality>,
     /// Scores of scams and of ordinary transfers, in buckets of 10.
     pub score_histogram: BTreeMap<&'static str, BTreeMap<i64, u64>>,
+    /// Scam type → stage (`lead-in`, `decisive`) → how many were warned, held.
+    pub typologies: BTreeMap<String, BTreeMap<String, Caught>>,
+    /// Ordinary kind → how many were warned, held: the false alarms.
+    pub ordinary_kinds: BTreeMap<String, Caught>,
+    /// Scores in buckets of 10 per class: each scam type's decisive payments,
+    /// and `ordinary`; for the curves of recall and false alarms by threshold.
+    pub class_scores: BTreeMap<String, BTreeMap<i64, u64>>,
+    /// What the alerts ask of the police.
+    pub workload: Workload,
+}
+
+/// Of some transfers, how many got at least a WARN, at least a HOLD.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct Caught {
+    pub transfers: u64,
+    /// Exactly WARN.
+    pub warned: u64,
+    /// HOLD or BLOCK.
+    pub held: u64,
+    /// (warned + held) / transfers: recall at WARN+ for scams.
+    pub warn_or_more: f64,
+    /// held / transfers: recall at HOLD+ for scams, the false-alarm rate for ordinary ones.
+    pub hold_or_more: f64,
+    /// warned / transfers.
+    pub warn_only: f64,
+}
+
+impl Caught {
+    fn count(&mut self, action: Action) {
+        self.transfers += 1;
+        match action {
+            Action::Warn => self.warned += 1,
+            Action::Hold | Action::Block => self.held += 1,
+            Action::Allow => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        let n = self.transfers.max(1) as f64;
+        self.warn_or_more = (self.warned + self.held) as f64 / n;
+        self.hold_or_more = self.held as f64 / n;
+        self.warn_only = self.warned as f64 / n;
+    }
+}
+
+/// Alerts (HOLD and BLOCK) for the police, per station and in all.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Workload {
+    pub customers: u64,
+    pub days: u64,
+    pub alerts: u64,
+    /// All stations: alerts per day per 10,000 customers.
+    pub per_day_per_10k_customers: f64,
+    /// Station → (customers of its branches, alerts per day, per day per 10,000 of them).
+    pub stations: BTreeMap<String, StationLoad>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StationLoad {
+    pub customers: u64,
+    pub alerts: u64,
+    pub per_day: f64,
+    pub per_day_per_10k_customers: f64,
 }
 
 /// Replays `history` (any order; sorted by time here, stable) through `ruleset`.
@@ -109,6 +172,9 @@ pub fn run_from(
         report.rules.insert(rule.id.to_string(), RuleStats { mode: rule.mode.as_str(), ..RuleStats::default() });
     }
     let mut replayed = Vec::with_capacity(history.len());
+    // Customer → its station (by its first branch), and the days measured.
+    let mut customers: BTreeMap<String, String> = BTreeMap::new();
+    let mut days = std::collections::BTreeSet::new();
     for (n, &i) in order.iter().enumerate() {
         if n % 10_000 == 0 {
             progress(n as u64);
@@ -133,6 +199,7 @@ pub fn run_from(
         }
         report.transfers += 1;
         *report.actions.entry(decision.action.as_str()).or_default() += 1;
+        let bucket = decision.score.div_euclid(10) * 10;
         let scam = (!line.label.is_empty()).then(|| line.is_scam());
         for h in &decision.hits {
             let stats = report.rules.entry(h.rule_id().to_string()).or_default();
@@ -150,6 +217,31 @@ pub fn run_from(
                 time::OffsetDateTime::from_unix_timestamp(local).map_or_else(|_| "?".into(), |t| t.date().to_string());
             *report.alerts_per_station_day.entry(station.id.clone()).or_default().entry(day).or_default() += 1;
         }
+        match scam {
+            Some(true) => {
+                let stage = if line.stage.is_empty() { "decisive" } else { line.stage.as_str() };
+                let kind = if line.scam_type.is_empty() { "unnamed" } else { line.scam_type.as_str() };
+                report
+                    .typologies
+                    .entry(kind.into())
+                    .or_default()
+                    .entry(stage.into())
+                    .or_default()
+                    .count(decision.action);
+                if stage == "decisive" {
+                    *report.class_scores.entry(kind.into()).or_default().entry(bucket).or_default() += 1;
+                }
+            }
+            Some(false) => {
+                let kind = if line.kind.is_empty() { "unnamed" } else { line.kind.as_str() };
+                report.ordinary_kinds.entry(kind.into()).or_default().count(decision.action);
+                *report.class_scores.entry("ordinary".into()).or_default().entry(bucket).or_default() += 1;
+            }
+            None => {}
+        }
+        let (station, _) = routing.route(&transfer.branch_id);
+        customers.entry(transfer.customer.customer_id.clone()).or_insert_with(|| station.id.clone());
+        days.insert(transfer.requested_at.div_euclid(86_400));
         if let Some(is_scam) = scam {
             report.labelled += 1;
             report.scams += u64::from(is_scam);
@@ -178,6 +270,30 @@ pub fn run_from(
             }
         }
         report.by_threshold.insert(threshold.as_str(), Quality::of(tp, fp, fn_));
+    }
+    for caught in report.typologies.values_mut().flat_map(|stages| stages.values_mut()) {
+        caught.finish();
+    }
+    for caught in report.ordinary_kinds.values_mut() {
+        caught.finish();
+    }
+    let w = &mut report.workload;
+    w.customers = customers.len() as u64;
+    w.days = days.len() as u64;
+    w.alerts = report.alerts_per_station_day.values().flat_map(|d| d.values()).sum();
+    let per = |alerts: u64, customers: u64, days: u64| {
+        alerts as f64 / days.max(1) as f64 * 10_000.0 / customers.max(1) as f64
+    };
+    w.per_day_per_10k_customers = per(w.alerts, w.customers, w.days);
+    for station in customers.values() {
+        w.stations.entry(station.clone()).or_default().customers += 1;
+    }
+    for (station, by_day) in &report.alerts_per_station_day {
+        w.stations.entry(station.clone()).or_default().alerts = by_day.values().sum();
+    }
+    for load in w.stations.values_mut() {
+        load.per_day = load.alerts as f64 / w.days.max(1) as f64;
+        load.per_day_per_10k_customers = per(load.alerts, load.customers, w.days);
     }
     for stats in report.rules.values_mut() {
         let q = Quality::of(stats.scam_hits, stats.ordinary_hits, report.scams.saturating_sub(stats.scam_hits));
@@ -233,6 +349,56 @@ pub fn text(report: &Report) -> String {
         for (label, row) in &report.confusion {
             let cells: Vec<String> = row.iter().map(|(a, n)| format!("{a} {n}")).collect();
             s.push_str(&format!("  {label:<9} {}\n", cells.join(", ")));
+        }
+    }
+    if !report.typologies.is_empty() {
+        s.push_str("\nscams by type and stage: transfers, WARN+ recall, HOLD+ recall\n");
+        for (kind, stages) in &report.typologies {
+            for (stage, c) in stages {
+                s.push_str(&format!(
+                    "  {:<14} {stage:<9} {:>6}  {:>6.3}  {:>6.3}\n",
+                    kind, c.transfers, c.warn_or_more, c.hold_or_more
+                ));
+            }
+        }
+    }
+    if !report.ordinary_kinds.is_empty() {
+        s.push_str("\nordinary transfers by kind: transfers, WARN, HOLD+ (false alarms)\n");
+        for (kind, c) in &report.ordinary_kinds {
+            s.push_str(&format!(
+                "  {kind:<24} {:>8}  {:>6.2}%  {:>6.3}%\n",
+                c.transfers,
+                100.0 * c.warn_only,
+                100.0 * c.hold_or_more
+            ));
+        }
+        let all = report.ordinary_kinds.values().fold(Caught::default(), |mut a, c| {
+            a.transfers += c.transfers;
+            a.warned += c.warned;
+            a.held += c.held;
+            a
+        });
+        let mut all = all;
+        all.finish();
+        s.push_str(&format!(
+            "  {:<24} {:>8}  {:>6.2}%  {:>6.3}%\n",
+            "all ordinary",
+            all.transfers,
+            100.0 * all.warn_only,
+            100.0 * all.hold_or_more
+        ));
+    }
+    let w = &report.workload;
+    if w.customers > 0 {
+        s.push_str(&format!(
+            "\npolice workload: {} alerts over {} days for {} customers = {:.2} alerts a day per 10,000 customers\n",
+            w.alerts, w.days, w.customers, w.per_day_per_10k_customers
+        ));
+        for (station, l) in &w.stations {
+            s.push_str(&format!(
+                "  {station:<30} {:>7} customers {:>6.2} alerts a day ({:.2} per 10,000 customers)\n",
+                l.customers, l.per_day, l.per_day_per_10k_customers
+            ));
         }
     }
     s.push_str("\nrule hits (mode, hits, scam hits, precision, recall):\n");

@@ -222,6 +222,8 @@ pub struct RuleText {
     /// both languages, the same questions in the same order; often none.
     pub ask_zh: Box<[Box<str>]>,
     pub ask_en: Box<[Box<str>]>,
+    /// The scam type the rule points to (the rule file's `typology`); often empty.
+    pub typology: Box<str>,
 }
 
 impl RuleText {

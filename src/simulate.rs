@@ -1,11 +1,17 @@
 //! `simulate`: realistic labelled traffic for demos, backtests and load — in
 //! the same proto3 JSON as `ScreenRequest`, one labelled transfer a line.
 //!
-//! Ordinary life (rent, bills, salaries paid by small employers, family
-//! transfers, occasional first payments, older customers paying their usual
-//! payees) and the common scam types, each with its typical pattern. The same
-//! seed gives the same output. A tool, not ground truth: its assumptions are in
-//! docs/simulate.md. Must not read the clock: time starts at a fixed date.
+//! Ordinary life with what makes fraud detection hard — large first payments
+//! (house deposits, cars, tuition, hospitals, new landlords, weddings),
+//! businesses paying new suppliers, older customers paying a new care home,
+//! bursts of small first payments, new accounts with no history, a festival
+//! week of red packets, teller observations on some ordinary counter visits —
+//! and the common scam types as they unfold: lead-in payments, the decisive
+//! ones, repeat victims. Every line is labelled: `ordinary` with its `kind`,
+//! or `scam` with its `scam_type` and `stage`. The same seed gives the same
+//! output. A tool, not ground truth: docs/simulate.md cites the typology
+//! descriptions each pattern follows and says what stays unrealistic. Must not
+//! read the clock: time starts at a fixed date.
 
 use crate::api::proto as pb;
 use pbjson_types::Timestamp;
@@ -22,6 +28,13 @@ pub struct Labelled {
     /// The scam type, for scams.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub scam_type: String,
+    /// For scams: `lead-in` (the small payments that build trust) or
+    /// `decisive` (the payments that take the money).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stage: String,
+    /// For ordinary transfers: what kind of life event ([`ORDINARY_KINDS`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
 }
 
 impl Labelled {
@@ -32,20 +45,38 @@ impl Labelled {
 
 /// The scam types simulated, with their share of victims.
 pub const SCAM_TYPES: &[(&str, u32)] = &[
-    ("刷单返利", 30),
-    ("虚假投资理财", 20),
-    ("虚假网络贷款", 15),
-    ("冒充客服退款", 12),
+    ("刷单返利", 22),
+    ("虚假投资理财", 15),
+    ("虚假网络贷款", 11),
+    ("冒充客服退款", 11),
     ("冒充公检法", 10),
-    ("虚假征信", 7),
-    ("婚恋交友", 6),
+    ("虚假征信", 8),
+    ("网络婚恋", 8),
+    ("养老诈骗", 7),
+    ("mule fan-in", 8),
+];
+
+/// The kinds of ordinary transfer, the hard ones first.
+pub const ORDINARY_KINDS: &[&str] = &[
+    "large first payment",
+    "new supplier",
+    "care home or hospital",
+    "small first payments",
+    "new account",
+    "red packets",
+    "observed at the counter",
+    "first payment",
+    "usual",
 ];
 
 /// 2026-03-01 00:00 +08:00: simulated time starts here (after the warm-up).
 pub const START: i64 = 1_772_294_400;
-/// Days before START in which each customer first pays each usual payee.
+/// Days before START in which each customer's usual life builds its history.
 pub const WARMUP_DAYS: i64 = 30;
 const DAY: i64 = 86_400;
+const HOUR: i64 = 3_600;
+/// Simulated days of the festival week (red packets to family and friends).
+const FESTIVAL_DAYS: std::ops::Range<i64> = 20..27;
 const BRANCHES: &[&str] = &[
     "psbc-heshan-zhongshan",
     "icbc-heshan-zhongshan",
@@ -53,6 +84,15 @@ const BRANCHES: &[&str] = &[
     "boc-heshan-shaping",
     "ccb-jiangmen-pengjiang",
 ];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Life {
+    Adult,
+    Elderly,
+    Business,
+    /// Opened just before the simulation: no history at all.
+    NewAccount,
+}
 
 struct Customer {
     id: String,
@@ -62,7 +102,9 @@ struct Customer {
     daily_limit: i64,
     branch: &'static str,
     payees: Vec<pb::Payee>,
-    elderly: bool,
+    life: Life,
+    /// Its usual spending scale, minor units.
+    scale: i64,
 }
 
 fn payee(account: String, name: &str, bank: &str) -> pb::Payee {
@@ -77,148 +119,177 @@ fn pick_ref<'a, T>(rng: &mut StdRng, items: &'a [T]) -> &'a T {
     &items[rng.random_range(0..items.len())]
 }
 
+/// A round-ish amount near `around` (minor units), from a third to three times it.
+fn amount_near(rng: &mut StdRng, around: i64) -> i64 {
+    let factor = rng.random_range(0.33f64..3.0);
+    (((around as f64 * factor) / 100.0).round() as i64).max(1) * 100
+}
+
+fn birth_date(rng: &mut StdRng, years: std::ops::RangeInclusive<i32>) -> String {
+    format!("{}-{:02}-{:02}", rng.random_range(years), rng.random_range(1..=12), rng.random_range(1..=28))
+}
+
 fn customer(rng: &mut StdRng, i: usize) -> Customer {
-    let elderly = rng.random_bool(0.22);
-    let year = if elderly { rng.random_range(1940..=1966) } else { rng.random_range(1967..=2004) };
-    let payees = (0..rng.random_range(3..=8))
-        .map(|j| {
-            let bank = pick(rng, &["icbc", "ccb", "abc", "boc", "psbc", "cmb"]);
-            payee(
-                format!("6222{i:08}{j:02}{:02}", rng.random_range(0..100)),
-                pick(rng, &["王芳", "李强", "张伟", "刘洋", "陈静", "物业公司", "南方电网"]),
-                bank,
-            )
-        })
-        .collect();
+    let roll = rng.random_range(0..100);
+    let life = match roll {
+        0..22 => Life::Elderly,
+        22..27 => Life::Business,
+        27..30 => Life::NewAccount,
+        _ => Life::Adult,
+    };
+    let birth = match life {
+        Life::Elderly => birth_date(rng, 1940..=1966),
+        _ => birth_date(rng, 1967..=2004),
+    };
+    let opened_on = match life {
+        Life::NewAccount => "2026-02-15".to_string(),
+        _ => format!("{}-{:02}-01", rng.random_range(2005..=2024), rng.random_range(1..=12)),
+    };
+    let payees = match life {
+        Life::NewAccount => Vec::new(),
+        _ => (0..rng.random_range(if life == Life::Business { 6..=14 } else { 3..=8 }))
+            .map(|j| {
+                let bank = pick(rng, &["icbc", "ccb", "abc", "boc", "psbc", "cmb"]);
+                let name = pick(rng, &["王芳", "李强", "张伟", "刘洋", "陈静", "物业公司", "南方电网", "某某商贸"]);
+                payee(format!("6222{i:08}{j:02}{:02}", rng.random_range(0..100)), name, bank)
+            })
+            .collect(),
+    };
+    let scale = match life {
+        Life::Business => pick(rng, &[500_000, 1_000_000, 3_000_000]),
+        Life::Elderly => pick(rng, &[30_000, 80_000, 150_000]),
+        _ => pick(rng, &[30_000, 100_000, 250_000, 600_000]),
+    };
     Customer {
         id: format!("sim-{i:07}"),
         account: format!("6210{i:012}"),
-        birth_date: format!("{year}-{:02}-{:02}", rng.random_range(1..=12), rng.random_range(1..=28)),
-        opened_on: format!("{}-{:02}-01", rng.random_range(2005..=2025), rng.random_range(1..=12)),
+        birth_date: birth,
+        opened_on,
         daily_limit: pick(rng, &[5_000_000, 10_000_000, 20_000_000, 50_000_000]),
         branch: pick(rng, BRANCHES),
         payees,
-        elderly,
+        life,
+        scale,
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn request(
-    c: &Customer,
-    k: &mut u64,
+/// One transfer as a teller system would send it.
+struct Send<'a> {
     at: i64,
-    payee: &pb::Payee,
+    payee: &'a pb::Payee,
     amount: i64,
-    memo: &str,
+    memo: &'a str,
     counter: bool,
     observations: Vec<pb::Observation>,
     limit_change: Option<pb::LimitChanged>,
-) -> pb::ScreenRequest {
+}
+
+impl<'a> Send<'a> {
+    fn new(at: i64, payee: &'a pb::Payee, amount: i64) -> Send<'a> {
+        Send { at, payee, amount, memo: "", counter: false, observations: Vec::new(), limit_change: None }
+    }
+}
+
+fn request(c: &Customer, k: &mut u64, t: Send) -> pb::ScreenRequest {
     *k += 1;
+    let limit = t.limit_change.as_ref().map_or(c.daily_limit, |l| l.new_limit_minor);
     pb::ScreenRequest {
         request_id: format!("sim-{k:09}"),
-        requested_at: Some(Timestamp { seconds: at, nanos: 0 }),
+        requested_at: Some(Timestamp { seconds: t.at, nanos: 0 }),
         bank_id: c.branch.split('-').next().unwrap_or("psbc").into(),
         branch_id: c.branch.into(),
-        teller_id: if counter { "teller-01".into() } else { String::new() },
-        channel: if counter { pb::Channel::Counter } else { pb::Channel::Mobile } as i32,
+        teller_id: if t.counter { "teller-01".into() } else { String::new() },
+        channel: if t.counter { pb::Channel::Counter } else { pb::Channel::Mobile } as i32,
         customer: Some(pb::Customer {
             customer_id: c.id.clone(),
             account_id: c.account.clone(),
             birth_date: c.birth_date.clone(),
             account_opened_on: c.opened_on.clone(),
-            daily_limit_minor: c.daily_limit,
-            last_limit_change: limit_change,
+            daily_limit_minor: limit,
+            last_limit_change: t.limit_change,
         }),
-        payee: Some(payee.clone()),
-        amount_minor: amount,
+        payee: Some(t.payee.clone()),
+        amount_minor: t.amount.min(limit),
         currency: "CNY".into(),
-        memo: memo.into(),
-        observations: observations.into_iter().map(|o| o as i32).collect(),
+        memo: t.memo.into(),
+        observations: t.observations.into_iter().map(|o| o as i32).collect(),
     }
 }
 
-/// Generates `days` days of traffic for `customers` customers.
-pub fn generate(customers: usize, days: u32, seed: u64) -> Vec<Labelled> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let people: Vec<Customer> = (0..customers).map(|i| customer(&mut rng, i)).collect();
-    // A few mule accounts per day receive from many victims.
-    let mules: Vec<pb::Payee> = (0..(customers / 2000).max(3))
-        .map(|m| payee(format!("6230{m:012}"), pick(&mut rng, &["刘某", "周某", "某某科技", "吴某"]), "pab"))
-        .collect();
-    let mut out = Vec::new();
-    let mut k = 0u64;
-    let mut first_payee_counter = 0u64;
-    let total_weight: u32 = SCAM_TYPES.iter().map(|(_, w)| w).sum();
-    // A warm-up month before START in which each customer pays each usual
-    // payee once, so a replay knows them; measure with `backtest --from` START.
-    for c in &people {
-        for p in &c.payees {
-            let at = START - WARMUP_DAYS * DAY + rng.random_range(0..WARMUP_DAYS * DAY);
-            let amount = pick(&mut rng, &[20_000, 50_000, 100_000, 300_000]);
-            out.push(Labelled {
-                request: request(c, &mut k, at, p, amount, "", false, vec![], None),
+/// Where generated lines go, with the counters that make ids unique.
+struct Out {
+    lines: Vec<Labelled>,
+    k: u64,
+    fresh: u64,
+    end: i64,
+}
+
+impl Out {
+    fn ordinary(&mut self, c: &Customer, kind: &'static str, t: Send) {
+        if t.at < self.end {
+            let request = request(c, &mut self.k, t);
+            self.lines.push(Labelled {
+                request,
                 label: "ordinary".into(),
                 scam_type: String::new(),
+                stage: String::new(),
+                kind: kind.into(),
             });
         }
     }
-    for day in 0..i64::from(days) {
+
+    fn scam(&mut self, c: &Customer, scam_type: &str, stage: &str, t: Send) {
+        if t.at < self.end {
+            let request = request(c, &mut self.k, t);
+            self.lines.push(Labelled {
+                request,
+                label: "scam".into(),
+                scam_type: scam_type.into(),
+                stage: stage.into(),
+                kind: String::new(),
+            });
+        }
+    }
+
+    /// An account nobody has paid before.
+    fn new_payee(&mut self, rng: &mut StdRng, prefix: &str, name: &str) -> pb::Payee {
+        self.fresh += 1;
+        let bank = pick(rng, &["icbc", "ccb", "abc", "boc", "cmb", "pab", "cib", "ceb"]);
+        payee(format!("{prefix}{:012}", self.fresh), name, bank)
+    }
+}
+
+fn raise_limit(c: &Customer, at: i64, to_max: bool) -> pb::LimitChanged {
+    pb::LimitChanged {
+        customer_id: c.id.clone(),
+        old_limit_minor: c.daily_limit,
+        new_limit_minor: if to_max { 50_000_000 } else { (c.daily_limit * 2).min(50_000_000) },
+        is_maximum: to_max,
+        changed_at: Some(Timestamp { seconds: at, nanos: 0 }),
+    }
+}
+
+/// Generates `days` days of traffic for `customers` customers, after a
+/// warm-up of [`WARMUP_DAYS`] (measure from [`START`]).
+pub fn generate(customers: usize, days: u32, seed: u64) -> Vec<Labelled> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let people: Vec<Customer> = (0..customers).map(|i| customer(&mut rng, i)).collect();
+    let mut out = Out { lines: Vec::new(), k: 0, fresh: 0, end: START + i64::from(days) * DAY };
+    // A few mule accounts at a time collect from many victims.
+    let mules: Vec<pb::Payee> = (0..(customers / 1500).max(3))
+        .map(|m| payee(format!("6230{m:012}"), pick(&mut rng, &["刘某", "周某", "某某科技", "吴某"]), "pab"))
+        .collect();
+    let total_weight: u32 = SCAM_TYPES.iter().map(|(_, w)| w).sum();
+    for day in -WARMUP_DAYS..i64::from(days) {
         let day_start = START + day * DAY;
+        let measured = day >= 0;
         for c in &people {
-            let ordinary = |out: &mut Vec<Labelled>,
-                            k: &mut u64,
-                            at: i64,
-                            p: &pb::Payee,
-                            amount: i64,
-                            memo: &str,
-                            counter: bool| {
-                out.push(Labelled {
-                    request: request(c, k, at, p, amount, memo, counter, vec![], None),
-                    label: "ordinary".into(),
-                    scam_type: String::new(),
-                });
-            };
-            let daytime = |rng: &mut StdRng| day_start + rng.random_range(8 * 3600..21 * 3600);
-            // Rent and bills early in the month, to known payees.
-            if day % 30 == 0 {
-                let at = daytime(&mut rng);
-                let amount = pick(&mut rng, &[150_000, 280_000, 350_000, 520_000]);
-                ordinary(&mut out, &mut k, at, &c.payees[0], amount, "房租", false);
+            if c.life == Life::NewAccount && !measured {
+                continue;
             }
-            if day % 30 == 3 {
-                let at = daytime(&mut rng);
-                let amount = rng.random_range(8_000..60_000);
-                ordinary(&mut out, &mut k, at, &c.payees[1], amount, "电费", false);
-            }
-            // Family transfers and everyday payments to usual payees.
-            if rng.random_bool(if c.elderly { 0.08 } else { 0.15 }) {
-                let at = daytime(&mut rng);
-                let p = pick_ref(&mut rng, &c.payees).clone();
-                let amount = pick(&mut rng, &[20_000, 50_000, 100_000, 200_000, 500_000, 2_000_000]);
-                let counter = c.elderly && rng.random_bool(0.6);
-                let memo = pick(&mut rng, &["生活费", "给女儿", "家用", "", "还款"]);
-                ordinary(&mut out, &mut k, at, &p, amount, memo, counter);
-            }
-            // Small employers pay salaries to their usual staff.
-            if day % 30 == 24 && c.payees.len() > 5 {
-                for p in &c.payees[3..] {
-                    let at = daytime(&mut rng);
-                    let amount = rng.random_range(400_000..1_200_000);
-                    ordinary(&mut out, &mut k, at, p, amount, "工资", false);
-                }
-            }
-            // An occasional first payment to someone new.
-            if rng.random_bool(0.01) {
-                first_payee_counter += 1;
-                let p = payee(format!("6225{first_payee_counter:012}"), "新收款人", "cmb");
-                let at = daytime(&mut rng);
-                let amount = pick(&mut rng, &[5_000, 20_000, 80_000, 300_000]);
-                let memo = pick(&mut rng, &["AA聚餐", "二手交易", "学费", ""]);
-                ordinary(&mut out, &mut k, at, &p, amount, memo, false);
-            }
-            // A victim: about 1 customer in 1,500 a day.
-            if rng.random_bool(1.0 / 1500.0) {
+            ordinary_day(&mut rng, c, day, day_start, &mut out);
+            // A victim: about 1 customer in 1,500 a day, during the measured days.
+            if measured && rng.random_bool(1.0 / 1500.0) {
                 let mut roll = rng.random_range(0..total_weight);
                 let kind = SCAM_TYPES
                     .iter()
@@ -231,110 +302,417 @@ pub fn generate(customers: usize, days: u32, seed: u64) -> Vec<Labelled> {
                         }
                     })
                     .map_or("刷单返利", |(n, _)| *n);
-                scam(&mut rng, c, kind, day_start, &mules, &mut k, &mut out);
+                // Scammers of the elderly pick the elderly.
+                let kind = if kind == "养老诈骗" && c.life != Life::Elderly { "冒充公检法" } else { kind };
+                scam(&mut rng, c, kind, day_start, &mules, &mut out);
+                // Some victims are taken again, by a "recovery" of the same kind, weeks later.
+                if rng.random_bool(0.15) {
+                    let later = day_start + rng.random_range(7..30) * DAY;
+                    scam(&mut rng, c, kind, later, &mules, &mut out);
+                }
             }
         }
     }
-    out.sort_by_key(|l| l.request.requested_at.as_ref().map_or(0, |t| t.seconds));
-    out
+    let mut lines = out.lines;
+    lines.sort_by_key(|l| l.request.requested_at.as_ref().map_or(0, |t| t.seconds));
+    lines
 }
 
-fn scam(
-    rng: &mut StdRng,
-    c: &Customer,
-    kind: &str,
-    day_start: i64,
-    mules: &[pb::Payee],
-    k: &mut u64,
-    out: &mut Vec<Labelled>,
-) {
-    let mut at = day_start + rng.random_range(9 * 3600..20 * 3600);
-    let counter = c.elderly && rng.random_bool(0.5);
-    let fresh = |rng: &mut StdRng| {
-        if rng.random_bool(0.5) {
-            pick_ref(rng, mules).clone()
+fn daytime(rng: &mut StdRng, day_start: i64) -> i64 {
+    day_start + rng.random_range(8 * HOUR..21 * HOUR)
+}
+
+/// One customer's ordinary day.
+fn ordinary_day(rng: &mut StdRng, c: &Customer, day: i64, day_start: i64, out: &mut Out) {
+    let elderly = c.life == Life::Elderly;
+    let counter_visit = |rng: &mut StdRng| rng.random_bool(if elderly { 0.6 } else { 0.15 });
+    // Rent and bills to known payees.
+    if !c.payees.is_empty() {
+        if day.rem_euclid(30) == 0 {
+            let t = Send {
+                memo: "房租",
+                ..Send::new(daytime(rng, day_start), &c.payees[0], amount_near(rng, c.scale * 3))
+            };
+            out.ordinary(c, "usual", t);
+        }
+        if day.rem_euclid(30) == 3 {
+            let t = Send {
+                memo: "电费",
+                ..Send::new(daytime(rng, day_start), &c.payees[1 % c.payees.len()], amount_near(rng, 20_000))
+            };
+            out.ordinary(c, "usual", t);
+        }
+        // Family transfers and everyday payments to usual payees.
+        if rng.random_bool(if elderly { 0.08 } else { 0.15 }) {
+            let p = pick_ref(rng, &c.payees).clone();
+            let counter = counter_visit(rng);
+            // A small share of ordinary counter visits gets an observation.
+            let observed = counter && rng.random_bool(0.03);
+            let t = Send {
+                memo: pick(rng, &["生活费", "给女儿", "家用", "", "还款", "借款"]),
+                counter,
+                observations: if observed {
+                    vec![pick(rng, &[pb::Observation::Urgent, pb::Observation::Agitated])]
+                } else {
+                    vec![]
+                },
+                ..Send::new(daytime(rng, day_start), &p, amount_near(rng, c.scale))
+            };
+            out.ordinary(c, if observed { "observed at the counter" } else { "usual" }, t);
+        }
+        // Businesses pay staff and usual suppliers, and sometimes a new supplier.
+        if c.life == Life::Business {
+            if day.rem_euclid(30) == 24 {
+                for p in &c.payees[3..] {
+                    let t = Send { memo: "工资", ..Send::new(daytime(rng, day_start), p, amount_near(rng, 600_000)) };
+                    out.ordinary(c, "usual", t);
+                }
+            }
+            if rng.random_bool(0.3) {
+                let p = pick_ref(rng, &c.payees).clone();
+                let t = Send {
+                    memo: pick(rng, &["货款", "采购", ""]),
+                    ..Send::new(daytime(rng, day_start), &p, amount_near(rng, c.scale))
+                };
+                out.ordinary(c, "usual", t);
+            }
+            if rng.random_bool(1.0 / 40.0) {
+                let p = out.new_payee(rng, "6228", "某某供应链");
+                let t = Send {
+                    memo: pick(rng, &["货款", "首批货款", "订金", ""]),
+                    ..Send::new(daytime(rng, day_start), &p, amount_near(rng, c.scale * 2))
+                };
+                out.ordinary(c, "new supplier", t);
+            }
+        }
+    }
+    // Large first payments: a house deposit, a car, tuition, a hospital, a new landlord, a wedding.
+    if rng.random_bool(1.0 / 400.0) {
+        let (memo, around) = pick(
+            rng,
+            &[
+                ("首付", 30_000_000),
+                ("购车款", 12_000_000),
+                ("学费", 2_500_000),
+                ("住院押金", 3_000_000),
+                ("押金 房租", 800_000),
+                ("婚礼酒席", 5_000_000),
+                ("装修款", 6_000_000),
+            ],
+        );
+        let name = pick(rng, &["某某置业", "某某汽车", "某某学校", "某某医院", "房东", "某某酒店"]);
+
+        let p = out.new_payee(rng, "6225", name);
+        let at = daytime(rng, day_start);
+        let raised = rng.random_bool(0.3);
+        let t = Send {
+            memo: if rng.random_bool(0.7) { memo } else { "" },
+            counter: counter_visit(rng) || around >= 10_000_000,
+            limit_change: raised.then(|| raise_limit(c, at - rng.random_range(600..20 * HOUR), rng.random_bool(0.5))),
+            ..Send::new(at, &p, amount_near(rng, around))
+        };
+        out.ordinary(c, "large first payment", t);
+    }
+    // Older customers start paying a care home, or a hospital.
+    if elderly && rng.random_bool(1.0 / 300.0) {
+        let name = pick(rng, &["某某养老院", "某某医院", "某某护理中心"]);
+
+        let p = out.new_payee(rng, "6226", name);
+        let t = Send {
+            memo: pick(rng, &["养老院费用", "住院费", "护理费", ""]),
+            counter: rng.random_bool(0.7),
+            ..Send::new(daytime(rng, day_start), &p, amount_near(rng, 800_000))
+        };
+        out.ordinary(c, "care home or hospital", t);
+    }
+    // A burst of small first payments: a shared dinner, second-hand buys.
+    if rng.random_bool(1.0 / 150.0) {
+        let mut at = daytime(rng, day_start);
+        for _ in 0..rng.random_range(2..=5) {
+            let p = out.new_payee(rng, "6227", "个人");
+            let t = Send {
+                memo: pick(rng, &["AA", "闲鱼", "二手", ""]),
+                ..Send::new(at, &p, amount_near(rng, 15_000))
+            };
+            out.ordinary(c, "small first payments", t);
+            at += rng.random_range(60..1800);
+        }
+    }
+    // A new account: its first weeks are all first payments.
+    if c.life == Life::NewAccount && rng.random_bool(0.12) {
+        let name = pick(rng, &["房东", "同事", "某某公司", "家人"]);
+
+        let p = out.new_payee(rng, "6229", name);
+        let t = Send {
+            memo: pick(rng, &["房租", "生活费", "", "押金"]),
+            ..Send::new(daytime(rng, day_start), &p, amount_near(rng, c.scale))
+        };
+        out.ordinary(c, "new account", t);
+    }
+    // The festival week: red packets to family, some of them new payees.
+    if FESTIVAL_DAYS.contains(&day) && rng.random_bool(0.3) {
+        let mut at = daytime(rng, day_start);
+        for _ in 0..rng.random_range(1..=4) {
+            let p = if c.payees.is_empty() || rng.random_bool(0.4) {
+                out.new_payee(rng, "6224", "亲戚")
+            } else {
+                pick_ref(rng, &c.payees).clone()
+            };
+            let t = Send {
+                memo: pick(rng, &["红包", "压岁钱", "新年快乐", ""]),
+                ..Send::new(at, &p, pick(rng, &[20_000, 50_000, 66_600, 88_800, 100_000, 200_000]))
+            };
+            out.ordinary(c, "red packets", t);
+            at += rng.random_range(60..3 * HOUR);
+        }
+    }
+    // An occasional first payment to someone new.
+    if rng.random_bool(0.01) {
+        let p = out.new_payee(rng, "6223", "新收款人");
+        let t = Send {
+            memo: pick(rng, &["AA聚餐", "二手交易", "学费", "", "礼金"]),
+            ..Send::new(daytime(rng, day_start), &p, amount_near(rng, c.scale))
+        };
+        out.ordinary(c, "first payment", t);
+    }
+}
+
+/// One victim's scam as it unfolds from `day_start`: lead-in payments, then
+/// the decisive ones. Words in the memo only sometimes: victims are coached
+/// to write nothing, or something bland.
+fn scam(rng: &mut StdRng, c: &Customer, kind: &str, day_start: i64, mules: &[pb::Payee], out: &mut Out) {
+    let mut at = daytime(rng, day_start);
+    let elderly = c.life == Life::Elderly;
+    let counter = rng.random_bool(if elderly { 0.6 } else { 0.15 });
+    let words = |rng: &mut StdRng, options: &[&'static str]| {
+        if rng.random_bool(0.35) {
+            pick(rng, options)
         } else {
-            payee(
-                format!("6236{:012}", rng.random_range(0..1_000_000_000u64)),
-                "陌生人",
-                pick(rng, &["pab", "cib", "ceb"]),
-            )
+            pick(rng, &["", "", "还款", "借款", "生活费", "货款"])
         }
     };
-    let words =
-        |rng: &mut StdRng, p: f64, options: &[&'static str]| if rng.random_bool(p) { pick(rng, options) } else { "" };
-    let push = |out: &mut Vec<Labelled>, r: pb::ScreenRequest| {
-        out.push(Labelled { request: r, label: "scam".into(), scam_type: kind.into() });
-    };
-    let observe = |rng: &mut StdRng, options: &[pb::Observation]| -> Vec<pb::Observation> {
-        if counter && rng.random_bool(0.7) {
+    let observed = |rng: &mut StdRng, counter: bool, options: &[pb::Observation]| {
+        if counter && rng.random_bool(0.6) {
             vec![pick(rng, options)]
         } else {
             vec![]
         }
     };
+    // A collection account: often a mule many victims pay, otherwise a fresh one.
+    let collector = |rng: &mut StdRng, out: &mut Out| {
+        if rng.random_bool(0.3) {
+            pick_ref(rng, mules).clone()
+        } else {
+            out.new_payee(rng, "6236", "陌生人")
+        }
+    };
     match kind {
         "刷单返利" => {
-            let mut amount = rng.random_range(10_000..50_000);
-            for _ in 0..rng.random_range(3..=5) {
-                let p = fresh(rng);
-                let memo = words(rng, 0.4, &["刷单返利", "做任务", "垫付", "点赞佣金"]);
-                push(out, request(c, k, at, &p, amount, memo, false, vec![], None));
-                at += rng.random_range(600..5400);
-                amount = (amount * rng.random_range(2..=4)).min(c.daily_limit);
+            // Small "tasks" to successive new accounts, each a little more, then the big ones.
+            let mut amount = rng.random_range(50..300) * 100;
+            for _ in 0..rng.random_range(2..=3) {
+                let p = collector(rng, out);
+                out.scam(
+                    c,
+                    kind,
+                    "lead-in",
+                    Send { memo: words(rng, &["刷单", "做任务", "点赞"]), ..Send::new(at, &p, amount) },
+                );
+                at += rng.random_range(300..2400);
+                amount = amount * rng.random_range(2..=3);
+            }
+            let mut amount = rng.random_range(2_000..10_000) * 100;
+            for _ in 0..rng.random_range(1..=3) {
+                let p = collector(rng, out);
+                out.scam(
+                    c,
+                    kind,
+                    "decisive",
+                    Send { memo: words(rng, &["刷单返利", "垫付", "任务佣金"]), ..Send::new(at, &p, amount) },
+                );
+                at += rng.random_range(600..3600);
+                amount = amount * rng.random_range(2..=3);
             }
         }
         "虚假投资理财" => {
-            let raise = pb::LimitChanged {
-                customer_id: c.id.clone(),
-                old_limit_minor: c.daily_limit,
-                new_limit_minor: c.daily_limit.max(50_000_000),
-                is_maximum: true,
-                changed_at: Some(Timestamp { seconds: at - rng.random_range(300..3600), nanos: 0 }),
+            // Trial deposits to the "platform" over weeks, then the limit raised and a large sum.
+            let platform = collector(rng, out);
+            let mut amount = rng.random_range(1_000..10_000) * 100;
+            for _ in 0..rng.random_range(1..=3) {
+                out.scam(
+                    c,
+                    kind,
+                    "lead-in",
+                    Send { memo: words(rng, &["投资", "理财", "入金"]), ..Send::new(at, &platform, amount) },
+                );
+                at += rng.random_range(2..10) * DAY;
+                amount = amount * rng.random_range(2..=3);
+            }
+            let to = if rng.random_bool(0.5) { platform } else { collector(rng, out) };
+            let raised = rng.random_bool(0.7);
+            let t = Send {
+                memo: words(rng, &["投资理财", "导师带单", "数字货币", "高额回报"]),
+                counter,
+                observations: observed(rng, counter, &[pb::Observation::OnPhoneWithStranger, pb::Observation::Urgent]),
+                limit_change: raised
+                    .then(|| raise_limit(c, at - rng.random_range(300..4 * HOUR), rng.random_bool(0.8))),
+                ..Send::new(at, &to, rng.random_range(50_000..500_000) * 100)
             };
-            let p = fresh(rng);
-            let memo = words(rng, 0.5, &["投资理财", "导师带单", "数字货币", "高额回报"]);
-            let obs = observe(rng, &[pb::Observation::OnPhoneWithStranger, pb::Observation::Urgent]);
-            let amount = rng.random_range(50_000..500_000) * 100;
-            push(out, request(c, k, at, &p, amount, memo, counter, obs, Some(raise)));
+            out.scam(c, kind, "decisive", t);
         }
         "虚假网络贷款" => {
-            let p = fresh(rng);
-            for _ in 0..rng.random_range(1..=3) {
-                let memo = words(rng, 0.5, &["贷款保证金", "解冻金", "手续费", "验资"]);
-                push(out, request(c, k, at, &p, rng.random_range(500..5_000) * 100, memo, false, vec![], None));
-                at += rng.random_range(1800..7200);
+            // A "fee" first, then "unfreezing" or "deposit" payments, each larger.
+            let lender = collector(rng, out);
+            out.scam(
+                c,
+                kind,
+                "lead-in",
+                Send {
+                    memo: words(rng, &["手续费", "贷款"]),
+                    ..Send::new(at, &lender, rng.random_range(200..2_000) * 100)
+                },
+            );
+            let mut amount = rng.random_range(3_000..15_000) * 100;
+            for _ in 0..rng.random_range(1..=2) {
+                at += rng.random_range(HOUR..30 * HOUR);
+                let to = if rng.random_bool(0.6) { lender.clone() } else { collector(rng, out) };
+                out.scam(
+                    c,
+                    kind,
+                    "decisive",
+                    Send { memo: words(rng, &["解冻金", "保证金", "验资"]), ..Send::new(at, &to, amount) },
+                );
+                amount = amount * rng.random_range(2..=3);
             }
         }
         "冒充客服退款" => {
-            let p = fresh(rng);
-            let memo = words(rng, 0.4, &["客服退款", "快递丢失理赔", "取消会员"]);
-            push(out, request(c, k, at, &p, rng.random_range(1_000..20_000) * 100, memo, false, vec![], None));
+            // "Refund verification" with a shared screen: several payments within an hour.
+            for _ in 0..rng.random_range(2..=4) {
+                let p = collector(rng, out);
+                out.scam(
+                    c,
+                    kind,
+                    "decisive",
+                    Send {
+                        memo: words(rng, &["退款", "理赔", "取消会员"]),
+                        ..Send::new(at, &p, rng.random_range(2_000..20_000) * 100)
+                    },
+                );
+                at += rng.random_range(120..1200);
+            }
         }
         "冒充公检法" => {
-            let p = fresh(rng);
-            let memo = words(rng, 0.3, &["安全账户", "资金核查", "配合调查"]);
-            let obs = observe(
-                rng,
-                &[pb::Observation::Coached, pb::Observation::OnPhoneWithStranger, pb::Observation::RefusesToExplain],
-            );
-            push(out, request(c, k, at, &p, rng.random_range(50_000..300_000) * 100, memo, counter, obs, None));
+            // A "safe account" for a "case": the limit raised, a large sum, often at the counter.
+            for _ in 0..rng.random_range(1..=2) {
+                let p = collector(rng, out);
+                let raised = rng.random_bool(0.6);
+                let t = Send {
+                    memo: words(rng, &["安全账户", "资金核查", "配合调查"]),
+                    counter,
+                    observations: observed(
+                        rng,
+                        counter,
+                        &[
+                            pb::Observation::Coached,
+                            pb::Observation::OnPhoneWithStranger,
+                            pb::Observation::RefusesToExplain,
+                        ],
+                    ),
+                    limit_change: raised.then(|| raise_limit(c, at - rng.random_range(300..3 * HOUR), true)),
+                    ..Send::new(at, &p, rng.random_range(50_000..500_000) * 100)
+                };
+                out.scam(c, kind, "decisive", t);
+                at += rng.random_range(HOUR..DAY);
+            }
         }
         "虚假征信" => {
-            let p = fresh(rng);
-            let memo = words(rng, 0.5, &["注销校园贷", "修复征信", "信用记录"]);
-            push(out, request(c, k, at, &p, rng.random_range(5_000..50_000) * 100, memo, false, vec![], None));
+            // Borrowed money moved on, in several payments, to "clear" a record.
+            for _ in 0..rng.random_range(1..=3) {
+                let p = collector(rng, out);
+                out.scam(
+                    c,
+                    kind,
+                    "decisive",
+                    Send {
+                        memo: words(rng, &["注销校园贷", "修复征信", "信用记录"]),
+                        ..Send::new(at, &p, rng.random_range(5_000..50_000) * 100)
+                    },
+                );
+                at += rng.random_range(600..4 * HOUR);
+            }
+        }
+        "网络婚恋" => {
+            // Weeks of growing help to an online partner, then the big one (or an "investment" they share).
+            let name = pick(rng, &["男友", "女友", "陈先生", "李小姐"]);
+
+            let partner = out.new_payee(rng, "6237", name);
+            let mut amount = rng.random_range(500..3_000) * 100;
+            for _ in 0..rng.random_range(2..=4) {
+                out.scam(
+                    c,
+                    kind,
+                    "lead-in",
+                    Send {
+                        memo: words(rng, &["见面路费", "生日礼物", "给男朋友"]), ..Send::new(at, &partner, amount)
+                    },
+                );
+                at += rng.random_range(3..12) * DAY;
+                amount = amount * rng.random_range(2..=3);
+            }
+            let to = if rng.random_bool(0.6) { partner } else { collector(rng, out) };
+            out.scam(
+                c,
+                kind,
+                "decisive",
+                Send {
+                    memo: words(rng, &["彩礼", "一起投资", "急用"]),
+                    ..Send::new(at, &to, rng.random_range(20_000..300_000) * 100)
+                },
+            );
+        }
+        "养老诈骗" => {
+            // "Health products" first, then a "pension project": an older customer, often at the counter.
+            let name = pick(rng, &["某某健康", "某某养老产业", "某某生物科技"]);
+
+            let seller = out.new_payee(rng, "6238", name);
+            for _ in 0..rng.random_range(1..=2) {
+                out.scam(
+                    c,
+                    kind,
+                    "lead-in",
+                    Send {
+                        memo: words(rng, &["保健品", "理疗仪"]),
+                        counter,
+                        ..Send::new(at, &seller, rng.random_range(500..3_000) * 100)
+                    },
+                );
+                at += rng.random_range(2..10) * DAY;
+            }
+            let to = if rng.random_bool(0.6) { seller } else { collector(rng, out) };
+            let t = Send {
+                memo: words(rng, &["养老项目", "养老公寓", "投资分红"]),
+                counter,
+                observations: observed(
+                    rng,
+                    counter,
+                    &[pb::Observation::AccompaniedByStranger, pb::Observation::Coached],
+                ),
+                ..Send::new(at, &to, rng.random_range(10_000..200_000) * 100)
+            };
+            out.scam(c, kind, "decisive", t);
         }
         _ => {
-            // 婚恋交友: growing payments to one new "partner" over days.
-            let p = fresh(rng);
-            let mut amount = rng.random_range(2_000..10_000) * 100;
-            for _ in 0..rng.random_range(2..=4) {
-                let memo = words(rng, 0.4, &["给男朋友", "见面路费", "彩礼"]);
-                push(out, request(c, k, at, &p, amount, memo, false, vec![], None));
-                at += rng.random_range(DAY / 2..2 * DAY);
-                amount *= 2;
-            }
+            // A mule account many victims pay the same day, nothing else to see.
+            let mule = pick_ref(rng, mules).clone();
+            out.scam(
+                c,
+                kind,
+                "decisive",
+                Send {
+                    memo: words(rng, &["货款", "还款"]),
+                    ..Send::new(at, &mule, rng.random_range(5_000..50_000) * 100)
+                },
+            );
         }
     }
 }
@@ -365,8 +743,12 @@ mod tests {
     fn every_scam_type_appears_in_a_larger_history() {
         let h = generate(20_000, 10, 1);
         for (kind, _) in SCAM_TYPES {
-            assert!(h.iter().any(|l| l.scam_type == *kind), "{kind}");
+            assert!(h.iter().any(|l| l.scam_type == *kind && l.stage == "decisive"), "{kind}");
         }
+        for kind in ORDINARY_KINDS {
+            assert!(h.iter().any(|l| l.kind == *kind), "{kind}");
+        }
+        assert!(h.iter().filter(|l| l.is_scam()).all(|l| !l.scam_type.is_empty() && !l.stage.is_empty()));
         let scams = h.iter().filter(|l| l.is_scam()).count();
         assert!(scams > 0 && scams * 20 < h.len());
     }

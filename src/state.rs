@@ -152,7 +152,7 @@ impl Profile {
         *c = c.saturating_sub(1);
     }
 
-    /// The amount 90 % of the customer's transfers stay under (a bucket's top),
+    /// The amount 80 % of the customer's transfers stay under (a bucket's top),
     /// once there are [`USUAL_AFTER`] of them.
     fn usual(&self) -> Option<Minor> {
         let total = self.total();
@@ -162,7 +162,7 @@ impl Profile {
         let mut seen = 0;
         for (b, c) in self.counts.iter().enumerate() {
             seen += u32::from(*c);
-            if seen * 10 >= total * 9 {
+            if seen * 5 >= total * 4 {
                 return Some(bucket_top(b));
             }
         }
@@ -343,7 +343,7 @@ pub struct Snapshot {
     pub last_limit_change: Option<LimitChange>,
     /// Transfers in the customer's profile (the last ~90 days, decayed).
     pub transfers_seen: i64,
-    /// The amount 90 % of them stay under; None with too little history.
+    /// The amount 80 % of them stay under; None with too little history.
     pub usual_amount: Option<Minor>,
     /// Payments to this payee counted so far (0 for a new payee).
     pub payee_times_paid: i64,

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub screen_seconds: HistogramVec,
     pub decisions: IntCounterVec,
     pub rule_hits: IntCounterVec,
+    /// Hits of rules that point to a scam type, by the type and mode.
+    pub typology_hits: IntCounterVec,
     pub alerts: IntCounterVec,
     /// Alerts held now, by station and state.
     pub alerts_by_state: IntGaugeVec,
@@ -81,6 +83,11 @@ impl Metrics {
             rule_hits: IntCounterVec::new(
                 Opts::new("rule_hits_total", "Rule hits by rule id and mode"),
                 &["rule", "mode"],
+            )
+            .expect("valid metric"),
+            typology_hits: IntCounterVec::new(
+                Opts::new("typology_hits_total", "Hits of rules that point to a scam type, by type and mode"),
+                &["typology", "mode"],
             )
             .expect("valid metric"),
             alerts: IntCounterVec::new(
@@ -158,6 +165,7 @@ impl Metrics {
             Box::new(m.screen_seconds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.decisions.clone()),
             Box::new(m.rule_hits.clone()),
+            Box::new(m.typology_hits.clone()),
             Box::new(m.alerts.clone()),
             Box::new(m.alerts_by_state.clone()),
             Box::new(m.unrouted_branches.clone()),

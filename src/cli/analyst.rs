@@ -141,6 +141,8 @@ pub fn backtest(
                     .with_context(|| format!("{}:{}: not a ScreenRequest", input.display(), n + 1))?,
                 label: String::new(),
                 scam_type: String::new(),
+                stage: String::new(),
+                kind: String::new(),
             },
         };
         history.push(parsed);

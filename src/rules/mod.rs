@@ -230,6 +230,9 @@ struct RawRule {
     /// What the teller should ask the customer when this rule is hit.
     #[serde(default)]
     ask: Option<Spanned<RawAsk>>,
+    /// The scam type this rule points to (hits are grouped by it).
+    #[serde(default)]
+    typology: Option<String>,
     #[serde(default)]
     tags: Vec<String>,
     #[serde(default)]
@@ -584,6 +587,7 @@ fn compile_rule(
         reason_en: raw.reason.en.get_ref().as_str().into(),
         ask_zh: ask_zh.into_iter().map(Into::into).collect(),
         ask_en: ask_en.into_iter().map(Into::into).collect(),
+        typology: raw.typology.unwrap_or_default().into(),
     });
     Some(Rule {
         text,

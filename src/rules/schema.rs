@@ -307,7 +307,7 @@ pub static FIELDS: &[Field] = &[
     opt_int(
         "customer.usual_amount",
         |f| f.customer_usual_amount,
-        "The amount 90 % of the customer's profiled transfers stay under (rounded up to a power of two in fen); absent with fewer than 5.",
+        "The amount 80 % of the customer's profiled transfers stay under (rounded up to a power of two in fen); absent with fewer than 5.",
     ),
     opt_int(
         "transfer.amount_vs_usual",

@@ -377,6 +377,9 @@ impl TransferGuard {
         for hit in &evaluation.decision.hits {
             let mode = if hit.shadow { "shadow" } else { "active" };
             self.metrics.rule_hits.with_label_values(&[hit.rule_id(), mode]).inc();
+            if !hit.text.typology.is_empty() {
+                self.metrics.typology_hits.with_label_values(&[&hit.text.typology, mode]).inc();
+            }
         }
         match self.screens.entry(transfer.request_id.clone()) {
             Entry::Occupied(e) => {

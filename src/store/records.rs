@@ -60,6 +60,8 @@ pub struct RuleTextRec {
     pub ask_zh: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ask_en: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub typology: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +80,7 @@ impl From<&Hit> for HitRec {
                 reason_en: h.text.reason_en.to_string(),
                 ask_zh: h.text.ask_zh.iter().map(|q| q.to_string()).collect(),
                 ask_en: h.text.ask_en.iter().map(|q| q.to_string()).collect(),
+                typology: h.text.typology.to_string(),
             },
             score: h.score,
             shadow: h.shadow,
@@ -95,6 +98,7 @@ impl From<HitRec> for Hit {
                 reason_en: t.reason_en.into(),
                 ask_zh: t.ask_zh.into_iter().map(Into::into).collect(),
                 ask_en: t.ask_en.into_iter().map(Into::into).collect(),
+                typology: t.typology.into(),
             }),
             score: h.score,
             shadow: h.shadow,

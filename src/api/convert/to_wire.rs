@@ -49,6 +49,7 @@ pub fn hit_to_pb(h: &Hit) -> pb::Hit {
         shadow: h.shadow,
         ask_zh: h.text.ask_zh.iter().map(|q| q.to_string()).collect(),
         ask_en: h.text.ask_en.iter().map(|q| q.to_string()).collect(),
+        typology: h.text.typology.to_string(),
     }
 }
 
