@@ -88,6 +88,8 @@ pub struct Report {
     pub class_scores: BTreeMap<String, BTreeMap<i64, u64>>,
     /// What the alerts ask of the police.
     pub workload: Workload,
+    /// The ruleset's score thresholds: WARN, HOLD, BLOCK.
+    pub thresholds: [i64; 3],
 }
 
 /// Of some transfers, how many got at least a WARN, at least a HOLD.
@@ -167,7 +169,12 @@ pub fn run_from(
     let mut order: Vec<usize> = (0..history.len()).collect();
     order.sort_by_key(|&i| history[i].request.requested_at.as_ref().map_or(0, |t| t.seconds));
     let state = State::new();
-    let mut report = Report { ruleset_version: ruleset.version.to_string(), ..Report::default() };
+    let t = &ruleset.thresholds;
+    let mut report = Report {
+        ruleset_version: ruleset.version.to_string(),
+        thresholds: [t.warn, t.hold, t.block],
+        ..Report::default()
+    };
     for rule in &ruleset.rules {
         report.rules.insert(rule.id.to_string(), RuleStats { mode: rule.mode.as_str(), ..RuleStats::default() });
     }
@@ -449,6 +456,169 @@ fn bars(rows: &[(String, u64, &str)]) -> String {
     svg
 }
 
+/// Recall per scam type and stage, false alarms per ordinary kind, the police workload.
+fn typology_tables(report: &Report) -> String {
+    let pct = |x: f64| format!("{:.1} %", 100.0 * x);
+    let mut page = String::from(
+        "<h2>Scams by type and stage</h2><p>Recall: the share of each type's payments the rules warned about or held.          The decisive payments are the ones that take the money.</p>\
+         <table><tr><th>scam type</th><th>stage</th><th>payments</th><th>WARN or more</th><th>HOLD or more</th></tr>",
+    );
+    for (kind, stages) in &report.typologies {
+        for (stage, c) in stages {
+            page.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(kind),
+                escape(stage),
+                c.transfers,
+                pct(c.warn_or_more),
+                pct(c.hold_or_more)
+            ));
+        }
+    }
+    page.push_str(
+        "</table><h2>False alarms by kind of ordinary transfer</h2>\
+         <table><tr><th>kind</th><th>transfers</th><th>WARN</th><th>HOLD or more</th></tr>",
+    );
+    for (kind, c) in &report.ordinary_kinds {
+        page.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{:.2} %</td><td>{:.3} %</td></tr>",
+            escape(kind),
+            c.transfers,
+            100.0 * c.warn_only,
+            100.0 * c.hold_or_more
+        ));
+    }
+    let w = &report.workload;
+    page.push_str(&format!(
+        "</table><h2>Police workload</h2><p>{} alerts over {} days for {} customers: <b>{:.2} alerts a day per 10,000 customers</b>.</p>\
+         <table><tr><th>station</th><th>customers</th><th>alerts a day</th><th>per 10,000 customers</th></tr>",
+        w.alerts, w.days, w.customers, w.per_day_per_10k_customers
+    ));
+    for (station, l) in &w.stations {
+        page.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.2}</td></tr>",
+            escape(station),
+            l.customers,
+            l.per_day,
+            l.per_day_per_10k_customers
+        ));
+    }
+    page.push_str("</table>");
+    page
+}
+
+/// The share of a class scoring at least each threshold.
+fn at_least(scores: &BTreeMap<i64, u64>, threshold: i64) -> f64 {
+    let total: u64 = scores.values().sum();
+    let above: u64 = scores.range(threshold..).map(|(_, n)| n).sum();
+    above as f64 / total.max(1) as f64
+}
+
+/// Recall of the decisive scam payments and the false-alarm rate of ordinary
+/// transfers against the score threshold, on a log scale (false alarms are
+/// fractions of a per cent), with the ruleset's thresholds marked.
+fn curves(report: &Report) -> String {
+    let ordinary = report.class_scores.get("ordinary").cloned().unwrap_or_default();
+    let mut scams: BTreeMap<i64, u64> = BTreeMap::new();
+    for (class, scores) in report.class_scores.iter().filter(|(c, _)| c.as_str() != "ordinary") {
+        let _ = class;
+        for (b, n) in scores {
+            *scams.entry(*b).or_default() += n;
+        }
+    }
+    let max_score = report.class_scores.values().flat_map(|s| s.keys()).copied().max().unwrap_or(100).max(100);
+    let (w, h, left, top) = (760.0, 300.0, 60.0, 10.0);
+    let x = |score: i64| left + (score as f64 / max_score as f64) * (w - left - 10.0);
+    // log10 from 1e-5 (0.001 %) to 1.
+    let y = |v: f64| top + (-(v.max(1e-5)).log10() / 5.0) * (h - top - 30.0);
+    let line = |scores: &BTreeMap<i64, u64>| -> String {
+        (0..=max_score)
+            .step_by(10)
+            .map(|t| format!("{:.1},{:.1}", x(t), y(at_least(scores, t))))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut svg = format!(
+        r#"<svg width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="11" role="img" aria-label="recall and false alarms by score threshold">"#
+    );
+    for (k, label) in [(0, "100 %"), (1, "10 %"), (2, "1 %"), (3, "0.1 %"), (4, "0.01 %"), (5, "0.001 %")] {
+        let yy = y(10f64.powi(-k));
+        svg.push_str(&format!(
+            r##"<line x1="{left}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="2" y="{:.1}">{label}</text>"##,
+            w - 10.0,
+            yy + 4.0
+        ));
+    }
+    for t in (0..=max_score).step_by(50) {
+        svg.push_str(&format!(r#"<text x="{:.1}" y="{}" text-anchor="middle">{t}</text>"#, x(t), h - 8.0));
+    }
+    for (name, t) in ["WARN", "HOLD", "BLOCK"].iter().zip(report.thresholds) {
+        if t <= max_score {
+            svg.push_str(&format!(
+                r##"<line x1="{0:.1}" x2="{0:.1}" y1="{top}" y2="{1}" stroke="#888" stroke-dasharray="4 3"/><text x="{2:.1}" y="{3}">{name} {t}</text>"##,
+                x(t),
+                h - 30.0,
+                x(t) + 3.0,
+                top + 10.0
+            ));
+        }
+    }
+    svg.push_str(&format!(
+        r##"<polyline fill="none" stroke="#c0392b" stroke-width="2" points="{}"/><polyline fill="none" stroke="#27ae60" stroke-width="2" points="{}"/></svg>"##,
+        line(&scams),
+        line(&ordinary)
+    ));
+    format!(
+        "<h2>Recall and false alarms by score threshold</h2><figure>{svg}<figcaption>\
+         <span style=\"color:#c0392b\">■</span> decisive scam payments scoring at least the threshold (recall); \
+         <span style=\"color:#27ae60\">■</span> ordinary transfers scoring at least it (false alarms). \
+         Log scale; minimum actions (a watchlisted payee, a held seed pattern) act beyond the score.</figcaption></figure>"
+    )
+}
+
+/// Each class's score distribution on its own scale: ordinary transfers and
+/// each scam type's decisive payments, bars in buckets of 10.
+fn class_distributions(report: &Report) -> String {
+    let max_score = report.class_scores.values().flat_map(|s| s.keys()).copied().max().unwrap_or(100).max(100);
+    let buckets = (max_score / 10 + 1) as usize;
+    let bar = (640.0 / buckets as f64).max(2.0);
+    let mut page = String::from(
+        "<h2>Score distributions, each class on its own scale</h2><p>Bars are scaled to each class's largest          bucket, so 200,000 ordinary transfers do not flatten 50 scams; the number is the class's size.</p>",
+    );
+    let mut classes: Vec<(&String, &BTreeMap<i64, u64>)> = report.class_scores.iter().collect();
+    classes.sort_by_key(|(c, _)| c.as_str() != "ordinary");
+    for (class, scores) in classes {
+        let top = scores.values().copied().max().unwrap_or(1).max(1) as f64;
+        let total: u64 = scores.values().sum();
+        let colour = if class.as_str() == "ordinary" { "#27ae60" } else { "#c0392b" };
+        let mut svg = format!(
+            r#"<svg width="780" height="46" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="11" role="img" aria-label="score distribution of {}"><text x="0" y="26">{} ({total})</text>"#,
+            escape(class),
+            escape(class)
+        );
+        for (b, n) in scores {
+            let hgt = (*n as f64 / top * 36.0).max(1.0);
+            svg.push_str(&format!(
+                r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{hgt:.1}" fill="{colour}"><title>score {b}-{}: {n}</title></rect>"#,
+                140.0 + (*b / 10) as f64 * bar,
+                40.0 - hgt,
+                (bar - 1.0).max(1.0),
+                b + 9
+            ));
+        }
+        for (name, t) in ["W", "H"].iter().zip(report.thresholds) {
+            let xx = 140.0 + (t / 10) as f64 * bar;
+            svg.push_str(&format!(
+                r##"<line x1="{xx:.1}" x2="{xx:.1}" y1="2" y2="42" stroke="#555" stroke-dasharray="3 2"/><text x="{:.1}" y="10">{name}</text>"##,
+                xx + 2.0
+            ));
+        }
+        svg.push_str("</svg><br>");
+        page.push_str(&svg);
+    }
+    page
+}
+
 /// A self-contained HTML page (inline CSS and SVG; opens offline).
 pub fn html(report: &Report, changes: &[String]) -> String {
     let mut rules: Vec<_> = report.rules.iter().collect();
@@ -457,18 +627,9 @@ pub fn html(report: &Report, changes: &[String]) -> String {
         .iter()
         .map(|(id, r)| (format!("{id} ({})", r.mode), r.hits, if r.mode == "shadow" { "#b0b0b0" } else { "#3b6ea5" }))
         .collect();
-    let mut score_rows = Vec::new();
-    let buckets: std::collections::BTreeSet<i64> =
-        report.score_histogram.values().flat_map(|h| h.keys().copied()).collect();
-    for b in buckets {
-        for (label, colour) in [("scam", "#c0392b"), ("ordinary", "#27ae60")] {
-            let n = report.score_histogram.get(label).and_then(|h| h.get(&b)).copied().unwrap_or(0);
-            score_rows.push((format!("score {b}-{} {label}", b + 9), n, colour));
-        }
-    }
     let mut page = String::from(
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>transfer-guard backtest</title>
-<style>body{font-family:sans-serif;margin:2em;max-width:900px}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th:first-child,td:first-child{text-align:left}</style></head><body>"#,
+<style>body{font-family:sans-serif;margin:2em;max-width:1000px}.bad{color:#b00020;font-weight:bold}.good{color:#1d6b2f}figure{margin:1em 0}figcaption{color:#555;font-size:.9em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th:first-child,td:first-child{text-align:left}</style></head><body>"#,
     );
     page.push_str(&format!(
         "<h1>Backtest</h1><p>Ruleset <code>{}</code>: {} transfers replayed, {} labelled, {} scams.</p>",
@@ -493,8 +654,10 @@ pub fn html(report: &Report, changes: &[String]) -> String {
                 q.precision, q.recall, q.true_positives, q.false_positives, q.false_negatives
             ));
         }
-        page.push_str("</table><h2>Score distribution, scam vs ordinary</h2>");
-        page.push_str(&bars(&score_rows));
+        page.push_str("</table>");
+        page.push_str(&typology_tables(report));
+        page.push_str(&curves(report));
+        page.push_str(&class_distributions(report));
     }
     page.push_str("<h2>Rule hits</h2>");
     page.push_str(&bars(&rule_rows));

@@ -53,8 +53,11 @@ pub const SCAM_TYPES: &[(&str, u32)] = &[
     ("虚假征信", 8),
     ("网络婚恋", 8),
     ("养老诈骗", 7),
-    ("mule fan-in", 8),
 ];
+
+/// The victims of a mule ring (several customers paying one account within
+/// hours) are simulated as events of their own, labelled with this type.
+pub const MULE_FAN_IN: &str = "mule fan-in";
 
 /// The kinds of ordinary transfer, the hard ones first.
 pub const ORDINARY_KINDS: &[&str] = &[
@@ -71,8 +74,10 @@ pub const ORDINARY_KINDS: &[&str] = &[
 
 /// 2026-03-01 00:00 +08:00: simulated time starts here (after the warm-up).
 pub const START: i64 = 1_772_294_400;
-/// Days before START in which each customer's usual life builds its history.
-pub const WARMUP_DAYS: i64 = 30;
+/// Days before START in which each customer's usual life builds its history
+/// (its usual payees are all paid in the first days of it: relationships of
+/// long standing by START).
+pub const WARMUP_DAYS: i64 = 100;
 const DAY: i64 = 86_400;
 const HOUR: i64 = 3_600;
 /// Simulated days of the festival week (red packets to family and friends).
@@ -283,9 +288,28 @@ pub fn generate(customers: usize, days: u32, seed: u64) -> Vec<Labelled> {
     for day in -WARMUP_DAYS..i64::from(days) {
         let day_start = START + day * DAY;
         let measured = day >= 0;
+        // Now and then a ring's collection account is paid by several of the
+        // bank's customers, each told a different story, within hours.
+        if measured && !people.is_empty() && rng.random_bool(0.4) {
+            let mule = out.new_payee(&mut rng, "6231", "某某");
+            let mut at = daytime(&mut rng, day_start);
+            for _ in 0..rng.random_range(3..=8) {
+                let c = pick_ref(&mut rng, &people);
+                let amount = rng.random_range(2_000..50_000) * 100;
+                let memo = pick(&mut rng, &["", "", "货款", "还款", "投资"]);
+                out.scam(c, "mule fan-in", "decisive", Send { memo, ..Send::new(at, &mule, amount) });
+                at += rng.random_range(600..3 * HOUR);
+            }
+        }
         for c in &people {
             if c.life == Life::NewAccount && !measured {
                 continue;
+            }
+            if day == -WARMUP_DAYS {
+                for p in &c.payees {
+                    let at = day_start + rng.random_range(0..3 * DAY);
+                    out.ordinary(c, "usual", Send::new(at, p, amount_near(&mut rng, c.scale)));
+                }
             }
             ordinary_day(&mut rng, c, day, day_start, &mut out);
             // A victim: about 1 customer in 1,500 a day, during the measured days.
@@ -302,8 +326,12 @@ pub fn generate(customers: usize, days: u32, seed: u64) -> Vec<Labelled> {
                         }
                     })
                     .map_or("刷单返利", |(n, _)| *n);
-                // Scammers of the elderly pick the elderly.
-                let kind = if kind == "养老诈骗" && c.life != Life::Elderly { "冒充公检法" } else { kind };
+                // Scammers of the elderly pick the elderly; an older victim is often theirs.
+                let kind = match (kind, c.life) {
+                    ("养老诈骗", life) if life != Life::Elderly => "冒充公检法",
+                    (_, Life::Elderly) if rng.random_bool(0.3) => "养老诈骗",
+                    (kind, _) => kind,
+                };
                 scam(&mut rng, c, kind, day_start, &mules, &mut out);
                 // Some victims are taken again, by a "recovery" of the same kind, weeks later.
                 if rng.random_bool(0.15) {
@@ -450,7 +478,7 @@ fn ordinary_day(rng: &mut StdRng, c: &Customer, day: i64, day_start: i64, out: &
         out.ordinary(c, "new account", t);
     }
     // The festival week: red packets to family, some of them new payees.
-    if FESTIVAL_DAYS.contains(&day) && rng.random_bool(0.3) {
+    if FESTIVAL_DAYS.contains(&day) && rng.random_bool(0.15) {
         let mut at = daytime(rng, day_start);
         for _ in 0..rng.random_range(1..=4) {
             let p = if c.payees.is_empty() || rng.random_bool(0.4) {
@@ -519,7 +547,7 @@ fn scam(rng: &mut StdRng, c: &Customer, kind: &str, day_start: i64, mules: &[pb:
                     Send { memo: words(rng, &["刷单", "做任务", "点赞"]), ..Send::new(at, &p, amount) },
                 );
                 at += rng.random_range(300..2400);
-                amount = amount * rng.random_range(2..=3);
+                amount *= rng.random_range(2..=3);
             }
             let mut amount = rng.random_range(2_000..10_000) * 100;
             for _ in 0..rng.random_range(1..=3) {
@@ -531,7 +559,7 @@ fn scam(rng: &mut StdRng, c: &Customer, kind: &str, day_start: i64, mules: &[pb:
                     Send { memo: words(rng, &["刷单返利", "垫付", "任务佣金"]), ..Send::new(at, &p, amount) },
                 );
                 at += rng.random_range(600..3600);
-                amount = amount * rng.random_range(2..=3);
+                amount *= rng.random_range(2..=3);
             }
         }
         "虚假投资理财" => {
@@ -546,7 +574,7 @@ fn scam(rng: &mut StdRng, c: &Customer, kind: &str, day_start: i64, mules: &[pb:
                     Send { memo: words(rng, &["投资", "理财", "入金"]), ..Send::new(at, &platform, amount) },
                 );
                 at += rng.random_range(2..10) * DAY;
-                amount = amount * rng.random_range(2..=3);
+                amount *= rng.random_range(2..=3);
             }
             let to = if rng.random_bool(0.5) { platform } else { collector(rng, out) };
             let raised = rng.random_bool(0.7);
@@ -582,7 +610,7 @@ fn scam(rng: &mut StdRng, c: &Customer, kind: &str, day_start: i64, mules: &[pb:
                     "decisive",
                     Send { memo: words(rng, &["解冻金", "保证金", "验资"]), ..Send::new(at, &to, amount) },
                 );
-                amount = amount * rng.random_range(2..=3);
+                amount *= rng.random_range(2..=3);
             }
         }
         "冒充客服退款" => {
@@ -657,7 +685,7 @@ fn scam(rng: &mut StdRng, c: &Customer, kind: &str, day_start: i64, mules: &[pb:
                     },
                 );
                 at += rng.random_range(3..12) * DAY;
-                amount = amount * rng.random_range(2..=3);
+                amount *= rng.random_range(2..=3);
             }
             let to = if rng.random_bool(0.6) { partner } else { collector(rng, out) };
             out.scam(
@@ -742,8 +770,8 @@ mod tests {
     #[test]
     fn every_scam_type_appears_in_a_larger_history() {
         let h = generate(20_000, 10, 1);
-        for (kind, _) in SCAM_TYPES {
-            assert!(h.iter().any(|l| l.scam_type == *kind && l.stage == "decisive"), "{kind}");
+        for kind in SCAM_TYPES.iter().map(|(k, _)| *k).chain([MULE_FAN_IN]) {
+            assert!(h.iter().any(|l| l.scam_type == kind && l.stage == "decisive"), "{kind}");
         }
         for kind in ORDINARY_KINDS {
             assert!(h.iter().any(|l| l.kind == *kind), "{kind}");
