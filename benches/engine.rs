@@ -26,16 +26,26 @@ fn ruleset() -> Ruleset {
     Ruleset::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")).expect("shipped rules compile")
 }
 
-/// 1,000,000 customers, each with 5 known payees and no recent transfers.
+/// 1,000,000 customers, each having paid 5 payees (one a week over the last
+/// five weeks: the profile filled), with no transfer in the last 24 hours.
 fn warm_state() -> (State, f64) {
     let before = counting_alloc::live_bytes();
     let state = State::new();
     for i in 0..CUSTOMERS {
         let id = customer_id(i);
         for j in 0..5 {
-            state.record_known_payee(&id, &payee(i, j), NOW - 30 * 86_400);
+            let at = NOW - (35 - 7 * j as i64) * 86_400;
+            let key = transfer_guard::state::PayeeKey::of(&payee(i, j));
+            state.apply(&transfer_guard::state::TransferRecord {
+                customer_id: id.clone(),
+                payee: key,
+                amount: 50_000 * (j as i64 + 1),
+                at,
+            });
         }
     }
+    // Nothing in the last 24 hours: the windows are pruned, the profile stays.
+    state.prune(NOW);
     let bytes = (counting_alloc::live_bytes() - before) as f64 / CUSTOMERS as f64;
     (state, bytes)
 }
@@ -43,7 +53,9 @@ fn warm_state() -> (State, f64) {
 fn benches(c: &mut Criterion) {
     let rules = ruleset();
     let (state, bytes_per_customer) = warm_state();
-    println!("state: {CUSTOMERS} customers with 5 known payees: {bytes_per_customer:.0} bytes per customer");
+    println!(
+        "state: {CUSTOMERS} customers with 5 paid payees and their profile: {bytes_per_customer:.0} bytes per customer"
+    );
 
     // Spread requests over the whole keyspace so lookups miss the cache as in production.
     let step = 7919;

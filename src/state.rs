@@ -99,10 +99,11 @@ pub const PROFILE_DAYS: u32 = 90;
 pub const USUAL_AFTER: u32 = 5;
 
 /// What is normal for one customer: how many transfers of which size over
-/// the last ~90 days (36 bytes, kept in the record itself).
+/// the last ~90 days (20 bytes, kept in the record itself). Counts saturate
+/// at 255 by halving them all, which keeps their proportions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Profile {
-    counts: [u16; AMOUNT_BUCKETS],
+    counts: [u8; AMOUNT_BUCKETS],
     /// Day (unix days) the window started; 0 before the first transfer.
     since_day: u32,
 }
@@ -139,7 +140,7 @@ impl Profile {
             self.since_day += PROFILE_DAYS / 2;
         }
         let c = &mut self.counts[bucket_of(amount)];
-        if *c == u16::MAX {
+        if *c == u8::MAX {
             for c in &mut self.counts {
                 *c /= 2;
             }
@@ -179,12 +180,13 @@ struct Recent {
     new_payee: bool,
 }
 
-/// Kept small on purpose (32 bytes): most customers have known payees and no
-/// recent activity, so the windows and limit change live behind one optional box.
+/// Kept small on purpose (48 bytes): most customers have known payees and no
+/// recent activity, so the windows and limit change live behind one optional
+/// box, and the known payees in a boxed slice sized exactly.
 #[derive(Debug, Default)]
 struct CustomerRecord {
     /// Sorted by key for binary search; grown one slot at a time (new payees are rare).
-    known: Vec<KnownPayee>,
+    known: Box<[KnownPayee]>,
     activity: Option<Box<Activity>>,
     profile: Profile,
 }
@@ -202,7 +204,11 @@ impl CustomerRecord {
         CustomerImage {
             known: self.known.iter().map(|k| (k.key.0, unpack_time(k.first_paid))).collect(),
             paid: self.known.iter().map(|k| (k.times, k.growing, k.last, k.largest)).collect(),
-            amounts: if self.profile.since_day == 0 { Vec::new() } else { self.profile.counts.to_vec() },
+            amounts: if self.profile.since_day == 0 {
+                Vec::new()
+            } else {
+                self.profile.counts.iter().map(|c| u16::from(*c)).collect()
+            },
             since_day: self.profile.since_day,
             recent: activity
                 .into_iter()
@@ -228,11 +234,11 @@ impl CustomerRecord {
             .collect();
         let mut profile = Profile { since_day: image.since_day, ..Profile::default() };
         for (c, n) in profile.counts.iter_mut().zip(image.amounts) {
-            *c = n;
+            *c = n.min(u16::from(u8::MAX)) as u8;
         }
         known.sort_by_key(|k| k.key);
         known.dedup_by_key(|k| k.key);
-        known.shrink_to_fit();
+        let known = known.into_boxed_slice();
         let recent: VecDeque<Recent> = image
             .recent
             .into_iter()
@@ -256,8 +262,9 @@ impl CustomerRecord {
                 (k, false)
             }
             Err(i) => {
-                self.known.reserve_exact(1);
-                self.known.insert(i, KnownPayee::new(key, at));
+                let mut grown = std::mem::take(&mut self.known).into_vec();
+                grown.insert(i, KnownPayee::new(key, at));
+                self.known = grown.into_boxed_slice();
                 (&mut self.known[i], true)
             }
         }
@@ -562,7 +569,9 @@ impl State {
             }
             if let Ok(i) = c.known.binary_search_by_key(&record.payee, |k| k.key) {
                 if c.known[i].first_paid == pack_time(record.at) {
-                    c.known.remove(i);
+                    let mut fewer = std::mem::take(&mut c.known).into_vec();
+                    fewer.remove(i);
+                    c.known = fewer.into_boxed_slice();
                 } else {
                     // The count goes back; the last and largest amounts stay (it was attempted).
                     let k = &mut c.known[i];
@@ -656,6 +665,11 @@ impl State {
             p.senders.retain(|(_, at)| now - *at < WINDOW_SECS);
             !p.senders.is_empty()
         });
+        // Fan-in holds only the last day's payees: give back a table left
+        // mostly empty by a busy day (rehashing only then, not every prune).
+        if self.payees.len() * 4 < self.payees.capacity() {
+            self.payees.shrink_to_fit();
+        }
         self.watchlist.retain(|account, e| {
             let keep = e.is_active(now);
             if !keep {
@@ -782,6 +796,7 @@ mod tests {
         assert_eq!(bucket_of(1), 0);
         assert_eq!(bucket_of(i64::MAX), AMOUNT_BUCKETS - 1);
         assert_eq!(std::mem::size_of::<KnownPayee>(), 32);
+        assert_eq!(std::mem::size_of::<CustomerRecord>(), 48);
     }
 
     #[test]

@@ -323,6 +323,7 @@ pub fn alert(frame: &Frame, p: &AlertPage) -> Markup {
                     li {
                         code { (h.rule_id()) } " +" (h.score)
                         @if h.shadow { " (" (w.shadow) ")" }
+                        @if !h.text.typology.is_empty() { " · " strong.typology { (h.text.typology) } }
                         br;
                         (if lang == Lang::En { h.reason_en() } else { h.reason_zh() })
                     }

@@ -72,7 +72,7 @@ fn shadow_rules_never_change_decisions() {
         .iter()
         .cloned()
         .map(|mut s| {
-            if s.path == "scams.toml" {
+            if s.path == "typology-romance.toml" {
                 s.text = s.text.replace("mode = \"shadow\"\nwhen = 'matches_list(transfer.memo, \"kw_romance\") && payee.is_new'\nscore = 25", "mode = \"shadow\"\nwhen = 'transfer.amount > 0'\nscore = 900");
                 assert!(s.text.contains("score = 900"));
             }
