@@ -64,6 +64,60 @@ fn simulate_then_backtest_with_a_report() {
     assert!(value["transfers"].as_u64().unwrap() > 0);
 }
 
+/// The report per scam type and stage, per kind of ordinary transfer and for
+/// the police, in text, JSON and the HTML page, from the real binary.
+#[test]
+fn the_backtest_reports_each_typology_and_kind_of_ordinary_transfer() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = transfer_guard(&["simulate", "--customers", "1500", "--days", "30", "--seed", "5"]);
+    assert!(out.status.success());
+    let history = dir.path().join("history.jsonl");
+    std::fs::write(&history, &out.stdout).unwrap();
+    let lines: Vec<simulate::Labelled> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let measured = |l: &&simulate::Labelled| l.request.requested_at.unwrap().seconds >= simulate::START;
+    let decisive = lines.iter().filter(measured).filter(|l| l.is_scam() && l.stage == "decisive").count() as u64;
+    let ordinary = lines.iter().filter(measured).filter(|l| !l.is_scam()).count() as u64;
+    let report = dir.path().join("report.html");
+    let args = |extra: &[&str]| {
+        let mut v = vec!["backtest", "--input", history.to_str().unwrap(), "--from", "2026-03-01"];
+        v.extend_from_slice(extra);
+        transfer_guard(&v)
+    };
+    let json = args(&["--json"]);
+    assert!(json.status.success(), "{}", String::from_utf8_lossy(&json.stderr));
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON report");
+    let typologies = value["typologies"].as_object().unwrap();
+    let counted: u64 = typologies.values().filter_map(|s| s["decisive"]["transfers"].as_u64()).sum();
+    assert_eq!(counted, decisive, "every decisive scam payment is counted under its type");
+    for (kind, stages) in typologies {
+        for (stage, c) in stages.as_object().unwrap() {
+            assert!(stage == "decisive" || stage == "lead-in", "{kind} {stage}");
+            let (warn, hold) = (c["warn_or_more"].as_f64().unwrap(), c["hold_or_more"].as_f64().unwrap());
+            assert!((0.0..=1.0).contains(&hold) && hold <= warn && warn <= 1.0, "{kind} {stage}: {c}");
+        }
+    }
+    let kinds = value["ordinary_kinds"].as_object().unwrap();
+    assert_eq!(kinds.values().map(|c| c["transfers"].as_u64().unwrap()).sum::<u64>(), ordinary);
+    for kind in simulate::ORDINARY_KINDS.iter().filter(|k| **k != "red packets") {
+        assert!(kinds.contains_key(*kind), "{kind} reported separately");
+    }
+    let workload = &value["workload"];
+    assert_eq!(workload["days"].as_u64(), Some(30));
+    let alerts: u64 = value["actions"]["HOLD"].as_u64().unwrap_or(0) + value["actions"]["BLOCK"].as_u64().unwrap_or(0);
+    assert_eq!(workload["alerts"].as_u64(), Some(alerts));
+    assert!(workload["per_day_per_10k_customers"].as_f64().unwrap() > 0.0);
+
+    let text = args(&["--report", report.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(stdout.contains("scams by type and stage") && stdout.contains("police workload"), "{stdout}");
+    assert!(stdout.contains("刷单返利") && stdout.contains("large first payment"), "{stdout}");
+    let page = std::fs::read_to_string(report).unwrap();
+    for section in ["Scams by type and stage", "False alarms by kind", "Police workload", "by score threshold", "own scale"] {
+        assert!(page.contains(section), "{section}");
+    }
+}
+
 /// A shadow rule never changes an action or a score, however it scores.
 #[test]
 fn shadow_rules_never_change_decisions() {
