@@ -28,6 +28,13 @@ async fn raise(server: &TestServer, request_id: &str) -> String {
     answer.alert_id
 }
 
+/// Signs in on the board's page with a signed token.
+async fn sign_in(c: &Client, server: &TestServer, token: &str) {
+    c.goto(&format!("{}/login", board(server))).await.unwrap();
+    element(c, "#token", WAIT).await.send_keys(token).await.unwrap();
+    c.find(Locator::Css("form[action='/login'] button")).await.unwrap().click().await.unwrap();
+}
+
 /// Marks the page so a test can tell it was never reloaded.
 async fn mark(c: &Client) {
     js(c, "window.notReloaded = true; return true;").await;
@@ -114,9 +121,7 @@ async fn an_officer_claims_and_blocks_from_the_page_and_the_teller_sees_it() {
     // Without a token the board asks for one.
     c.goto(&board(&server)).await.unwrap();
     assert!(c.current_url().await.unwrap().path().ends_with("/login"));
-    let officer = tokens.for_(Role::Officer, ZHONGSHAN, "officer-li");
-    element(c, "#token", WAIT).await.send_keys(&officer).await.unwrap();
-    c.find(Locator::Css("form[action='/login'] button")).await.unwrap().click().await.unwrap();
+    sign_in(c, &server, &tokens.for_(Role::Officer, ZHONGSHAN, "officer-li")).await;
     element(c, &format!("#alert-{}", answer.alert_id), WAIT).await;
     c.find(Locator::Css(&format!("#alert-{} a", answer.alert_id))).await.unwrap().click().await.unwrap();
     element(c, "#claim", WAIT).await.click().await.unwrap();
@@ -159,9 +164,7 @@ async fn an_officer_never_sees_another_stations_alerts() {
     let shaping_officer = tokens.for_(Role::Officer, SHAPING, "officer-wu");
     let browser = Browser::start(1).await;
     let c = browser.window(0);
-    c.goto(&format!("{}/login", board(&server))).await.unwrap();
-    element(c, "#token", WAIT).await.send_keys(&shaping_officer).await.unwrap();
-    c.find(Locator::Css("form[action='/login'] button")).await.unwrap().click().await.unwrap();
+    sign_in(c, &server, &shaping_officer).await;
     element(c, "#queue", WAIT).await;
     live(c).await;
 
@@ -207,10 +210,8 @@ async fn an_officer_never_sees_another_stations_alerts() {
     assert_eq!(denied.unwrap_err().code(), tonic::Code::PermissionDenied);
     // An analyst is not an officer: the queue refuses them, the rules page opens.
     let analyst = tokens.for_(Role::Analyst, "", "zhang");
-    js(c, "document.cookie = 'tg_token=; Max-Age=0; path=/'; return true;").await;
-    c.goto(&format!("{}/login", board(&server))).await.unwrap();
-    element(c, "#token", WAIT).await.send_keys(&analyst).await.unwrap();
-    c.find(Locator::Css("form[action='/login'] button")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Css("form[action='/logout'] button")).await.unwrap().click().await.unwrap();
+    sign_in(c, &server, &analyst).await;
     element(c, "#version", WAIT).await;
     c.goto(&board(&server)).await.unwrap();
     assert!(element(c, "main", WAIT).await.text().await.unwrap().contains("board:queue needs the role officer"));
