@@ -232,7 +232,7 @@ struct RawRule {
     ask: Option<Spanned<RawAsk>>,
     /// The scam type this rule points to (hits are grouped by it).
     #[serde(default)]
-    typology: Option<String>,
+    typology: Option<Spanned<String>>,
     #[serde(default)]
     tags: Vec<String>,
     #[serde(default)]
@@ -561,6 +561,12 @@ fn compile_rule(
             (a.zh.clone(), a.en.clone())
         }
     };
+    if let Some(t) = &raw.typology {
+        let name = t.get_ref();
+        if name.trim().is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+            diags.push(at(t.span(), "a typology is a short name (1 to 64 bytes), e.g. \"刷单返利\"".into()));
+        }
+    }
     let when = raw.when.get_ref();
     let offset = string_content_offset(&src.text, raw.when.span(), when);
     let condition = match parser::parse(when)
@@ -587,7 +593,7 @@ fn compile_rule(
         reason_en: raw.reason.en.get_ref().as_str().into(),
         ask_zh: ask_zh.into_iter().map(Into::into).collect(),
         ask_en: ask_en.into_iter().map(Into::into).collect(),
-        typology: raw.typology.unwrap_or_default().into(),
+        typology: raw.typology.map(|t| t.into_inner()).unwrap_or_default().into(),
     });
     Some(Rule {
         text,
@@ -682,6 +688,11 @@ mod tests {
         assert!(diags[0].message.contains("the same questions"), "{}", diags[0]);
         let blank = format!("{}ask.zh = [\" \"]\nask.en = [\"Ask?\"]\n", rule("'transfer.amount > 100'"));
         assert!(errors(&blank)[0].message.contains("1 to 500 bytes"));
+        let typed = format!("{}typology = \"刷单返利\"\n", rule("'transfer.amount > 100'"));
+        let set = Ruleset::from_sources(vec![src("ruleset.toml", SETTINGS), src("r.toml", &typed)]).unwrap();
+        assert_eq!(&*set.rules[0].text.typology, "刷单返利");
+        let untyped = format!("{}typology = \"\"\n", rule("'transfer.amount > 100'"));
+        assert_eq!(errors(&untyped)[0].location(), "r.toml:7:12");
     }
 
     #[test]

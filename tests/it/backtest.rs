@@ -113,7 +113,9 @@ fn the_backtest_reports_each_typology_and_kind_of_ordinary_transfer() {
     assert!(stdout.contains("scams by type and stage") && stdout.contains("police workload"), "{stdout}");
     assert!(stdout.contains("刷单返利") && stdout.contains("large first payment"), "{stdout}");
     let page = std::fs::read_to_string(report).unwrap();
-    for section in ["Scams by type and stage", "False alarms by kind", "Police workload", "by score threshold", "own scale"] {
+    for section in
+        ["Scams by type and stage", "False alarms by kind", "Police workload", "by score threshold", "own scale"]
+    {
         assert!(page.contains(section), "{section}");
     }
 }
