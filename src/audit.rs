@@ -204,19 +204,25 @@ impl Chain {
         Ok(Chain { seq, prev: line_hash(&last) })
     }
 
-    /// The line for `record`, linked to the one before it.
+    /// The line for `record`, linked to the one before it. Written straight
+    /// from the record (no intermediate JSON value): the chain hashes the
+    /// line's bytes as written, so only `seq` and `prev` need reading back.
     fn line(&mut self, by: &str, record: &AuditRecord) -> std::io::Result<String> {
-        let mut value = serde_json::to_value(record)?;
-        if let Some(fields) = value.as_object_mut() {
-            fields.insert("by".into(), by.into());
-            fields.insert("seq".into(), self.seq.into());
-            fields.insert("prev".into(), self.prev.clone().into());
-        }
-        let line = serde_json::to_string(&value)?;
+        let line = serde_json::to_string(&Line { record, by, seq: self.seq, prev: &self.prev })?;
         self.seq += 1;
         self.prev = line_hash(&line);
         Ok(line)
     }
+}
+
+/// One line of the trail: the record's fields, then who, its place and the link.
+#[derive(Serialize)]
+struct Line<'a> {
+    #[serde(flatten)]
+    record: &'a AuditRecord,
+    by: &'a str,
+    seq: u64,
+    prev: &'a str,
 }
 
 /// The last complete line of a file, read from its end.

@@ -363,11 +363,13 @@ pub fn parse_name<T: serde::de::DeserializeOwned>(what: &str, value: &str, choic
 
 /// Bytes as lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    s
 }
 
 #[inline]
@@ -386,6 +388,12 @@ pub fn age_on(birth: Date, on: Date) -> i64 {
 mod tests {
     use super::*;
     use time::macros::date;
+
+    #[test]
+    fn hex_is_lower_case_two_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xab, 0xff]), "000fabff");
+        assert_eq!(hex(&[]), "");
+    }
 
     #[test]
     fn masks_keep_only_ends() {
