@@ -460,13 +460,17 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
                 tracing::warn!("no board: callers are identified but no --token-public-key lets people sign in");
                 None
             }
-            Some(addr) => {
-                let l = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("listen for the board on {addr}"))?;
-                tracing::info!(board = %format!("http://{}/", l.local_addr()?), "the board for officers and analysts");
-                Some(l)
-            }
+            // The board is for people: if its port is taken, screening still starts.
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    tracing::info!(board = %format!("http://{}/", l.local_addr()?), "the board for officers and analysts");
+                    Some(l)
+                }
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "no board: cannot listen there (set --board-listen, or off)");
+                    None
+                }
+            },
         };
         let extras = server::Extras {
             board,

@@ -383,3 +383,18 @@ async fn the_queue_filters_searches_and_pages() {
     browser.close().await;
     server.stop().await;
 }
+
+/// The board is for people: when its port is taken, `serve` still screens, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_board_port_does_not_stop_screening() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let data = tempfile::tempdir().unwrap();
+    let extra = ["--board-listen".to_string(), format!("127.0.0.1:{port}"), "--durability".into(), "none".into()];
+    let server = crate::harness::ServeProcess::start(&data.path().join("data"), "serve.log", &extra).await;
+    let mut teller = pb::screening_client::ScreeningClient::new(server.channel().await);
+    let answer = teller.screen(seed_case("taken-board")).await.unwrap().into_inner();
+    assert_eq!(answer.action(), pb::Action::Hold);
+    assert!(server.logs().contains("no board"), "{}", server.logs());
+    drop(taken);
+}

@@ -360,7 +360,11 @@ impl ServeProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_transfer-guard"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--board-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(if extra.iter().any(|a| a == "--board-listen") {
+                Vec::new()
+            } else {
+                vec!["--board-listen".to_string(), format!("127.0.0.1:{}", free_port())]
+            })
             .args(["--data-dir", data.to_str().unwrap()])
             .args(extra)
             .envs(env.iter().copied())
