@@ -305,6 +305,12 @@ async fn the_pages_pass_an_accessibility_check() {
                 let png = c.screenshot().await.unwrap();
                 std::fs::create_dir_all(dir).unwrap();
                 std::fs::write(format!("{dir}/{name}-{lang}.png"), png).unwrap();
+                if name == "alert" {
+                    // Below the fold: the reasons, their typology and the teller's questions.
+                    js(c, "document.getElementById('h-reasons').scrollIntoView(); return true;").await;
+                    let png = c.screenshot().await.unwrap();
+                    std::fs::write(format!("{dir}/alert-reasons-{lang}.png"), png).unwrap();
+                }
             }
         }
     }
