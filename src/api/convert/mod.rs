@@ -77,20 +77,24 @@ impl Violations {
         if value.trim().is_empty() {
             self.add(field, "required");
         } else {
-            self.text(field, value, max);
+            self.check_text(field, value, max);
         }
         value.trim().to_string()
     }
 
     /// Free text: at most `max` characters, no control characters but newline.
     pub fn text(&mut self, field: impl Into<String> + Copy, value: &str, max: usize) -> String {
+        self.check_text(field, value, max);
+        value.to_string()
+    }
+
+    fn check_text(&mut self, field: impl Into<String> + Copy, value: &str, max: usize) {
         let n = value.chars().count();
         if n > max {
             self.add(field, format!("at most {max} characters, got {n}"));
         } else if value.chars().any(|c| c.is_control() && c != '\n') {
             self.add(field, "contains control characters");
         }
-        value.to_string()
     }
 
     pub fn time(&mut self, field: impl Into<String> + Copy, ts: Option<&Timestamp>) -> UnixSeconds {
@@ -112,6 +116,10 @@ impl Violations {
     }
 
     pub fn date(&mut self, field: impl Into<String> + Copy, value: &str) -> Option<Date> {
+        // The usual case, a valid YYYY-MM-DD, without the general parser.
+        if let Some(d) = plain_date(value).filter(|d| (1900..=2100).contains(&d.year())) {
+            return Some(d);
+        }
         let format = time::macros::format_description!("[year]-[month]-[day]");
         match Date::parse(value, &format) {
             Ok(d) if (1900..=2100).contains(&d.year()) => Some(d),
@@ -301,11 +309,43 @@ fn local_date(at: UnixSeconds, utc_offset: time::UtcOffset) -> Date {
     crate::model::local_day(at, utc_offset).0
 }
 
+/// `YYYY-MM-DD` of ASCII digits naming a real day; anything else is None
+/// (and goes to the general parser, which says what is wrong).
+fn plain_date(value: &str) -> Option<Date> {
+    let b = value.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        b[r].iter().try_fold(0u32, |n, c| c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0')))
+    };
+    let month = time::Month::try_from(u8::try_from(num(5..7)?).ok()?).ok()?;
+    Date::from_calendar_date(num(0..4)? as i32, month, u8::try_from(num(8..10)?).ok()?).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::Observation;
     use proptest::prelude::*;
+
+    proptest! {
+        /// The fast path agrees with the general parser on every string of ten characters it accepts.
+        #[test]
+        fn plain_dates_read_as_the_parser_reads_them(y in 0u32..10_000, m in 0u32..14, d in 0u32..33, sep in "[-/]") {
+            let s = format!("{y:04}{sep}{m:02}{sep}{d:02}");
+            let format = time::macros::format_description!("[year]-[month]-[day]");
+            prop_assert_eq!(plain_date(&s), Date::parse(&s, &format).ok());
+        }
+    }
+
+    #[test]
+    fn only_plain_dates_take_the_fast_path() {
+        assert_eq!(plain_date("2026-02-28"), Some(time::macros::date!(2026 - 02 - 28)));
+        for s in ["2026-02-30", "2026-2-28", "２０２６-02-28", "+026-01-01", "2026-01-01 ", ""] {
+            assert_eq!(plain_date(s), None, "{s}");
+        }
+    }
 
     pub fn valid() -> pb::ScreenRequest {
         pb::ScreenRequest {
