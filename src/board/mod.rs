@@ -688,15 +688,30 @@ struct Back {
 /// Switches the language (a cookie) and goes back to the page, on this site only.
 async fn set_lang(Path(lang): Path<String>, Query(back): Query<Back>) -> Response {
     let Some(lang) = Lang::parse(&lang) else { return (StatusCode::NOT_FOUND, "no such language").into_response() };
-    let back = back.back.filter(|b| b.starts_with('/') && !b.starts_with("//") && !b.contains('\\'));
+    let back = back.back.filter(|b| is_local_path(b));
     let cookie = format!("{LANG_COOKIE}={}; Path=/; SameSite=Lax; Max-Age=31536000", lang.cookie_value());
     let cookie = HeaderValue::from_str(&cookie).expect("ascii");
     ([(header::SET_COOKIE, cookie)], Redirect::to(back.as_deref().unwrap_or("/"))).into_response()
 }
 
+/// A path on this site to send the browser back to: no scheme, no host, and
+/// nothing a browser would strip or bend into one (`//`, `\\`, tabs, spaces).
+fn is_local_path(back: &str) -> bool {
+    back.starts_with('/') && !back.starts_with("//") && back.bytes().all(|c| c.is_ascii_graphic() && c != b'\\')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_language_switch_only_goes_back_to_this_site() {
+        assert!(is_local_path("/alerts/al-1?state=any"));
+        for bad in ["//evil.example", "/\t/evil.example", "/\\evil.example", "https://evil.example", "", "/ x", "/\n/x"]
+        {
+            assert!(!is_local_path(bad), "{bad:?}");
+        }
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
