@@ -45,6 +45,9 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 /// Days of the alerts-per-station table.
 const DAYS_SHOWN: i64 = 14;
 const TOKEN_COOKIE: &str = "tg_token";
+/// Live streams open at once, all pages together; more are turned away (503)
+/// and the browser retries. Each holds a task and a place in the broadcast.
+pub const MAX_STREAMS: usize = 512;
 const LANG_COOKIE: &str = "tg_lang";
 
 /// What the board needs besides the service.
@@ -61,6 +64,26 @@ struct Board {
     commit_timeout: Duration,
     hits: Mutex<HitHistory>,
     stop: watch::Receiver<bool>,
+    streams: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A place among the [`MAX_STREAMS`], given back when the stream ends.
+struct StreamSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl StreamSlot {
+    fn take(count: &Arc<std::sync::atomic::AtomicUsize>) -> Option<StreamSlot> {
+        use std::sync::atomic::Ordering;
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_STREAMS).then_some(n + 1))
+            .ok()
+            .map(|_| StreamSlot(count.clone()))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// Serves the board on `listener` until `stop` turns true.
@@ -76,6 +99,7 @@ pub async fn serve(
         commit_timeout: config.commit_timeout,
         hits: Mutex::default(),
         stop: stop.clone(),
+        streams: Arc::default(),
     });
     let sampler = {
         let board = board.clone();
@@ -515,13 +539,20 @@ async fn events(
         Ok(f) => f,
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
     };
+    let Some(slot) = StreamSlot::take(&board.streams) else {
+        return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], "too many live pages open")
+            .into_response();
+    };
     let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
     let after = resume.or(q.cursor).unwrap_or(0);
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(256);
     // Subscribe before reading the backlog so no event falls in between.
     let live = board.guard.subscribe_alerts();
     let stop = board.stop.clone();
-    tokio::spawn(stream_events(board, viewer, filter, after, live, tx, stop));
+    tokio::spawn(async move {
+        let _slot = slot;
+        stream_events(board, viewer, filter, after, live, tx, stop).await
+    });
     Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()).into_response()
 }
 
@@ -703,6 +734,15 @@ fn is_local_path(back: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_streams_are_bounded_and_give_their_place_back() {
+        let count = Arc::default();
+        let slots: Vec<StreamSlot> = (0..MAX_STREAMS).map(|_| StreamSlot::take(&count).unwrap()).collect();
+        assert!(StreamSlot::take(&count).is_none());
+        drop(slots);
+        assert!(StreamSlot::take(&count).is_some());
+    }
 
     #[test]
     fn the_language_switch_only_goes_back_to_this_site() {
