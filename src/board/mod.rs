@@ -351,7 +351,13 @@ async fn queue(State(board): State<Arc<Board>>, headers: HeaderMap, uri: Uri, Qu
             }
         },
     }
-    let rows: Vec<_> = rows.into_iter().map(|a| (board.hold_expires(&a), a)).map(|(e, a)| (a, e)).collect();
+    let rows: Vec<_> = rows
+        .into_iter()
+        .map(|a| {
+            let expires = board.hold_expires(&a);
+            (a, expires)
+        })
+        .collect();
     let page = pages::Queue { query: &q, stations, rows, next_page, cursor, error };
     Html(pages::queue(&viewer.frame(&board), &page).0).into_response()
 }
