@@ -505,6 +505,49 @@ fn ordinary_day(rng: &mut StdRng, c: &Customer, day: i64, day_start: i64, out: &
     }
 }
 
+/// Victims' memos: the scam's words only sometimes; otherwise nothing, or
+/// something bland, as they are coached.
+fn coached_memo(rng: &mut StdRng, options: &[&'static str]) -> &'static str {
+    if rng.random_bool(0.35) {
+        pick(rng, options)
+    } else {
+        pick(rng, &["", "", "还款", "借款", "生活费", "货款"])
+    }
+}
+
+/// A stage of growing payments: `count` of them from `first`, each 2-3× the
+/// one before and `gap`·`unit` seconds after it.
+struct Run {
+    stage: &'static str,
+    at: i64,
+    first: i64,
+    count: u32,
+    gap: std::ops::Range<i64>,
+    unit: i64,
+    memos: &'static [&'static str],
+}
+
+/// Pays out a [`Run`], each payment to the payee `to` picks; returns the
+/// time after the last.
+fn escalate(
+    rng: &mut StdRng,
+    out: &mut Out,
+    c: &Customer,
+    kind: &str,
+    run: Run,
+    mut to: impl FnMut(&mut StdRng, &mut Out) -> pb::Payee,
+) -> i64 {
+    let (mut at, mut amount) = (run.at, run.first);
+    for _ in 0..run.count {
+        let p = to(rng, out);
+        let memo = coached_memo(rng, run.memos);
+        out.scam(c, kind, run.stage, Send { memo, ..Send::new(at, &p, amount) });
+        at += rng.random_range(run.gap.clone()) * run.unit;
+        amount *= rng.random_range(2..=3);
+    }
+    at
+}
+
 /// One victim's scam as it unfolds from `day_start`: lead-in payments, then
 /// the decisive ones. Words in the memo only sometimes: victims are coached
 /// to write nothing, or something bland.
@@ -512,13 +555,7 @@ fn scam(rng: &mut StdRng, c: &Customer, kind: &str, day_start: i64, mules: &[pb:
     let mut at = daytime(rng, day_start);
     let elderly = c.life == Life::Elderly;
     let counter = rng.random_bool(if elderly { 0.6 } else { 0.15 });
-    let words = |rng: &mut StdRng, options: &[&'static str]| {
-        if rng.random_bool(0.35) {
-            pick(rng, options)
-        } else {
-            pick(rng, &["", "", "还款", "借款", "生活费", "货款"])
-        }
-    };
+    let words = coached_memo;
     let observed = |rng: &mut StdRng, counter: bool, options: &[pb::Observation]| {
         if counter && rng.random_bool(0.6) {
             vec![pick(rng, options)]
@@ -537,45 +574,32 @@ fn scam(rng: &mut StdRng, c: &Customer, kind: &str, day_start: i64, mules: &[pb:
     match kind {
         "刷单返利" => {
             // Small "tasks" to successive new accounts, each a little more, then the big ones.
-            let mut amount = rng.random_range(50..300) * 100;
-            for _ in 0..rng.random_range(2..=3) {
-                let p = collector(rng, out);
-                out.scam(
-                    c,
-                    kind,
-                    "lead-in",
-                    Send { memo: words(rng, &["刷单", "做任务", "点赞"]), ..Send::new(at, &p, amount) },
-                );
-                at += rng.random_range(300..2400);
-                amount *= rng.random_range(2..=3);
-            }
-            let mut amount = rng.random_range(2_000..10_000) * 100;
-            for _ in 0..rng.random_range(1..=3) {
-                let p = collector(rng, out);
-                out.scam(
-                    c,
-                    kind,
-                    "decisive",
-                    Send { memo: words(rng, &["刷单返利", "垫付", "任务佣金"]), ..Send::new(at, &p, amount) },
-                );
-                at += rng.random_range(600..3600);
-                amount *= rng.random_range(2..=3);
-            }
+            let (first, count) = (rng.random_range(50..300) * 100, rng.random_range(2..=3));
+            let run =
+                Run {
+                    stage: "lead-in", at, first, count, gap: 300..2400, unit: 1, memos: &["刷单", "做任务", "点赞"]
+                };
+            at = escalate(rng, out, c, kind, run, collector);
+            let (first, count) = (rng.random_range(2_000..10_000) * 100, rng.random_range(1..=3));
+            let memos = &["刷单返利", "垫付", "任务佣金"];
+            escalate(
+                rng,
+                out,
+                c,
+                kind,
+                Run { stage: "decisive", at, first, count, gap: 600..3600, unit: 1, memos },
+                collector,
+            );
         }
         "虚假投资理财" => {
             // Trial deposits to the "platform" over weeks, then the limit raised and a large sum.
             let platform = collector(rng, out);
-            let mut amount = rng.random_range(1_000..10_000) * 100;
-            for _ in 0..rng.random_range(1..=3) {
-                out.scam(
-                    c,
-                    kind,
-                    "lead-in",
-                    Send { memo: words(rng, &["投资", "理财", "入金"]), ..Send::new(at, &platform, amount) },
-                );
-                at += rng.random_range(2..10) * DAY;
-                amount *= rng.random_range(2..=3);
-            }
+            let (first, count) = (rng.random_range(1_000..10_000) * 100, rng.random_range(1..=3));
+            let run =
+                Run {
+                    stage: "lead-in", at, first, count, gap: 2..10, unit: DAY, memos: &["投资", "理财", "入金"]
+                };
+            at = escalate(rng, out, c, kind, run, |_: &mut StdRng, _: &mut Out| platform.clone());
             let to = if rng.random_bool(0.5) { platform } else { collector(rng, out) };
             let raised = rng.random_bool(0.7);
             let t = Send {
@@ -674,19 +698,10 @@ fn scam(rng: &mut StdRng, c: &Customer, kind: &str, day_start: i64, mules: &[pb:
             let name = pick(rng, &["男友", "女友", "陈先生", "李小姐"]);
 
             let partner = out.new_payee(rng, "6237", name);
-            let mut amount = rng.random_range(500..3_000) * 100;
-            for _ in 0..rng.random_range(2..=4) {
-                out.scam(
-                    c,
-                    kind,
-                    "lead-in",
-                    Send {
-                        memo: words(rng, &["见面路费", "生日礼物", "给男朋友"]), ..Send::new(at, &partner, amount)
-                    },
-                );
-                at += rng.random_range(3..12) * DAY;
-                amount *= rng.random_range(2..=3);
-            }
+            let (first, count) = (rng.random_range(500..3_000) * 100, rng.random_range(2..=4));
+            let memos = &["见面路费", "生日礼物", "给男朋友"];
+            let run = Run { stage: "lead-in", at, first, count, gap: 3..12, unit: DAY, memos };
+            at = escalate(rng, out, c, kind, run, |_: &mut StdRng, _: &mut Out| partner.clone());
             let to = if rng.random_bool(0.6) { partner } else { collector(rng, out) };
             out.scam(
                 c,

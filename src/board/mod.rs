@@ -167,6 +167,11 @@ struct Viewer {
 }
 
 impl Viewer {
+    /// Someone not (yet) identified, on the sign-in page: sees no alert.
+    fn signing_in(lang: Lang) -> Viewer {
+        Viewer { caller: Caller::Open, lang, here: "/login".into(), stations: Some(Vec::new()) }
+    }
+
     fn frame(&self, board: &Board) -> Frame<'_> {
         Frame {
             lang: self.lang,
@@ -227,7 +232,7 @@ impl Board {
             Err(IdentityError::Missing) => return Err(Box::new(Redirect::to("/login").into_response())),
             Err(e) => {
                 self.guard.refused(&Caller::Open, page.name(), "unauthenticated", &e.to_string());
-                let viewer = Viewer { caller: Caller::Open, lang, here, stations: Some(Vec::new()) };
+                let viewer = Viewer::signing_in(lang);
                 let page = pages::sign_in(&viewer.frame(self), Some(&e.to_string()));
                 let refused = (StatusCode::UNAUTHORIZED, [(header::SET_COOKIE, clear_token())], Html(page.0));
                 return Err(Box::new(refused.into_response()));
@@ -397,6 +402,11 @@ fn same_origin(headers: &HeaderMap) -> bool {
     }
 }
 
+/// The answer to a form posted from another site, if this one was.
+fn cross_site(headers: &HeaderMap) -> Option<Response> {
+    (!same_origin(headers)).then(|| (StatusCode::FORBIDDEN, "cross-site form posts are refused").into_response())
+}
+
 enum Act {
     Claim,
     Resolve { outcome: Outcome, decision: Option<HoldDecision>, note: String },
@@ -463,8 +473,8 @@ async fn act(
     form: &ActionForm,
     act: Result<Act, String>,
 ) -> Response {
-    if !same_origin(headers) {
-        return (StatusCode::FORBIDDEN, "cross-site form posts are refused").into_response();
+    if let Some(refused) = cross_site(headers) {
+        return refused;
     }
     let mut viewer = match board.enter(headers, uri, BoardPage::Queue) {
         Ok(v) => v,
@@ -675,7 +685,7 @@ fn clear_token() -> &'static str {
 }
 
 async fn sign_in_page(State(board): State<Arc<Board>>, headers: HeaderMap) -> Response {
-    let viewer = Viewer { caller: Caller::Open, lang: lang_of(&headers), here: "/login".into(), stations: None };
+    let viewer = Viewer::signing_in(lang_of(&headers));
     Html(pages::sign_in(&viewer.frame(&board), None).0).into_response()
 }
 
@@ -686,11 +696,11 @@ struct SignInForm {
 
 /// Checks the pasted token and keeps it in an HttpOnly, same-site cookie.
 async fn sign_in(State(board): State<Arc<Board>>, headers: HeaderMap, Form(form): Form<SignInForm>) -> Response {
-    if !same_origin(&headers) {
-        return (StatusCode::FORBIDDEN, "cross-site form posts are refused").into_response();
+    if let Some(refused) = cross_site(&headers) {
+        return refused;
     }
     let token = form.token.trim();
-    let viewer = Viewer { caller: Caller::Open, lang: lang_of(&headers), here: "/login".into(), stations: None };
+    let viewer = Viewer::signing_in(lang_of(&headers));
     match board.trust.bearer(Some(token)) {
         Ok(Caller::Known(p)) => {
             tracing::info!(principal = %p, "signed in to the board");
@@ -711,8 +721,8 @@ async fn sign_in(State(board): State<Arc<Board>>, headers: HeaderMap, Form(form)
 }
 
 async fn sign_out(headers: HeaderMap) -> Response {
-    if !same_origin(&headers) {
-        return (StatusCode::FORBIDDEN, "cross-site form posts are refused").into_response();
+    if let Some(refused) = cross_site(&headers) {
+        return refused;
     }
     ([(header::SET_COOKIE, clear_token())], Redirect::to("/login")).into_response()
 }
