@@ -1,12 +1,20 @@
-//! In-memory state the rules read: per customer the payees already paid, recent
-//! transfers (velocity windows) and the last limit change; per payee account the
-//! customers who paid it lately (fan-in, the mule signal); the police watchlist.
+//! In-memory state the rules read: per customer the payees already paid (with
+//! times, last and largest amount, growing run), an amount histogram of ~90
+//! days (the profile), recent transfers (velocity windows) and the last limit
+//! change; per payee account the customers who paid it lately (fan-in, the
+//! mule signal); the police watchlist.
 //!
 //! Concurrent maps (dashmap): different customers never contend; one customer's
 //! record is changed under its shard lock. Time is always passed in (the
 //! transfer's time), never read from the clock. Windows are bounded: entries
 //! older than [`WINDOW_SECS`] are pruned on write and by [`State::prune`].
 //! Must not know about rules, tokio or tonic.
+//!
+//! One cohesive thing, long because it is whole: the customer record (known
+//! payees with their profile, the amount histogram, the windows, the limit
+//! change), the fan-in and the watchlist, each with its stored image, the
+//! snapshot that reads them and the apply/revert that change them, and their
+//! tests.
 
 use crate::model::{LimitChange, Minor, Payee, UnixSeconds};
 use dashmap::DashMap;

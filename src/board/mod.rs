@@ -11,6 +11,10 @@
 //! says it is done. The live queue is the alert book's ordered event log as
 //! Server-Sent Events, resumed from the last cursor after a reconnect.
 //! Must not decide anything itself or hold state beyond the hits history.
+//!
+//! A hub: the board's routes and their handlers, a few lines each (viewer,
+//! scope, call the service, render), and the live stream; the HTML is in
+//! `pages`, the words in `words`, the hits history in `hits`.
 
 pub mod hits;
 mod pages;

@@ -3,6 +3,10 @@
 //! page, the analysts' page, sign-in and refusals.
 //!
 //! Takes plain values; decides nothing and reads no state.
+//!
+//! One cohesive thing, long because every page is here: each `pub fn` is one
+//! page or fragment, sharing the frame, the formatting of money and time,
+//! and the encoding of links.
 
 use super::hits::HourHits;
 use super::words::{Lang, Words};
