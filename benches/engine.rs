@@ -1,6 +1,7 @@
 //! Engine benchmarks: the shipped ruleset on realistic transfers, with state for
-//! 1,000,000 customers warm in memory. Also prints allocations per evaluation
-//! and bytes of state per customer (from a counting allocator).
+//! 1,000,000 customers warm in memory. Also prints allocations per evaluation,
+//! bytes of state per customer and bytes per remembered transfer (from a
+//! counting allocator).
 //!
 //! cargo bench --bench engine
 
@@ -13,9 +14,11 @@ use bench_transfers::{customer_id, payee, transfer, NOW};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
 use std::path::Path;
+use transfer_guard::auth::Caller;
 use transfer_guard::engine;
 use transfer_guard::model::Transfer;
 use transfer_guard::rules::Ruleset;
+use transfer_guard::service::TransferGuard;
 use transfer_guard::state::State;
 
 #[global_allocator]
@@ -50,7 +53,41 @@ fn warm_state() -> (State, f64) {
     (state, bytes)
 }
 
+/// Bytes the service keeps in memory per screened transfer through the
+/// idempotency window: live bytes after `n` screens through a `TransferGuard`
+/// (no store), less those of the same transfers counted in a bare `State` (the
+/// customers' history, which the guard keeps as well). `known_payee`: an
+/// ordinary payment with no hit; otherwise a first payment, which some rules hit.
+fn remembered_bytes(n: usize, known_payee: bool) -> (f64, usize) {
+    let rules_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let transfers: Vec<Transfer> = (0..n).map(|i| transfer(i, known_payee, false)).collect();
+    let guard = TransferGuard::open(&rules_dir).expect("shipped rules");
+    let before = counting_alloc::live_bytes();
+    let mut with_hits = 0;
+    for (i, t) in transfers.iter().enumerate() {
+        let answer = guard.screen(t, i as u64, &Caller::Open).expect("screened");
+        assert!(!answer.decision.action.raises_alert(), "no alert: its memory is the alert book's");
+        with_hits += usize::from(!answer.decision.hits.is_empty());
+    }
+    let guarded = counting_alloc::live_bytes() - before;
+    let rules = ruleset();
+    let state = State::new();
+    let before = counting_alloc::live_bytes();
+    for t in &transfers {
+        state.apply(&engine::screen(&rules, t, &state).record);
+    }
+    let history = counting_alloc::live_bytes() - before;
+    ((guarded as f64 - history as f64) / n as f64, with_hits)
+}
+
 fn benches(c: &mut Criterion) {
+    for n in [100_000, 300_000] {
+        for known in [true, false] {
+            let (bytes, with_hits) = remembered_bytes(n, known);
+            let kind = if known { "ordinary payments to known payees" } else { "first payments" };
+            println!("remembered transfers: {n} {kind} ({with_hits} with hits): {bytes:.0} bytes per transfer");
+        }
+    }
     let rules = ruleset();
     let (state, bytes_per_customer) = warm_state();
     println!(

@@ -61,21 +61,14 @@ impl TransferGuard {
         });
     }
 
-    pub(super) fn log_transfer(&self, request_id: &str, entry: Option<&ScreenEntry>) {
+    /// Queues the store's image of a remembered transfer (None: forget it).
+    pub(super) fn log_transfer(&self, key: TransferKey, image: Option<(&str, &Remembered)>) {
         let Some(store) = &self.store else { return };
-        match entry {
-            Some(e) => {
-                let status = e.status.borrow();
-                let image = StoredTransfer {
-                    answered_at: e.answered_at,
-                    fingerprint: e.fingerprint,
-                    answer: (&e.answer).into(),
-                    record: (&e.record).into(),
-                    status: (&*status).into(),
-                };
-                store.put(Space::Transfers, request_id.as_bytes(), Some(&image));
+        match image {
+            Some((request_id, e)) => {
+                store.put(Space::Transfers, &key.to_bytes(), Some(&e.stored(&self.names, request_id)))
             }
-            None => store.put(Space::Transfers, request_id.as_bytes(), None::<&()>),
+            None => store.put(Space::Transfers, &key.to_bytes(), None::<&()>),
         }
     }
 

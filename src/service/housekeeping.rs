@@ -16,13 +16,14 @@ impl TransferGuard {
             tracing::info!(alerts = forgotten, "resolved alerts past their retention forgotten");
         }
         let cutoff = now - IDEMPOTENCY_SECS;
-        self.screens.retain(|id, e| {
-            let keep = e.answered_at >= cutoff || e.status.borrow().state == TransferState::Held;
+        self.screens.retain(|key, e| {
+            let keep = e.answered_at() >= cutoff || e.state() == TransferState::Held;
             if !keep {
-                self.log_transfer(id, None);
+                self.log_transfer(*key, None);
             }
             keep
         });
+        self.watchers.retain(|_, w| w.receiver_count() > 0);
         self.events.retain(|id, (_, at)| {
             let keep = *at >= cutoff;
             if let (false, Some(store)) = (keep, &self.store) {
@@ -62,31 +63,27 @@ impl TransferGuard {
         };
         let expiry = self.ruleset.load().hold.expiry_action;
         for request_id in due {
-            let Some(entry) = self.screens.get_mut(&request_id) else { continue };
-            if entry.status.borrow().state != TransferState::Held {
+            let key = TransferKey::of(&request_id);
+            let Some(mut entry) = self.screens.get_mut(&key) else { continue };
+            if entry.state() != TransferState::Held {
                 continue;
             }
             let step = TransferState::Held.next(TransferEvent::Expire(expiry)).expect("a held transfer can expire");
-            self.change_history(step.history, &entry.record);
+            self.change_history(step.history, &entry.record());
             let (decision, outcome_label) = match expiry {
                 ExpiryAction::Block => (HoldDecision::Block, "expired_block"),
                 ExpiryAction::Release => (HoldDecision::Release, "expired_release"),
             };
             self.metrics.hold_outcomes.with_label_values(&[outcome_label]).inc();
-            let next = step.to;
-            if let Some(alert_id) = entry.answer.alert_id.as_deref() {
+            if let Some(alert_id) = entry.alert_id() {
                 if let Ok(alert) = self.alerts.hold_expired(alert_id, decision, now) {
                     self.metrics.alerts.with_label_values(&[&alert.station_id, "expired"]).inc();
                     self.audit_alert(&Caller::Service, "expired", &alert);
                 }
             }
-            entry.status.send_modify(|s| {
-                s.state = next;
-                s.hold_expires_at = None;
-                s.note = "hold expired".into();
-                s.updated_at = now;
-            });
-            self.log_transfer(&request_id, Some(&entry));
+            entry.end_hold(step.to, None, "hold expired", now);
+            self.publish(key, &request_id, &entry);
+            self.log_transfer(key, Some((&request_id, &entry)));
         }
     }
 }

@@ -11,6 +11,7 @@ mod audit_trail;
 mod housekeeping;
 mod recovery;
 mod reload;
+mod remembered;
 
 pub use reload::{load_checked, Approval, ApprovalError};
 
@@ -41,6 +42,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 pub use crate::lifecycle::TransferState;
+use remembered::{Names, Remembered, TransferKey};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransferStatus {
@@ -66,16 +68,6 @@ pub struct Screened {
     pub alert_id: Option<String>,
     pub station_id: Option<String>,
     pub hold_expires_at: Option<UnixSeconds>,
-}
-
-struct ScreenEntry {
-    /// Server time the answer was given; retries are recognised for
-    /// [`IDEMPOTENCY_SECS`] after it.
-    answered_at: UnixSeconds,
-    fingerprint: u64,
-    answer: Screened,
-    record: TransferRecord,
-    status: watch::Sender<TransferStatus>,
 }
 
 /// A customer event, validated.
@@ -142,7 +134,12 @@ pub struct TransferGuard {
     routing: ArcSwap<Routing>,
     state: State,
     alerts: Arc<AlertBook>,
-    screens: DashMap<String, ScreenEntry>,
+    /// Every transfer screened in the idempotency window (and every one still held).
+    screens: DashMap<TransferKey, Remembered>,
+    /// Bank ids and ruleset versions the remembered transfers share.
+    names: Names,
+    /// The status channels of transfers someone is watching.
+    watchers: DashMap<TransferKey, watch::Sender<TransferStatus>>,
     /// event id → (fingerprint, recorded at).
     events: DashMap<String, (u64, UnixSeconds)>,
     last_prune: AtomicU64,
@@ -203,6 +200,8 @@ impl TransferGuard {
             state: State::new(),
             alerts: Arc::new(AlertBook::new()),
             screens: crate::state::large_map(),
+            names: Names::default(),
+            watchers: DashMap::new(),
             events: crate::state::large_map(),
             last_prune: AtomicU64::new(0),
             holds: Mutex::new(BTreeSet::new()),
@@ -366,7 +365,8 @@ impl TransferGuard {
 
     /// Screens a transfer; `fingerprint` identifies the request body for idempotency.
     pub fn screen(&self, transfer: &Transfer, fingerprint: u64, by: &Caller) -> Result<Screened, ServiceError> {
-        if let Some(done) = self.replay(&transfer.request_id, fingerprint)? {
+        let key = TransferKey::of(&transfer.request_id);
+        if let Some(done) = self.replay(key, &transfer.request_id, fingerprint)? {
             return Ok(done);
         }
         let started = std::time::Instant::now();
@@ -381,19 +381,19 @@ impl TransferGuard {
                 self.metrics.typology_hits.with_label_values(&[&hit.text.typology, mode]).inc();
             }
         }
-        match self.screens.entry(transfer.request_id.clone()) {
+        match self.screens.entry(key) {
             Entry::Occupied(e) => {
                 // The same id raced in from another customer's stripe.
                 let entry = e.get();
                 if entry.fingerprint == fingerprint {
-                    Ok(entry.answer.clone())
+                    Ok(entry.answer(&self.names, &transfer.request_id))
                 } else {
                     Err(ServiceError::RequestIdReused(transfer.request_id.clone()))
                 }
             }
             Entry::Vacant(slot) => {
                 let (entry, answer) = self.settle(&ruleset, transfer, evaluation, fingerprint, by);
-                self.log_transfer(&transfer.request_id, Some(&entry));
+                self.log_transfer(key, Some((&transfer.request_id, &entry)));
                 slot.insert(entry);
                 self.audit(by, || decision_record(transfer, &answer));
                 Ok(answer)
@@ -401,9 +401,9 @@ impl TransferGuard {
         }
     }
 
-    fn replay(&self, request_id: &str, fingerprint: u64) -> Result<Option<Screened>, ServiceError> {
-        match self.screens.get(request_id) {
-            Some(e) if e.fingerprint == fingerprint => Ok(Some(e.answer.clone())),
+    fn replay(&self, key: TransferKey, request_id: &str, fingerprint: u64) -> Result<Option<Screened>, ServiceError> {
+        match self.screens.get(&key) {
+            Some(e) if e.fingerprint == fingerprint => Ok(Some(e.answer(&self.names, request_id))),
             Some(_) => Err(ServiceError::RequestIdReused(request_id.to_string())),
             None => Ok(None),
         }
@@ -417,7 +417,7 @@ impl TransferGuard {
         evaluation: Evaluation,
         fingerprint: u64,
         by: &Caller,
-    ) -> (ScreenEntry, Screened) {
+    ) -> (Remembered, Screened) {
         let now = self.now();
         let Evaluation { decision, record, customer_age } = evaluation;
         let mut answer = Screened {
@@ -468,21 +468,8 @@ impl TransferGuard {
             answer.alert_id = Some(id);
             answer.station_id = Some(station.id.clone());
         }
-        let status = TransferStatus {
-            request_id: transfer.request_id.clone(),
-            bank_id: transfer.bank_id.clone(),
-            state,
-            action: answer.decision.action,
-            alert_id: answer.alert_id.clone(),
-            station_id: answer.station_id.clone(),
-            hold_expires_at: answer.hold_expires_at,
-            outcome: None,
-            officer_id: None,
-            note: String::new(),
-            updated_at: now,
-        };
-        let (status, _) = watch::channel(status);
-        (ScreenEntry { answered_at: now, fingerprint, answer: answer.clone(), record, status }, answer)
+        let entry = Remembered::new(&self.names, &transfer.bank_id, &answer, record, state, now);
+        (entry.with_fingerprint(fingerprint), answer)
     }
 
     /// Screens without touching state or raising alerts.
@@ -500,17 +487,26 @@ impl TransferGuard {
 
     pub fn transfer_status(&self, request_id: &str) -> Result<TransferStatus, ServiceError> {
         self.screens
-            .get(request_id)
-            .map(|e| e.status.borrow().clone())
+            .get(&TransferKey::of(request_id))
+            .map(|e| e.status(&self.names, request_id))
             .ok_or_else(|| ServiceError::UnknownTransfer(request_id.to_string()))
     }
 
     /// A receiver that sees the current status and every change.
     pub fn watch_transfer(&self, request_id: &str) -> Result<watch::Receiver<TransferStatus>, ServiceError> {
-        self.screens
-            .get(request_id)
-            .map(|e| e.status.subscribe())
-            .ok_or_else(|| ServiceError::UnknownTransfer(request_id.to_string()))
+        let key = TransferKey::of(request_id);
+        // Under the entry's lock, which every change to it holds while publishing.
+        let entry = self.screens.get(&key).ok_or_else(|| ServiceError::UnknownTransfer(request_id.to_string()))?;
+        let watcher =
+            self.watchers.entry(key).or_insert_with(|| watch::channel(entry.status(&self.names, request_id)).0);
+        Ok(watcher.subscribe())
+    }
+
+    /// Tells whoever watches the transfer its new status (called under its entry's lock).
+    fn publish(&self, key: TransferKey, request_id: &str, entry: &Remembered) {
+        if let Some(watcher) = self.watchers.get(&key) {
+            watcher.send_replace(entry.status(&self.names, request_id));
+        }
     }
 
     /// Records a customer event; returns true when `event_id` was seen before.
@@ -555,20 +551,19 @@ impl TransferGuard {
 
     /// Moves a transfer by a bank's event under its entry's lock (see [`crate::lifecycle`]).
     fn change_transfer(&self, request_id: &str, event: TransferEvent) -> Result<(), ServiceError> {
-        let entry = self.screens.get_mut(request_id).ok_or_else(|| ServiceError::UnknownTransfer(request_id.into()))?;
-        let from = entry.status.borrow().state;
+        let key = TransferKey::of(request_id);
+        let mut entry = self.screens.get_mut(&key).ok_or_else(|| ServiceError::UnknownTransfer(request_id.into()))?;
+        let from = entry.state();
         let step = from.next(event).map_err(|e| ServiceError::TransferFinal {
             id: request_id.into(),
             state: e.from.as_str(),
             what: e.event.as_str(),
         })?;
         if step.to != from {
-            self.change_history(step.history, &entry.record);
-            entry.status.send_modify(|s| {
-                s.state = step.to;
-                s.updated_at = self.now();
-            });
-            self.log_transfer(request_id, Some(&entry));
+            self.change_history(step.history, &entry.record());
+            entry.move_to(step.to, self.now());
+            self.publish(key, request_id, &entry);
+            self.log_transfer(key, Some((request_id, &entry)));
         }
         Ok(())
     }
@@ -603,8 +598,9 @@ impl TransferGuard {
         let alert = self.alerts.get(alert_id).ok_or_else(|| AlertError::NotFound(alert_id.into()))?;
         let request_id = alert.transfer.request_id.clone();
         // Take the transfer's entry lock first, so expiry cannot race the officer.
-        let entry = self.screens.get_mut(&request_id);
-        let held = entry.as_ref().is_some_and(|e| e.status.borrow().state == TransferState::Held);
+        let key = TransferKey::of(&request_id);
+        let entry = self.screens.get_mut(&key);
+        let held = entry.as_ref().is_some_and(|e| e.state() == TransferState::Held);
         if held && decision.is_none() {
             return Err(AlertError::DecisionRequired.into());
         }
@@ -629,24 +625,17 @@ impl TransferGuard {
             "alert resolved"
         );
         self.audit_alert(by, "resolved", &alert);
-        if let (Some(entry), true) = (entry, held) {
+        if let (Some(mut entry), true) = (entry, held) {
             let (event, outcome_label) = match alert.hold_decision {
                 Some(HoldDecision::Release) => (TransferEvent::Release, "release"),
                 _ => (TransferEvent::Block, "block"),
             };
             let step = TransferState::Held.next(event).expect("a held transfer can be released or blocked");
-            self.change_history(step.history, &entry.record);
+            self.change_history(step.history, &entry.record());
             self.metrics.hold_outcomes.with_label_values(&[outcome_label]).inc();
-            let next = step.to;
-            entry.status.send_modify(|s| {
-                s.state = next;
-                s.outcome = Some(outcome);
-                s.officer_id = Some(officer.to_string());
-                s.note = note.to_string();
-                s.hold_expires_at = None;
-                s.updated_at = now;
-            });
-            self.log_transfer(&request_id, Some(&entry));
+            entry.end_hold(step.to, Some((outcome, officer)), note, now);
+            self.publish(key, &request_id, &entry);
+            self.log_transfer(key, Some((&request_id, &entry)));
             lock(&self.holds).retain(|(_, id)| *id != request_id);
         }
         Ok(alert)

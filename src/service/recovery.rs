@@ -124,22 +124,26 @@ impl TransferGuard {
     /// index: (transfers, held).
     pub(super) fn restore_transfers(&self, store: &Store) -> Result<(usize, usize), StoreError> {
         let mut holds = lock(&self.holds);
-        let n = store.for_each(Space::Transfers, |id, t: StoredTransfer| {
-            let id = key_text(id);
-            let status = TransferStatus::from(t.status);
-            if status.state == TransferState::Held {
-                holds.insert((status.hold_expires_at.unwrap_or(0), id.clone()));
+        let mut rekeyed = Vec::new();
+        let n = store.for_each(Space::Transfers, |stored_key, t: StoredTransfer| {
+            let request_id = t.answer.request_id.clone();
+            let key = TransferKey::of(&request_id);
+            let entry = Remembered::from_stored(&self.names, t);
+            if entry.state() == TransferState::Held {
+                holds.insert((entry.status(&self.names, &request_id).hold_expires_at.unwrap_or(0), request_id.clone()));
             }
-            let (status, _) = watch::channel(status);
-            let entry = ScreenEntry {
-                answered_at: t.answered_at,
-                fingerprint: t.fingerprint,
-                answer: t.answer.into(),
-                record: t.record.into(),
-                status,
-            };
-            self.screens.insert(id, entry);
+            if stored_key != key.to_bytes() {
+                // Format 1 keyed transfers by their request id.
+                rekeyed.push((stored_key.to_vec(), key, request_id));
+            }
+            self.screens.insert(key, entry);
         })?;
+        for (old, key, request_id) in rekeyed {
+            store.put(Space::Transfers, &old, None::<&()>);
+            if let Some(entry) = self.screens.get(&key) {
+                store.put(Space::Transfers, &key.to_bytes(), Some(&entry.stored(&self.names, &request_id)));
+            }
+        }
         Ok((n, holds.len()))
     }
 

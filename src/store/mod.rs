@@ -105,8 +105,11 @@ pub enum StoreError {
 
 /// The version of the records' encoding. Raised when a record kind changes in
 /// a way an older build cannot read; a store written by a newer version is
-/// refused at open rather than misread. `golden_records` pins version 1.
-pub const FORMAT_VERSION: u32 = 1;
+/// refused at open rather than misread. `golden_records` pins the records'
+/// encoding (unchanged since 1). Format 2 keys `transfers` by the 128-bit hash
+/// of the request id (the id itself stays in the record); a format-1 store's
+/// transfers are re-keyed when the service opens it.
+pub const FORMAT_VERSION: u32 = 2;
 /// Key in `meta` of the format version the store was written in.
 const META_FORMAT: &[u8] = b"format";
 

@@ -569,3 +569,46 @@ fn a_store_from_a_newer_format_is_refused() {
         Ok(_) => panic!("a newer store was opened"),
     }
 }
+
+/// A format-1 store kept transfers under their request id: the service
+/// re-keys them when it opens the store, and they answer as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_1_store_has_its_transfers_rekeyed_at_open() {
+    use transfer_guard::app::{build, Setup};
+    use transfer_guard::model::Transfer;
+    use transfer_guard::service::TransferState;
+    use transfer_guard::store::{Durability, Space, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup::new(crate::harness::rules_dir(), dir.path(), Durability::Sync);
+    let held_id = {
+        let guard = build(&setup).unwrap().guard;
+        let held = guard.screen(&Transfer::try_from(&seed_case("v1-hold")).unwrap(), 7, &Caller::Open).unwrap();
+        guard.committed().await.unwrap();
+        held.request_id
+    };
+    {
+        // Write it back the way format 1 did.
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let (_, key, value) =
+            store.raw().unwrap().into_iter().find(|(space, _, _)| *space == "transfers").expect("a stored transfer");
+        assert_eq!(key.len(), 16, "format 2 keys a transfer by its hash");
+        let value: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        store.put(Space::Transfers, &key, None::<&()>);
+        store.put(Space::Transfers, held_id.as_bytes(), Some(&value));
+        store.put(Space::Meta, b"format", Some(&1u32));
+        store.flush().unwrap();
+    }
+    let guard = build(&setup).unwrap().guard;
+    let status = guard.transfer_status(&held_id).unwrap();
+    assert_eq!(status.state, TransferState::Held, "{status:?}");
+    assert!(status.hold_expires_at.is_some());
+    let again = guard.screen(&Transfer::try_from(&seed_case("v1-hold")).unwrap(), 7, &Caller::Open).unwrap();
+    assert_eq!(again.alert_id, status.alert_id, "the retry gets the same answer");
+    guard.committed().await.unwrap();
+    drop(guard);
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let keys: Vec<Vec<u8>> =
+        store.raw().unwrap().into_iter().filter(|(space, _, _)| *space == "transfers").map(|(_, k, _)| k).collect();
+    assert_eq!(keys.len(), 1, "one record, re-keyed: {keys:?}");
+    assert_eq!(keys[0].len(), 16);
+}
