@@ -28,6 +28,54 @@ use tonic::transport::Server;
 /// How often holds are expired and overdue alerts escalated.
 pub const TICK: Duration = Duration::from_millis(250);
 
+/// Runs the service's timer work ([`TransferGuard::tick`]: hold expiry,
+/// escalation, the minute's pruning) every [`TICK`] until dropped, on a
+/// thread of its own. Not on the runtime: a prune walks every remembered
+/// transfer and customer, and on a runtime worker every request queued behind
+/// it would wait for the whole walk; on its own thread the kernel shares the
+/// core in slices of a few milliseconds. (Should no thread be had, it runs on
+/// the runtime rather than not at all.)
+enum Housekeeping {
+    /// Dropping the sender stops the thread.
+    Thread {
+        _stop: std::sync::mpsc::Sender<()>,
+    },
+    Task(tokio::task::JoinHandle<()>),
+}
+
+impl Housekeeping {
+    fn start(guard: Arc<TransferGuard>) -> Housekeeping {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let on_thread = guard.clone();
+        let spawned = std::thread::Builder::new().name("housekeeping".into()).spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(TICK) {
+                on_thread.tick(on_thread.now());
+            }
+        });
+        match spawned {
+            Ok(_) => Housekeeping::Thread { _stop: stop },
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread for housekeeping: it runs on the runtime");
+                Housekeeping::Task(tokio::spawn(async move {
+                    let mut every = tokio::time::interval(TICK);
+                    loop {
+                        every.tick().await;
+                        guard.tick(guard.now());
+                    }
+                }))
+            }
+        }
+    }
+}
+
+impl Drop for Housekeeping {
+    fn drop(&mut self) {
+        if let Housekeeping::Task(task) = self {
+            task.abort();
+        }
+    }
+}
+
 /// Serves until `shutdown` completes; in-flight calls finish, streams end.
 pub async fn run(
     listener: TcpListener,
@@ -216,16 +264,7 @@ pub async fn run_with(
     let health_service = health(true).await;
     let (reflection, reflection_v1alpha) = reflection();
 
-    let ticker = {
-        let guard = guard.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(TICK);
-            loop {
-                every.tick().await;
-                guard.tick(guard.now());
-            }
-        })
-    };
+    let ticker = Housekeeping::start(guard.clone());
 
     let officers = match extras.officer_listener {
         None => None,
@@ -255,7 +294,7 @@ pub async fn run_with(
         .add_service(RulesServer::new(api).max_decoding_message_size(size))
         .serve_with_incoming_shutdown(incoming, signal)
         .await;
-    ticker.abort();
+    drop(ticker);
     if let Some(Ok(officers)) = officers {
         let _ =
             tokio::time::timeout(Duration::from_secs(10), tokio::task::spawn_blocking(move || officers.join())).await;

@@ -1,10 +1,10 @@
 //! What the service remembers of each screened transfer through the
-//! idempotency window: a compact entry (72 bytes, plus the customer's id) keyed
+//! idempotency window: a compact entry (64 bytes, plus the customer's id) keyed
 //! by a 128-bit hash of the request id, holding the idempotency fingerprint,
 //! the decision summary, the status and the history record a later move
 //! counts or uncounts. What only some transfers have — hits, an alert, an
 //! officer's outcome — sits behind one optional box, so an ordinary transfer
-//! with no hit costs no more than the entry. Bank ids and ruleset versions
+//! with no hit costs no more than the entry. (Bank id, ruleset version) pairs
 //! are interned ([`Names`]): a process sees few of them.
 //!
 //! Must not know tokio, locks beyond the interner's, or the store's encoding
@@ -40,79 +40,89 @@ impl TransferKey {
     }
 }
 
-/// Short strings many entries share (bank ids, ruleset versions), each kept
-/// once; an entry holds its index. At most [`Names::CAPACITY`] of them: past
-/// that an entry keeps its own copy (in its box), so a caller inventing bank
-/// ids costs memory only for its own transfers' lifetime.
+/// The (bank id, ruleset version) pairs entries share, each kept once; an
+/// entry holds its index. A process sees a few banks and a version per
+/// reload. At most [`Names::CAPACITY`] pairs: past that an entry keeps its
+/// own copy (in its box), so a caller inventing bank ids costs memory only
+/// for its own transfers' lifetime.
 #[derive(Default)]
 pub struct Names {
     table: RwLock<NameTable>,
 }
 
-/// The names in order of arrival, and each one's index.
-type NameTable = (Vec<Arc<str>>, HashMap<Arc<str>, u16>);
+/// The pairs in order of arrival, and for each bank each version's index.
+type NameTable = (Vec<(Arc<str>, Arc<str>)>, HashMap<Arc<str>, HashMap<Arc<str>, u16>>);
 
 impl Names {
     pub const CAPACITY: usize = u16::MAX as usize;
 
-    /// The index of `name`, interning it if there is room.
-    fn intern(&self, name: &str) -> Option<u16> {
+    /// The index of (`bank`, `version`), interning it if there is room.
+    fn intern(&self, bank: &str, version: &Arc<str>) -> Option<u16> {
         let read = self.table.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = read.1.get(name) {
+        if let Some(i) = read.1.get(bank).and_then(|v| v.get(&**version)) {
             return Some(*i);
         }
         drop(read);
         let mut write = self.table.write().unwrap_or_else(|e| e.into_inner());
         let (list, index) = &mut *write;
-        if let Some(i) = index.get(name) {
+        if let Some(i) = index.get(bank).and_then(|v| v.get(&**version)) {
             return Some(*i);
         }
         if list.len() >= Self::CAPACITY {
             return None;
         }
         let i = list.len() as u16;
-        let name: Arc<str> = name.into();
-        list.push(name.clone());
-        index.insert(name, i);
+        let bank: Arc<str> = bank.into();
+        list.push((bank.clone(), version.clone()));
+        index.entry(bank).or_default().insert(version.clone(), i);
         Some(i)
     }
 
-    fn get(&self, i: u16) -> Arc<str> {
+    fn get(&self, i: u16) -> (Arc<str>, Arc<str>) {
         let read = self.table.read().unwrap_or_else(|e| e.into_inner());
-        read.0.get(usize::from(i)).cloned().unwrap_or_else(|| "".into())
+        read.0.get(usize::from(i)).cloned().unwrap_or_else(|| ("".into(), "".into()))
     }
 }
 
 /// Index meaning "not interned: in the entry's box".
 const OWN: u16 = u16::MAX;
 
-/// One screened transfer as remembered for the idempotency window.
+/// One screened transfer as remembered for the idempotency window (64 bytes).
 pub struct Remembered {
     /// The request body's fingerprint: a retry must match it.
     pub fingerprint: u64,
     customer: Box<str>,
     payee: PayeeKey,
     amount: Minor,
-    /// The transfer's time, when it was answered and when its status last changed.
-    at: u32,
+    /// When it was answered and when its status last changed.
     answered_at: u32,
     updated_at: u32,
+    /// The transfer's own time, in seconds from `answered_at` when that fits
+    /// (live requests are held to the server's clock), else in `more`.
+    at: i16,
     /// The decision's score when it fits (else in `more`).
-    score: i32,
-    bank: u16,
-    version: u16,
+    score: i16,
+    /// (bank id, ruleset version): an index into [`Names`], or [`OWN`].
+    names: u16,
     action: Action,
     state: TransferState,
     more: Option<Box<More>>,
 }
 
-/// What only some transfers have.
+/// What only some transfers have: hits (a warned transfer), and rarer still
+/// the rest (an alert, an outcome, a value that did not fit the entry).
 #[derive(Default)]
 struct More {
     hits: Box<[Hit]>,
+    rare: Option<Box<Rare>>,
+}
+
+#[derive(Default)]
+struct Rare {
+    /// What did not fit the entry itself.
+    at: Option<UnixSeconds>,
     score: Option<i64>,
-    bank: Option<Arc<str>>,
-    version: Option<Arc<str>>,
+    names: Option<(Arc<str>, Arc<str>)>,
     alert_id: Option<Box<str>>,
     station_id: Option<Box<str>>,
     /// The hold's expiry as answered; the status drops it once the hold ended.
@@ -138,38 +148,40 @@ impl Remembered {
         state: TransferState,
         now: UnixSeconds,
     ) -> Remembered {
-        let mut more = More::default();
+        let mut rare = Rare::default();
         let d = &answer.decision;
-        let bank = names.intern(bank_id).unwrap_or_else(|| {
-            more.bank = Some(bank_id.into());
+        let names = names.intern(bank_id, &d.ruleset_version).unwrap_or_else(|| {
+            rare.names = Some((bank_id.into(), d.ruleset_version.clone()));
             OWN
         });
-        let version = names.intern(&d.ruleset_version).unwrap_or_else(|| {
-            more.version = Some(d.ruleset_version.clone());
-            OWN
-        });
-        let score = i32::try_from(d.score).unwrap_or_else(|_| {
-            more.score = Some(d.score);
+        let score = i16::try_from(d.score).unwrap_or_else(|_| {
+            rare.score = Some(d.score);
             0
         });
-        more.hits = d.hits.iter().cloned().collect();
-        more.alert_id = answer.alert_id.as_deref().map(Into::into);
-        more.station_id = answer.station_id.as_deref().map(Into::into);
-        more.hold_expires_at = answer.hold_expires_at;
+        let answered_at = pack(now);
+        let at = i16::try_from(record.at - i64::from(answered_at)).unwrap_or_else(|_| {
+            rare.at = Some(record.at);
+            0
+        });
+        rare.alert_id = answer.alert_id.as_deref().map(Into::into);
+        rare.station_id = answer.station_id.as_deref().map(Into::into);
+        rare.hold_expires_at = answer.hold_expires_at;
+        let rare = rare.needed().then(|| Box::new(rare));
+        let more = (!d.hits.is_empty() || rare.is_some())
+            .then(|| Box::new(More { hits: d.hits.iter().cloned().collect(), rare }));
         Remembered {
             fingerprint: 0,
             customer: record.customer_id.into_boxed_str(),
             payee: record.payee,
             amount: record.amount,
-            at: pack(record.at),
-            answered_at: pack(now),
-            updated_at: pack(now),
+            answered_at,
+            updated_at: answered_at,
+            at,
             score,
-            bank,
-            version,
+            names,
             action: d.action,
             state,
-            more: more.needed().then(|| Box::new(more)),
+            more,
         }
     }
 
@@ -187,7 +199,7 @@ impl Remembered {
     }
 
     pub fn alert_id(&self) -> Option<&str> {
-        self.more.as_ref()?.alert_id.as_deref()
+        self.rare()?.alert_id.as_deref()
     }
 
     /// The history record this transfer counts (or counted).
@@ -196,12 +208,16 @@ impl Remembered {
             customer_id: self.customer.to_string(),
             payee: self.payee,
             amount: self.amount,
-            at: self.at.into(),
+            at: self.rare().and_then(|r| r.at).unwrap_or(self.answered_at() + i64::from(self.at)),
         }
     }
 
-    fn more(&mut self) -> &mut More {
-        self.more.get_or_insert_with(Box::default)
+    fn rare(&self) -> Option<&Rare> {
+        self.more.as_ref()?.rare.as_deref()
+    }
+
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.more.get_or_insert_with(Box::default).rare.get_or_insert_with(Box::default)
     }
 
     /// Moves the transfer to `to` at `now`.
@@ -213,7 +229,7 @@ impl Remembered {
     /// Ends a hold: by an officer's outcome, or (`outcome` None) by its expiry.
     pub fn end_hold(&mut self, to: TransferState, outcome: Option<(Outcome, &str)>, note: &str, now: UnixSeconds) {
         self.move_to(to, now);
-        let more = self.more();
+        let more = self.rare_mut();
         more.hold_ended = true;
         if let Some((outcome, officer)) = outcome {
             more.outcome = Some(outcome);
@@ -222,8 +238,9 @@ impl Remembered {
         more.note = note.into();
     }
 
-    fn bank(&self, names: &Names) -> Arc<str> {
-        match (self.bank, self.more.as_ref().and_then(|m| m.bank.clone())) {
+    /// (bank id, ruleset version).
+    fn names(&self, names: &Names) -> (Arc<str>, Arc<str>) {
+        match (self.names, self.rare().and_then(|r| r.names.clone())) {
             (OWN, Some(own)) => own,
             (i, _) => names.get(i),
         }
@@ -231,18 +248,14 @@ impl Remembered {
 
     /// The answer given, for a retry.
     pub fn answer(&self, names: &Names, request_id: &str) -> Screened {
-        let more = self.more.as_deref();
-        let ruleset_version = match (self.version, more.and_then(|m| m.version.clone())) {
-            (OWN, Some(own)) => own,
-            (i, _) => names.get(i),
-        };
+        let more = self.rare();
         Screened {
             request_id: request_id.to_string(),
             decision: Decision {
                 action: self.action,
                 score: more.and_then(|m| m.score).unwrap_or(i64::from(self.score)),
-                hits: more.map(|m| m.hits.to_vec()).unwrap_or_default(),
-                ruleset_version,
+                hits: self.more.as_ref().map(|m| m.hits.to_vec()).unwrap_or_default(),
+                ruleset_version: self.names(names).1,
             },
             alert_id: more.and_then(|m| m.alert_id.as_deref().map(String::from)),
             station_id: more.and_then(|m| m.station_id.as_deref().map(String::from)),
@@ -252,10 +265,10 @@ impl Remembered {
 
     /// Where the transfer stands now.
     pub fn status(&self, names: &Names, request_id: &str) -> TransferStatus {
-        let more = self.more.as_deref();
+        let more = self.rare();
         TransferStatus {
             request_id: request_id.to_string(),
-            bank_id: self.bank(names).to_string(),
+            bank_id: self.names(names).0.to_string(),
             state: self.state,
             action: self.action,
             alert_id: more.and_then(|m| m.alert_id.as_deref().map(String::from)),
@@ -287,7 +300,7 @@ impl Remembered {
             .with_fingerprint(t.fingerprint);
         r.updated_at = pack(status.updated_at);
         if status.outcome.is_some() || !status.note.is_empty() || status.hold_expires_at != answer.hold_expires_at {
-            let more = r.more();
+            let more = r.rare_mut();
             more.hold_ended = status.hold_expires_at.is_none();
             more.outcome = status.outcome;
             more.officer_id = status.officer_id.map(String::into_boxed_str);
@@ -297,12 +310,11 @@ impl Remembered {
     }
 }
 
-impl More {
+impl Rare {
     fn needed(&self) -> bool {
-        !self.hits.is_empty()
+        self.at.is_some()
             || self.score.is_some()
-            || self.bank.is_some()
-            || self.version.is_some()
+            || self.names.is_some()
             || self.alert_id.is_some()
             || self.hold_expires_at.is_some()
     }
@@ -313,17 +325,77 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_entry_is_72_bytes() {
-        assert_eq!(std::mem::size_of::<Remembered>(), 72);
+    fn an_entry_is_64_bytes() {
+        assert_eq!(std::mem::size_of::<Remembered>(), 64);
         assert_eq!(std::mem::size_of::<TransferKey>(), 16);
+    }
+
+    fn screened(score: i64, held: bool) -> Screened {
+        let text = Arc::new(crate::model::RuleText {
+            rule_id: "r".into(),
+            reason_zh: "原因".into(),
+            reason_en: "why".into(),
+            ask_zh: Box::new([]),
+            ask_en: Box::new([]),
+            typology: "".into(),
+        });
+        Screened {
+            request_id: "req-1".into(),
+            decision: Decision {
+                action: if held { Action::Hold } else { Action::Allow },
+                score,
+                hits: if held { vec![Hit { text, score, shadow: false }] } else { vec![] },
+                ruleset_version: "v1".into(),
+            },
+            alert_id: held.then(|| "al-1".into()),
+            station_id: held.then(|| "st-1".into()),
+            hold_expires_at: held.then_some(2_000_900),
+        }
+    }
+
+    /// Every field comes back as given, through memory and through the
+    /// store's image, including the values that do not fit the entry itself.
+    #[test]
+    fn an_entry_gives_back_the_answer_status_and_record_it_was_given() {
+        let names = Names::default();
+        for (score, at, held) in [(0, 1_999_990, false), (160, 2_000_000, true), (1 << 40, 1_000, true)] {
+            let answer = screened(score, held);
+            let record = TransferRecord { customer_id: "c-1".into(), payee: PayeeKey(7), amount: 5_000_000_000, at };
+            let state = if held { TransferState::Held } else { TransferState::Allowed };
+            let mut e = Remembered::new(&names, "psbc", &answer, record.clone(), state, 2_000_000).with_fingerprint(9);
+            assert_eq!(e.answer(&names, "req-1"), answer);
+            assert_eq!(e.record(), record);
+            let status = e.status(&names, "req-1");
+            assert_eq!(
+                (status.bank_id.as_str(), status.state, status.hold_expires_at),
+                ("psbc", state, answer.hold_expires_at)
+            );
+            if held {
+                e.end_hold(TransferState::Blocked, Some((Outcome::Dissuaded, "officer-li")), "劝阻", 2_000_100);
+            }
+            let again = Remembered::from_stored(&names, e.stored(&names, "req-1"));
+            assert_eq!(again.fingerprint, 9);
+            assert_eq!(again.answer(&names, "req-1"), answer, "the answer keeps its hold expiry");
+            assert_eq!(again.record(), record);
+            assert_eq!(again.status(&names, "req-1"), e.status(&names, "req-1"));
+            if held {
+                let s = again.status(&names, "req-1");
+                assert_eq!(
+                    (s.hold_expires_at, s.outcome, s.officer_id.as_deref()),
+                    (None, Some(Outcome::Dissuaded), Some("officer-li"))
+                );
+            }
+        }
     }
 
     #[test]
     fn names_are_interned_once() {
         let names = Names::default();
-        let a = names.intern("psbc").unwrap();
-        assert_eq!(names.intern("icbc"), Some(a + 1));
-        assert_eq!(names.intern("psbc"), Some(a));
-        assert_eq!(&*names.get(a), "psbc");
+        let (v1, v2): (Arc<str>, Arc<str>) = ("v1".into(), "v2".into());
+        let a = names.intern("psbc", &v1).unwrap();
+        assert_eq!(names.intern("icbc", &v1), Some(a + 1));
+        assert_eq!(names.intern("psbc", &v2), Some(a + 2));
+        assert_eq!(names.intern("psbc", &v1), Some(a));
+        assert_eq!(names.get(a + 2), ("psbc".into(), v2));
     }
 }
