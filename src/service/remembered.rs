@@ -42,9 +42,9 @@ impl TransferKey {
 
 /// The (bank id, ruleset version) pairs entries share, each kept once; an
 /// entry holds its index. A process sees a few banks and a version per
-/// reload. At most [`Names::CAPACITY`] pairs: past that an entry keeps its
-/// own copy (in its box), so a caller inventing bank ids costs memory only
-/// for its own transfers' lifetime.
+/// reload. Never forgotten, so bounded: at most [`Names::CAPACITY`] pairs (a
+/// few MB); past that an entry keeps its own copy (in its box), so a caller
+/// inventing bank ids costs memory only for its own transfers' lifetime.
 #[derive(Default)]
 pub struct Names {
     table: RwLock<NameTable>,
