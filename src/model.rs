@@ -39,7 +39,9 @@ impl Channel {
     }
 }
 
-/// What a teller saw at the counter. Stored as a bit set in [`Observations`].
+/// What a teller saw at the counter, or what the bank's app saw during a
+/// mobile or online session (screen sharing, a remote-control app). Stored as
+/// a bit set in [`Observations`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Observation {
     OnPhoneWithStranger,
@@ -48,16 +50,23 @@ pub enum Observation {
     AccompaniedByStranger,
     Coached,
     Urgent,
+    /// The app: the screen was being shared (a call or meeting app) while
+    /// the transfer was made.
+    ScreenShared,
+    /// The app: a remote-control app was running.
+    RemoteControl,
 }
 
 impl Observation {
-    pub const ALL: [Observation; 6] = [
+    pub const ALL: [Observation; 8] = [
         Observation::OnPhoneWithStranger,
         Observation::Agitated,
         Observation::RefusesToExplain,
         Observation::AccompaniedByStranger,
         Observation::Coached,
         Observation::Urgent,
+        Observation::ScreenShared,
+        Observation::RemoteControl,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +77,8 @@ impl Observation {
             Observation::AccompaniedByStranger => "accompanied_by_stranger",
             Observation::Coached => "coached",
             Observation::Urgent => "urgent",
+            Observation::ScreenShared => "screen_shared",
+            Observation::RemoteControl => "remote_control",
         }
     }
 

@@ -343,7 +343,72 @@ pub fn generate(customers: usize, days: u32, seed: u64) -> Vec<Labelled> {
     }
     let mut lines = out.lines;
     lines.sort_by_key(|l| l.request.requested_at.as_ref().map_or(0, |t| t.seconds));
+    app_signals(&mut lines, seed);
     lines
+}
+
+/// Of the victims paying on their phone, the share whose screen the scammer
+/// watches through a call or meeting app, and the share whose phone they take
+/// over with a remote-control app, by scam type. Assumptions from the
+/// typology descriptions (docs/simulate.md), not measurements.
+fn app_signal_rates(scam_type: &str) -> (f64, f64) {
+    match scam_type {
+        "冒充客服退款" => (0.6, 0.1),
+        "虚假征信" => (0.5, 0.05),
+        "虚假网络贷款" => (0.4, 0.05),
+        "冒充公检法" => (0.3, 0.1),
+        MULE_FAN_IN => (0.2, 0.0),
+        "刷单返利" => (0.15, 0.0),
+        "虚假投资理财" => (0.0, 0.1),
+        "网络婚恋" => (0.05, 0.0),
+        _ => (0.0, 0.0),
+    }
+}
+
+/// What the bank's app reports for mobile transfers: for a victim guided
+/// through a scam, a shared screen or a remote-control app on each decisive
+/// payment (decided once per victim and scam); in ordinary life, rarely (a
+/// relative helping on a shared screen: 1 mobile transfer in 500; IT support
+/// with a remote-control app: 1 in 3,000). Drawn from a stream of its own, so
+/// the rest of the history is the same with or without it.
+fn app_signals(lines: &mut [Labelled], seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x6170_705f_7369_676e);
+    let mut victims: std::collections::HashMap<(String, String), Vec<pb::Observation>> = Default::default();
+    for line in lines.iter_mut() {
+        if line.request.channel != pb::Channel::Mobile as i32 {
+            continue;
+        }
+        let signals = if line.is_scam() {
+            if line.stage != "decisive" {
+                continue;
+            }
+            let customer = line.request.customer.as_ref().map(|c| c.customer_id.clone()).unwrap_or_default();
+            victims
+                .entry((customer, line.scam_type.clone()))
+                .or_insert_with(|| {
+                    let (shared, remote) = app_signal_rates(&line.scam_type);
+                    let mut s = Vec::new();
+                    if rng.random_bool(shared) {
+                        s.push(pb::Observation::ScreenShared);
+                    }
+                    if rng.random_bool(remote) {
+                        s.push(pb::Observation::RemoteControl);
+                    }
+                    s
+                })
+                .clone()
+        } else {
+            let mut s = Vec::new();
+            if rng.random_bool(1.0 / 500.0) {
+                s.push(pb::Observation::ScreenShared);
+            }
+            if rng.random_bool(1.0 / 3000.0) {
+                s.push(pb::Observation::RemoteControl);
+            }
+            s
+        };
+        line.request.observations.extend(signals.into_iter().map(|o| o as i32));
+    }
 }
 
 fn daytime(rng: &mut StdRng, day_start: i64) -> i64 {
@@ -795,5 +860,24 @@ mod tests {
         assert!(h.iter().filter(|l| l.is_scam()).all(|l| !l.scam_type.is_empty() && !l.stage.is_empty()));
         let scams = h.iter().filter(|l| l.is_scam()).count();
         assert!(scams > 0 && scams * 20 < h.len());
+    }
+
+    #[test]
+    fn the_app_reports_a_shared_screen_for_guided_victims_and_rarely_otherwise() {
+        let h = generate(5_000, 60, 1);
+        fn shared(l: &Labelled) -> bool {
+            l.request.observations.contains(&(pb::Observation::ScreenShared as i32))
+        }
+        let refund: Vec<&Labelled> = h
+            .iter()
+            .filter(|l| l.scam_type == "冒充客服退款" && l.request.channel == pb::Channel::Mobile as i32)
+            .collect();
+        let guided = refund.iter().filter(|l| shared(l)).count();
+        assert!(guided * 4 > refund.len() && guided < refund.len(), "{guided} of {}", refund.len());
+        let ordinary: Vec<&Labelled> = h.iter().filter(|l| !l.is_scam()).collect();
+        let helped = ordinary.iter().filter(|l| shared(l)).count();
+        assert!(helped > 0 && helped * 200 < ordinary.len(), "{helped} of {}", ordinary.len());
+        // Only mobile transfers carry the app's signals.
+        assert!(h.iter().filter(|l| shared(l)).all(|l| l.request.channel == pb::Channel::Mobile as i32));
     }
 }

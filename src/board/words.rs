@@ -89,12 +89,16 @@ impl Lang {
             (Lang::Zh, Observation::AccompaniedByStranger) => "有陌生人陪同",
             (Lang::Zh, Observation::Coached) => "被人指导回答",
             (Lang::Zh, Observation::Urgent) => "催促急转",
+            (Lang::Zh, Observation::ScreenShared) => "手机银行：转账时正在共享屏幕",
+            (Lang::Zh, Observation::RemoteControl) => "手机银行：远程控制软件在运行",
             (Lang::En, Observation::OnPhoneWithStranger) => "On the phone with a stranger",
             (Lang::En, Observation::Agitated) => "Agitated",
             (Lang::En, Observation::RefusesToExplain) => "Refuses to explain",
             (Lang::En, Observation::AccompaniedByStranger) => "Accompanied by a stranger",
             (Lang::En, Observation::Coached) => "Coached",
             (Lang::En, Observation::Urgent) => "In a hurry",
+            (Lang::En, Observation::ScreenShared) => "App: the screen was being shared",
+            (Lang::En, Observation::RemoteControl) => "App: a remote-control app was running",
         }
     }
 

@@ -66,7 +66,7 @@ pub struct TransferFlags {
     #[arg(long, default_value = "")]
     memo: String,
     /// A teller observation (repeatable): on_phone_with_stranger, agitated, refuses_to_explain,
-    /// accompanied_by_stranger, coached, urgent.
+    /// accompanied_by_stranger, coached, urgent; or what the app saw: screen_shared, remote_control.
     #[arg(long = "observe")]
     observations: Vec<String>,
 }

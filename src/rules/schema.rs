@@ -154,8 +154,16 @@ pub struct Field {
 }
 
 const CHANNELS: &[&str] = &["counter", "atm", "mobile", "online"];
-pub const OBSERVATIONS: &[&str] =
-    &["on_phone_with_stranger", "agitated", "refuses_to_explain", "accompanied_by_stranger", "coached", "urgent"];
+pub const OBSERVATIONS: &[&str] = &[
+    "on_phone_with_stranger",
+    "agitated",
+    "refuses_to_explain",
+    "accompanied_by_stranger",
+    "coached",
+    "urgent",
+    "screen_shared",
+    "remote_control",
+];
 
 const fn field(path: &'static str, read: Read, doc: &'static str) -> Field {
     Field { path, read, optional: false, values: &[], text: None, doc }
@@ -238,7 +246,7 @@ pub static FIELDS: &[Field] = &[
         ..field(
             "customer.observations",
             Read::Observations(|f| f.customer_observations),
-            "What the teller saw; test with `\"coached\" in customer.observations`.",
+            "What the teller saw, or the bank's app reported for a mobile or online transfer (`screen_shared`, `remote_control`); test with `\"coached\" in customer.observations`.",
         )
     },
     field(

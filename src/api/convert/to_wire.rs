@@ -19,6 +19,8 @@ pub fn observation_to_pb(o: Observation) -> pb::Observation {
         Observation::AccompaniedByStranger => pb::Observation::AccompaniedByStranger,
         Observation::Coached => pb::Observation::Coached,
         Observation::Urgent => pb::Observation::Urgent,
+        Observation::ScreenShared => pb::Observation::ScreenShared,
+        Observation::RemoteControl => pb::Observation::RemoteControl,
     }
 }
 
