@@ -159,7 +159,8 @@ impl Remembered {
             0
         });
         let answered_at = pack(now);
-        let at = i16::try_from(record.at - i64::from(answered_at)).unwrap_or_else(|_| {
+        let offset = record.at.checked_sub(i64::from(answered_at)).and_then(|d| i16::try_from(d).ok());
+        let at = offset.unwrap_or_else(|| {
             rare.at = Some(record.at);
             0
         });
@@ -358,7 +359,9 @@ mod tests {
     #[test]
     fn an_entry_gives_back_the_answer_status_and_record_it_was_given() {
         let names = Names::default();
-        for (score, at, held) in [(0, 1_999_990, false), (160, 2_000_000, true), (1 << 40, 1_000, true)] {
+        for (score, at, held) in
+            [(0, 1_999_990, false), (160, 2_000_000, true), (1 << 40, 1_000, true), (i64::MIN, i64::MIN, false)]
+        {
             let answer = screened(score, held);
             let record = TransferRecord { customer_id: "c-1".into(), payee: PayeeKey(7), amount: 5_000_000_000, at };
             let state = if held { TransferState::Held } else { TransferState::Allowed };
