@@ -402,3 +402,77 @@ mod tests {
         assert_eq!(names.get(a + 2), ("psbc".into(), v2));
     }
 }
+
+/// The guard's use of the remembered entries: statuses built on demand, status
+/// channels only while watched.
+#[cfg(test)]
+mod guard_tests {
+    use super::super::{CustomerEvent, TransferGuard, TransferState};
+    use crate::alerts::{HoldDecision, Outcome};
+    use crate::auth::Caller;
+    use crate::model::{Channel, Customer, LimitChange, Payee, Transfer};
+    use time::macros::date;
+
+    fn transfer(request_id: &str, seed_case: bool) -> Transfer {
+        let now = crate::clock::wall_clock();
+        Transfer {
+            request_id: request_id.into(),
+            requested_at: now,
+            bank_id: "psbc".into(),
+            branch_id: "psbc-heshan-zhongshan".into(),
+            teller_id: "t-01".into(),
+            channel: Channel::Mobile,
+            customer: Customer {
+                customer_id: "c-1".into(),
+                account_id: "6222020000000001".into(),
+                birth_date: date!(1958 - 05 - 10),
+                account_opened_on: date!(2008 - 01 - 01),
+                daily_limit: 50_000_000,
+                last_limit_change: seed_case.then_some(LimitChange {
+                    old_limit: 5_000_000,
+                    new_limit: 50_000_000,
+                    is_maximum: true,
+                    changed_at: now - 900,
+                }),
+            },
+            payee: Payee { account: "6236000000000009".into(), name: "某某".into(), bank_code: "pab".into() },
+            amount: if seed_case { 40_000_000 } else { 50_000 },
+            currency: "CNY".into(),
+            memo: if seed_case { "投资理财".into() } else { String::new() },
+            observations: Default::default(),
+        }
+    }
+
+    #[test]
+    fn watchers_see_every_change_and_their_channels_go_when_nobody_listens() {
+        let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        let guard = TransferGuard::open(&rules).expect("shipped rules");
+        let held = guard.screen(&transfer("held", true), 1, &Caller::Open).unwrap();
+        assert!(held.alert_id.is_some() && held.hold_expires_at.is_some(), "{held:?}");
+        let (mut a, b) = (guard.watch_transfer("held").unwrap(), guard.watch_transfer("held").unwrap());
+        assert_eq!(guard.watchers.len(), 1, "one channel, however many watch");
+        assert_eq!(a.borrow_and_update().state, TransferState::Held);
+        let alert = held.alert_id.clone().unwrap();
+        guard
+            .resolve_alert(&alert, "officer-li", Outcome::Dissuaded, Some(HoldDecision::Block), "劝阻", &Caller::Open)
+            .unwrap();
+        for rx in [&mut a, &mut b.clone()] {
+            let s = rx.borrow_and_update().clone();
+            assert_eq!(
+                (s.state, s.officer_id.as_deref(), s.hold_expires_at),
+                (TransferState::Blocked, Some("officer-li"), None)
+            );
+        }
+        // The retry's answer is the answer given, its hold expiry included.
+        assert_eq!(guard.screen(&transfer("held", true), 1, &Caller::Open).unwrap(), held);
+        drop((a, b));
+        guard.prune(guard.now());
+        assert_eq!(guard.watchers.len(), 0, "nobody listens: the channel is gone");
+        // A transfer watched after the fact starts from its status now.
+        guard.screen(&transfer("plain", false), 2, &Caller::Open).unwrap();
+        let mut late = guard.watch_transfer("plain").unwrap();
+        guard.record_event("e-1", 3, CustomerEvent::TransferCancelled { request_id: "plain".into() }).unwrap();
+        assert_eq!(late.borrow_and_update().state, TransferState::Cancelled);
+        assert_eq!(guard.transfer_status("plain").unwrap().state, TransferState::Cancelled);
+    }
+}
