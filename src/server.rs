@@ -36,9 +36,11 @@ pub const TICK: Duration = Duration::from_millis(250);
 /// core in slices of a few milliseconds. (Should no thread be had, it runs on
 /// the runtime rather than not at all.)
 enum Housekeeping {
-    /// Dropping the sender stops the thread.
+    /// Dropping the sender stops the thread; dropping this joins it, so the
+    /// service (and its store) is let go of when the server stops.
     Thread {
-        _stop: std::sync::mpsc::Sender<()>,
+        stop: Option<std::sync::mpsc::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
     },
     Task(tokio::task::JoinHandle<()>),
 }
@@ -53,7 +55,7 @@ impl Housekeeping {
             }
         });
         match spawned {
-            Ok(_) => Housekeeping::Thread { _stop: stop },
+            Ok(thread) => Housekeeping::Thread { stop: Some(stop), thread: Some(thread) },
             Err(e) => {
                 tracing::warn!(error = %e, "no thread for housekeeping: it runs on the runtime");
                 Housekeeping::Task(tokio::spawn(async move {
@@ -70,8 +72,15 @@ impl Housekeeping {
 
 impl Drop for Housekeeping {
     fn drop(&mut self) {
-        if let Housekeeping::Task(task) = self {
-            task.abort();
+        match self {
+            Housekeeping::Thread { stop, thread } => {
+                drop(stop.take());
+                if let Some(t) = thread.take() {
+                    // At most the tick in progress.
+                    let _ = t.join();
+                }
+            }
+            Housekeeping::Task(task) => task.abort(),
         }
     }
 }
