@@ -43,9 +43,14 @@ fn snapshot(t: &Transfer) -> Snapshot {
     state.snapshot(&t.customer.customer_id, &t.payee, NOW)
 }
 
-/// Every `matches_list(FIELD, "LIST")` in the conditions: (call, field, list).
+/// A keyword-list call in a condition: `matches_list(FIELD, "LIST")`.
+fn list_call() -> regex::Regex {
+    regex::Regex::new(r#"matches_list\(\s*([a-z_.]+)\s*,\s*"([a-z_]+)"\s*\)"#).unwrap()
+}
+
+/// Every list call in the conditions: (call, field, list).
 fn list_calls(rules: &Ruleset) -> Vec<(String, String, String)> {
-    let call = regex::Regex::new(r#"matches_list\(\s*([a-z_.]+)\s*,\s*"([a-z_]+)"\s*\)"#).unwrap();
+    let call = list_call();
     let mut calls: Vec<(String, String, String)> = rules
         .rules
         .iter()
@@ -123,9 +128,8 @@ fn context(rules: &Ruleset, t: &Transfer, snap: &Snapshot) -> Value {
 /// booleans, durations seconds; for ZEN also `and`/`or`/`not`, `len` and
 /// `!= null` for `has`.
 fn translate(when: &str, zen: bool) -> String {
-    let call = regex::Regex::new(r#"matches_list\(\s*([a-z_.]+)\s*,\s*"([a-z_]+)"\s*\)"#).unwrap();
     let mut out =
-        call.replace_all(when, |c: &regex::Captures| format!("lists.{}", list_var(&c[1], &c[2]))).into_owned();
+        list_call().replace_all(when, |c: &regex::Captures| format!("lists.{}", list_var(&c[1], &c[2]))).into_owned();
     let duration = regex::Regex::new(r"\b(\d+)([smhd])\b").unwrap();
     out = duration
         .replace_all(&out, |c: &regex::Captures| {

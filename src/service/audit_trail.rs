@@ -72,6 +72,13 @@ impl TransferGuard {
         }
     }
 
+    /// [`Self::log_transfer`] for a transfer just screened, from the answer in hand.
+    pub(super) fn log_screened(&self, key: TransferKey, entry: &Remembered, answer: &Screened) {
+        if let Some(store) = &self.store {
+            store.put(Space::Transfers, &key.to_bytes(), Some(&entry.stored_answering(&self.names, answer)));
+        }
+    }
+
     pub(super) fn audit(&self, by: &Caller, record: impl FnOnce() -> AuditRecord) {
         if let Some(a) = &self.audit {
             a.record(by, record());

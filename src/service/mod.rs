@@ -393,7 +393,7 @@ impl TransferGuard {
             }
             Entry::Vacant(slot) => {
                 let (entry, answer) = self.settle(&ruleset, transfer, evaluation, fingerprint, by);
-                self.log_transfer(key, Some((&transfer.request_id, &entry)));
+                self.log_screened(key, &entry, &answer);
                 slot.insert(entry);
                 self.audit(by, || decision_record(transfer, &answer));
                 Ok(answer)

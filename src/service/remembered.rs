@@ -284,12 +284,18 @@ impl Remembered {
 
     /// The store's image of it.
     pub fn stored(&self, names: &Names, request_id: &str) -> StoredTransfer {
+        self.stored_answering(names, &self.answer(names, request_id))
+    }
+
+    /// The store's image of it, with the answer it gave already in hand (at
+    /// screen time), so the answer is not built again from the entry.
+    pub fn stored_answering(&self, names: &Names, answer: &Screened) -> StoredTransfer {
         StoredTransfer {
             answered_at: self.answered_at(),
             fingerprint: self.fingerprint,
-            answer: (&self.answer(names, request_id)).into(),
+            answer: answer.into(),
             record: (&self.record()).into(),
-            status: (&self.status(names, request_id)).into(),
+            status: (&self.status(names, &answer.request_id)).into(),
         }
     }
 
