@@ -6,6 +6,7 @@
 //! Must not build or run anything (that is `app` and `server`).
 
 use crate::api::admission::{FailMode, Limits};
+use crate::cluster::ClusterConfig;
 use crate::delivery::{NatsConfig, WebhookConfig};
 use crate::service::Approval;
 use crate::store::Durability;
@@ -54,6 +55,8 @@ pub struct Config {
     pub officer_listen: Option<SocketAddr>,
     /// The web board (HTTP), or none.
     pub board_listen: Option<SocketAddr>,
+    /// The clustered mode (docs/scaling.md), or none: the single node.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The trust settings (docs/security.md).
@@ -123,6 +126,18 @@ pub struct Settings {
     pub officer_listen: Option<String>,
     /// HOST:PORT for the web board, or `off`.
     pub board_listen: Option<String>,
+    /// NATS URL(s) of the cluster: the clustered mode.
+    pub cluster: Option<String>,
+    /// This node's name in the cluster (default: the host name and port).
+    pub node_id: Option<String>,
+    /// HOST:PORT other nodes forward calls to (default: the listen address).
+    pub advertise: Option<String>,
+    /// Partitions of the customers; set when the cluster is created.
+    pub partitions: Option<u16>,
+    /// A duration: how long a partition's lease lasts unrenewed (`6s`).
+    pub lease: Option<String>,
+    /// JetStream replicas of the cluster's buckets and journal.
+    pub cluster_replicas: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +161,8 @@ pub enum ConfigError {
     Security(&'static str),
     #[error("{key} must be positive")]
     NotPositive { key: &'static str },
+    #[error("the clustered mode needs {0}")]
+    Cluster(&'static str),
 }
 
 impl Settings {
@@ -299,7 +316,31 @@ impl Config {
                 d.watchers_per_station,
             )?,
         };
+        let cluster = match o.cluster.clone().or(file.cluster).filter(|u| !u.is_empty()) {
+            None => None,
+            Some(url) => {
+                let durability = o.durability.or(file.durability).unwrap_or_default();
+                if durability == Durability::None {
+                    return Err(ConfigError::Cluster("durability sync: its journal is where the store writes"));
+                }
+                let node_id = o.node_id.clone().or(file.node_id).filter(|n| !n.is_empty()).ok_or(
+                    ConfigError::Cluster("node_id (--node-id): a name unique in the cluster, kept across restarts"),
+                )?;
+                if !node_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                    return Err(ConfigError::Cluster("a node_id of letters, digits, '-' and '_'"));
+                }
+                let advertise = o.advertise.clone().or(file.advertise).unwrap_or_else(|| listen_addr.to_string());
+                let mut c = ClusterConfig::new(&url, &node_id, &advertise);
+                if let Some(p) = o.partitions.or(file.partitions) {
+                    c.partitions = p.max(1);
+                }
+                c.lease = duration("lease", o.lease.clone().or(file.lease), c.lease)?;
+                c.replicas = positive("cluster_replicas", o.cluster_replicas.or(file.cluster_replicas), 1)?;
+                Some(c)
+            }
+        };
         Ok(Config {
+            cluster,
             officer_listen,
             board_listen,
             security,

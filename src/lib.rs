@@ -16,6 +16,8 @@
 //! - [`board`]: the officers' and analysts' live web page (axum, SSE).
 //! - [`audit`]: the append-only JSON-lines audit trail.
 //! - [`delivery`]: alert events to NATS JetStream.
+//! - [`cluster`]: the clustered mode — partitions leased on JetStream, their
+//!   journals, routing to the owner.
 //! - [`telemetry`]: Prometheus metrics and `/metrics`.
 //! - [`loadgen`]: the `bench` load generator and its no-op baseline server.
 //! - [`simulate`]: labelled synthetic traffic for demos, backtests and load.
@@ -33,6 +35,7 @@ pub mod backtest;
 pub mod board;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod engine;

@@ -118,6 +118,8 @@ pub struct Extras {
     /// thread of their own: a flood of screens on the main listener then
     /// cannot delay them.
     pub officer_listener: Option<std::net::TcpListener>,
+    /// The clustered mode: customers' calls forwarded to their partition's owner.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Default for Extras {
@@ -133,6 +135,7 @@ impl Default for Extras {
             tls: None,
             limits: Limits::default(),
             officer_listener: None,
+            cluster: None,
         }
     }
 }
@@ -257,6 +260,7 @@ pub async fn run_with(
         max_clock_skew: extras.max_clock_skew.as_secs() as i64,
         admission: admission.clone(),
         watchers: Arc::default(),
+        forward: extras.cluster.clone().map(|c| Arc::new(crate::api::forward::Forwarder::new(c))),
     };
     let trust = Arc::new(extras.trust);
     let gate = Gate::new(trust.clone(), guard.clone(), admission);

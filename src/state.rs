@@ -649,6 +649,12 @@ impl State {
         self.watchlist.get(normalise_account(account).as_ref()).is_some_and(|e| e.is_active(at))
     }
 
+    /// Forgets the customers `belongs` picks (a clustered node handing their
+    /// partition over). Payees' fan-in is left to [`Self::rebuild_fan_in`].
+    pub fn forget_customers(&self, belongs: impl Fn(&str) -> bool) {
+        self.customers.retain(|id, _| !belongs(id));
+    }
+
     /// Drops window entries and watchlist entries that can no longer match at `now`.
     pub fn prune(&self, now: UnixSeconds) {
         for mut c in self.customers.iter_mut() {

@@ -9,6 +9,7 @@
 
 use super::admission::Admission;
 use super::convert::{self, FieldViolation};
+use super::forward::{Forwarder, Place};
 use super::identity::{caller_of, denied};
 use super::proto as pb;
 use crate::alerts::{self, Backlog};
@@ -36,6 +37,8 @@ pub struct Api {
     pub admission: Arc<Admission>,
     /// WatchAlerts streams open now, by station.
     pub watchers: Arc<DashMap<String, usize>>,
+    /// In the clustered mode: where customers' calls run.
+    pub forward: Option<Arc<Forwarder>>,
 }
 
 impl Api {
@@ -65,6 +68,22 @@ impl Api {
         match caller {
             Caller::Known(p) => rule(p).map_err(|d| denied(&self.guard, caller, method.name(), d)),
             Caller::Open | Caller::Service => Ok(()),
+        }
+    }
+
+    /// In the clustered mode, names this node as the one that answered.
+    fn answered<T>(&self, response: Response<T>) -> Response<T> {
+        match &self.forward {
+            Some(f) => f.mark(response),
+            None => response,
+        }
+    }
+
+    /// In the clustered mode, where the calls of `customer_id` run.
+    fn place<T>(&self, customer_id: &str, request: &Request<T>) -> Result<Place, Status> {
+        match &self.forward {
+            Some(f) => f.place(customer_id, request.metadata()),
+            None => Ok(Place::Here),
         }
     }
 
@@ -155,6 +174,11 @@ impl pb::screening_server::Screening for Api {
     async fn screen(&self, request: Request<pb::ScreenRequest>) -> Result<Response<pb::ScreenResponse>, Status> {
         self.rpc("Screen", async move {
             let started = std::time::Instant::now();
+            let customer = request.get_ref().customer.as_ref().map_or("", |c| c.customer_id.as_str());
+            if let Place::There(mut owner) = self.place(customer, &request)? {
+                let f = self.forward.as_ref().expect("placed elsewhere only in a cluster");
+                return f.call(owner.screen(f.outgoing(&request))).await;
+            }
             let caller = caller_of(&request);
             let request = request.into_inner();
             let transfer = convert::transfer(&request, self.guard.utc_offset())
@@ -198,7 +222,7 @@ impl pb::screening_server::Screening for Api {
             } else {
                 log_decision!(debug);
             }
-            Ok(Response::new(convert::screened_to_pb(&screened)))
+            Ok(self.answered(Response::new(convert::screened_to_pb(&screened))))
         })
         .await
     }
@@ -208,6 +232,19 @@ impl pb::screening_server::Screening for Api {
         request: Request<pb::RecordEventRequest>,
     ) -> Result<Response<pb::RecordEventResponse>, Status> {
         self.rpc("RecordEvent", async move {
+            use pb::record_event_request::Event;
+            let customer = match &request.get_ref().event {
+                Some(Event::LimitChanged(e)) => Some(e.customer_id.as_str()),
+                Some(Event::PayeeAdded(e)) => Some(e.customer_id.as_str()),
+                _ => None,
+            };
+            if let Some(customer) = customer {
+                if let Place::There(mut owner) = self.place(customer, &request)? {
+                    let f = self.forward.as_ref().expect("placed elsewhere only in a cluster");
+                    return f.call(owner.record_event(f.outgoing(&request))).await;
+                }
+            }
+            let original = self.forward.is_some().then(|| (request.metadata().clone(), request.get_ref().clone()));
             let caller = caller_of(&request);
             let request = request.into_inner();
             let event = convert::customer_event(&request, self.live_clock()).map_err(invalid)?;
@@ -219,10 +256,23 @@ impl pb::screening_server::Screening for Api {
                     self.check(&caller, Method::RecordEvent, |p| p.require_bank("RecordEvent", &status.bank_id))?;
                 }
             }
-            let duplicate =
-                self.guard.record_event(&request.event_id, fingerprint(&request), event).map_err(status_of)?;
+            let duplicate = match self.guard.record_event(&request.event_id, fingerprint(&request), event) {
+                // A transfer screened on another node (by its request id alone): ask them.
+                Err(e @ ServiceError::UnknownTransfer(_)) => {
+                    if let (Some(f), Some((metadata, message))) = (&self.forward, original) {
+                        let asked = Request::from_parts(metadata, Default::default(), message);
+                        if let Some(answer) =
+                            f.ask_peers(&asked, |mut c, r| async move { c.record_event(r).await }).await
+                        {
+                            return answer;
+                        }
+                    }
+                    return Err(status_of(e));
+                }
+                other => other.map_err(status_of)?,
+            };
             self.commit().await?;
-            Ok(Response::new(pb::RecordEventResponse { event_id: request.event_id, duplicate }))
+            Ok(self.answered(Response::new(pb::RecordEventResponse { event_id: request.event_id, duplicate })))
         })
         .await
     }
@@ -233,10 +283,22 @@ impl pb::screening_server::Screening for Api {
     ) -> Result<Response<pb::TransferStatus>, Status> {
         self.rpc("GetTransfer", async move {
             let caller = caller_of(&request);
-            let id = convert::request_id(&request.into_inner()).map_err(invalid)?;
-            let status = self.guard.transfer_status(&id).map_err(status_of)?;
+            let id = convert::request_id(request.get_ref()).map_err(invalid)?;
+            let status = match self.guard.transfer_status(&id) {
+                Err(e @ ServiceError::UnknownTransfer(_)) => {
+                    if let Some(f) = &self.forward {
+                        if let Some(answer) =
+                            f.ask_peers(&request, |mut c, r| async move { c.get_transfer(r).await }).await
+                        {
+                            return answer;
+                        }
+                    }
+                    return Err(status_of(e));
+                }
+                other => other.map_err(status_of)?,
+            };
             self.check(&caller, Method::GetTransfer, |p| p.require_bank("GetTransfer", &status.bank_id))?;
-            Ok(Response::new(convert::status_to_pb(&status)))
+            Ok(self.answered(Response::new(convert::status_to_pb(&status))))
         })
         .await
     }
@@ -249,8 +311,19 @@ impl pb::screening_server::Screening for Api {
     ) -> Result<Response<Self::WatchTransferStream>, Status> {
         self.rpc("WatchTransfer", async move {
             let caller = caller_of(&request);
-            let id = convert::request_id(&request.into_inner()).map_err(invalid)?;
-            let mut updates = self.guard.watch_transfer(&id).map_err(status_of)?;
+            let id = convert::request_id(request.get_ref()).map_err(invalid)?;
+            let mut updates = match self.guard.watch_transfer(&id) {
+                Err(e @ ServiceError::UnknownTransfer(_)) => {
+                    if let Some(f) = &self.forward {
+                        let asked = f.ask_peers(&request, |mut c, r| async move { c.watch_transfer(r).await }).await;
+                        if let Some(answer) = asked {
+                            return answer.map(|r| r.map(|s| Box::pin(s) as Self::WatchTransferStream));
+                        }
+                    }
+                    return Err(status_of(e));
+                }
+                other => other.map_err(status_of)?,
+            };
             let bank = updates.borrow().bank_id.clone();
             self.check(&caller, Method::WatchTransfer, |p| p.require_bank("WatchTransfer", &bank))?;
             let (tx, rx) = mpsc::channel(8);
@@ -272,7 +345,7 @@ impl pb::screening_server::Screening for Api {
                     }
                 }
             });
-            Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as Self::WatchTransferStream))
+            Ok(self.answered(Response::new(Box::pin(ReceiverStream::new(rx)) as Self::WatchTransferStream)))
         })
         .await
     }

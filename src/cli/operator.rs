@@ -259,6 +259,24 @@ pub struct ServeArgs {
     /// WatchAlerts streams open at once per station (default 64).
     #[arg(long, env = "TRANSFER_GUARD_WATCHERS_PER_STATION")]
     watchers_per_station: Option<usize>,
+    /// Join a cluster on these NATS JetStream servers (docs/scaling.md); without it, one node.
+    #[arg(long, env = "TRANSFER_GUARD_CLUSTER")]
+    cluster: Option<String>,
+    /// This node's name in the cluster: unique, and the same across its restarts.
+    #[arg(long, env = "TRANSFER_GUARD_NODE_ID")]
+    node_id: Option<String>,
+    /// HOST:PORT the other nodes forward calls to (default: --listen).
+    #[arg(long, env = "TRANSFER_GUARD_ADVERTISE")]
+    advertise: Option<String>,
+    /// Partitions of the customers, fixed when the cluster is created (default 256).
+    #[arg(long, env = "TRANSFER_GUARD_PARTITIONS")]
+    partitions: Option<u16>,
+    /// How long a partition's lease lasts unrenewed (default 6s).
+    #[arg(long, env = "TRANSFER_GUARD_LEASE")]
+    lease: Option<String>,
+    /// JetStream replicas of the cluster's buckets and journal (default 1; 3 on a 3-server NATS cluster).
+    #[arg(long, env = "TRANSFER_GUARD_CLUSTER_REPLICAS")]
+    cluster_replicas: Option<usize>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -405,6 +423,12 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         watchers_per_station: args.watchers_per_station,
         officer_listen: args.officer_listen,
         board_listen: args.board_listen,
+        cluster: args.cluster,
+        node_id: args.node_id,
+        advertise: args.advertise,
+        partitions: args.partitions,
+        lease: args.lease,
+        cluster_replicas: args.cluster_replicas,
     };
     let config = Config::resolve(&flags, args.config.as_deref())?;
     if config.durability == crate::store::Durability::None {
@@ -415,8 +439,17 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         approval: config.approval,
         ..crate::app::Setup::new(&config.rules_dir, &config.data_dir, config.durability)
     };
-    let guard = crate::app::build(&setup)?.guard;
+    let app = crate::app::build(&setup)?;
+    let guard = app.guard;
     runtime()?.block_on(async move {
+        let cluster = match (&config.cluster, &app.store) {
+            (Some(c), Some(store)) => Some(
+                crate::cluster::Cluster::join(c.clone(), guard.clone(), store)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot join the cluster: {e}"))?,
+            ),
+            _ => None,
+        };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listen on {}", config.listen))?;
@@ -473,6 +506,7 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             },
         };
         let extras = server::Extras {
+            cluster,
             board,
             nats: config.nats.clone(),
             webhook: config.webhook.clone(),

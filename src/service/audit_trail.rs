@@ -66,7 +66,7 @@ impl TransferGuard {
         let Some(store) = &self.store else { return };
         match image {
             Some((request_id, e)) => {
-                store.put(Space::Transfers, &key.to_bytes(), Some(&e.stored(&self.names, request_id)))
+                store.put_for(e.customer(), Space::Transfers, &key.to_bytes(), Some(&e.stored(&self.names, request_id)))
             }
             None => store.put(Space::Transfers, &key.to_bytes(), None::<&()>),
         }
@@ -75,7 +75,8 @@ impl TransferGuard {
     /// [`Self::log_transfer`] for a transfer just screened, from the answer in hand.
     pub(super) fn log_screened(&self, key: TransferKey, entry: &Remembered, answer: &Screened) {
         if let Some(store) = &self.store {
-            store.put(Space::Transfers, &key.to_bytes(), Some(&entry.stored_answering(&self.names, answer)));
+            let image = entry.stored_answering(&self.names, answer);
+            store.put_for(entry.customer(), Space::Transfers, &key.to_bytes(), Some(&image));
         }
     }
 

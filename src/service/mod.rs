@@ -9,6 +9,7 @@
 
 mod audit_trail;
 mod housekeeping;
+mod partitions;
 mod recovery;
 mod reload;
 mod remembered;
@@ -518,30 +519,34 @@ impl TransferGuard {
                 Err(ServiceError::EventIdReused(event_id.to_string()))
             };
         }
-        match event {
+        // Whose event it is: its record goes with the customer's (one partition in a cluster).
+        let customer = match event {
             CustomerEvent::LimitChanged { customer_id, change } => {
                 let _c = lock(&self.customer_stripes[stripe_of(&customer_id)]);
                 self.state.record_limit_change(&customer_id, change);
+                customer_id
             }
             CustomerEvent::PayeeAdded { customer_id, payee, added_at } => {
                 let _c = lock(&self.customer_stripes[stripe_of(&customer_id)]);
                 self.state.record_known_payee(&customer_id, &payee, added_at);
+                customer_id
             }
             CustomerEvent::TransferExecuted { request_id } => {
-                self.change_transfer(&request_id, TransferEvent::Execute)?;
+                self.change_transfer(&request_id, TransferEvent::Execute)?
             }
             CustomerEvent::TransferCancelled { request_id } => {
-                self.change_transfer(&request_id, TransferEvent::Cancel)?;
+                let customer = self.change_transfer(&request_id, TransferEvent::Cancel)?;
                 lock(&self.holds).retain(|(_, id)| *id != request_id);
+                customer
             }
-        }
+        };
         match self.events.entry(event_id.to_string()) {
             Entry::Occupied(e) if e.get().0 != fingerprint => Err(ServiceError::EventIdReused(event_id.to_string())),
             Entry::Occupied(_) => Ok(true),
             Entry::Vacant(v) => {
                 let seen = (fingerprint, self.now());
                 if let Some(store) = &self.store {
-                    store.put(Space::Events, event_id.as_bytes(), Some(&seen));
+                    store.put_for(&customer, Space::Events, event_id.as_bytes(), Some(&seen));
                 }
                 v.insert(seen);
                 Ok(false)
@@ -549,8 +554,9 @@ impl TransferGuard {
         }
     }
 
-    /// Moves a transfer by a bank's event under its entry's lock (see [`crate::lifecycle`]).
-    fn change_transfer(&self, request_id: &str, event: TransferEvent) -> Result<(), ServiceError> {
+    /// Moves a transfer by a bank's event under its entry's lock (see
+    /// [`crate::lifecycle`]); returns the customer who sent it.
+    fn change_transfer(&self, request_id: &str, event: TransferEvent) -> Result<String, ServiceError> {
         let key = TransferKey::of(request_id);
         let mut entry = self.screens.get_mut(&key).ok_or_else(|| ServiceError::UnknownTransfer(request_id.into()))?;
         let from = entry.state();
@@ -565,7 +571,7 @@ impl TransferGuard {
             self.publish(key, request_id, &entry);
             self.log_transfer(key, Some((request_id, &entry)));
         }
-        Ok(())
+        Ok(entry.customer().to_string())
     }
 
     /// What a move of a transfer does to its customer's history.

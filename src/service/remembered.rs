@@ -195,6 +195,11 @@ impl Remembered {
         self.answered_at.into()
     }
 
+    /// The customer who sent it.
+    pub fn customer(&self) -> &str {
+        &self.customer
+    }
+
     pub fn state(&self) -> TransferState {
         self.state
     }

@@ -127,11 +127,83 @@ struct Committed {
 
 /// One change, already in the store's own byte type, so the copy into it
 /// happens on the caller's thread, not the single writer's.
-struct Put {
-    space: Space,
-    key: Slice,
+pub struct Put {
+    pub space: Space,
+    pub key: Slice,
     /// None: delete.
-    value: Option<Slice>,
+    pub value: Option<Slice>,
+    /// In the clustered mode, the partition of the customer the record belongs
+    /// to: written to the cluster's journal instead of the local disk.
+    pub partition: Option<u16>,
+}
+
+/// Where a clustered node's partitioned changes go instead of the local disk
+/// (`cluster::Journal`). The writer hands it each commit's changes grouped by
+/// partition and waits; a partition refused (its journal was fenced by a new
+/// owner) fails the callers waiting on that commit, without stopping the store.
+pub trait Replica: Send + Sync {
+    /// The partition of the customer `customer_id`.
+    fn partition(&self, customer_id: &str) -> u16;
+    /// Appends each partition's changes (encoded by [`encode_batch`]); Err
+    /// names what could not be appended.
+    fn append(&self, batches: Vec<(u16, Vec<u8>)>) -> Result<(), String>;
+}
+
+/// A partition's changes as one journal message: for each, the keyspace's
+/// index, the key and the value (or a deletion), length-prefixed.
+pub fn encode_batch(puts: &[Put]) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(puts.iter().map(|p| 10 + p.key.len() + p.value.as_ref().map_or(0, |v| v.len())).sum());
+    for put in puts {
+        out.push(put.space as u8);
+        out.extend_from_slice(&(put.key.len() as u32).to_be_bytes());
+        out.extend_from_slice(&put.key);
+        match &put.value {
+            Some(v) => {
+                out.push(1);
+                out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                out.extend_from_slice(v);
+            }
+            None => out.push(0),
+        }
+    }
+    out
+}
+
+/// A change read back from a journal message: keyspace, key, value (None: deleted).
+pub type Change = (Space, Vec<u8>, Option<Vec<u8>>);
+
+/// Reads back [`encode_batch`]; None when the bytes are not a batch.
+pub fn decode_batch(mut bytes: &[u8]) -> Option<Vec<Change>> {
+    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (bytes.len() >= n).then(|| bytes.split_at(n))?;
+        *bytes = rest;
+        Some(head)
+    }
+    fn len(bytes: &mut &[u8]) -> Option<usize> {
+        Some(u32::from_be_bytes(take(bytes, 4)?.try_into().ok()?) as usize)
+    }
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let space = *Space::ALL.get(take(&mut bytes, 1)?[0] as usize)?;
+        let n = len(&mut bytes)?;
+        let key = take(&mut bytes, n)?.to_vec();
+        let value = match take(&mut bytes, 1)?[0] {
+            0 => None,
+            1 => {
+                let n = len(&mut bytes)?;
+                Some(take(&mut bytes, n)?.to_vec())
+            }
+            _ => return None,
+        };
+        out.push((space, key, value));
+    }
+    Some(out)
+}
+
+/// Decodes a journal change's value as the type its keyspace holds.
+pub fn decode_change<T: DeserializeOwned>(space: Space, key: &[u8], value: &[u8]) -> Result<T, StoreError> {
+    decode(space, key, value)
 }
 
 /// Decodes a stored value; a value that does not decode names its record.
@@ -201,6 +273,8 @@ struct Shared {
     /// The stalled-disk drill: while true, the writer waits before each commit.
     stalled: Mutex<bool>,
     unstalled: Condvar,
+    /// The clustered mode's journal, for changes that belong to a partition.
+    replica: OnceLock<Arc<dyn Replica>>,
 }
 
 /// The open store and its writer thread. Dropping it writes what is queued
@@ -243,6 +317,7 @@ impl Store {
             observe: OnceLock::new(),
             stalled: Mutex::new(false),
             unstalled: Condvar::new(),
+            replica: OnceLock::new(),
         });
         let writer = {
             let shared = shared.clone();
@@ -305,7 +380,19 @@ impl Store {
 
     /// Queues the new value of `key` (None: delete it).
     pub fn put<T: Serialize + ?Sized>(&self, space: Space, key: &[u8], value: Option<&T>) {
-        self.queue([Put { space, key: Slice::from(key), value: value.map(encode) }], None);
+        self.queue([Put { space, key: Slice::from(key), value: value.map(encode), partition: None }], None);
+    }
+
+    /// [`Self::put`] for a record of the customer `customer_id`: in the
+    /// clustered mode it goes to the journal of the customer's partition.
+    pub fn put_for<T: Serialize + ?Sized>(&self, customer_id: &str, space: Space, key: &[u8], value: Option<&T>) {
+        let partition = self.shared.replica.get().map(|r| r.partition(customer_id));
+        self.queue([Put { space, key: Slice::from(key), value: value.map(encode), partition }], None);
+    }
+
+    /// From now on, changes put for a customer go to `replica` (the clustered mode).
+    pub fn replicate_to(&self, replica: Arc<dyn Replica>) {
+        let _ = self.shared.replica.set(replica);
     }
 
     /// The stalled-disk drill (tests, fire drills): while `stalled`, commits
@@ -413,22 +500,33 @@ fn failed() -> StoreError {
     StoreError::Write("an earlier write failed; the service refuses new changes".into())
 }
 
-/// Marks everything up to `seq` durable (or every wait failed) and wakes the
-/// callers whose numbers that covers.
-fn settle(shared: &Shared, seq: u64, ok: bool) {
+/// How a commit ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    Durable,
+    /// The local disk failed: nothing later is acknowledged.
+    Failed,
+    /// The journal refused a partition (a new owner fenced it): this commit's
+    /// callers get an error; later commits go on.
+    Refused,
+}
+
+/// Marks everything up to `seq` durable (or failed) and wakes the callers
+/// whose numbers that covers.
+fn settle(shared: &Shared, seq: u64, how: Settled) {
     let woken = {
         let mut c = lock(&shared.committed);
-        if ok {
+        if how == Settled::Failed {
+            c.failed = true;
+            std::mem::take(&mut c.waiters)
+        } else {
             c.seq = seq;
             let later = c.waiters.split_off(&(seq + 1));
             std::mem::replace(&mut c.waiters, later)
-        } else {
-            c.failed = true;
-            std::mem::take(&mut c.waiters)
         }
     };
     for tx in woken.into_values().flatten() {
-        let _ = tx.send(ok);
+        let _ = tx.send(how == Settled::Durable);
     }
 }
 fn write_loop(shared: &Shared) {
@@ -448,12 +546,19 @@ fn write_loop(shared: &Shared) {
             let started = Instant::now();
             let n = puts.len();
             match commit(shared, puts) {
-                Ok(()) => {
+                Ok(replicated) => {
                     // Stations see the alerts before the tellers get the answers naming them.
                     if let Some(f) = shared.on_commit.get() {
                         f(alert_cursor);
                     }
-                    settle(shared, seq, true);
+                    let how = match replicated {
+                        Ok(()) => Settled::Durable,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the cluster's journal refused changes; their callers are told to retry");
+                            Settled::Refused
+                        }
+                    };
+                    settle(shared, seq, how);
                     if let Some(f) = shared.observe.get() {
                         f(started.elapsed().as_secs_f64(), n);
                     }
@@ -463,7 +568,7 @@ fn write_loop(shared: &Shared) {
                     // later change is acknowledged.
                     tracing::error!(error = %e, "the store write failed; changes are no longer acknowledged");
                     failed = true;
-                    settle(shared, seq, false);
+                    settle(shared, seq, Settled::Failed);
                 }
             }
         }
@@ -473,11 +578,31 @@ fn write_loop(shared: &Shared) {
     }
 }
 
-fn commit(shared: &Shared, puts: Vec<Put>) -> Result<(), fjall::Error> {
+/// Writes one commit: the partitioned changes to the cluster's journal (the
+/// inner result: whether it took them), the rest to the local disk.
+fn commit(shared: &Shared, mut puts: Vec<Put>) -> Result<Result<(), String>, fjall::Error> {
     {
         let mut stalled = lock(&shared.stalled);
         while *stalled {
             stalled = shared.unstalled.wait(stalled).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+    let mut replicated = Ok(());
+    if let Some(replica) = shared.replica.get() {
+        let mut by_partition: std::collections::BTreeMap<u16, Vec<Put>> = Default::default();
+        let mut local = Vec::with_capacity(puts.len());
+        for put in puts {
+            match put.partition {
+                Some(p) => by_partition.entry(p).or_default().push(put),
+                None => local.push(put),
+            }
+        }
+        puts = local;
+        if !by_partition.is_empty() {
+            replicated = replica.append(by_partition.iter().map(|(p, puts)| (*p, encode_batch(puts))).collect());
+        }
+        if puts.is_empty() {
+            return Ok(replicated);
         }
     }
     let mut batch = shared.db.batch();
@@ -491,12 +616,13 @@ fn commit(shared: &Shared, puts: Vec<Put>) -> Result<(), fjall::Error> {
     batch.commit()?;
     // fdatasync: flushes the data and the metadata needed to read it back
     // (block allocation), not timestamps.
-    shared.db.persist(PersistMode::SyncData)
+    shared.db.persist(PersistMode::SyncData)?;
+    Ok(replicated)
 }
 
 impl StateLog for Store {
     fn customer(&self, id: &str, image: CustomerImage) {
-        self.put(Space::Customers, id.as_bytes(), Some(&image));
+        self.put_for(id, Space::Customers, id.as_bytes(), Some(&image));
     }
 
     fn watch(&self, account: &str, entry: Option<&WatchEntry>) {
@@ -513,21 +639,24 @@ impl AlertLog for Store {
             space: Space::Alerts,
             key: Slice::from(alert.id.as_bytes()),
             value: Some(encode(&StoredAlert { alert: alert.into(), sequence })),
+            partition: None,
         };
         let logged = Put {
             space: Space::AlertEvents,
             key: Slice::from(&event.cursor.to_be_bytes()[..]),
             value: Some(encode(&AlertEventRec::from(event))),
+            partition: None,
         };
         self.queue([image, logged], Some(event.cursor));
     }
 
     fn forgotten(&self, cursor: u64) {
-        self.queue([Put { space: Space::AlertEvents, key: Slice::from(&cursor.to_be_bytes()[..]), value: None }], None);
+        let key = Slice::from(&cursor.to_be_bytes()[..]);
+        self.queue([Put { space: Space::AlertEvents, key, value: None, partition: None }], None);
     }
 
     fn removed(&self, id: &str) {
-        self.queue([Put { space: Space::Alerts, key: Slice::from(id.as_bytes()), value: None }], None);
+        self.queue([Put { space: Space::Alerts, key: Slice::from(id.as_bytes()), value: None, partition: None }], None);
     }
 }
 
@@ -550,6 +679,28 @@ mod tests {
         let all: Vec<(Vec<u8>, u64)> = store.load(Space::Events).unwrap();
         assert_eq!(all, vec![(b"b".to_vec(), 2)]);
         assert_eq!(store.get::<u64>(Space::Events, b"b").unwrap(), Some(2));
+    }
+
+    #[test]
+    fn a_journal_batch_reads_back_as_written() {
+        let puts = [
+            Put {
+                space: Space::Customers,
+                key: Slice::from(&b"c-1"[..]),
+                value: Some(encode(&7u64)),
+                partition: Some(3),
+            },
+            Put { space: Space::Transfers, key: Slice::from(&[0u8, 255][..]), value: None, partition: Some(3) },
+        ];
+        let bytes = encode_batch(&puts);
+        let back = decode_batch(&bytes).expect("a batch");
+        assert_eq!(
+            back,
+            vec![(Space::Customers, b"c-1".to_vec(), Some(b"7".to_vec())), (Space::Transfers, vec![0, 255], None)]
+        );
+        for cut in 1..bytes.len() {
+            assert!(decode_batch(&bytes[..cut]).is_none(), "a torn batch ({cut} bytes) is refused, not misread");
+        }
     }
 
     #[test]

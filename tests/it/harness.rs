@@ -411,6 +411,12 @@ impl ServeProcess {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) to the process.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(sent.success(), "kill -{signal}");
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill9(&mut self) {
         self.child.kill().expect("SIGKILL");

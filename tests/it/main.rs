@@ -5,6 +5,7 @@ mod api;
 mod backtest;
 mod board;
 mod browser;
+mod cluster;
 mod durability;
 mod harness;
 mod holds;

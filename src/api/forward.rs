@@ -1,0 +1,128 @@
+//! The clustered mode at the edge: a call about a customer whose partition
+//! another node owns is forwarded to that node over gRPC, with the caller's
+//! credentials and deadline, and answered with its answer; every answer says
+//! which node gave it (`transfer-guard-node` metadata). A call that was already
+//! forwarded once is never forwarded again: a node that no longer owns the
+//! partition answers UNAVAILABLE, and the caller retries.
+//!
+//! Must not decide anything: it only picks where a call runs.
+
+use super::proto as pb;
+use crate::cluster::{Cluster, Route};
+use dashmap::DashMap;
+use pb::screening_client::ScreeningClient;
+use std::sync::Arc;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+
+/// Response metadata: the node that answered.
+pub const NODE_HEADER: &str = "transfer-guard-node";
+/// Request metadata: the node that forwarded the call.
+pub const FORWARDED_HEADER: &str = "transfer-guard-forwarded-by";
+
+pub struct Forwarder {
+    cluster: Arc<Cluster>,
+    channels: DashMap<Arc<str>, Channel>,
+}
+
+/// Where a call runs.
+pub enum Place {
+    Here,
+    There(ScreeningClient<Channel>),
+}
+
+impl Forwarder {
+    pub fn new(cluster: Arc<Cluster>) -> Forwarder {
+        Forwarder { cluster, channels: DashMap::new() }
+    }
+
+    fn client(&self, addr: &Arc<str>) -> Result<ScreeningClient<Channel>, Status> {
+        let channel = match self.channels.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = Channel::from_shared(format!("http://{addr}"))
+                    .map_err(|e| Status::internal(format!("peer address {addr}: {e}")))?
+                    .connect_lazy();
+                self.channels.insert(addr.clone(), c.clone());
+                c
+            }
+        };
+        Ok(ScreeningClient::new(channel))
+    }
+
+    /// Where the calls of `customer_id` run; a forwarded call must run here.
+    pub fn place(&self, customer_id: &str, metadata: &MetadataMap) -> Result<Place, Status> {
+        let forwarded = metadata.get(FORWARDED_HEADER).is_some();
+        match self.cluster.route(customer_id) {
+            Route::Local => Ok(Place::Here),
+            Route::Forward { node, .. } if forwarded => Err(Status::unavailable(format!(
+                "forwarded here, but {node} owns this customer's partition now; retry"
+            ))),
+            Route::Forward { addr, .. } => Ok(Place::There(self.client(&addr)?)),
+            Route::Unavailable(why) => Err(Status::unavailable(why)),
+        }
+    }
+
+    /// The call to send on: the caller's message, credentials and deadline,
+    /// marked as forwarded by this node.
+    pub fn outgoing<T: Clone>(&self, request: &Request<T>) -> Request<T> {
+        let mut out = Request::new(request.get_ref().clone());
+        for key in ["authorization", "grpc-timeout"] {
+            if let Some(v) = request.metadata().get(key) {
+                out.metadata_mut().insert(key, v.clone());
+            }
+        }
+        if let Ok(me) = MetadataValue::try_from(self.cluster.node_id()) {
+            out.metadata_mut().insert(FORWARDED_HEADER, me);
+        }
+        out
+    }
+
+    /// Runs a forwarded call, for at most a lease: an owner that does not
+    /// answer by then (stopped, cut off) is about to lose the partition anyway,
+    /// and the caller is told to retry rather than left waiting.
+    pub async fn call<R>(&self, call: impl std::future::Future<Output = Result<R, Status>>) -> Result<R, Status> {
+        let limit = self.cluster.lease();
+        match tokio::time::timeout(limit, call).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Status::unavailable(format!(
+                "the node owning this customer did not answer within {} ms; retry",
+                limit.as_millis()
+            ))),
+        }
+    }
+
+    /// Names this node as the one that answered.
+    pub fn mark<T>(&self, mut response: Response<T>) -> Response<T> {
+        if let Ok(me) = MetadataValue::try_from(self.cluster.node_id()) {
+            response.metadata_mut().insert(NODE_HEADER, me);
+        }
+        response
+    }
+
+    /// Asks the other nodes in turn (a call about a transfer known only by
+    /// its request id, not found here): the first answer other than
+    /// NOT_FOUND. None when this call was itself forwarded, or nobody knew.
+    pub async fn ask_peers<T: Clone, R, F, Fut>(
+        &self,
+        request: &Request<T>,
+        call: F,
+    ) -> Option<Result<Response<R>, Status>>
+    where
+        F: Fn(ScreeningClient<Channel>, Request<T>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<R>, Status>>,
+    {
+        if request.metadata().get(FORWARDED_HEADER).is_some() {
+            return None;
+        }
+        for (_, addr) in self.cluster.peers() {
+            let Ok(client) = self.client(&addr) else { continue };
+            match self.call(call(client, self.outgoing(request))).await {
+                Err(s) if matches!(s.code(), Code::NotFound | Code::Unavailable) => continue,
+                answer => return Some(answer),
+            }
+        }
+        None
+    }
+}

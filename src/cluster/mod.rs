@@ -1,0 +1,533 @@
+//! The clustered mode (`serve --cluster nats://… --node-id NAME`): customers
+//! hash into a fixed number of partitions; each partition has one owner node
+//! at a time, by a lease in a JetStream key-value bucket; the owner's changes
+//! to the partition's customers, transfers and event ids go to the partition's
+//! journal (`journal`) instead of the local disk, and a node that takes a
+//! partition over rebuilds it from there. `api` asks [`Cluster::route`] where a
+//! customer's calls go: here, or forwarded to the owner.
+//!
+//! Leases are judged by the NATS servers' clocks (the bucket's `max_age`): an
+//! owner that stops renewing loses its keys when they age out, and a live node
+//! may then `create` them. The owner stops serving a partition a margin
+//! before its lease can age out (by its own monotonic clock, which runs on
+//! while a process is stopped), and the journal's expected-sequence check
+//! refuses any write a deposed owner still makes.
+//!
+//! Owns membership, leases, the hand-over of partitions and the routing view.
+//! Must not decide transfers or touch state except through `TransferGuard`'s
+//! partition methods; the single-node mode never builds one.
+
+pub mod journal;
+
+use crate::service::TransferGuard;
+use crate::store::{decode_batch, Replica, Store};
+use async_nats::jetstream::{self, kv};
+use journal::{Journal, JournalError};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+
+/// How a clustered node joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The NATS servers (comma-separated URLs).
+    pub url: String,
+    /// This node's name: unique in the cluster, stable across its restarts.
+    pub node_id: String,
+    /// The gRPC address other nodes forward calls to.
+    pub advertise: String,
+    /// Partitions of the customers; fixed when the cluster is created.
+    pub partitions: u16,
+    /// How long a lease (and a node's heartbeat) lasts without renewal.
+    pub lease: Duration,
+    /// JetStream replicas of the buckets and the journal (3 on a 3-server cluster).
+    pub replicas: usize,
+    /// Names of the buckets (`<PREFIX>_owners`, `<PREFIX>_nodes`), the stream and its subjects.
+    pub prefix: String,
+}
+
+pub const DEFAULT_PARTITIONS: u16 = 256;
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(6);
+
+impl ClusterConfig {
+    pub fn new(url: &str, node_id: &str, advertise: &str) -> ClusterConfig {
+        ClusterConfig {
+            url: url.into(),
+            node_id: node_id.into(),
+            advertise: advertise.into(),
+            partitions: DEFAULT_PARTITIONS,
+            lease: DEFAULT_LEASE,
+            replicas: 1,
+            prefix: "transferguard".into(),
+        }
+    }
+}
+
+/// The partition of a customer: the store's stable hash (fixed keys), so
+/// every node and every build agrees.
+pub fn partition_of(customer_id: &str, partitions: u16) -> u16 {
+    (crate::state::stable_hash(&[customer_id.as_bytes()]) % u64::from(partitions.max(1))) as u16
+}
+
+/// Where this node stands with a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Holding {
+    /// Another node's, or nobody's.
+    Foreign = 0,
+    /// Leased here; the journal is being replayed: not serving yet.
+    Acquiring = 1,
+    Owned = 2,
+    /// Handing over: its queued changes are written, no new calls are served.
+    Releasing = 3,
+}
+
+impl Holding {
+    fn from_u8(v: u8) -> Holding {
+        match v {
+            1 => Holding::Acquiring,
+            2 => Holding::Owned,
+            3 => Holding::Releasing,
+            _ => Holding::Foreign,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Part {
+    holding: AtomicU8,
+    /// Milliseconds since the node started: serve only before this.
+    valid_until: AtomicU64,
+    /// The lease's revision this node last wrote.
+    revision: AtomicU64,
+    /// The last journal sequence this node wrote or read.
+    last: AtomicU64,
+    /// The owner as last read from the bucket (for routing).
+    owner: RwLock<Option<Arc<str>>>,
+}
+
+impl Part {
+    fn holding(&self) -> Holding {
+        Holding::from_u8(self.holding.load(Ordering::Acquire))
+    }
+
+    fn set(&self, h: Holding) {
+        self.holding.store(h as u8, Ordering::Release);
+    }
+}
+
+/// Where a customer's call goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Local,
+    Forward {
+        node: Arc<str>,
+        addr: Arc<str>,
+    },
+    /// Nobody can take it now (a partition changing hands): retry shortly.
+    Unavailable(String),
+}
+
+pub struct Cluster {
+    config: ClusterConfig,
+    parts: Box<[Part]>,
+    /// Live nodes' gRPC addresses, by node id (this one included).
+    peers: RwLock<HashMap<Arc<str>, Arc<str>>>,
+    journal: Journal,
+    owners: kv::Store,
+    nodes: kv::Store,
+    guard: Arc<TransferGuard>,
+    runtime: tokio::runtime::Handle,
+    epoch: Instant,
+    me: Arc<str>,
+}
+
+fn read<T: Clone>(l: &RwLock<T>) -> T {
+    l.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+impl Cluster {
+    /// Joins the cluster: creates the buckets and the journal if missing,
+    /// sends this node's changes to the journal from now on, and starts the
+    /// lease loop (which takes a fair share of the partitions).
+    pub async fn join(config: ClusterConfig, guard: Arc<TransferGuard>, store: &Store) -> Result<Arc<Cluster>, String> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(3))
+            .name(format!("transfer-guard {}", config.node_id))
+            .connect(config.url.as_str())
+            .await
+            .map_err(|e| format!("connect {}: {e}", config.url))?;
+        let js = jetstream::new(client);
+        // A bucket is a stream of the shape `create_key_value` makes; made
+        // here because that call first queries the account, which nats-server
+        // 2.9 answers in a form the client does not read.
+        let open = |name: &'static str| {
+            let js = js.clone();
+            let bucket = format!("{}_{name}", config.prefix.replace(['.', '-'], "_"));
+            let stream = jetstream::stream::Config {
+                name: format!("KV_{bucket}"),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: 1,
+                max_age: config.lease,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: config.replicas,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: jetstream::stream::DiscardPolicy::New,
+                ..Default::default()
+            };
+            async move {
+                js.get_or_create_stream(stream).await.map_err(|e| format!("create bucket {bucket}: {e}"))?;
+                js.get_key_value(&bucket).await.map_err(|e| format!("open bucket {bucket}: {e}"))
+            }
+        };
+        let owners = open("owners").await?;
+        let nodes = open("nodes").await?;
+        let journal = Journal::open(js.clone(), &config.prefix, config.replicas).await?;
+        let cluster = Arc::new(Cluster {
+            parts: (0..config.partitions).map(|_| Part::default()).collect(),
+            me: config.node_id.as_str().into(),
+            config,
+            peers: RwLock::new(HashMap::new()),
+            journal,
+            owners,
+            nodes,
+            guard,
+            runtime: tokio::runtime::Handle::current(),
+            epoch: Instant::now(),
+        });
+        store.replicate_to(cluster.clone());
+        tokio::spawn(cluster.clone().run());
+        tracing::info!(node = %cluster.me, partitions = cluster.config.partitions, "joined the cluster");
+        Ok(cluster)
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.me
+    }
+
+    pub fn partitions(&self) -> u16 {
+        self.config.partitions
+    }
+
+    /// How long a lease lasts unrenewed.
+    pub fn lease(&self) -> Duration {
+        self.config.lease
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Where the calls of `customer_id` go now.
+    pub fn route(&self, customer_id: &str) -> Route {
+        let p = partition_of(customer_id, self.config.partitions);
+        let part = &self.parts[p as usize];
+        match part.holding() {
+            Holding::Owned if self.now_ms() < part.valid_until.load(Ordering::Acquire) => Route::Local,
+            Holding::Owned => Route::Unavailable(format!("partition {p}: this node's lease is being renewed")),
+            Holding::Acquiring | Holding::Releasing => {
+                Route::Unavailable(format!("partition {p} is changing owner; retry shortly"))
+            }
+            Holding::Foreign => match read(&part.owner) {
+                Some(node) if *node == *self.me => Route::Unavailable(format!("partition {p} is being taken back")),
+                Some(node) => match read(&self.peers).get(&node) {
+                    Some(addr) => Route::Forward { addr: addr.clone(), node },
+                    None => Route::Unavailable(format!("partition {p}: owner {node} has no address yet")),
+                },
+                None => Route::Unavailable(format!("partition {p} has no owner yet; retry shortly")),
+            },
+        }
+    }
+
+    /// The other live nodes' (id, address).
+    pub fn peers(&self) -> Vec<(Arc<str>, Arc<str>)> {
+        read(&self.peers).into_iter().filter(|(n, _)| **n != *self.me).collect()
+    }
+
+    /// How many partitions this node serves now.
+    pub fn owned(&self) -> usize {
+        self.parts.iter().filter(|p| p.holding() == Holding::Owned).count()
+    }
+
+    /// Renews, releases and takes leases every third of a lease, for ever.
+    async fn run(self: Arc<Self>) {
+        let tick = self.config.lease / 3;
+        loop {
+            if let Err(e) = self.round().await {
+                tracing::warn!(error = %e, "cluster round failed; retrying");
+            }
+            tokio::time::sleep(tick).await;
+        }
+    }
+
+    /// One round: heartbeat, read the owners, renew ours, give back what is
+    /// above a fair share, take free partitions up to it.
+    async fn round(self: &Arc<Self>) -> Result<(), String> {
+        self.nodes.put(&*self.me, self.config.advertise.clone().into()).await.map_err(|e| format!("heartbeat: {e}"))?;
+        self.read_peers().await?;
+        let owners = self.read_owners().await?;
+        let mut renewals = JoinSet::new();
+        let mut mine = Vec::new();
+        let mut free = Vec::new();
+        for (p, owner) in owners.into_iter().enumerate() {
+            let part = &self.parts[p];
+            let p = p as u16;
+            match owner {
+                Some((node, revision)) if *node == *self.me => {
+                    mine.push(p);
+                    let this = self.clone();
+                    match part.holding() {
+                        Holding::Owned | Holding::Acquiring => {
+                            renewals.spawn(async move { this.renew(p, revision).await });
+                        }
+                        // Ours in the bucket but not in memory: this node restarted within its lease.
+                        Holding::Foreign => {
+                            renewals.spawn(async move { this.acquire(p, Some(revision)).await });
+                        }
+                        Holding::Releasing => {}
+                    }
+                    *part.owner.write().unwrap_or_else(|e| e.into_inner()) = Some(node);
+                }
+                Some((node, _)) => {
+                    if matches!(part.holding(), Holding::Owned | Holding::Acquiring) {
+                        self.lose(p, &format!("the bucket names {node}"));
+                    }
+                    *part.owner.write().unwrap_or_else(|e| e.into_inner()) = Some(node);
+                }
+                None => {
+                    if matches!(part.holding(), Holding::Owned | Holding::Acquiring) {
+                        self.lose(p, "the lease aged out");
+                    }
+                    *part.owner.write().unwrap_or_else(|e| e.into_inner()) = None;
+                    free.push(p);
+                }
+            }
+        }
+        while renewals.join_next().await.is_some() {}
+        let live = read(&self.peers).len().max(1);
+        let fair = (self.config.partitions as usize).div_ceil(live);
+        if mine.len() > fair {
+            // The newest node takes them: give back the highest-numbered first.
+            for p in mine.iter().rev().take(mine.len() - fair) {
+                self.release(*p).await;
+            }
+        } else if mine.len() < fair && !free.is_empty() {
+            // Start at a place of this node's own, so joining nodes do not all race for partition 0.
+            let start = partition_of(&self.me, free.len() as u16) as usize;
+            free.rotate_left(start);
+            let mut takes = JoinSet::new();
+            for p in free.into_iter().take(fair - mine.len()) {
+                let this = self.clone();
+                takes.spawn(async move { this.acquire(p, None).await });
+            }
+            while takes.join_next().await.is_some() {}
+        }
+        Ok(())
+    }
+
+    async fn read_peers(&self) -> Result<(), String> {
+        let mut keys = self.nodes.keys().await.map_err(|e| format!("nodes: {e}"))?;
+        let mut peers = HashMap::new();
+        while let Some(key) = tokio_stream::StreamExt::next(&mut keys).await {
+            let key = key.map_err(|e| format!("nodes: {e}"))?;
+            if let Ok(Some(e)) = self.nodes.entry(&key).await {
+                if e.operation == kv::Operation::Put {
+                    peers.insert(Arc::from(key.as_str()), Arc::from(String::from_utf8_lossy(&e.value).as_ref()));
+                }
+            }
+        }
+        *self.peers.write().unwrap_or_else(|e| e.into_inner()) = peers;
+        Ok(())
+    }
+
+    /// Every partition's (owner, revision), None where free.
+    async fn read_owners(&self) -> Result<Vec<Option<(Arc<str>, u64)>>, String> {
+        let mut reads = JoinSet::new();
+        // A few dozen reads in flight at once.
+        for chunk in (0..self.config.partitions).collect::<Vec<_>>().chunks(32) {
+            let (owners, chunk) = (self.owners.clone(), chunk.to_vec());
+            reads.spawn(async move {
+                let mut out = Vec::with_capacity(chunk.len());
+                for p in chunk {
+                    let entry = owners.entry(lease_key(p)).await.map_err(|e| format!("lease {p}: {e}"))?;
+                    let owner = entry
+                        .filter(|e| e.operation == kv::Operation::Put)
+                        .map(|e| (Arc::<str>::from(String::from_utf8_lossy(&e.value).as_ref()), e.revision));
+                    out.push((p, owner));
+                }
+                Ok::<_, String>(out)
+            });
+        }
+        let mut owners = vec![None; self.config.partitions as usize];
+        while let Some(done) = reads.join_next().await {
+            for (p, owner) in done.map_err(|e| e.to_string())?? {
+                owners[p as usize] = owner;
+            }
+        }
+        Ok(owners)
+    }
+
+    /// How long after sending a renewal this node may serve on it: a sixth
+    /// of the lease short of when the bucket could age it out.
+    fn valid_from(&self, sent: u64) -> u64 {
+        let lease = self.config.lease.as_millis() as u64;
+        sent + lease - lease / 6
+    }
+
+    async fn renew(&self, p: u16, revision: u64) {
+        let part = &self.parts[p as usize];
+        let sent = self.now_ms();
+        match self.owners.update(lease_key(p), self.me.as_bytes().to_vec().into(), revision).await {
+            Ok(rev) => {
+                part.revision.store(rev, Ordering::Release);
+                part.valid_until.store(self.valid_from(sent), Ordering::Release);
+            }
+            Err(e) => self.lose(p, &format!("renewal refused: {e}")),
+        }
+    }
+
+    /// Takes partition `p` (a free one, or ours at `revision` after a
+    /// restart): leases it, replays its journal into the service, fences the
+    /// journal, then serves it.
+    async fn acquire(&self, p: u16, revision: Option<u64>) {
+        let part = &self.parts[p as usize];
+        let sent = self.now_ms();
+        let me = bytes::Bytes::from(self.me.as_bytes().to_vec());
+        let leased = match revision {
+            None => self.owners.create(lease_key(p), me).await.map_err(|e| e.to_string()),
+            Some(rev) => self.owners.update(lease_key(p), me, rev).await.map_err(|e| e.to_string()),
+        };
+        let Ok(rev) = leased else { return };
+        part.revision.store(rev, Ordering::Release);
+        part.valid_until.store(self.valid_from(sent), Ordering::Release);
+        part.set(Holding::Acquiring);
+        let started = Instant::now();
+        for _ in 0..3 {
+            let (batches, last) = match self.journal.replay(p).await {
+                Ok(read) => read,
+                Err(e) => return self.lose(p, &format!("cannot replay: {e}")),
+            };
+            let changes = batches.iter().filter_map(|b| decode_batch(b)).flatten().collect::<Vec<_>>();
+            let n = changes.len();
+            self.forget(p);
+            if let Err(e) = self.guard.restore_partition(changes) {
+                return self.lose(p, &format!("cannot restore: {e}"));
+            }
+            match self.journal.fence(p, last, &self.me).await {
+                Ok(seq) => {
+                    part.last.store(seq, Ordering::Release);
+                    part.set(Holding::Owned);
+                    tracing::info!(
+                        partition = p,
+                        changes = n,
+                        ms = started.elapsed().as_millis() as u64,
+                        "partition taken"
+                    );
+                    return;
+                }
+                // A late write of the deposed owner landed while we read: read again.
+                Err(JournalError::Fenced(_)) => continue,
+                Err(e) => return self.lose(p, &e.to_string()),
+            }
+        }
+        self.lose(p, "the journal kept moving while it was replayed");
+    }
+
+    /// Hands partition `p` back: stops serving it, waits until its queued
+    /// changes are written, forgets it, deletes the lease.
+    async fn release(&self, p: u16) {
+        let part = &self.parts[p as usize];
+        part.set(Holding::Releasing);
+        if let Err(e) = self.guard.committed().await {
+            tracing::warn!(partition = p, error = %e, "releasing a partition whose last changes did not commit");
+        }
+        self.forget(p);
+        part.set(Holding::Foreign);
+        let rev = part.revision.load(Ordering::Acquire);
+        let _ = self.owners.delete_expect_revision(lease_key(p), Some(rev)).await;
+        tracing::info!(partition = p, "partition given back for a fair share");
+    }
+
+    /// This node no longer owns `p`: stop serving it and forget its state.
+    fn lose(&self, p: u16, why: &str) {
+        let part = &self.parts[p as usize];
+        if part.holding() != Holding::Foreign {
+            part.set(Holding::Foreign);
+            self.forget(p);
+            tracing::warn!(partition = p, why, "partition lost");
+        }
+    }
+
+    fn forget(&self, p: u16) {
+        let n = self.config.partitions;
+        self.guard.forget_customers(|customer| partition_of(customer, n) == p);
+    }
+}
+
+fn lease_key(p: u16) -> String {
+    format!("p{p}")
+}
+
+impl Replica for Cluster {
+    fn partition(&self, customer_id: &str) -> u16 {
+        partition_of(customer_id, self.config.partitions)
+    }
+
+    fn append(&self, batches: Vec<(u16, Vec<u8>)>) -> Result<(), String> {
+        let mut refused = Vec::new();
+        self.runtime.block_on(async {
+            let mut appends = JoinSet::new();
+            for (p, batch) in batches {
+                let part = &self.parts[p as usize];
+                if !matches!(part.holding(), Holding::Owned | Holding::Releasing) {
+                    refused.push(format!("partition {p} is not this node's"));
+                    continue;
+                }
+                let (journal, last) = (self.journal.clone(), part.last.load(Ordering::Acquire));
+                appends.spawn(async move { journal.append(p, last, batch).await.map(|seq| (p, seq)) });
+            }
+            while let Some(done) = appends.join_next().await {
+                match done {
+                    Ok(Ok((p, seq))) => self.parts[p as usize].last.store(seq, Ordering::Release),
+                    Ok(Err(JournalError::Fenced(p))) => {
+                        self.lose(p, "the journal was fenced by a newer owner");
+                        refused.push(format!("partition {p} has a newer owner"));
+                    }
+                    Ok(Err(e)) => refused.push(e.to_string()),
+                    Err(e) => refused.push(e.to_string()),
+                }
+            }
+        });
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(refused.join("; "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_customer_has_one_partition_on_every_node_and_build() {
+        assert_eq!(partition_of("c-1", 256), partition_of("c-1", 256));
+        let spread: std::collections::HashSet<u16> = (0..4096).map(|i| partition_of(&format!("c-{i}"), 256)).collect();
+        assert_eq!(spread.len(), 256, "4,096 customers reach every partition");
+        assert!((0..1000).all(|i| partition_of(&format!("x{i}"), 7) < 7));
+        // Pinned: a change here would move every customer to another partition.
+        assert_eq!((partition_of("seed-customer", 256), partition_of("customer-1", 256)), (200, 155));
+    }
+
+    #[test]
+    fn holdings_round_trip() {
+        for h in [Holding::Foreign, Holding::Acquiring, Holding::Owned, Holding::Releasing] {
+            assert_eq!(Holding::from_u8(h as u8), h);
+        }
+    }
+}

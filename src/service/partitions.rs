@@ -1,0 +1,61 @@
+//! A clustered node's partitions seen from the service: putting back what a
+//! partition's journal holds when this node takes it over, and forgetting a
+//! partition's customers when it hands one over or loses it.
+//!
+//! Must not know NATS or leases (`cluster` does); it only maps stored records
+//! onto memory, as `recovery` does at startup.
+
+use super::*;
+use crate::store::{decode_change, Change};
+
+impl TransferGuard {
+    /// Puts back a partition's changes, in the order they were written:
+    /// customers' images, screened transfers (held ones back in the hold
+    /// index), event ids. Returns how many changes there were.
+    pub fn restore_partition(&self, changes: Vec<Change>) -> Result<usize, StoreError> {
+        let n = changes.len();
+        // The last image of each transfer (the journal never deletes one: pruning is each node's own).
+        let mut transfers: std::collections::HashMap<TransferKey, (String, Remembered)> = Default::default();
+        for (space, key, value) in changes {
+            let id = || recovery::key_text(&key);
+            match (space, value) {
+                (Space::Customers, Some(v)) => self.state.restore_customer(&id(), decode_change(space, &key, &v)?),
+                (Space::Customers, None) => self.state.forget_customers(|c| c == id()),
+                (Space::Transfers, Some(v)) => {
+                    let stored: StoredTransfer = decode_change(space, &key, &v)?;
+                    let request_id = stored.answer.request_id.clone();
+                    transfers.insert(
+                        TransferKey::of(&request_id),
+                        (request_id, Remembered::from_stored(&self.names, stored)),
+                    );
+                }
+                (Space::Events, Some(v)) => {
+                    self.events.insert(id(), decode_change(space, &key, &v)?);
+                }
+                (Space::Events, None) => {
+                    self.events.remove(&id());
+                }
+                (other, _) => tracing::warn!(space = other.name(), "a partition's journal holds an unexpected record"),
+            }
+        }
+        let mut holds = lock(&self.holds);
+        for (key, (request_id, entry)) in transfers {
+            if entry.state() == TransferState::Held {
+                holds.insert((entry.status(&self.names, &request_id).hold_expires_at.unwrap_or(0), request_id));
+            }
+            self.screens.insert(key, entry);
+        }
+        drop(holds);
+        self.state.rebuild_fan_in();
+        Ok(n)
+    }
+
+    /// Forgets the customers `belongs` picks, with their remembered transfers
+    /// and holds: their partition is another node's now.
+    pub fn forget_customers(&self, belongs: impl Fn(&str) -> bool) {
+        self.screens.retain(|_, e| !belongs(e.customer()));
+        lock(&self.holds).retain(|(_, id)| self.screens.contains_key(&TransferKey::of(id)));
+        self.state.forget_customers(&belongs);
+        self.state.rebuild_fan_in();
+    }
+}

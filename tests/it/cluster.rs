@@ -1,0 +1,188 @@
+//! The clustered mode with real processes: nats-server(s) with JetStream and
+//! transfer-guard nodes started by the test, killed with SIGKILL and paused
+//! with SIGSTOP; the answers compared call by call.
+
+use crate::harness::{free_port, ordinary, seed_case, NatsServer, ServeProcess};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use transfer_guard::api::forward::NODE_HEADER;
+use transfer_guard::api::proto as pb;
+use transfer_guard::cluster::journal::{Journal, JournalError};
+
+type Teller = pb::screening_client::ScreeningClient<Channel>;
+
+/// The flags of a node of a test cluster: few partitions, a short lease.
+/// Each test has a NATS server of its own, so its buckets and journal too.
+fn node_flags(nats: &str, node: &str) -> Vec<String> {
+    ["--cluster", nats, "--node-id", node, "--partitions", "16", "--lease", "2s", "--board-listen", "off"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// Screens `request` on `teller`, retrying while the cluster says UNAVAILABLE
+/// (a partition changing hands), at most `limit`: the answer and the node.
+async fn screen_until_answered(
+    teller: &mut Teller,
+    request: &pb::ScreenRequest,
+    limit: Duration,
+) -> (pb::ScreenResponse, String) {
+    let deadline = Instant::now() + limit;
+    loop {
+        match teller.screen(request.clone()).await {
+            Ok(r) => {
+                let node = r.metadata().get(NODE_HEADER).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+                return (r.into_inner(), node);
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => panic!("{}: {s:?}", request.request_id),
+        }
+    }
+}
+
+/// Waits until `nodes` different nodes answer for 32 customers: the
+/// partitions are spread (a node that joins takes its share).
+async fn wait_until_spread(teller: &mut Teller, nodes: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for round in 0.. {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..32 {
+            let probe = ordinary(&format!("probe-{round}-{i}"), &format!("probe-customer-{i}"), "6222020200112233");
+            seen.insert(screen_until_answered(teller, &probe, Duration::from_secs(30)).await.1);
+        }
+        if seen.len() == nodes {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the partitions never spread over {nodes} nodes: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn teller(node: &ServeProcess) -> Teller {
+    Teller::new(node.channel().await)
+}
+
+/// What a retry must answer the same.
+fn gist(r: &pb::ScreenResponse) -> (i32, i64, String, String) {
+    (r.action, r.score, r.alert_id.clone(), r.station_id.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_answer_every_retry_the_same_after_one_is_killed() {
+    let nats = NatsServer::start_fresh();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for name in ["n1", "n2", "n3"] {
+        let flags = node_flags(&nats.url(), name);
+        nodes.push(ServeProcess::start(&dir.path().join(name), &format!("{name}.log"), &flags).await);
+    }
+    let mut tellers = Vec::new();
+    for n in &nodes {
+        tellers.push(teller(n).await);
+    }
+    wait_until_spread(&mut tellers[0], 3).await;
+    // Ordinary transfers of 40 customers, and seed cases that are held.
+    let mut requests: Vec<pb::ScreenRequest> =
+        (0..40).map(|i| ordinary(&format!("ord-{i}"), &format!("customer-{i}"), "6222020200112233")).collect();
+    for i in 0..4 {
+        let mut r = seed_case(&format!("seed-{i}"));
+        let customer = r.customer.as_mut().unwrap();
+        customer.customer_id = format!("seed-customer-{i}");
+        if let Some(change) = customer.last_limit_change.as_mut() {
+            change.customer_id = customer.customer_id.clone();
+        }
+        requests.push(r);
+    }
+    let mut first = HashMap::new();
+    let mut answered_by: HashMap<String, usize> = HashMap::new();
+    for (i, r) in requests.iter().enumerate() {
+        let (answer, node) = screen_until_answered(&mut tellers[i % 3], r, Duration::from_secs(60)).await;
+        assert!(!node.is_empty(), "every answer names the node that gave it");
+        *answered_by.entry(node).or_default() += 1;
+        first.insert(r.request_id.clone(), gist(&answer));
+    }
+    assert!(answered_by.len() >= 2, "customers are spread over the nodes: {answered_by:?}");
+    assert!(first.values().any(|g| g.0 == pb::Action::Hold as i32), "the seed cases are held");
+
+    // Kill the node that answered most; the others take its partitions over.
+    let busiest = answered_by.iter().max_by_key(|(_, n)| **n).map(|(node, _)| node.clone()).unwrap();
+    let k = ["n1", "n2", "n3"].iter().position(|n| *n == busiest).unwrap();
+    nodes[k].kill9();
+    for (i, r) in requests.iter().enumerate() {
+        let t = if i % 3 == k { (k + 1) % 3 } else { i % 3 };
+        let (answer, node) = screen_until_answered(&mut tellers[t], r, Duration::from_secs(60)).await;
+        assert_ne!(node, busiest, "{}: answered by the killed node", r.request_id);
+        assert_eq!(gist(&answer), first[&r.request_id], "{}: the retry answers the same", r.request_id);
+    }
+    // The transfers are known wherever the teller asks.
+    let live = (k + 1) % 3;
+    for r in &requests {
+        let status = tellers[live]
+            .get_transfer(pb::GetTransferRequest { request_id: r.request_id.clone() })
+            .await
+            .unwrap_or_else(|s| panic!("{}: {s:?}", r.request_id))
+            .into_inner();
+        assert_eq!(status.alert_id, first[&r.request_id].2, "{}", r.request_id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_paused_past_its_lease_never_answers_from_what_it_knew_before() {
+    let nats = NatsServer::start_fresh();
+    let dir = tempfile::tempdir().unwrap();
+    let a = ServeProcess::start(&dir.path().join("a"), "a.log", &node_flags(&nats.url(), "a")).await;
+    let mut on_a = teller(&a).await;
+    // With a alone, it owns every partition.
+    let mut before = ordinary("before-pause", "zhongshan-customer-58", "6222020200112233");
+    before.customer.as_mut().unwrap().birth_date = "1968-05-10".into();
+    let (_, node) = screen_until_answered(&mut on_a, &before, Duration::from_secs(60)).await;
+    assert_eq!(node, "a");
+    let b = ServeProcess::start(&dir.path().join("b"), "b.log", &node_flags(&nats.url(), "b")).await;
+    let mut on_b = teller(&b).await;
+    a.signal("STOP");
+    // Past a's lease (2 s), b takes every partition; the seed case is held there.
+    let during = seed_case("while-paused");
+    let (held, node) = screen_until_answered(&mut on_b, &during, Duration::from_secs(60)).await;
+    assert_eq!(node, "b");
+    assert!(!held.alert_id.is_empty(), "an alert was raised: {held:?}");
+    a.signal("CONT");
+    // Resumed, a must not answer from its memory of before the pause (it
+    // would screen the transfer afresh, with an alert of its own): it refuses,
+    // forwards to b, or — once it has taken partitions back — answers from
+    // the journal b wrote.
+    for _ in 0..40 {
+        match on_a.screen(during.clone()).await {
+            Ok(r) => assert_eq!(gist(r.get_ref()), gist(&held), "answered by {:?}", r.metadata().get(NODE_HEADER)),
+            Err(s) => assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (again, _) = screen_until_answered(&mut on_a, &during, Duration::from_secs(30)).await;
+    assert_eq!(gist(&again), gist(&held));
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_owners_late_write_is_refused_by_the_journal() {
+    let nats = NatsServer::start_fresh();
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let prefix = format!("fence{}", free_port());
+    let journal = Journal::open(js, &prefix, 1).await.unwrap();
+    // The old owner writes twice.
+    let s1 = journal.append(3, 0, b"one".to_vec()).await.unwrap();
+    let s2 = journal.append(3, s1, b"two".to_vec()).await.unwrap();
+    // A new owner reads the partition and fences it.
+    let (read, last) = journal.replay(3).await.unwrap();
+    assert_eq!(read.iter().map(|b| b.to_vec()).collect::<Vec<_>>(), [b"one".to_vec(), b"two".to_vec()]);
+    assert_eq!(last, s2);
+    let fenced = journal.fence(3, last, "new-owner").await.unwrap();
+    // The old owner's next write, from what it last saw, is refused.
+    let late = journal.append(3, s2, b"late".to_vec()).await;
+    assert!(matches!(late, Err(JournalError::Fenced(3))), "{late:?}");
+    // The new owner goes on; another partition was never touched.
+    journal.append(3, fenced, b"three".to_vec()).await.unwrap();
+    assert_eq!(journal.replay(4).await.unwrap().1, 0);
+}
