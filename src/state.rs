@@ -49,6 +49,12 @@ impl PayeeKey {
 /// not through `Hash`, whose impls may change between releases). 64 bits make
 /// a collision among one customer's payees (or one account's senders)
 /// vanishingly unlikely.
+/// The partition of a customer in the clustered mode: the stable hash (fixed
+/// keys), so every node and every build agrees.
+pub fn partition_of(customer_id: &str, partitions: u16) -> u16 {
+    (stable_hash(&[customer_id.as_bytes()]) % u64::from(partitions.max(1))) as u16
+}
+
 pub fn stable_hash(parts: &[&[u8]]) -> u64 {
     #[allow(deprecated)]
     let mut h = std::hash::SipHasher::new_with_keys(0x7472_616e_7366_6572, 0x6775_6172_6421_0001);

@@ -121,6 +121,18 @@ pub enum AlertError {
 /// A name from a fixed set (an age band, an event kind).
 pub type StaticName = &'static str;
 
+/// An alert id in the clustered mode: it names the partition of the
+/// customer, so any node knows where the alert's changes are made.
+pub fn partitioned_id(partition: u16, node: &str, started_at: UnixSeconds, n: u64) -> String {
+    format!("al-p{partition}-{node}-{started_at:x}-{n:06x}")
+}
+
+/// The partition an alert id names (None: an id of the single-node mode).
+pub fn partition_of_id(id: &str) -> Option<u16> {
+    let rest = id.strip_prefix("al-p")?;
+    rest[..rest.find('-')?].parse().ok()
+}
+
 /// Every kind of [`AlertEvent`].
 pub const EVENT_KINDS: [&str; 5] = ["raised", "claimed", "resolved", "expired", "escalated"];
 
@@ -281,6 +293,32 @@ impl AlertBook {
             book.alerts.insert(alert.id.clone(), alert);
         }
         book.events = events.into();
+    }
+
+    /// Takes over an alert another node made (its partition moved here):
+    /// its image and event count, and its last event once more, under the same
+    /// event id, so a sink that already delivered it drops the repeat and one
+    /// that did not delivers it now.
+    pub fn adopt(&self, alert: Alert, sequence: u32) {
+        let mut book = self.lock();
+        book.sequence.insert(alert.id.clone(), sequence.saturating_sub(1));
+        let kind = match alert.state {
+            AlertState::New => "raised",
+            AlertState::Claimed => "claimed",
+            AlertState::Escalated => "escalated",
+            AlertState::Resolved => "resolved",
+        };
+        let event = book.record(kind, &alert, alert.updated_at);
+        book.alerts.insert(alert.id.clone(), alert);
+        self.recorded(book, event.cursor);
+    }
+
+    /// Forgets the alerts whose ids `belongs` picks (their partition is
+    /// another node's now); their past events stay in the log.
+    pub fn forget(&self, belongs: impl Fn(&str) -> bool) {
+        let mut book = self.lock();
+        book.alerts.retain(|id, _| !belongs(id));
+        book.sequence.retain(|id, _| !belongs(id));
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<AlertEvent> {

@@ -26,10 +26,10 @@ pub struct Forwarder {
     channels: DashMap<Arc<str>, Channel>,
 }
 
-/// Where a call runs.
+/// Where a call runs: here, or on the owner at the end of a channel.
 pub enum Place {
     Here,
-    There(ScreeningClient<Channel>),
+    There(Channel),
 }
 
 impl Forwarder {
@@ -37,29 +37,38 @@ impl Forwarder {
         Forwarder { cluster, channels: DashMap::new() }
     }
 
-    fn client(&self, addr: &Arc<str>) -> Result<ScreeningClient<Channel>, Status> {
-        let channel = match self.channels.get(addr) {
-            Some(c) => c.clone(),
-            None => {
-                let c = Channel::from_shared(format!("http://{addr}"))
-                    .map_err(|e| Status::internal(format!("peer address {addr}: {e}")))?
-                    .connect_lazy();
-                self.channels.insert(addr.clone(), c.clone());
-                c
-            }
-        };
-        Ok(ScreeningClient::new(channel))
+    fn channel(&self, addr: &Arc<str>) -> Result<Channel, Status> {
+        if let Some(c) = self.channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = Channel::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::internal(format!("peer address {addr}: {e}")))?
+            .connect_lazy();
+        self.channels.insert(addr.clone(), c.clone());
+        Ok(c)
     }
 
     /// Where the calls of `customer_id` run; a forwarded call must run here.
     pub fn place(&self, customer_id: &str, metadata: &MetadataMap) -> Result<Place, Status> {
-        let forwarded = metadata.get(FORWARDED_HEADER).is_some();
-        match self.cluster.route(customer_id) {
+        self.placed(self.cluster.route(customer_id), metadata)
+    }
+
+    /// Where changes to the alert `alert_id` are made: on the owner of the
+    /// partition its id names (here for an id without one).
+    pub fn place_alert(&self, alert_id: &str, metadata: &MetadataMap) -> Result<Place, Status> {
+        match crate::alerts::partition_of_id(alert_id) {
+            Some(p) => self.placed(self.cluster.route_partition(p), metadata),
+            None => Ok(Place::Here),
+        }
+    }
+
+    fn placed(&self, route: Route, metadata: &MetadataMap) -> Result<Place, Status> {
+        match route {
             Route::Local => Ok(Place::Here),
-            Route::Forward { node, .. } if forwarded => Err(Status::unavailable(format!(
-                "forwarded here, but {node} owns this customer's partition now; retry"
-            ))),
-            Route::Forward { addr, .. } => Ok(Place::There(self.client(&addr)?)),
+            Route::Forward { node, .. } if metadata.get(FORWARDED_HEADER).is_some() => {
+                Err(Status::unavailable(format!("forwarded here, but {node} owns this partition now; retry")))
+            }
+            Route::Forward { addr, .. } => Ok(Place::There(self.channel(&addr)?)),
             Route::Unavailable(why) => Err(Status::unavailable(why)),
         }
     }
@@ -117,8 +126,8 @@ impl Forwarder {
             return None;
         }
         for (_, addr) in self.cluster.peers() {
-            let Ok(client) = self.client(&addr) else { continue };
-            match self.call(call(client, self.outgoing(request))).await {
+            let Ok(channel) = self.channel(&addr) else { continue };
+            match self.call(call(ScreeningClient::new(channel), self.outgoing(request))).await {
                 Err(s) if matches!(s.code(), Code::NotFound | Code::Unavailable) => continue,
                 answer => return Some(answer),
             }

@@ -87,6 +87,14 @@ impl Api {
         }
     }
 
+    /// In the clustered mode, where changes to the alert `alert_id` are made.
+    fn place_alert<T>(&self, alert_id: &str, request: &Request<T>) -> Result<Place, Status> {
+        match &self.forward {
+            Some(f) => f.place_alert(alert_id, request.metadata()),
+            None => Ok(Place::Here),
+        }
+    }
+
     /// The server's clock now, with the skew live requests are held to.
     fn live_clock(&self) -> convert::LiveClock {
         convert::LiveClock { now: self.guard.now(), skew: self.max_clock_skew }
@@ -175,9 +183,9 @@ impl pb::screening_server::Screening for Api {
         self.rpc("Screen", async move {
             let started = std::time::Instant::now();
             let customer = request.get_ref().customer.as_ref().map_or("", |c| c.customer_id.as_str());
-            if let Place::There(mut owner) = self.place(customer, &request)? {
+            if let Place::There(owner) = self.place(customer, &request)? {
                 let f = self.forward.as_ref().expect("placed elsewhere only in a cluster");
-                return f.call(owner.screen(f.outgoing(&request))).await;
+                return f.call(pb::screening_client::ScreeningClient::new(owner).screen(f.outgoing(&request))).await;
             }
             let caller = caller_of(&request);
             let request = request.into_inner();
@@ -239,8 +247,9 @@ impl pb::screening_server::Screening for Api {
                 _ => None,
             };
             if let Some(customer) = customer {
-                if let Place::There(mut owner) = self.place(customer, &request)? {
+                if let Place::There(owner) = self.place(customer, &request)? {
                     let f = self.forward.as_ref().expect("placed elsewhere only in a cluster");
+                    let mut owner = pb::screening_client::ScreeningClient::new(owner);
                     return f.call(owner.record_event(f.outgoing(&request))).await;
                 }
             }
@@ -458,18 +467,26 @@ impl pb::alerts_server::Alerts for Api {
 
     async fn claim_alert(&self, request: Request<pb::ClaimAlertRequest>) -> Result<Response<pb::Alert>, Status> {
         self.rpc("ClaimAlert", async move {
+            if let Place::There(owner) = self.place_alert(&request.get_ref().alert_id, &request)? {
+                let f = self.forward.as_ref().expect("placed elsewhere only in a cluster");
+                return f.call(pb::alerts_client::AlertsClient::new(owner).claim_alert(f.outgoing(&request))).await;
+            }
             let caller = caller_of(&request);
             let (alert_id, officer) = convert::claim(&request.into_inner()).map_err(invalid)?;
             self.check_officer(&caller, Method::ClaimAlert, &alert_id, &officer)?;
             let alert = self.guard.claim_alert(&alert_id, &officer, &caller).map_err(status_of)?;
             self.commit().await?;
-            Ok(Response::new(convert::alert_to_pb(&alert)))
+            Ok(self.answered(Response::new(convert::alert_to_pb(&alert))))
         })
         .await
     }
 
     async fn resolve_alert(&self, request: Request<pb::ResolveAlertRequest>) -> Result<Response<pb::Alert>, Status> {
         self.rpc("ResolveAlert", async move {
+            if let Place::There(owner) = self.place_alert(&request.get_ref().alert_id, &request)? {
+                let f = self.forward.as_ref().expect("placed elsewhere only in a cluster");
+                return f.call(pb::alerts_client::AlertsClient::new(owner).resolve_alert(f.outgoing(&request))).await;
+            }
             let caller = caller_of(&request);
             let r = convert::resolution(&request.into_inner()).map_err(invalid)?;
             self.check_officer(&caller, Method::ResolveAlert, &r.alert_id, &r.officer)?;
@@ -478,7 +495,7 @@ impl pb::alerts_server::Alerts for Api {
                 .resolve_alert(&r.alert_id, &r.officer, r.outcome, r.decision, &r.note, &caller)
                 .map_err(status_of)?;
             self.commit().await?;
-            Ok(Response::new(convert::alert_to_pb(&alert)))
+            Ok(self.answered(Response::new(convert::alert_to_pb(&alert))))
         })
         .await
     }

@@ -65,11 +65,7 @@ impl ClusterConfig {
     }
 }
 
-/// The partition of a customer: the store's stable hash (fixed keys), so
-/// every node and every build agrees.
-pub fn partition_of(customer_id: &str, partitions: u16) -> u16 {
-    (crate::state::stable_hash(&[customer_id.as_bytes()]) % u64::from(partitions.max(1))) as u16
-}
+pub use crate::state::partition_of;
 
 /// Where this node stands with a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +195,7 @@ impl Cluster {
             runtime: tokio::runtime::Handle::current(),
             epoch: Instant::now(),
         });
+        cluster.guard.set_cluster_ids(&cluster.me, cluster.config.partitions);
         store.replicate_to(cluster.clone());
         tokio::spawn(cluster.clone().run());
         tracing::info!(node = %cluster.me, partitions = cluster.config.partitions, "joined the cluster");
@@ -224,23 +221,7 @@ impl Cluster {
 
     /// Where the calls of `customer_id` go now.
     pub fn route(&self, customer_id: &str) -> Route {
-        let p = partition_of(customer_id, self.config.partitions);
-        let part = &self.parts[p as usize];
-        match part.holding() {
-            Holding::Owned if self.now_ms() < part.valid_until.load(Ordering::Acquire) => Route::Local,
-            Holding::Owned => Route::Unavailable(format!("partition {p}: this node's lease is being renewed")),
-            Holding::Acquiring | Holding::Releasing => {
-                Route::Unavailable(format!("partition {p} is changing owner; retry shortly"))
-            }
-            Holding::Foreign => match read(&part.owner) {
-                Some(node) if *node == *self.me => Route::Unavailable(format!("partition {p} is being taken back")),
-                Some(node) => match read(&self.peers).get(&node) {
-                    Some(addr) => Route::Forward { addr: addr.clone(), node },
-                    None => Route::Unavailable(format!("partition {p}: owner {node} has no address yet")),
-                },
-                None => Route::Unavailable(format!("partition {p} has no owner yet; retry shortly")),
-            },
-        }
+        self.route_partition(partition_of(customer_id, self.config.partitions))
     }
 
     /// The other live nodes' (id, address).
@@ -465,6 +446,29 @@ impl Cluster {
     fn forget(&self, p: u16) {
         let n = self.config.partitions;
         self.guard.forget_customers(|customer| partition_of(customer, n) == p);
+        self.guard.alerts().forget(|id| crate::alerts::partition_of_id(id) == Some(p));
+    }
+
+    /// Where calls about partition `p` go now.
+    pub fn route_partition(&self, p: u16) -> Route {
+        let Some(part) = self.parts.get(p as usize) else {
+            return Route::Unavailable(format!("no partition {p} in this cluster"));
+        };
+        match part.holding() {
+            Holding::Owned if self.now_ms() < part.valid_until.load(Ordering::Acquire) => Route::Local,
+            Holding::Owned => Route::Unavailable(format!("partition {p}: this node's lease is being renewed")),
+            Holding::Acquiring | Holding::Releasing => {
+                Route::Unavailable(format!("partition {p} is changing owner; retry shortly"))
+            }
+            Holding::Foreign => match read(&part.owner) {
+                Some(node) if *node == *self.me => Route::Unavailable(format!("partition {p} is being taken back")),
+                Some(node) => match read(&self.peers).get(&node) {
+                    Some(addr) => Route::Forward { addr: addr.clone(), node },
+                    None => Route::Unavailable(format!("partition {p}: owner {node} has no address yet")),
+                },
+                None => Route::Unavailable(format!("partition {p} has no owner yet; retry shortly")),
+            },
+        }
     }
 }
 

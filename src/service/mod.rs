@@ -148,6 +148,9 @@ pub struct TransferGuard {
     holds: Mutex<BTreeSet<(UnixSeconds, String)>>,
     customer_stripes: Box<[Mutex<()>]>,
     alert_counter: AtomicU64,
+    /// In the clustered mode: this node's id and the number of partitions,
+    /// which alert ids carry.
+    cluster_ids: std::sync::OnceLock<(String, u16)>,
     started_at: UnixSeconds,
     metrics: Arc<Metrics>,
     audit: Option<AuditLog>,
@@ -208,6 +211,7 @@ impl TransferGuard {
             holds: Mutex::new(BTreeSet::new()),
             customer_stripes: (0..CUSTOMER_STRIPES).map(|_| Mutex::new(())).collect(),
             alert_counter: AtomicU64::new(0),
+            cluster_ids: std::sync::OnceLock::new(),
             started_at: SystemClock.now(),
             metrics: Arc::new(Metrics::new()),
             audit: None,
@@ -319,6 +323,12 @@ impl TransferGuard {
         for ((station, state), n) in self.alerts.counts() {
             self.metrics.alerts_by_state.with_label_values(&[&station, crate::alerts::state_name(state)]).set(n as i64);
         }
+    }
+
+    /// In the clustered mode: alert ids name the customer's partition (of
+    /// `partitions`) and this node.
+    pub fn set_cluster_ids(&self, node: &str, partitions: u16) {
+        let _ = self.cluster_ids.set((node.to_string(), partitions));
     }
 
     /// Loads and tests the rules folder, then builds the service.
@@ -439,7 +449,14 @@ impl TransferGuard {
                 tracing::warn!(branch = %transfer.branch_id, station = %station.id, "branch has no station mapping; alert sent to the default station");
             }
             self.metrics.alerts.with_label_values(&[&station.id, "raised"]).inc();
-            let id = format!("al-{:x}-{:06x}", self.started_at, self.alert_counter.fetch_add(1, Ordering::Relaxed) + 1);
+            let n = self.alert_counter.fetch_add(1, Ordering::Relaxed) + 1;
+            let id = match self.cluster_ids.get() {
+                Some((node, partitions)) => {
+                    let partition = crate::state::partition_of(&transfer.customer.customer_id, *partitions);
+                    crate::alerts::partitioned_id(partition, node, self.started_at, n)
+                }
+                None => format!("al-{:x}-{:06x}", self.started_at, n),
+            };
             let held = answer.decision.action == Action::Hold;
             if held {
                 let expires = now + ruleset.hold.expiry_secs;

@@ -1,6 +1,8 @@
 //! A clustered node's partitions seen from the service: putting back what a
 //! partition's journal holds when this node takes it over, and forgetting a
-//! partition's customers when it hands one over or loses it.
+//! partition's customers when it hands one over or loses it. A partition's
+//! alerts come with it: adopted into the book, their last event sent again
+//! under its own id (sinks drop a repeat).
 //!
 //! Must not know NATS or leases (`cluster` does); it only maps stored records
 //! onto memory, as `recovery` does at startup.
@@ -16,6 +18,8 @@ impl TransferGuard {
         let n = changes.len();
         // The last image of each transfer (the journal never deletes one: pruning is each node's own).
         let mut transfers: std::collections::HashMap<TransferKey, (String, Remembered)> = Default::default();
+        // The last image of each alert, and how many events it had.
+        let mut alerts: std::collections::HashMap<String, (Alert, u32)> = Default::default();
         for (space, key, value) in changes {
             let id = || recovery::key_text(&key);
             match (space, value) {
@@ -35,6 +39,15 @@ impl TransferGuard {
                 (Space::Events, None) => {
                     self.events.remove(&id());
                 }
+                (Space::Alerts, Some(v)) => {
+                    let stored: StoredAlert = decode_change(space, &key, &v)?;
+                    let alert = Alert::try_from(stored.alert).map_err(|e| StoreError::Damaged {
+                        space: "alerts",
+                        key: id(),
+                        error: e.to_string(),
+                    })?;
+                    alerts.insert(alert.id.clone(), (alert, stored.sequence));
+                }
                 (other, _) => tracing::warn!(space = other.name(), "a partition's journal holds an unexpected record"),
             }
         }
@@ -46,6 +59,9 @@ impl TransferGuard {
             self.screens.insert(key, entry);
         }
         drop(holds);
+        for (_, (alert, sequence)) in alerts {
+            self.alerts.adopt(alert, sequence);
+        }
         self.state.rebuild_fan_in();
         Ok(n)
     }

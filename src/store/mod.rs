@@ -639,7 +639,8 @@ impl AlertLog for Store {
             space: Space::Alerts,
             key: Slice::from(alert.id.as_bytes()),
             value: Some(encode(&StoredAlert { alert: alert.into(), sequence })),
-            partition: None,
+            // With the partition's journal: a node taking the partition over takes its alerts too.
+            partition: self.shared.replica.get().and_then(|_| crate::alerts::partition_of_id(&alert.id)),
         };
         let logged = Put {
             space: Space::AlertEvents,

@@ -9,6 +9,7 @@ use tonic::transport::Channel;
 use transfer_guard::api::forward::NODE_HEADER;
 use transfer_guard::api::proto as pb;
 use transfer_guard::cluster::journal::{Journal, JournalError};
+use transfer_guard::delivery::NatsConfig;
 
 type Teller = pb::screening_client::ScreeningClient<Channel>;
 
@@ -76,7 +77,9 @@ async fn three_nodes_answer_every_retry_the_same_after_one_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = Vec::new();
     for name in ["n1", "n2", "n3"] {
-        let flags = node_flags(&nats.url(), name);
+        // Alert events go to the stations' subjects on the same NATS.
+        let mut flags = node_flags(&nats.url(), name);
+        flags.extend(["--nats-url".to_string(), nats.url()]);
         nodes.push(ServeProcess::start(&dir.path().join(name), &format!("{name}.log"), &flags).await);
     }
     let mut tellers = Vec::new();
@@ -101,13 +104,14 @@ async fn three_nodes_answer_every_retry_the_same_after_one_is_killed() {
     for (i, r) in requests.iter().enumerate() {
         let (answer, node) = screen_until_answered(&mut tellers[i % 3], r, Duration::from_secs(60)).await;
         assert!(!node.is_empty(), "every answer names the node that gave it");
-        *answered_by.entry(node).or_default() += 1;
+        // Counted by alerts raised first, then by answers.
+        *answered_by.entry(node).or_default() += if answer.alert_id.is_empty() { 1 } else { 1000 };
         first.insert(r.request_id.clone(), gist(&answer));
     }
     assert!(answered_by.len() >= 2, "customers are spread over the nodes: {answered_by:?}");
     assert!(first.values().any(|g| g.0 == pb::Action::Hold as i32), "the seed cases are held");
 
-    // Kill the node that answered most; the others take its partitions over.
+    // Kill the node that raised most alerts; the others take its partitions over.
     let busiest = answered_by.iter().max_by_key(|(_, n)| **n).map(|(node, _)| node.clone()).unwrap();
     let k = ["n1", "n2", "n3"].iter().position(|n| *n == busiest).unwrap();
     nodes[k].kill9();
@@ -117,8 +121,35 @@ async fn three_nodes_answer_every_retry_the_same_after_one_is_killed() {
         assert_ne!(node, busiest, "{}: answered by the killed node", r.request_id);
         assert_eq!(gist(&answer), first[&r.request_id], "{}: the retry answers the same", r.request_id);
     }
-    // The transfers are known wherever the teller asks.
+    // The transfers are known wherever the teller asks; the held ones are
+    // decided by an officer on any live node, whoever raised their alerts.
     let live = (k + 1) % 3;
+    let mut officer = pb::alerts_client::AlertsClient::new(nodes[live].channel().await);
+    let mut station = String::new();
+    for (id, g) in &first {
+        if g.0 != pb::Action::Hold as i32 {
+            continue;
+        }
+        station = g.3.clone();
+        let resolve = pb::ResolveAlertRequest {
+            alert_id: g.2.clone(),
+            officer_id: "officer-li".into(),
+            outcome: pb::Outcome::FalseAlarm as i32,
+            hold_decision: pb::HoldDecision::Release as i32,
+            note: "called the customer's daughter".into(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match officer.resolve_alert(resolve.clone()).await {
+                Ok(_) => break,
+                Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(s) => panic!("{id}: {s:?}"),
+            }
+        }
+    }
+    assert!(!station.is_empty(), "some transfers were held");
     for r in &requests {
         let status = tellers[live]
             .get_transfer(pb::GetTransferRequest { request_id: r.request_id.clone() })
@@ -126,6 +157,25 @@ async fn three_nodes_answer_every_retry_the_same_after_one_is_killed() {
             .unwrap_or_else(|s| panic!("{}: {s:?}", r.request_id))
             .into_inner();
         assert_eq!(status.alert_id, first[&r.request_id].2, "{}", r.request_id);
+        if first[&r.request_id].0 == pb::Action::Hold as i32 {
+            assert_eq!(status.state, pb::TransferState::Released as i32, "{}", r.request_id);
+        }
+    }
+    // Every alert event reached the station once: raised, then resolved,
+    // whichever node sent it (a node taking a partition over sends the last
+    // event again under its id, and JetStream drops the repeat).
+    let alerts: Vec<&String> = first.values().filter(|g| g.0 >= pb::Action::Hold as i32).map(|g| &g.2).collect();
+    let held = first.values().filter(|g| g.0 == pb::Action::Hold as i32).count();
+    let events = crate::nats::read_station(&NatsConfig::new(nats.url()), &station, alerts.len() + held).await;
+    let mut by_id: HashMap<&str, usize> = HashMap::new();
+    for e in &events {
+        *by_id.entry(e.event_id.as_str()).or_default() += 1;
+    }
+    assert!(by_id.values().all(|n| *n == 1), "an event reached the station twice: {by_id:?}");
+    for id in alerts {
+        let kinds: Vec<&str> =
+            events.iter().filter(|e| e.alert.as_ref().unwrap().alert_id == *id).map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds.first(), Some(&"raised"), "{id}: {kinds:?}");
     }
 }
 

@@ -9,7 +9,7 @@ use transfer_guard::delivery::{decode, NatsConfig};
 
 /// Reads a station's subject with a durable pull consumer until `want`
 /// messages came, then waits a little longer to be sure no more come.
-async fn read_station(config: &NatsConfig, station: &str, want: usize) -> Vec<pb::AlertEvent> {
+pub async fn read_station(config: &NatsConfig, station: &str, want: usize) -> Vec<pb::AlertEvent> {
     read_as(config, station, &format!("station-{station}"), want).await
 }
 
