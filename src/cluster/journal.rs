@@ -8,9 +8,8 @@
 //! Owns the stream's layout and the read-back. Must not decide ownership (see
 //! `cluster::leases`) or interpret the changes (the service does).
 
-use async_nats::jetstream::{self, consumer, context::PublishErrorKind, message::PublishMessage, stream};
+use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage, stream};
 use std::time::Duration;
-use tokio_stream::StreamExt;
 
 /// A journal append that did not land.
 #[derive(Debug, thiserror::Error)]
@@ -86,25 +85,19 @@ impl Journal {
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => return Ok((Vec::new(), 0)),
             Err(e) => return Err(format!("last message of {subject}: {e}")),
         };
-        let reader = stream
-            .create_consumer(consumer::pull::OrderedConfig { filter_subject: subject.clone(), ..Default::default() })
-            .await
-            .map_err(|e| format!("read {subject}: {e}"))?;
-        let mut messages = reader.messages().await.map_err(|e| format!("read {subject}: {e}"))?;
+        // One leader read per message (no consumer to set up, none left behind).
         let mut out = Vec::new();
-        loop {
-            let next = tokio::time::timeout(Duration::from_secs(10), messages.next()).await;
-            let message = match next {
-                Ok(Some(Ok(m))) => m,
-                Ok(Some(Err(e))) => return Err(format!("read {subject}: {e}")),
-                Ok(None) => return Err(format!("read {subject}: ended before sequence {last}")),
-                Err(_) => return Err(format!("read {subject}: no message within 10 s before sequence {last}")),
+        let mut next = 1;
+        while next <= last {
+            let read = stream.get_first_raw_message_by_subject(&subject, next);
+            let message = match tokio::time::timeout(Duration::from_secs(5), read).await {
+                Ok(Ok(m)) => m,
+                Ok(Err(e)) => return Err(format!("read {subject} from {next}: {e}")),
+                Err(_) => return Err(format!("read {subject} from {next}: no answer within 5 s")),
             };
-            let seq = message.info().map_err(|e| e.to_string())?.stream_sequence;
-            out.push(message.payload.clone());
-            if seq >= last {
-                return Ok((out, last));
-            }
+            out.push(message.payload);
+            next = message.sequence + 1;
         }
+        Ok((out, last))
     }
 }

@@ -50,6 +50,8 @@ pub struct ClusterConfig {
 
 pub const DEFAULT_PARTITIONS: u16 = 256;
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(6);
+/// How long joining waits for JetStream to be ready (a cluster electing leaders).
+const JOIN_WAIT: Duration = Duration::from_secs(60);
 
 impl ClusterConfig {
     pub fn new(url: &str, node_id: &str, advertise: &str) -> ClusterConfig {
@@ -152,7 +154,7 @@ impl Cluster {
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(3))
             .name(format!("transfer-guard {}", config.node_id))
-            .connect(config.url.as_str())
+            .connect(servers(&config.url)?)
             .await
             .map_err(|e| format!("connect {}: {e}", config.url))?;
         let js = jetstream::new(client);
@@ -171,7 +173,9 @@ impl Cluster {
                 num_replicas: config.replicas,
                 allow_rollup: true,
                 deny_delete: true,
-                allow_direct: true,
+                // Reads from the stream's leader only: a replica answering a
+                // direct get may lag, and a lease must never look older than it is.
+                allow_direct: false,
                 discard: jetstream::stream::DiscardPolicy::New,
                 ..Default::default()
             };
@@ -180,9 +184,25 @@ impl Cluster {
                 js.get_key_value(&bucket).await.map_err(|e| format!("open bucket {bucket}: {e}"))
             }
         };
-        let owners = open("owners").await?;
-        let nodes = open("nodes").await?;
-        let journal = Journal::open(js.clone(), &config.prefix, config.replicas).await?;
+        // A JetStream cluster just started elects its leaders first: retry for a while.
+        let deadline = Instant::now() + JOIN_WAIT;
+        let (owners, nodes, journal) = loop {
+            let opened = async {
+                Ok::<_, String>((
+                    open("owners").await?,
+                    open("nodes").await?,
+                    Journal::open(js.clone(), &config.prefix, config.replicas).await?,
+                ))
+            };
+            match opened.await {
+                Ok(all) => break all,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::info!(error = %e, "the cluster's buckets are not ready; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let cluster = Arc::new(Cluster {
             parts: (0..config.partitions).map(|_| Part::default()).collect(),
             me: config.node_id.as_str().into(),
@@ -234,9 +254,18 @@ impl Cluster {
         self.parts.iter().filter(|p| p.holding() == Holding::Owned).count()
     }
 
-    /// Renews, releases and takes leases every third of a lease, for ever.
+    /// Renews this node's leases every third of a lease, on a task of its
+    /// own (a slow takeover never delays a renewal); reads the cluster,
+    /// releases and takes partitions every third of a lease too, for ever.
     async fn run(self: Arc<Self>) {
         let tick = self.config.lease / 3;
+        let renewing = self.clone();
+        tokio::spawn(async move {
+            loop {
+                renewing.renew_all().await;
+                tokio::time::sleep(tick).await;
+            }
+        });
         loop {
             if let Err(e) = self.round().await {
                 tracing::warn!(error = %e, "cluster round failed; retrying");
@@ -245,13 +274,19 @@ impl Cluster {
         }
     }
 
-    /// One round: heartbeat, read the owners, renew ours, give back what is
-    /// above a fair share, take free partitions up to it.
+    /// One round: heartbeat, read who is live and who owns what, give back
+    /// what is above a fair share, take free partitions up to it. Each read is
+    /// bounded by a third of a lease.
     async fn round(self: &Arc<Self>) -> Result<(), String> {
-        self.nodes.put(&*self.me, self.config.advertise.clone().into()).await.map_err(|e| format!("heartbeat: {e}"))?;
-        self.read_peers().await?;
-        let owners = self.read_owners().await?;
-        let mut renewals = JoinSet::new();
+        let step = self.config.lease / 3;
+        let bounded = |what: &'static str| move |_| format!("{what}: no answer within {} ms", step.as_millis());
+        tokio::time::timeout(step, self.nodes.put(&*self.me, self.config.advertise.clone().into()))
+            .await
+            .map_err(bounded("heartbeat"))?
+            .map_err(|e| format!("heartbeat: {e}"))?;
+        tokio::time::timeout(step, self.read_peers()).await.map_err(bounded("nodes"))??;
+        let owners = tokio::time::timeout(step, self.read_owners()).await.map_err(bounded("owners"))??;
+        let mut resumed = JoinSet::new();
         let mut mine = Vec::new();
         let mut free = Vec::new();
         for (p, owner) in owners.into_iter().enumerate() {
@@ -260,16 +295,10 @@ impl Cluster {
             match owner {
                 Some((node, revision)) if *node == *self.me => {
                     mine.push(p);
-                    let this = self.clone();
-                    match part.holding() {
-                        Holding::Owned | Holding::Acquiring => {
-                            renewals.spawn(async move { this.renew(p, revision).await });
-                        }
-                        // Ours in the bucket but not in memory: this node restarted within its lease.
-                        Holding::Foreign => {
-                            renewals.spawn(async move { this.acquire(p, Some(revision)).await });
-                        }
-                        Holding::Releasing => {}
+                    // Ours in the bucket but not in memory: this node restarted within its lease.
+                    if part.holding() == Holding::Foreign {
+                        let this = self.clone();
+                        resumed.spawn(async move { this.acquire(p, Some(revision)).await });
                     }
                     *part.owner.write().unwrap_or_else(|e| e.into_inner()) = Some(node);
                 }
@@ -288,7 +317,7 @@ impl Cluster {
                 }
             }
         }
-        while renewals.join_next().await.is_some() {}
+        while resumed.join_next().await.is_some() {}
         let live = read(&self.peers).len().max(1);
         let fair = (self.config.partitions as usize).div_ceil(live);
         if mine.len() > fair {
@@ -310,14 +339,19 @@ impl Cluster {
         Ok(())
     }
 
+    /// The live nodes and their addresses: the heartbeat keys the nodes
+    /// bucket holds (read from the stream's subjects, without a consumer).
     async fn read_peers(&self) -> Result<(), String> {
-        let mut keys = self.nodes.keys().await.map_err(|e| format!("nodes: {e}"))?;
+        let prefix = format!("$KV.{}.", self.nodes.name);
+        let stream = self.nodes.stream.clone();
+        let mut subjects = stream.info_with_subjects(format!("{prefix}>")).await.map_err(|e| format!("nodes: {e}"))?;
         let mut peers = HashMap::new();
-        while let Some(key) = tokio_stream::StreamExt::next(&mut keys).await {
-            let key = key.map_err(|e| format!("nodes: {e}"))?;
-            if let Ok(Some(e)) = self.nodes.entry(&key).await {
+        while let Some(subject) = tokio_stream::StreamExt::next(&mut subjects).await {
+            let (subject, _) = subject.map_err(|e| format!("nodes: {e}"))?;
+            let Some(node) = subject.strip_prefix(&prefix) else { continue };
+            if let Ok(Some(e)) = self.nodes.entry(node).await {
                 if e.operation == kv::Operation::Put {
-                    peers.insert(Arc::from(key.as_str()), Arc::from(String::from_utf8_lossy(&e.value).as_ref()));
+                    peers.insert(Arc::from(node), Arc::from(String::from_utf8_lossy(&e.value).as_ref()));
                 }
             }
         }
@@ -352,6 +386,19 @@ impl Cluster {
         Ok(owners)
     }
 
+    /// Renews every lease this node holds, from the revisions it holds.
+    async fn renew_all(self: &Arc<Self>) {
+        let mut renewals = JoinSet::new();
+        for (p, part) in self.parts.iter().enumerate() {
+            if matches!(part.holding(), Holding::Owned | Holding::Acquiring) {
+                let this = self.clone();
+                let revision = part.revision.load(Ordering::Acquire);
+                renewals.spawn(async move { this.renew(p as u16, revision).await });
+            }
+        }
+        while renewals.join_next().await.is_some() {}
+    }
+
     /// How long after sending a renewal this node may serve on it: a sixth
     /// of the lease short of when the bucket could age it out.
     fn valid_from(&self, sent: u64) -> u64 {
@@ -362,12 +409,15 @@ impl Cluster {
     async fn renew(&self, p: u16, revision: u64) {
         let part = &self.parts[p as usize];
         let sent = self.now_ms();
-        match self.owners.update(lease_key(p), self.me.as_bytes().to_vec().into(), revision).await {
-            Ok(rev) => {
+        let renewal = self.owners.update(lease_key(p), self.me.as_bytes().to_vec().into(), revision);
+        match tokio::time::timeout(self.config.lease / 3, renewal).await {
+            Ok(Ok(rev)) => {
                 part.revision.store(rev, Ordering::Release);
                 part.valid_until.store(self.valid_from(sent), Ordering::Release);
             }
-            Err(e) => self.lose(p, &format!("renewal refused: {e}")),
+            Ok(Err(e)) => self.lose(p, &format!("renewal refused: {e}")),
+            // Not renewed (yet): the lease runs out by itself unless the next round renews it.
+            Err(_) => tracing::warn!(partition = p, "lease renewal unanswered"),
         }
     }
 
@@ -392,28 +442,22 @@ impl Cluster {
                 Ok(read) => read,
                 Err(e) => return self.lose(p, &format!("cannot replay: {e}")),
             };
+            // Fence first: what restoring writes (adopted alerts' events) is appended after the fence.
+            match self.journal.fence(p, last, &self.me).await {
+                Ok(seq) => part.last.store(seq, Ordering::Release),
+                // A late write of the deposed owner landed while we read: read again.
+                Err(JournalError::Fenced(_)) => continue,
+                Err(e) => return self.lose(p, &e.to_string()),
+            }
             let changes = batches.iter().filter_map(|b| decode_batch(b)).flatten().collect::<Vec<_>>();
             let n = changes.len();
             self.forget(p);
             if let Err(e) = self.guard.restore_partition(changes) {
                 return self.lose(p, &format!("cannot restore: {e}"));
             }
-            match self.journal.fence(p, last, &self.me).await {
-                Ok(seq) => {
-                    part.last.store(seq, Ordering::Release);
-                    part.set(Holding::Owned);
-                    tracing::info!(
-                        partition = p,
-                        changes = n,
-                        ms = started.elapsed().as_millis() as u64,
-                        "partition taken"
-                    );
-                    return;
-                }
-                // A late write of the deposed owner landed while we read: read again.
-                Err(JournalError::Fenced(_)) => continue,
-                Err(e) => return self.lose(p, &e.to_string()),
-            }
+            part.set(Holding::Owned);
+            tracing::info!(partition = p, changes = n, ms = started.elapsed().as_millis() as u64, "partition taken");
+            return;
         }
         self.lose(p, "the journal kept moving while it was replayed");
     }
@@ -472,6 +516,15 @@ impl Cluster {
     }
 }
 
+/// The NATS servers of a comma-separated list of URLs.
+fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| u.parse().map_err(|e| format!("NATS server `{u}`: {e}")))
+        .collect()
+}
+
 fn lease_key(p: u16) -> String {
     format!("p{p}")
 }
@@ -487,7 +540,7 @@ impl Replica for Cluster {
             let mut appends = JoinSet::new();
             for (p, batch) in batches {
                 let part = &self.parts[p as usize];
-                if !matches!(part.holding(), Holding::Owned | Holding::Releasing) {
+                if part.holding() == Holding::Foreign {
                     refused.push(format!("partition {p} is not this node's"));
                     continue;
                 }

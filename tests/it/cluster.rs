@@ -2,7 +2,7 @@
 //! transfer-guard nodes started by the test, killed with SIGKILL and paused
 //! with SIGSTOP; the answers compared call by call.
 
-use crate::harness::{free_port, ordinary, seed_case, NatsServer, ServeProcess};
+use crate::harness::{free_port, ordinary, seed_case, NatsCluster, NatsServer, ServeProcess};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -235,4 +235,47 @@ async fn a_deposed_owners_late_write_is_refused_by_the_journal() {
     // The new owner goes on; another partition was never touched.
     journal.append(3, fenced, b"three".to_vec()).await.unwrap();
     assert_eq!(journal.replay(4).await.unwrap().1, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_three_server_jetstream_cluster_losing_one_server_loses_nothing() {
+    let mut nats = NatsCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for name in ["r1", "r2", "r3"] {
+        let mut flags = node_flags(&nats.urls(), name);
+        flags.extend(["--cluster-replicas".to_string(), "3".to_string()]);
+        nodes.push(ServeProcess::start(&dir.path().join(name), &format!("{name}.log"), &flags).await);
+    }
+    let mut tellers = Vec::new();
+    for n in &nodes {
+        tellers.push(teller(n).await);
+    }
+    wait_until_spread(&mut tellers[0], 3).await;
+    let requests: Vec<pb::ScreenRequest> =
+        (0..30).map(|i| ordinary(&format!("r-{i}"), &format!("customer-{i}"), "6222020200112233")).collect();
+    let mut first = HashMap::new();
+    for (i, r) in requests.iter().enumerate() {
+        first.insert(
+            r.request_id.clone(),
+            screen_until_answered(&mut tellers[i % 3], r, Duration::from_secs(60)).await.0,
+        );
+    }
+    // One NATS server of three goes: the buckets and journal keep a majority.
+    nats.kill(0);
+    let after: Vec<pb::ScreenRequest> =
+        (0..30).map(|i| ordinary(&format!("r-after-{i}"), &format!("customer-{i}"), "6222020200112233")).collect();
+    for (i, r) in after.iter().enumerate() {
+        screen_until_answered(&mut tellers[i % 3], r, Duration::from_secs(60)).await;
+    }
+    // And a transfer-guard node goes too: its partitions are rebuilt from the replicated journal.
+    nodes[1].kill9();
+    for (i, r) in requests.iter().chain(&after).enumerate() {
+        let t = if i % 3 == 1 { 2 } else { i % 3 };
+        let (answer, node) = screen_until_answered(&mut tellers[t], r, Duration::from_secs(60)).await;
+        assert_ne!(node, "r2");
+        if let Some(before) = first.get(&r.request_id) {
+            assert_eq!(gist(&answer), gist(before), "{}", r.request_id);
+        }
+    }
 }

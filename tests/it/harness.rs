@@ -333,6 +333,57 @@ impl Drop for NatsServer {
     }
 }
 
+/// Three `nats-server -js` processes routed into one JetStream cluster on
+/// loopback, each with its own ports and store.
+pub struct NatsCluster {
+    pub servers: Vec<Option<NatsServer>>,
+    _stores: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    pub fn start() -> NatsCluster {
+        let stores = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let routes = ports.iter().map(|(_, r)| format!("nats://127.0.0.1:{r}")).collect::<Vec<_>>().join(",");
+        let servers = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, route))| {
+                let store = stores.path().join(format!("n{i}"));
+                let child = Command::new("nats-server")
+                    .args(["-js", "-a", "127.0.0.1", "-p", &client.to_string(), "-sd", store.to_str().unwrap()])
+                    .args(["-n", &format!("nats-{i}"), "--cluster_name", "tg-test"])
+                    .args(["--cluster", &format!("nats://127.0.0.1:{route}"), "--routes", &routes])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("nats-server on PATH: run scripts/test, which installs it (Debian package nats-server)");
+                Some(NatsServer { port: *client, child, _store: None })
+            })
+            .collect::<Vec<_>>();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        for (client, _) in &ports {
+            while std::net::TcpStream::connect(("127.0.0.1", *client)).is_err() {
+                assert!(std::time::Instant::now() < deadline, "nats-server did not start");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        NatsCluster { servers, _stores: stores }
+    }
+
+    /// Every live server's URL, comma-separated (as a client lists them).
+    pub fn urls(&self) -> String {
+        self.servers.iter().flatten().map(NatsServer::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// Kills server `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(s) = self.servers[i].take() {
+            s.kill();
+        }
+    }
+}
+
 /// A stream name and subject prefix no other test run uses.
 pub fn unique_nats(url: &str) -> NatsConfig {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
