@@ -628,6 +628,19 @@ impl State {
         }
     }
 
+    /// Sets or clears the entry under `key` (an account as normalised) without
+    /// logging it: a change another node made, read from the shared bucket.
+    pub fn watchlist_apply(&self, key: &str, entry: Option<WatchEntry>) {
+        match entry {
+            Some(e) => {
+                self.watchlist.insert(normalise_account(&e.account).into_owned(), e);
+            }
+            None => {
+                self.watchlist.remove(key);
+            }
+        }
+    }
+
     pub fn watchlist_remove(&self, account: &str) -> Option<WatchEntry> {
         match self.watchlist.entry(normalise_account(account).into_owned()) {
             dashmap::Entry::Occupied(e) => {

@@ -51,6 +51,15 @@ pub struct Metrics {
     pub degraded: prometheus::IntGauge,
     /// Screens answered by the fail mode, by the answer given (hold, warn, unavailable).
     pub fail_mode_answers: IntCounterVec,
+    /// The clustered mode: partitions this node serves now.
+    pub cluster_partitions: prometheus::IntGauge,
+    /// The clustered mode: time for JetStream to acknowledge one commit's
+    /// journal appends (the replication cost, in place of the local fsync).
+    pub cluster_append_seconds: Histogram,
+    /// The clustered mode: time from leasing a partition to serving it (replay and fence).
+    pub cluster_takeover_seconds: Histogram,
+    /// The clustered mode: partitions lost (lease aged out, fenced, refused).
+    pub cluster_partitions_lost: IntCounter,
     /// Children of `screen_seconds` and `decisions` per action, resolved once:
     /// a label lookup per request costs a hash and a lock.
     screen_by_action: [Histogram; 4],
@@ -159,6 +168,32 @@ impl Metrics {
                 &["answer"],
             )
             .expect("valid metric"),
+            cluster_partitions: prometheus::IntGauge::new(
+                "cluster_partitions_owned",
+                "Partitions of the customers this node serves now (clustered mode)",
+            )
+            .expect("valid metric"),
+            cluster_append_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "cluster_journal_append_duration_seconds",
+                    "Time for JetStream to acknowledge one commit's journal appends (clustered mode)",
+                )
+                .buckets(vec![0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0]),
+            )
+            .expect("valid metric"),
+            cluster_takeover_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "cluster_takeover_duration_seconds",
+                    "Time from leasing a partition to serving it: replay and fence (clustered mode)",
+                )
+                .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0]),
+            )
+            .expect("valid metric"),
+            cluster_partitions_lost: IntCounter::new(
+                "cluster_partitions_lost_total",
+                "Partitions lost: lease aged out, journal fenced, renewal refused (clustered mode)",
+            )
+            .expect("valid metric"),
             registry,
         };
         for c in [
@@ -183,6 +218,10 @@ impl Metrics {
             Box::new(m.fail_mode_answers.clone()),
             Box::new(m.store_commit_seconds.clone()),
             Box::new(m.store_changes.clone()),
+            Box::new(m.cluster_partitions.clone()),
+            Box::new(m.cluster_append_seconds.clone()),
+            Box::new(m.cluster_takeover_seconds.clone()),
+            Box::new(m.cluster_partitions_lost.clone()),
         ] {
             m.registry.register(c).expect("each metric is registered once");
         }

@@ -136,6 +136,8 @@ pub struct Cluster {
     journal: Journal,
     owners: kv::Store,
     nodes: kv::Store,
+    /// The police watchlist every node reads (key: the account as normalised, hex).
+    watchlist: kv::Store,
     guard: Arc<TransferGuard>,
     runtime: tokio::runtime::Handle,
     epoch: Instant,
@@ -161,14 +163,14 @@ impl Cluster {
         // A bucket is a stream of the shape `create_key_value` makes; made
         // here because that call first queries the account, which nats-server
         // 2.9 answers in a form the client does not read.
-        let open = |name: &'static str| {
+        let open = |name: &'static str, max_age: Duration| {
             let js = js.clone();
             let bucket = format!("{}_{name}", config.prefix.replace(['.', '-'], "_"));
             let stream = jetstream::stream::Config {
                 name: format!("KV_{bucket}"),
                 subjects: vec![format!("$KV.{bucket}.>")],
                 max_messages_per_subject: 1,
-                max_age: config.lease,
+                max_age,
                 storage: jetstream::stream::StorageType::File,
                 num_replicas: config.replicas,
                 allow_rollup: true,
@@ -186,11 +188,13 @@ impl Cluster {
         };
         // A JetStream cluster just started elects its leaders first: retry for a while.
         let deadline = Instant::now() + JOIN_WAIT;
-        let (owners, nodes, journal) = loop {
+        let (owners, nodes, watchlist, journal) = loop {
             let opened = async {
                 Ok::<_, String>((
-                    open("owners").await?,
-                    open("nodes").await?,
+                    open("owners", config.lease).await?,
+                    open("nodes", config.lease).await?,
+                    // Watchlist entries end by their own expiry, not the bucket's.
+                    open("watchlist", Duration::ZERO).await?,
                     Journal::open(js.clone(), &config.prefix, config.replicas).await?,
                 ))
             };
@@ -211,6 +215,7 @@ impl Cluster {
             journal,
             owners,
             nodes,
+            watchlist,
             guard,
             runtime: tokio::runtime::Handle::current(),
             epoch: Instant::now(),
@@ -218,6 +223,7 @@ impl Cluster {
         cluster.guard.set_cluster_ids(&cluster.me, cluster.config.partitions);
         store.replicate_to(cluster.clone());
         tokio::spawn(cluster.clone().run());
+        tokio::spawn(cluster.clone().follow_watchlist());
         tracing::info!(node = %cluster.me, partitions = cluster.config.partitions, "joined the cluster");
         Ok(cluster)
     }
@@ -249,9 +255,63 @@ impl Cluster {
         read(&self.peers).into_iter().filter(|(n, _)| **n != *self.me).collect()
     }
 
+    /// Applies every change to the shared watchlist, from whichever node, to
+    /// this node's state (its own too: applying twice changes nothing).
+    async fn follow_watchlist(self: Arc<Self>) {
+        loop {
+            match self.watchlist.watch_with_history(">").await {
+                Ok(mut changes) => {
+                    while let Some(change) = tokio_stream::StreamExt::next(&mut changes).await {
+                        match change {
+                            Ok(entry) => self.apply_watch(&entry),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "watchlist watch interrupted");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot watch the shared watchlist; retrying"),
+            }
+            tokio::time::sleep(self.config.lease / 3).await;
+        }
+    }
+
+    fn apply_watch(&self, entry: &kv::Entry) {
+        let Some(key) = from_hex(&entry.key) else { return };
+        let key = String::from_utf8_lossy(&key);
+        let value = match entry.operation {
+            kv::Operation::Put => match serde_json::from_slice::<crate::store::WatchEntryRec>(&entry.value) {
+                Ok(rec) => Some(rec.into()),
+                Err(e) => return tracing::warn!(error = %e, "a watchlist entry in the bucket does not read"),
+            },
+            kv::Operation::Delete | kv::Operation::Purge => None,
+        };
+        self.guard.state().watchlist_apply(&key, value);
+    }
+
+    /// Puts watchlist changes (a [`crate::store::SHARED`] batch) into the shared bucket.
+    async fn share(&self, batch: &[u8]) -> Result<(), String> {
+        for (space, key, value) in decode_batch(batch).ok_or("a shared batch does not read")? {
+            if space != crate::store::Space::Watchlist {
+                continue;
+            }
+            let key = to_hex(&key);
+            match value {
+                Some(v) => self.watchlist.put(&key, v.into()).await.map(drop).map_err(|e| format!("watchlist: {e}"))?,
+                None => self.watchlist.delete(&key).await.map_err(|e| format!("watchlist: {e}"))?,
+            }
+        }
+        Ok(())
+    }
+
     /// How many partitions this node serves now.
     pub fn owned(&self) -> usize {
         self.parts.iter().filter(|p| p.holding() == Holding::Owned).count()
+    }
+
+    fn count_owned(&self) {
+        self.guard.metrics().cluster_partitions.set(self.owned() as i64);
     }
 
     /// Renews this node's leases every third of a lease, on a task of its
@@ -456,6 +516,8 @@ impl Cluster {
                 return self.lose(p, &format!("cannot restore: {e}"));
             }
             part.set(Holding::Owned);
+            self.count_owned();
+            self.guard.metrics().cluster_takeover_seconds.observe(started.elapsed().as_secs_f64());
             tracing::info!(partition = p, changes = n, ms = started.elapsed().as_millis() as u64, "partition taken");
             return;
         }
@@ -472,6 +534,7 @@ impl Cluster {
         }
         self.forget(p);
         part.set(Holding::Foreign);
+        self.count_owned();
         let rev = part.revision.load(Ordering::Acquire);
         let _ = self.owners.delete_expect_revision(lease_key(p), Some(rev)).await;
         tracing::info!(partition = p, "partition given back for a fair share");
@@ -482,6 +545,8 @@ impl Cluster {
         let part = &self.parts[p as usize];
         if part.holding() != Holding::Foreign {
             part.set(Holding::Foreign);
+            self.count_owned();
+            self.guard.metrics().cluster_partitions_lost.inc();
             self.forget(p);
             tracing::warn!(partition = p, why, "partition lost");
         }
@@ -516,6 +581,16 @@ impl Cluster {
     }
 }
 
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    text.len().is_multiple_of(2)
+        .then(|| (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect())
+        .flatten()
+}
+
 /// The NATS servers of a comma-separated list of URLs.
 fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
     urls.split(',')
@@ -536,9 +611,16 @@ impl Replica for Cluster {
 
     fn append(&self, batches: Vec<(u16, Vec<u8>)>) -> Result<(), String> {
         let mut refused = Vec::new();
+        let started = Instant::now();
         self.runtime.block_on(async {
             let mut appends = JoinSet::new();
             for (p, batch) in batches {
+                if p == crate::store::SHARED {
+                    if let Err(e) = self.share(&batch).await {
+                        refused.push(e);
+                    }
+                    continue;
+                }
                 let part = &self.parts[p as usize];
                 if part.holding() == Holding::Foreign {
                     refused.push(format!("partition {p} is not this node's"));
@@ -559,6 +641,7 @@ impl Replica for Cluster {
                 }
             }
         });
+        self.guard.metrics().cluster_append_seconds.observe(started.elapsed().as_secs_f64());
         if refused.is_empty() {
             Ok(())
         } else {
@@ -579,6 +662,15 @@ mod tests {
         assert!((0..1000).all(|i| partition_of(&format!("x{i}"), 7) < 7));
         // Pinned: a change here would move every customer to another partition.
         assert_eq!((partition_of("seed-customer", 256), partition_of("customer-1", 256)), (200, 155));
+    }
+
+    #[test]
+    fn bucket_keys_round_trip_any_account_spelling() {
+        for account in ["6222020200112233", "GB33 BUKB-2020", "账户/1"] {
+            assert_eq!(from_hex(&to_hex(account.as_bytes())).unwrap(), account.as_bytes());
+        }
+        assert_eq!(from_hex("6"), None);
+        assert_eq!(from_hex("zz"), None);
     }
 
     #[test]

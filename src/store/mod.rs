@@ -137,6 +137,10 @@ pub struct Put {
     pub partition: Option<u16>,
 }
 
+/// The "partition" of records every node shares (the watchlist): in the
+/// clustered mode they go to a bucket every node reads, not to a partition's journal.
+pub const SHARED: u16 = u16::MAX;
+
 /// Where a clustered node's partitioned changes go instead of the local disk
 /// (`cluster::Journal`). The writer hands it each commit's changes grouped by
 /// partition and waits; a partition refused (its journal was fenced by a new
@@ -626,7 +630,17 @@ impl StateLog for Store {
     }
 
     fn watch(&self, account: &str, entry: Option<&WatchEntry>) {
-        self.put(Space::Watchlist, account.as_bytes(), entry.map(WatchEntryRec::from).as_ref());
+        let value = entry.map(WatchEntryRec::from);
+        let partition = self.shared.replica.get().map(|_| SHARED);
+        self.queue(
+            [Put {
+                space: Space::Watchlist,
+                key: Slice::from(account.as_bytes()),
+                value: value.as_ref().map(encode),
+                partition,
+            }],
+            None,
+        );
     }
 }
 

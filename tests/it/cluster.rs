@@ -279,3 +279,59 @@ async fn on_a_three_server_jetstream_cluster_losing_one_server_loses_nothing() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watchlist_entry_added_on_one_node_blocks_on_every_node() {
+    let nats = NatsServer::start_fresh();
+    let dir = tempfile::tempdir().unwrap();
+    let a = ServeProcess::start(&dir.path().join("a"), "a.log", &node_flags(&nats.url(), "a")).await;
+    let b = ServeProcess::start(&dir.path().join("b"), "b.log", &node_flags(&nats.url(), "b")).await;
+    let (mut on_a, mut on_b) = (teller(&a).await, teller(&b).await);
+    wait_until_spread(&mut on_b, 2).await;
+    let mut watchlist = pb::watchlist_client::WatchlistClient::new(a.channel().await);
+    let entry = pb::WatchlistEntry {
+        account: "6222-0000-5555-6666".into(),
+        issuer_station_id: "heshan-zhongshan-ps".into(),
+        reason: "涉诈收款账户".into(),
+        expires_at: None,
+        added_at: None,
+    };
+    watchlist.upsert_entry(entry).await.unwrap();
+    // Customers of both nodes' partitions, asked on b: every owner blocks.
+    let mut blocked_by = std::collections::HashSet::new();
+    for i in 0..16 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for attempt in 0.. {
+            let mut to_mule = ordinary(&format!("mule-{i}-{attempt}"), &format!("c-{i}"), "6222000055556666");
+            to_mule.amount_minor = 10_000;
+            let (answer, node) = screen_until_answered(&mut on_b, &to_mule, Duration::from_secs(30)).await;
+            if answer.action == pb::Action::Block as i32 {
+                blocked_by.insert(node);
+                break;
+            }
+            assert!(Instant::now() < deadline, "c-{i}: the entry never reached {node}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(blocked_by.len(), 2, "both nodes read the shared entry: {blocked_by:?}");
+    // Removed on b, it is gone on a too.
+    let mut on_b_watchlist = pb::watchlist_client::WatchlistClient::new(b.channel().await);
+    let removed = on_b_watchlist.remove_entry(pb::RemoveEntryRequest { account: "6222000055556666".into() }).await;
+    assert!(removed.unwrap().into_inner().removed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = pb::watchlist_client::WatchlistClient::new(a.channel().await)
+            .list_entries(pb::ListEntriesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if listed.entries.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the removal never reached a");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (after, _) =
+        screen_until_answered(&mut on_a, &ordinary("after", "c-1", "6222000055556666"), Duration::from_secs(30)).await;
+    assert_ne!(after.action, pb::Action::Block as i32, "no longer listed");
+}
