@@ -133,6 +133,14 @@ pub struct Cluster {
     parts: Box<[Part]>,
     /// Live nodes' gRPC addresses, by node id (this one included).
     peers: RwLock<HashMap<Arc<str>, Arc<str>>>,
+    /// The rulesets each live node has loaded (live, staged, or just replaced).
+    loaded: RwLock<HashMap<Arc<str>, Vec<String>>>,
+    /// Every node that owns partitions has loaded this node's live ruleset:
+    /// only then does it serve (see [`Cluster::route`]).
+    agreed: std::sync::atomic::AtomicBool,
+    /// The ruleset this node replaced last, still reported as loaded until
+    /// every owner has gone live with the new one.
+    previous: std::sync::Mutex<Option<String>>,
     journal: Journal,
     owners: kv::Store,
     nodes: kv::Store,
@@ -212,6 +220,9 @@ impl Cluster {
             me: config.node_id.as_str().into(),
             config,
             peers: RwLock::new(HashMap::new()),
+            loaded: RwLock::new(HashMap::new()),
+            agreed: std::sync::atomic::AtomicBool::new(false),
+            previous: std::sync::Mutex::new(None),
             journal,
             owners,
             nodes,
@@ -340,7 +351,7 @@ impl Cluster {
     async fn round(self: &Arc<Self>) -> Result<(), String> {
         let step = self.config.lease / 3;
         let bounded = |what: &'static str| move |_| format!("{what}: no answer within {} ms", step.as_millis());
-        tokio::time::timeout(step, self.nodes.put(&*self.me, self.config.advertise.clone().into()))
+        tokio::time::timeout(step, self.nodes.put(&*self.me, self.heartbeat().into()))
             .await
             .map_err(bounded("heartbeat"))?
             .map_err(|e| format!("heartbeat: {e}"))?;
@@ -378,6 +389,11 @@ impl Cluster {
             }
         }
         while resumed.join_next().await.is_some() {}
+        self.agree_on_rules();
+        if !self.agreed.load(Ordering::Acquire) {
+            // Take nothing while this node's rules are not the cluster's.
+            return Ok(());
+        }
         let live = read(&self.peers).len().max(1);
         let fair = (self.config.partitions as usize).div_ceil(live);
         if mine.len() > fair {
@@ -405,18 +421,62 @@ impl Cluster {
         let prefix = format!("$KV.{}.", self.nodes.name);
         let stream = self.nodes.stream.clone();
         let mut subjects = stream.info_with_subjects(format!("{prefix}>")).await.map_err(|e| format!("nodes: {e}"))?;
-        let mut peers = HashMap::new();
+        let (mut peers, mut loaded) = (HashMap::new(), HashMap::new());
         while let Some(subject) = tokio_stream::StreamExt::next(&mut subjects).await {
             let (subject, _) = subject.map_err(|e| format!("nodes: {e}"))?;
             let Some(node) = subject.strip_prefix(&prefix) else { continue };
             if let Ok(Some(e)) = self.nodes.entry(node).await {
                 if e.operation == kv::Operation::Put {
-                    peers.insert(Arc::from(node), Arc::from(String::from_utf8_lossy(&e.value).as_ref()));
+                    let Ok(beat) = serde_json::from_slice::<Heartbeat>(&e.value) else { continue };
+                    peers.insert(Arc::from(node), Arc::from(beat.addr.as_str()));
+                    loaded.insert(Arc::from(node), beat.loaded);
                 }
             }
         }
         *self.peers.write().unwrap_or_else(|e| e.into_inner()) = peers;
+        *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = loaded;
         Ok(())
+    }
+
+    /// What this node tells the others: where to forward to, and the rulesets it has loaded.
+    fn heartbeat(&self) -> Vec<u8> {
+        let mut loaded = vec![self.guard.ruleset().version.to_string()];
+        loaded.extend(self.guard.staged_version());
+        loaded.extend(self.previous.lock().unwrap_or_else(|e| e.into_inner()).clone());
+        serde_json::to_vec(&Heartbeat { addr: self.config.advertise.clone(), loaded }).expect("a heartbeat serialises")
+    }
+
+    /// The rules' agreement, after reading the nodes and the owners: a staged
+    /// ruleset goes live once every owner has loaded it; this node serves only
+    /// while every owner has loaded its live ruleset (a node holding no
+    /// partition is not asked: a newcomer with other rules cannot stop the
+    /// cluster, it only serves nothing itself).
+    fn agree_on_rules(&self) {
+        let owners: std::collections::HashSet<Arc<str>> =
+            self.parts.iter().filter_map(|p| read(&p.owner)).filter(|n| **n != *self.me).collect();
+        let loaded = read(&self.loaded);
+        let everyone_has =
+            |version: &str| owners.iter().all(|n| loaded.get(n).is_none_or(|l| l.iter().any(|v| v == version)));
+        let live = self.guard.ruleset().version.to_string();
+        if let Some(staged) = self.guard.staged_version() {
+            if everyone_has(&staged) && self.guard.activate_staged(&staged) {
+                *self.previous.lock().unwrap_or_else(|e| e.into_inner()) = Some(live);
+                return self.agree_on_rules();
+            }
+        }
+        // The replaced version is dropped once every owner is live on ours.
+        let mut previous = self.previous.lock().unwrap_or_else(|e| e.into_inner());
+        if previous.is_some() && owners.iter().all(|n| loaded.get(n).is_none_or(|l| l.first() == Some(&live))) {
+            *previous = None;
+        }
+        let agreed = everyone_has(&live);
+        if self.agreed.swap(agreed, Ordering::AcqRel) != agreed {
+            if agreed {
+                tracing::info!(version = %live, "every node owning partitions has this node's rules loaded");
+            } else {
+                tracing::error!(version = %live, "a node owning partitions has not loaded this node's rules: serving nothing here until it has");
+            }
+        }
     }
 
     /// Every partition's (owner, revision), None where free.
@@ -564,6 +624,9 @@ impl Cluster {
             return Route::Unavailable(format!("no partition {p} in this cluster"));
         };
         match part.holding() {
+            Holding::Owned if !self.agreed.load(Ordering::Acquire) => {
+                Route::Unavailable(format!("partition {p}: the nodes have not all loaded this node's rules"))
+            }
             Holding::Owned if self.now_ms() < part.valid_until.load(Ordering::Acquire) => Route::Local,
             Holding::Owned => Route::Unavailable(format!("partition {p}: this node's lease is being renewed")),
             Holding::Acquiring | Holding::Releasing => {
@@ -586,7 +649,8 @@ fn to_hex(bytes: &[u8]) -> String {
 }
 
 fn from_hex(text: &str) -> Option<Vec<u8>> {
-    text.len().is_multiple_of(2)
+    text.len()
+        .is_multiple_of(2)
         .then(|| (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect())
         .flatten()
 }
@@ -598,6 +662,15 @@ fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
         .filter(|u| !u.is_empty())
         .map(|u| u.parse().map_err(|e| format!("NATS server `{u}`: {e}")))
         .collect()
+}
+
+/// A node's heartbeat, the value of its key in the nodes bucket.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Heartbeat {
+    /// Where to forward calls to it.
+    addr: String,
+    /// The rulesets it has loaded: live first, then staged, then just replaced.
+    loaded: Vec<String>,
 }
 
 fn lease_key(p: u16) -> String {

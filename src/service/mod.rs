@@ -163,6 +163,9 @@ pub struct TransferGuard {
     /// Whether a reload goes live or waits for a second analyst.
     approval: reload::Approval,
     proposal: Mutex<Option<reload::Proposal>>,
+    /// In the clustered mode a tested ruleset waits here until every node has
+    /// loaded it (`cluster` then calls [`Self::activate_staged`]).
+    staged: Mutex<Option<(Ruleset, Routing)>>,
     /// The store could not commit within the bound (`committed_within`).
     degraded: std::sync::atomic::AtomicBool,
     /// When the last reload ran and what it did (None: none since start).
@@ -221,6 +224,7 @@ impl TransferGuard {
             alert_retention_secs: DEFAULT_ALERT_RETENTION_SECS,
             approval: reload::Approval::Automatic,
             proposal: Mutex::new(None),
+            staged: Mutex::new(None),
             degraded: std::sync::atomic::AtomicBool::new(false),
             last_reload: Mutex::new(None),
         }

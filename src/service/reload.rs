@@ -9,6 +9,10 @@
 //! steps are audited. A pending proposal lives in memory: a restart drops it
 //! (propose again).
 //!
+//! In the clustered mode nothing is swapped at once: a tested ruleset (or an
+//! approved one) is staged, and `cluster` makes it live when every node
+//! has loaded it, so no node answers with rules another has not loaded.
+//!
 //! Must not swap a ruleset that failed its tests, nor, under approval, one
 //! its proposer approved.
 
@@ -125,10 +129,15 @@ impl TransferGuard {
             }
         };
         let p = pending.take().expect("checked above");
-        self.ruleset.store(Arc::new(p.ruleset));
-        self.routing.store(Arc::new(p.routing));
-        self.metrics.set_ruleset(&p.version);
-        tracing::info!(version = %p.version, %proposed_by, approved_by = %by, "ruleset approved and live");
+        if self.cluster_ids.get().is_some() {
+            tracing::info!(version = %p.version, %proposed_by, approved_by = %by, "ruleset approved; live once every node has loaded it");
+            *lock(&self.staged) = Some((p.ruleset, p.routing));
+        } else {
+            self.ruleset.store(Arc::new(p.ruleset));
+            self.routing.store(Arc::new(p.routing));
+            self.metrics.set_ruleset(&p.version);
+            tracing::info!(version = %p.version, %proposed_by, approved_by = %by, "ruleset approved and live");
+        }
         self.audit(by, || AuditRecord::RulesApproved {
             at: self.now(),
             version: p.version.clone(),
@@ -139,6 +148,34 @@ impl TransferGuard {
         let reload = Reload { reloaded: true, version: p.version, errors: Vec::new() };
         *lock(&self.last_reload) = Some((self.now(), reload.clone()));
         Ok(reload)
+    }
+
+    /// The clustered mode: the version loaded and waiting for the other nodes.
+    pub fn staged_version(&self) -> Option<String> {
+        lock(&self.staged).as_ref().map(|(r, _)| r.version.to_string())
+    }
+
+    /// The clustered mode: makes the staged `version` live (every node has
+    /// loaded it). False when another version, or none, is staged.
+    pub fn activate_staged(&self, version: &str) -> bool {
+        let mut staged = lock(&self.staged);
+        if staged.as_ref().is_none_or(|(r, _)| *r.version != *version) {
+            return false;
+        }
+        let (ruleset, routing) = staged.take().expect("checked above");
+        self.ruleset.store(Arc::new(ruleset));
+        self.routing.store(Arc::new(routing));
+        self.metrics.set_ruleset(version);
+        tracing::info!(version, "every node has loaded the rules: live");
+        self.audit(&Caller::Service, || AuditRecord::Ruleset {
+            at: self.now(),
+            version: version.to_string(),
+            loaded: true,
+            errors: 0,
+        });
+        let reload = Reload { reloaded: true, version: version.to_string(), errors: Vec::new() };
+        *lock(&self.last_reload) = Some((self.now(), reload));
+        true
     }
 
     /// The proposal waiting for approval: (version, proposer, when).
@@ -173,6 +210,23 @@ impl TransferGuard {
         let result = load_checked(&self.rules_dir);
         self.metrics.reload_seconds.observe(started.elapsed().as_secs_f64());
         match result {
+            Ok((ruleset, routing)) if self.cluster_ids.get().is_some() => {
+                let version = ruleset.version.to_string();
+                let running = self.ruleset.load().version.to_string();
+                if version == running {
+                    *lock(&self.staged) = None;
+                    return Reload { reloaded: false, version: running, errors: Vec::new() };
+                }
+                tracing::info!(%version, "rules loaded and staged: live once every node has loaded them");
+                *lock(&self.staged) = Some((ruleset, routing));
+                Reload {
+                    reloaded: false,
+                    version: running,
+                    errors: vec![format!(
+                        "clustered: version `{version}` is loaded here and goes live on every node once every node has loaded it"
+                    )],
+                }
+            }
             Ok((ruleset, routing)) => {
                 let version = ruleset.version.to_string();
                 self.ruleset.store(Arc::new(ruleset));

@@ -713,8 +713,13 @@ mod tests {
             back,
             vec![(Space::Customers, b"c-1".to_vec(), Some(b"7".to_vec())), (Space::Transfers, vec![0, 255], None)]
         );
+        // A journal message arrives whole; a cut inside a change is refused, not misread.
+        let first_ends = 1 + 4 + 3 + 1 + 4 + 1;
         for cut in 1..bytes.len() {
-            assert!(decode_batch(&bytes[..cut]).is_none(), "a torn batch ({cut} bytes) is refused, not misread");
+            match decode_batch(&bytes[..cut]) {
+                None => assert_ne!(cut, first_ends),
+                Some(read) => assert_eq!((cut, &read[..]), (first_ends, &back[..1]), "cut at {cut}"),
+            }
         }
     }
 

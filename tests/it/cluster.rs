@@ -335,3 +335,55 @@ async fn a_watchlist_entry_added_on_one_node_blocks_on_every_node() {
         screen_until_answered(&mut on_a, &ordinary("after", "c-1", "6222000055556666"), Duration::from_secs(30)).await;
     assert_ne!(after.action, pb::Action::Block as i32, "no longer listed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_rules_go_live_only_once_every_node_has_loaded_them() {
+    let nats = NatsServer::start_fresh();
+    let dir = tempfile::tempdir().unwrap();
+    let (rules_a, rules_b) = (crate::harness::rules_copy(), crate::harness::rules_copy());
+    let start = |name: &'static str, rules: &std::path::Path| {
+        let mut flags = node_flags(&nats.url(), name);
+        flags.extend(["--rules".to_string(), rules.display().to_string()]);
+        let data = dir.path().join(name);
+        async move { ServeProcess::start(&data, &format!("{name}.log"), &flags).await }
+    };
+    let a = start("a", rules_a.path()).await;
+    let b = start("b", rules_b.path()).await;
+    let (mut on_a, mut on_b) = (teller(&a).await, teller(&b).await);
+    wait_until_spread(&mut on_a, 2).await;
+    let versions = |answer: &pb::ScreenResponse| answer.ruleset_version.clone();
+    let v1 = versions(
+        &screen_until_answered(&mut on_a, &ordinary("v-0", "c-0", "6222020200112233"), Duration::from_secs(30)).await.0,
+    );
+
+    // A new ruleset on a only: it is loaded there, but nobody answers with it.
+    let edit = |dir: &std::path::Path| crate::harness::edit(dir, "amounts.toml", "[[rule]]", "# reviewed\n[[rule]]");
+    edit(rules_a.path());
+    let mut analyst_a = pb::rules_client::RulesClient::new(a.channel().await);
+    let staged = analyst_a.reload_rules(pb::ReloadRulesRequest {}).await.unwrap().into_inner();
+    assert!(!staged.reloaded && staged.version == v1, "{staged:?}");
+    assert!(staged.errors.iter().any(|e| e.contains("every node")), "{staged:?}");
+    for i in 0..20 {
+        for (t, teller) in [&mut on_a, &mut on_b].into_iter().enumerate() {
+            let r = ordinary(&format!("staged-{i}-{t}"), &format!("c-{i}"), "6222020200112233");
+            let (answer, _) = screen_until_answered(teller, &r, Duration::from_secs(30)).await;
+            assert_eq!(versions(&answer), v1, "{}: the new rules are not on b yet", r.request_id);
+        }
+    }
+    // b loads it too: both go live with it.
+    edit(rules_b.path());
+    pb::rules_client::RulesClient::new(b.channel().await).reload_rules(pb::ReloadRulesRequest {}).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for i in 0.. {
+        let mut seen = Vec::new();
+        for (t, teller) in [&mut on_a, &mut on_b].into_iter().enumerate() {
+            let r = ordinary(&format!("live-{i}-{t}"), &format!("c-{}", i % 20), "6222020200112233");
+            seen.push(versions(&screen_until_answered(teller, &r, Duration::from_secs(30)).await.0));
+        }
+        if seen.iter().all(|v| *v != v1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new rules never went live on both: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
