@@ -327,6 +327,9 @@ fn is_zero(n: &u32) -> bool {
 pub trait StateLog: Send + Sync {
     fn customer(&self, id: &str, image: CustomerImage);
     fn watch(&self, account: &str, entry: Option<&WatchEntry>);
+    /// `sender` paid `payee` at `at` (counted): a clustered node tells the
+    /// others, whose customers may pay the same payee. Only queues.
+    fn paid(&self, _payee: PayeeKey, _sender: u64, _at: UnixSeconds) {}
 }
 
 /// A police watchlist entry: transfers to `account` hit `payee.watchlisted`
@@ -454,6 +457,13 @@ impl State {
     /// it paid it. The same as the live fan-in for every window the rules read.
     pub fn rebuild_fan_in(&self) {
         self.payees.clear();
+        self.merge_fan_in();
+    }
+
+    /// Adds every restored customer's payments to the payees' fan-in without
+    /// forgetting what is there (a clustered node also counts other nodes'
+    /// customers, from their facts).
+    pub fn merge_fan_in(&self) {
         for c in self.customers.iter() {
             let Some(a) = c.activity.as_deref() else { continue };
             let sender = stable_hash(&[c.key().as_bytes()]);
@@ -559,11 +569,21 @@ impl State {
         self.log_customer(&record.customer_id, &c);
         drop(c);
         let sender = stable_hash(&[record.customer_id.as_bytes()]);
-        let mut p = self.payees.entry(record.payee).or_default();
-        p.senders.retain(|(_, at)| record.at - *at < WINDOW_SECS);
+        self.record_sender(record.payee, sender, record.at);
+        if let Some(log) = self.log.get() {
+            log.paid(record.payee, sender, record.at);
+        }
+    }
+
+    /// Counts `sender` (a customer's stable hash) as having paid `payee` at
+    /// `at`, once per sender (the latest time): the payee's fan-in. Also how a
+    /// clustered node counts the senders of other nodes' partitions.
+    pub fn record_sender(&self, payee: PayeeKey, sender: u64, at: UnixSeconds) {
+        let mut p = self.payees.entry(payee).or_default();
+        p.senders.retain(|(_, seen)| at - *seen < WINDOW_SECS);
         match p.senders.iter().position(|(s, _)| *s == sender) {
-            Some(i) => p.senders[i].1 = p.senders[i].1.max(record.at),
-            None if p.senders.len() < MAX_SENDERS => p.senders.push((sender, record.at)),
+            Some(i) => p.senders[i].1 = p.senders[i].1.max(at),
+            None if p.senders.len() < MAX_SENDERS => p.senders.push((sender, at)),
             None => {}
         }
     }

@@ -146,6 +146,10 @@ pub struct Cluster {
     nodes: kv::Store,
     /// The police watchlist every node reads (key: the account as normalised, hex).
     watchlist: kv::Store,
+    /// Payee-paid facts on their way to the other nodes.
+    facts: tokio::sync::mpsc::UnboundedSender<Fact>,
+    client: async_nats::Client,
+    js: jetstream::Context,
     guard: Arc<TransferGuard>,
     runtime: tokio::runtime::Handle,
     epoch: Instant,
@@ -167,7 +171,7 @@ impl Cluster {
             .connect(servers(&config.url)?)
             .await
             .map_err(|e| format!("connect {}: {e}", config.url))?;
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         // A bucket is a stream of the shape `create_key_value` makes; made
         // here because that call first queries the account, which nats-server
         // 2.9 answers in a form the client does not read.
@@ -215,7 +219,20 @@ impl Cluster {
                 Err(e) => return Err(e),
             }
         };
+        let payees = jetstream::stream::Config {
+            name: format!("{}_PAYEES", config.prefix.to_uppercase().replace(['.', '-'], "_")),
+            subjects: vec![format!("{}.payees", config.prefix)],
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: config.replicas,
+            max_age: Duration::from_secs(FACTS_KEPT_SECS),
+            ..Default::default()
+        };
+        js.get_or_create_stream(payees).await.map_err(|e| format!("create the payees' stream: {e}"))?;
+        let (facts, unsent) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
+            facts,
+            client,
+            js: js.clone(),
             parts: (0..config.partitions).map(|_| Part::default()).collect(),
             me: config.node_id.as_str().into(),
             config,
@@ -235,6 +252,8 @@ impl Cluster {
         store.replicate_to(cluster.clone());
         tokio::spawn(cluster.clone().run());
         tokio::spawn(cluster.clone().follow_watchlist());
+        tokio::spawn(cluster.clone().send_facts(unsent));
+        tokio::spawn(cluster.clone().follow_facts());
         tracing::info!(node = %cluster.me, partitions = cluster.config.partitions, "joined the cluster");
         Ok(cluster)
     }
@@ -314,6 +333,71 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Publishes payee-paid facts in batches as they come (best effort: a
+    /// batch that cannot be sent is logged and dropped; the payer's own node
+    /// counted it already).
+    async fn send_facts(self: Arc<Self>, mut unsent: tokio::sync::mpsc::UnboundedReceiver<Fact>) {
+        let subject = format!("{}.payees", self.config.prefix);
+        let mut batch = Vec::new();
+        while unsent.recv_many(&mut batch, 1024).await > 0 {
+            let mut bytes = Vec::with_capacity(batch.len() * 24);
+            for (payee, sender, at) in batch.drain(..) {
+                bytes.extend_from_slice(&payee.to_be_bytes());
+                bytes.extend_from_slice(&sender.to_be_bytes());
+                bytes.extend_from_slice(&at.to_be_bytes());
+            }
+            let sent = match self.js.publish(subject.clone(), bytes.into()).await {
+                Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "payee facts not sent; other nodes' fan-in misses them");
+            }
+        }
+    }
+
+    /// Counts every node's payee-paid facts of the last day in this node's
+    /// fan-in (its own too: counting twice changes nothing).
+    async fn follow_facts(self: Arc<Self>) {
+        use jetstream::consumer::{push, DeliverPolicy};
+        let stream_name = format!("{}_PAYEES", self.config.prefix.to_uppercase().replace(['.', '-'], "_"));
+        loop {
+            let since = time::OffsetDateTime::now_utc() - time::Duration::seconds(crate::state::WINDOW_SECS);
+            let consumer = async {
+                let stream = self.js.get_stream_no_info(&stream_name).await.map_err(|e| e.to_string())?;
+                stream
+                    .create_consumer(push::OrderedConfig {
+                        deliver_subject: self.client.new_inbox(),
+                        deliver_policy: DeliverPolicy::ByStartTime { start_time: since },
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .messages()
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match consumer.await {
+                Ok(mut messages) => {
+                    while let Some(message) = tokio_stream::StreamExt::next(&mut messages).await {
+                        let Ok(message) = message else { break };
+                        if let Ok(info) = message.info() {
+                            let lag = time::OffsetDateTime::now_utc() - info.published;
+                            self.guard.metrics().cluster_fact_lag_seconds.observe(lag.as_seconds_f64().max(0.0));
+                        }
+                        for fact in message.payload.chunks_exact(24) {
+                            let word = |i: usize| u64::from_be_bytes(fact[i..i + 8].try_into().expect("8 bytes"));
+                            let (payee, sender, at) = (word(0), word(8), word(16) as i64);
+                            self.guard.state().record_sender(crate::state::PayeeKey(payee), sender, at);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot follow the payee facts; retrying"),
+            }
+            tokio::time::sleep(self.config.lease / 3).await;
+        }
     }
 
     /// How many partitions this node serves now.
@@ -664,6 +748,12 @@ fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
         .collect()
 }
 
+/// A payee-paid fact: (payee key, sender's stable hash, when).
+type Fact = (u64, u64, i64);
+
+/// How long payee-paid facts are kept: the longest fan-in window, and an hour.
+const FACTS_KEPT_SECS: u64 = 25 * 3600;
+
 /// A node's heartbeat, the value of its key in the nodes bucket.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Heartbeat {
@@ -680,6 +770,10 @@ fn lease_key(p: u16) -> String {
 impl Replica for Cluster {
     fn partition(&self, customer_id: &str) -> u16 {
         partition_of(customer_id, self.config.partitions)
+    }
+
+    fn paid(&self, payee: u64, sender: u64, at: i64) {
+        let _ = self.facts.send((payee, sender, at));
     }
 
     fn append(&self, batches: Vec<(u16, Vec<u8>)>) -> Result<(), String> {

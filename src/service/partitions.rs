@@ -62,7 +62,7 @@ impl TransferGuard {
         for (_, (alert, sequence)) in alerts {
             self.alerts.adopt(alert, sequence);
         }
-        self.state.rebuild_fan_in();
+        self.state.merge_fan_in();
         Ok(n)
     }
 
@@ -71,7 +71,7 @@ impl TransferGuard {
     pub fn forget_customers(&self, belongs: impl Fn(&str) -> bool) {
         self.screens.retain(|_, e| !belongs(e.customer()));
         lock(&self.holds).retain(|(_, id)| self.screens.contains_key(&TransferKey::of(id)));
+        // Their payments stay in the payees' fan-in: they happened, whoever owns them now.
         self.state.forget_customers(&belongs);
-        self.state.rebuild_fan_in();
     }
 }

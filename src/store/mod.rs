@@ -151,6 +151,9 @@ pub trait Replica: Send + Sync {
     /// Appends each partition's changes (encoded by [`encode_batch`]); Err
     /// names what could not be appended.
     fn append(&self, batches: Vec<(u16, Vec<u8>)>) -> Result<(), String>;
+    /// A customer (by stable hash) paid a payee: a fact for every node's
+    /// fan-in, sent when it can be (only queues).
+    fn paid(&self, payee: u64, sender: u64, at: UnixSeconds);
 }
 
 /// A partition's changes as one journal message: for each, the keyspace's
@@ -625,6 +628,12 @@ fn commit(shared: &Shared, mut puts: Vec<Put>) -> Result<Result<(), String>, fja
 }
 
 impl StateLog for Store {
+    fn paid(&self, payee: crate::state::PayeeKey, sender: u64, at: UnixSeconds) {
+        if let Some(replica) = self.shared.replica.get() {
+            replica.paid(payee.0, sender, at);
+        }
+    }
+
     fn customer(&self, id: &str, image: CustomerImage) {
         self.put_for(id, Space::Customers, id.as_bytes(), Some(&image));
     }

@@ -387,3 +387,60 @@ async fn new_rules_go_live_only_once_every_node_has_loaded_them() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payees_fan_in_counts_senders_of_every_nodes_partitions() {
+    let nats = NatsServer::start_fresh();
+    let dir = tempfile::tempdir().unwrap();
+    let a = ServeProcess::start(&dir.path().join("a"), "a.log", &node_flags(&nats.url(), "a")).await;
+    let b = ServeProcess::start(&dir.path().join("b"), "b.log", &node_flags(&nats.url(), "b")).await;
+    let mut teller = teller(&a).await;
+    wait_until_spread(&mut teller, 2).await;
+    // Past the rounds that finish spreading the partitions (a lease).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mule = "6222099988887777";
+    // Five customers of a's partitions (found with a payment elsewhere) pay the same new payee.
+    let mut senders = Vec::new();
+    for i in 0.. {
+        let sender = format!("sender-{i}");
+        let probe = ordinary(&format!("probe-a-{i}"), &sender, "6222020200112233");
+        if screen_until_answered(&mut teller, &probe, Duration::from_secs(30)).await.1 == "a" {
+            let id = format!("fan-{i}");
+            let (_, node) =
+                screen_until_answered(&mut teller, &ordinary(&id, &sender, mule), Duration::from_secs(30)).await;
+            assert_eq!(node, "a");
+            senders.push((id, sender));
+        }
+        if senders.len() == 5 {
+            break;
+        }
+        assert!(i < 200, "customers never reached a");
+    }
+    // A customer of b's: b counts a's senders from their facts, not only its own.
+    let mut customer = None;
+    for i in 0..200 {
+        let probe = ordinary(&format!("probe-b-{i}"), &format!("b-customer-{i}"), "6222020200112233");
+        if screen_until_answered(&mut teller, &probe, Duration::from_secs(30)).await.1 == "b" {
+            customer = Some(format!("b-customer-{i}"));
+            break;
+        }
+    }
+    let customer = customer.expect("a customer of b's partitions");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for attempt in 0.. {
+        let r = ordinary(&format!("fan-final-{attempt}"), &customer, mule);
+        let (answer, node) = screen_until_answered(&mut teller, &r, Duration::from_secs(30)).await;
+        assert_eq!(node, "b");
+        if answer.hits.iter().any(|h| h.rule_id == "payee_fan_in") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never counted a's senders: {answer:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The senders' partitions stayed a's all along: b counted their facts, not their state.
+    for (id, sender) in &senders {
+        let (_, node) = screen_until_answered(&mut teller, &ordinary(id, sender, mule), Duration::from_secs(30)).await;
+        assert_eq!(node, "a", "{sender} moved to {node}: the partitions were still being spread");
+    }
+    drop(b);
+}
