@@ -42,6 +42,8 @@ pub struct LoadReport {
     /// Latency in microseconds.
     pub latency: Histogram<u64>,
     pub actions: [u64; 5],
+    /// The first error, as "CODE: message" (none when there were none).
+    pub first_error: Option<String>,
 }
 
 impl LoadReport {
@@ -78,6 +80,7 @@ impl LoadReport {
             self.percentile_us(0.999),
             self.latency.max()
         ) + &shed
+            + &self.first_error.as_ref().map_or(String::new(), |e| format!("; first error {e}"))
     }
 }
 
@@ -145,6 +148,7 @@ struct Tally {
     errors: AtomicU64,
     shed: AtomicU64,
     actions: [AtomicU64; 5],
+    first_error: std::sync::OnceLock<String>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -165,6 +169,7 @@ impl Tally {
             errors: AtomicU64::new(0),
             shed: AtomicU64::new(0),
             actions: Default::default(),
+            first_error: std::sync::OnceLock::new(),
         }
     }
 
@@ -180,8 +185,9 @@ impl Tally {
                 self.shed.fetch_add(1, Ordering::Relaxed);
                 record_us(&self.shed_latency, latency);
             }
-            Err(_) => {
+            Err(status) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
+                let _ = self.first_error.set(format!("{:?}: {}", status.code(), status.message()));
             }
         }
     }
@@ -269,6 +275,7 @@ pub async fn run(config: &LoadConfig, run_id: &str) -> Result<LoadReport, tonic:
         elapsed,
         latency: tally.latency.into_inner().unwrap_or_else(|e| e.into_inner()),
         actions: tally.actions.map(AtomicU64::into_inner),
+        first_error: tally.first_error.into_inner(),
     })
 }
 

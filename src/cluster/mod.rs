@@ -252,6 +252,7 @@ impl Cluster {
         store.replicate_to(cluster.clone());
         tokio::spawn(cluster.clone().run());
         tokio::spawn(cluster.clone().follow_watchlist());
+        tokio::spawn(cluster.clone().follow_owners());
         tokio::spawn(cluster.clone().send_facts(unsent));
         tokio::spawn(cluster.clone().follow_facts());
         tracing::info!(node = %cluster.me, partitions = cluster.config.partitions, "joined the cluster");
@@ -283,6 +284,32 @@ impl Cluster {
     /// The other live nodes' (id, address).
     pub fn peers(&self) -> Vec<(Arc<str>, Arc<str>)> {
         read(&self.peers).into_iter().filter(|(n, _)| **n != *self.me).collect()
+    }
+
+    /// Keeps the routing view of who owns what up to date as leases are
+    /// taken and given back (the rounds see leases that aged out).
+    async fn follow_owners(self: Arc<Self>) {
+        loop {
+            match self.owners.watch_all().await {
+                Ok(mut changes) => {
+                    while let Some(Ok(entry)) = tokio_stream::StreamExt::next(&mut changes).await {
+                        let Some(part) = entry
+                            .key
+                            .strip_prefix('p')
+                            .and_then(|p| p.parse::<usize>().ok())
+                            .and_then(|p| self.parts.get(p))
+                        else {
+                            continue;
+                        };
+                        let owner = (entry.operation == kv::Operation::Put)
+                            .then(|| Arc::<str>::from(String::from_utf8_lossy(&entry.value).as_ref()));
+                        *part.owner.write().unwrap_or_else(|e| e.into_inner()) = owner;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot watch the leases; routing follows the rounds only"),
+            }
+            tokio::time::sleep(self.config.lease / 3).await;
+        }
     }
 
     /// Applies every change to the shared watchlist, from whichever node, to
@@ -678,6 +705,7 @@ impl Cluster {
         }
         self.forget(p);
         part.set(Holding::Foreign);
+        *part.owner.write().unwrap_or_else(|e| e.into_inner()) = None;
         self.count_owned();
         let rev = part.revision.load(Ordering::Acquire);
         let _ = self.owners.delete_expect_revision(lease_key(p), Some(rev)).await;

@@ -70,7 +70,12 @@ impl TransferGuard {
     /// and holds: their partition is another node's now.
     pub fn forget_customers(&self, belongs: impl Fn(&str) -> bool) {
         self.screens.retain(|_, e| !belongs(e.customer()));
-        lock(&self.holds).retain(|(_, id)| self.screens.contains_key(&TransferKey::of(id)));
+        // Lock order: a `screens` entry before `holds`, never the other way
+        // round (a screen holds its entry while it adds a hold).
+        let held: Vec<(UnixSeconds, String)> = lock(&self.holds).iter().cloned().collect();
+        let gone: BTreeSet<(UnixSeconds, String)> =
+            held.into_iter().filter(|(_, id)| !self.screens.contains_key(&TransferKey::of(id))).collect();
+        lock(&self.holds).retain(|h| !gone.contains(h));
         // Their payments stay in the payees' fan-in: they happened, whoever owns them now.
         self.state.forget_customers(&belongs);
     }
