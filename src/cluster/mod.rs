@@ -471,6 +471,13 @@ impl Cluster {
         let mut resumed = JoinSet::new();
         let mut mine = Vec::new();
         let mut free = Vec::new();
+        // Partitions per live node, from the bucket.
+        let mut counts: HashMap<Arc<str>, usize> = read(&self.peers).keys().map(|n| (n.clone(), 0)).collect();
+        for (node, _) in owners.iter().flatten() {
+            if let Some(n) = counts.get_mut(node) {
+                *n += 1;
+            }
+        }
         for (p, owner) in owners.into_iter().enumerate() {
             let part = &self.parts[p];
             let p = p as u16;
@@ -505,11 +512,15 @@ impl Cluster {
             // Take nothing while this node's rules are not the cluster's.
             return Ok(());
         }
-        let live = read(&self.peers).len().max(1);
-        let fair = (self.config.partitions as usize).div_ceil(live);
-        if mine.len() > fair {
+        let live = counts.len().max(1);
+        let (floor, fair) = (self.config.partitions as usize / live, (self.config.partitions as usize).div_ceil(live));
+        // Give back what is above the fair share, and above the floor while a
+        // live node is below it (else 86 + 86 + 84 of 256 would stay so).
+        let short: usize = counts.values().map(|n| floor.saturating_sub(*n)).sum();
+        let excess = mine.len().saturating_sub(fair).max(mine.len().saturating_sub(floor).min(short));
+        if excess > 0 {
             // The newest node takes them: give back the highest-numbered first.
-            for p in mine.iter().rev().take(mine.len() - fair) {
+            for p in mine.iter().rev().take(excess) {
                 self.release(*p).await;
             }
         } else if mine.len() < fair && !free.is_empty() {
