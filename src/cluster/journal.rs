@@ -75,6 +75,13 @@ impl Journal {
         }
     }
 
+    /// Drops the partition's messages before sequence `first` (what a
+    /// compaction rewrote after them).
+    pub async fn purge_before(&self, partition: u16, first: u64) -> Result<(), String> {
+        let stream = self.js.get_stream_no_info(&self.stream).await.map_err(|e| e.to_string())?;
+        stream.purge().filter(self.subject(partition)).sequence(first).await.map(drop).map_err(|e| e.to_string())
+    }
+
     /// Every commit the partition's subject holds, in order, and the
     /// sequence of the last message (0: none yet).
     pub async fn replay(&self, partition: u16) -> Result<(Vec<bytes::Bytes>, u64), String> {

@@ -95,6 +95,11 @@ impl Holding {
 
 #[derive(Default)]
 struct Part {
+    /// Held while appending to the partition's journal: a compaction holds it
+    /// from reading the journal to purging it, so nothing lands in between.
+    appending: tokio::sync::Mutex<()>,
+    /// Appends since the journal was last compacted.
+    since_compaction: AtomicU64,
     holding: AtomicU8,
     /// Milliseconds since the node started: serve only before this.
     valid_until: AtomicU64,
@@ -130,7 +135,7 @@ pub enum Route {
 
 pub struct Cluster {
     config: ClusterConfig,
-    parts: Box<[Part]>,
+    parts: Arc<[Part]>,
     /// Live nodes' gRPC addresses, by node id (this one included).
     peers: RwLock<HashMap<Arc<str>, Arc<str>>>,
     /// The rulesets each live node has loaded (live, staged, or just replaced).
@@ -507,6 +512,13 @@ impl Cluster {
             }
         }
         while resumed.join_next().await.is_some() {}
+        for (p, part) in self.parts.iter().enumerate() {
+            if part.holding() == Holding::Owned && part.since_compaction.load(Ordering::Relaxed) >= COMPACT_EVERY {
+                if let Err(e) = self.compact(p as u16).await {
+                    tracing::warn!(partition = p, error = %e, "journal not compacted");
+                }
+            }
+        }
         self.agree_on_rules();
         if !self.agreed.load(Ordering::Acquire) {
             // Take nothing while this node's rules are not the cluster's.
@@ -693,6 +705,13 @@ impl Cluster {
             }
             let changes = batches.iter().filter_map(|b| decode_batch(b)).flatten().collect::<Vec<_>>();
             let n = changes.len();
+            if batches.len() > 1 {
+                // What the next owner replays: the current images, not the history.
+                let _appending = part.appending.lock().await;
+                if let Err(e) = self.compact_with(p, &changes).await {
+                    return self.lose(p, &format!("cannot compact: {e}"));
+                }
+            }
             self.forget(p);
             if let Err(e) = self.guard.restore_partition(changes) {
                 return self.lose(p, &format!("cannot restore: {e}"));
@@ -721,6 +740,71 @@ impl Cluster {
         let rev = part.revision.load(Ordering::Acquire);
         let _ = self.owners.delete_expect_revision(lease_key(p), Some(rev)).await;
         tracing::info!(partition = p, "partition given back for a fair share");
+    }
+
+    /// Rewrites partition `p`'s journal as its current images: reads it (no
+    /// append can land meanwhile), appends the images, purges what was before.
+    async fn compact(&self, p: u16) -> Result<(), String> {
+        let part = &self.parts[p as usize];
+        let _appending = part.appending.lock().await;
+        if part.holding() != Holding::Owned {
+            return Ok(());
+        }
+        let (batches, last) = self.journal.replay(p).await?;
+        if last != part.last.load(Ordering::Acquire) {
+            self.lose(p, "the journal moved under this owner");
+            return Err(format!("partition {p}: fenced"));
+        }
+        let changes = batches.iter().filter_map(|b| decode_batch(b)).flatten().collect::<Vec<_>>();
+        self.compact_with(p, &changes).await
+    }
+
+    /// Appends the last image of each record of `changes` (deleted ones
+    /// left out) in chunks a message can carry, from the partition's last
+    /// sequence, then purges the messages before them. The caller holds
+    /// the partition's append lock.
+    async fn compact_with(&self, p: u16, changes: &[crate::store::Change]) -> Result<(), String> {
+        let started = Instant::now();
+        let part = &self.parts[p as usize];
+        let mut latest: HashMap<(u8, &[u8]), usize> = HashMap::new();
+        for (i, (space, key, _)) in changes.iter().enumerate() {
+            latest.insert((*space as u8, key.as_slice()), i);
+        }
+        // Event ids past the idempotency window are pruned by each node, not in the journal: drop them here.
+        let cutoff = self.guard.now() - crate::service::IDEMPOTENCY_SECS;
+        let current = |i: &usize| match &changes[*i] {
+            (_, _, None) => false,
+            (space @ crate::store::Space::Events, key, Some(v)) => {
+                crate::store::decode_change::<(u64, i64)>(*space, key, v).is_ok_and(|(_, at)| at >= cutoff)
+            }
+            _ => true,
+        };
+        let mut keep: Vec<usize> = latest.into_values().filter(current).collect();
+        keep.sort_unstable();
+        let (mut first, mut chunk) = (None, Vec::new());
+        let mut last = part.last.load(Ordering::Acquire);
+        for (n, i) in keep.iter().enumerate() {
+            let (space, key, value) = &changes[*i];
+            crate::store::encode_change(&mut chunk, *space, key, value.as_deref());
+            if chunk.len() >= COMPACT_CHUNK_BYTES || n + 1 == keep.len() {
+                last = self.journal.append(p, last, std::mem::take(&mut chunk)).await.map_err(|e| e.to_string())?;
+                first.get_or_insert(last);
+            }
+        }
+        let first = match first {
+            Some(f) => f,
+            // Nothing current: a marker to purge before.
+            None => {
+                last = self.journal.fence(p, last, &self.me).await.map_err(|e| e.to_string())?;
+                last
+            }
+        };
+        part.last.store(last, Ordering::Release);
+        self.journal.purge_before(p, first).await?;
+        part.since_compaction.store(0, Ordering::Relaxed);
+        let ms = started.elapsed().as_millis() as u64;
+        tracing::debug!(partition = p, from = changes.len(), to = keep.len(), ms, "journal compacted");
+        Ok(())
     }
 
     /// This node no longer owns `p`: stop serving it and forget its state.
@@ -787,6 +871,12 @@ fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
         .collect()
 }
 
+/// A partition's journal is compacted after this many appends.
+const COMPACT_EVERY: u64 = 1_000;
+/// A compacted journal is written in messages of about this size (JetStream's
+/// default limit is 1 MB).
+const COMPACT_CHUNK_BYTES: usize = 256 * 1024;
+
 /// A payee-paid fact: (payee key, sender's stable hash, when).
 type Fact = (u64, u64, i64);
 
@@ -832,12 +922,19 @@ impl Replica for Cluster {
                     refused.push(format!("partition {p} is not this node's"));
                     continue;
                 }
-                let (journal, last) = (self.journal.clone(), part.last.load(Ordering::Acquire));
-                appends.spawn(async move { journal.append(p, last, batch).await.map(|seq| (p, seq)) });
+                let (journal, parts) = (self.journal.clone(), self.parts.clone());
+                appends.spawn(async move {
+                    let part = &parts[p as usize];
+                    let _appending = part.appending.lock().await;
+                    let seq = journal.append(p, part.last.load(Ordering::Acquire), batch).await?;
+                    part.last.store(seq, Ordering::Release);
+                    part.since_compaction.fetch_add(1, Ordering::Relaxed);
+                    Ok((p, seq))
+                });
             }
             while let Some(done) = appends.join_next().await {
                 match done {
-                    Ok(Ok((p, seq))) => self.parts[p as usize].last.store(seq, Ordering::Release),
+                    Ok(Ok(_)) => {}
                     Ok(Err(JournalError::Fenced(p))) => {
                         self.lose(p, "the journal was fenced by a newer owner");
                         refused.push(format!("partition {p} has a newer owner"));

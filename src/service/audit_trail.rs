@@ -61,14 +61,17 @@ impl TransferGuard {
         });
     }
 
-    /// Queues the store's image of a remembered transfer (None: forget it).
-    pub(super) fn log_transfer(&self, key: TransferKey, image: Option<(&str, &Remembered)>) {
-        let Some(store) = &self.store else { return };
-        match image {
-            Some((request_id, e)) => {
-                store.put_for(e.customer(), Space::Transfers, &key.to_bytes(), Some(&e.stored(&self.names, request_id)))
-            }
-            None => store.put(Space::Transfers, &key.to_bytes(), None::<&()>),
+    /// Queues the store's image of a remembered transfer.
+    pub(super) fn log_transfer(&self, key: TransferKey, (request_id, e): (&str, &Remembered)) {
+        if let Some(store) = &self.store {
+            store.put_for(e.customer(), Space::Transfers, &key.to_bytes(), Some(&e.stored(&self.names, request_id)));
+        }
+    }
+
+    /// Queues the forgetting of a remembered transfer of `customer`.
+    pub(super) fn unlog_transfer(&self, key: TransferKey, customer: &str) {
+        if let Some(store) = &self.store {
+            store.put_for(customer, Space::Transfers, &key.to_bytes(), None::<&()>);
         }
     }
 

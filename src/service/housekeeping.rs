@@ -19,7 +19,7 @@ impl TransferGuard {
         self.screens.retain(|key, e| {
             let keep = e.answered_at() >= cutoff || e.state() == TransferState::Held;
             if !keep {
-                self.log_transfer(*key, None);
+                self.unlog_transfer(*key, e.customer());
             }
             keep
         });
@@ -83,7 +83,7 @@ impl TransferGuard {
             }
             entry.end_hold(step.to, None, "hold expired", now);
             self.publish(key, &request_id, &entry);
-            self.log_transfer(key, Some((&request_id, &entry)));
+            self.log_transfer(key, (&request_id, &entry));
         }
     }
 }

@@ -590,7 +590,7 @@ impl TransferGuard {
             self.change_history(step.history, &entry.record());
             entry.move_to(step.to, self.now());
             self.publish(key, request_id, &entry);
-            self.log_transfer(key, Some((request_id, &entry)));
+            self.log_transfer(key, (request_id, &entry));
         }
         Ok(entry.customer().to_string())
     }
@@ -662,7 +662,7 @@ impl TransferGuard {
             self.metrics.hold_outcomes.with_label_values(&[outcome_label]).inc();
             entry.end_hold(step.to, Some((outcome, officer)), note, now);
             self.publish(key, &request_id, &entry);
-            self.log_transfer(key, Some((&request_id, &entry)));
+            self.log_transfer(key, (&request_id, &entry));
             lock(&self.holds).retain(|(_, id)| *id != request_id);
         }
         Ok(alert)

@@ -16,8 +16,8 @@ impl TransferGuard {
     /// index), event ids. Returns how many changes there were.
     pub fn restore_partition(&self, changes: Vec<Change>) -> Result<usize, StoreError> {
         let n = changes.len();
-        // The last image of each transfer (the journal never deletes one: pruning is each node's own).
-        let mut transfers: std::collections::HashMap<TransferKey, (String, Remembered)> = Default::default();
+        // The last image of each transfer (None: pruned by its owner past the idempotency window).
+        let mut transfers: std::collections::HashMap<TransferKey, Option<(String, Remembered)>> = Default::default();
         // The last image of each alert, and how many events it had.
         let mut alerts: std::collections::HashMap<String, (Alert, u32)> = Default::default();
         for (space, key, value) in changes {
@@ -28,10 +28,13 @@ impl TransferGuard {
                 (Space::Transfers, Some(v)) => {
                     let stored: StoredTransfer = decode_change(space, &key, &v)?;
                     let request_id = stored.answer.request_id.clone();
-                    transfers.insert(
-                        TransferKey::of(&request_id),
-                        (request_id, Remembered::from_stored(&self.names, stored)),
-                    );
+                    let entry = Remembered::from_stored(&self.names, stored);
+                    transfers.insert(TransferKey::of(&request_id), Some((request_id, entry)));
+                }
+                (Space::Transfers, None) => {
+                    if let Some(k) = TransferKey::from_bytes(&key) {
+                        transfers.insert(k, None);
+                    }
                 }
                 (Space::Events, Some(v)) => {
                     self.events.insert(id(), decode_change(space, &key, &v)?);
@@ -52,7 +55,11 @@ impl TransferGuard {
             }
         }
         let mut holds = lock(&self.holds);
-        for (key, (request_id, entry)) in transfers {
+        for (key, entry) in transfers {
+            let Some((request_id, entry)) = entry else {
+                self.screens.remove(&key);
+                continue;
+            };
             if entry.state() == TransferState::Held {
                 holds.insert((entry.status(&self.names, &request_id).hold_expires_at.unwrap_or(0), request_id));
             }

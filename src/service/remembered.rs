@@ -38,6 +38,12 @@ impl TransferKey {
         b[8..].copy_from_slice(&self.0[1].to_be_bytes());
         b
     }
+
+    /// Reads back [`Self::to_bytes`]; None for a key of another length.
+    pub fn from_bytes(b: &[u8]) -> Option<TransferKey> {
+        let word = |r: std::ops::Range<usize>| Some(u64::from_be_bytes(b.get(r)?.try_into().ok()?));
+        (b.len() == 16).then(|| Some(TransferKey([word(0..8)?, word(8..16)?]))).flatten()
+    }
 }
 
 /// The (bank id, ruleset version) pairs entries share, each kept once; an
@@ -335,6 +341,13 @@ impl Rare {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transfer_key_reads_back_from_its_bytes() {
+        let key = TransferKey::of("req-1");
+        assert_eq!(TransferKey::from_bytes(&key.to_bytes()), Some(key));
+        assert_eq!(TransferKey::from_bytes(b"req-1"), None);
+    }
 
     #[test]
     fn an_entry_is_64_bytes() {

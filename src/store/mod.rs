@@ -162,19 +162,24 @@ pub fn encode_batch(puts: &[Put]) -> Vec<u8> {
     let mut out =
         Vec::with_capacity(puts.iter().map(|p| 10 + p.key.len() + p.value.as_ref().map_or(0, |v| v.len())).sum());
     for put in puts {
-        out.push(put.space as u8);
-        out.extend_from_slice(&(put.key.len() as u32).to_be_bytes());
-        out.extend_from_slice(&put.key);
-        match &put.value {
-            Some(v) => {
-                out.push(1);
-                out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-                out.extend_from_slice(v);
-            }
-            None => out.push(0),
-        }
+        encode_change(&mut out, put.space, &put.key, put.value.as_deref());
     }
     out
+}
+
+/// Appends one change to a journal message (the layout [`decode_batch`] reads).
+pub fn encode_change(out: &mut Vec<u8>, space: Space, key: &[u8], value: Option<&[u8]>) {
+    out.push(space as u8);
+    out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    out.extend_from_slice(key);
+    match value {
+        Some(v) => {
+            out.push(1);
+            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            out.extend_from_slice(v);
+        }
+        None => out.push(0),
+    }
 }
 
 /// A change read back from a journal message: keyspace, key, value (None: deleted).

@@ -10,6 +10,7 @@ use transfer_guard::api::forward::NODE_HEADER;
 use transfer_guard::api::proto as pb;
 use transfer_guard::cluster::journal::{Journal, JournalError};
 use transfer_guard::delivery::NatsConfig;
+use transfer_guard::store::Space;
 
 type Teller = pb::screening_client::ScreeningClient<Channel>;
 
@@ -443,4 +444,55 @@ async fn a_payees_fan_in_counts_senders_of_every_nodes_partitions() {
         assert_eq!(node, "a", "{sender} moved to {node}: the partitions were still being spread");
     }
     drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owner_compacts_the_journal_it_replayed() {
+    let nats = NatsServer::start_fresh();
+    let dir = tempfile::tempdir().unwrap();
+    let customer = "compacted-customer";
+    let requests: Vec<pb::ScreenRequest> =
+        (0..10).map(|i| ordinary(&format!("compact-{i}"), customer, &format!("62220202001122{i:02}"))).collect();
+    let mut a = ServeProcess::start(&dir.path().join("a"), "a.log", &node_flags(&nats.url(), "a")).await;
+    let mut first = Vec::new();
+    let mut on_a = teller(&a).await;
+    for r in &requests {
+        first.push(gist(&screen_until_answered(&mut on_a, r, Duration::from_secs(60)).await.0));
+    }
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let subject = format!("transferguard.state.{}", transfer_guard::state::partition_of(customer, 16));
+    let messages = |js: async_nats::jetstream::Context, subject: String| async move {
+        let stream = js.get_stream("TRANSFERGUARD_STATE").await.unwrap();
+        let mut subjects = stream.info_with_subjects(&subject).await.unwrap();
+        let mut n = 0;
+        while let Some(Ok((_, count))) = tokio_stream::StreamExt::next(&mut subjects).await {
+            n += count;
+        }
+        n
+    };
+    let before = messages(js.clone(), subject.clone()).await;
+    assert!(before > 10, "a's journal holds each screen's commit");
+    // a dies; b, alone, takes every partition and compacts what it replayed.
+    a.kill9();
+    let b = ServeProcess::start(&dir.path().join("b"), "b.log", &node_flags(&nats.url(), "b")).await;
+    let mut on_b = teller(&b).await;
+    for (r, g) in requests.iter().zip(&first) {
+        assert_eq!(&gist(&screen_until_answered(&mut on_b, r, Duration::from_secs(60)).await.0), g, "{}", r.request_id);
+    }
+    // The history is gone: the first message is the compacted images (the
+    // customer, the ten transfers and their alerts), then what b wrote since
+    // (the adopted alerts' events).
+    let stream = js.get_stream("TRANSFERGUARD_STATE").await.unwrap();
+    let head = stream.get_first_raw_message_by_subject(&subject, 1).await.unwrap();
+    let images = transfer_guard::store::decode_batch(&head.payload).expect("a batch");
+    let count = |space: Space| images.iter().filter(|(s, _, _)| *s == space).count();
+    assert_eq!((count(Space::Customers), count(Space::Transfers)), (1, 10), "{} changes", images.len());
+    assert!(messages(js.clone(), subject.clone()).await < before, "compacted");
+    // And what b compacted is all a third owner needs.
+    drop(b);
+    let c = ServeProcess::start(&dir.path().join("c"), "c.log", &node_flags(&nats.url(), "c")).await;
+    let mut on_c = teller(&c).await;
+    for (r, g) in requests.iter().zip(&first) {
+        assert_eq!(&gist(&screen_until_answered(&mut on_c, r, Duration::from_secs(60)).await.0), g, "{}", r.request_id);
+    }
 }
