@@ -7,10 +7,8 @@
 //!
 //! Must not decide anything: it only picks where a call runs.
 
-use super::proto as pb;
 use crate::cluster::{Cluster, Route};
 use dashmap::DashMap;
-use pb::screening_client::ScreeningClient;
 use std::sync::Arc;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::Channel;
@@ -119,7 +117,7 @@ impl Forwarder {
         call: F,
     ) -> Option<Result<Response<R>, Status>>
     where
-        F: Fn(ScreeningClient<Channel>, Request<T>) -> Fut,
+        F: Fn(Channel, Request<T>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<R>, Status>>,
     {
         if request.metadata().get(FORWARDED_HEADER).is_some() {
@@ -127,11 +125,34 @@ impl Forwarder {
         }
         for (_, addr) in self.cluster.peers() {
             let Ok(channel) = self.channel(&addr) else { continue };
-            match self.call(call(ScreeningClient::new(channel), self.outgoing(request))).await {
+            match self.call(call(channel, self.outgoing(request))).await {
                 Err(s) if matches!(s.code(), Code::NotFound | Code::Unavailable) => continue,
                 answer => return Some(answer),
             }
         }
         None
+    }
+
+    /// Asks every other node (a question about all partitions, such as a
+    /// station's alerts) and returns the answers they gave; a node that does
+    /// not answer in time is left out (and logged). Nothing when this call was
+    /// itself forwarded.
+    pub async fn gather<T: Clone, R, F, Fut>(&self, request: &Request<T>, call: F) -> Vec<R>
+    where
+        F: Fn(Channel, Request<T>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<R>, Status>>,
+    {
+        let mut answers = Vec::new();
+        if request.metadata().get(FORWARDED_HEADER).is_some() {
+            return answers;
+        }
+        for (node, addr) in self.cluster.peers() {
+            let Ok(channel) = self.channel(&addr) else { continue };
+            match self.call(call(channel, self.outgoing(request))).await {
+                Ok(r) => answers.push(r.into_inner()),
+                Err(s) => tracing::warn!(%node, code = ?s.code(), "a node did not answer; its part is missing"),
+            }
+        }
+        answers
     }
 }

@@ -17,6 +17,7 @@ use crate::auth::{Caller, Denied, Method, Principal, Role};
 use crate::model::mask_account;
 use crate::service::{ApprovalError, Commit, ServiceError, TransferGuard, TransferState};
 use dashmap::DashMap;
+use pb::screening_client::ScreeningClient;
 use prost::Message;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -270,8 +271,9 @@ impl pb::screening_server::Screening for Api {
                 Err(e @ ServiceError::UnknownTransfer(_)) => {
                     if let (Some(f), Some((metadata, message))) = (&self.forward, original) {
                         let asked = Request::from_parts(metadata, Default::default(), message);
-                        if let Some(answer) =
-                            f.ask_peers(&asked, |mut c, r| async move { c.record_event(r).await }).await
+                        if let Some(answer) = f
+                            .ask_peers(&asked, |c, r| async move { ScreeningClient::new(c).record_event(r).await })
+                            .await
                         {
                             return answer;
                         }
@@ -296,8 +298,9 @@ impl pb::screening_server::Screening for Api {
             let status = match self.guard.transfer_status(&id) {
                 Err(e @ ServiceError::UnknownTransfer(_)) => {
                     if let Some(f) = &self.forward {
-                        if let Some(answer) =
-                            f.ask_peers(&request, |mut c, r| async move { c.get_transfer(r).await }).await
+                        if let Some(answer) = f
+                            .ask_peers(&request, |c, r| async move { ScreeningClient::new(c).get_transfer(r).await })
+                            .await
                         {
                             return answer;
                         }
@@ -324,7 +327,9 @@ impl pb::screening_server::Screening for Api {
             let mut updates = match self.guard.watch_transfer(&id) {
                 Err(e @ ServiceError::UnknownTransfer(_)) => {
                     if let Some(f) = &self.forward {
-                        let asked = f.ask_peers(&request, |mut c, r| async move { c.watch_transfer(r).await }).await;
+                        let asked = f
+                            .ask_peers(&request, |c, r| async move { ScreeningClient::new(c).watch_transfer(r).await })
+                            .await;
                         if let Some(answer) = asked {
                             return answer.map(|r| r.map(|s| Box::pin(s) as Self::WatchTransferStream));
                         }
@@ -438,6 +443,7 @@ impl pb::alerts_server::Alerts for Api {
     ) -> Result<Response<pb::ListAlertsResponse>, Status> {
         self.rpc("ListAlerts", async move {
             let caller = caller_of(&request);
+            let original = self.forward.is_some().then(|| (request.metadata().clone(), request.get_ref().clone()));
             let r = request.into_inner();
             let mut q = convert::alert_query(&r).map_err(invalid)?;
             match &caller {
@@ -453,14 +459,41 @@ impl pb::alerts_server::Alerts for Api {
             let cursor = q.page.as_ref().map(|t| (t.created_at, t.alert_id.as_str()));
             let created = (q.created_after, q.created_before);
             let (alerts, more) = self.guard.alerts().list(&q.stations, &q.states, created, cursor, q.limit);
-            let next_page_token = match alerts.last() {
-                Some(last) if more => convert::PageToken::after(last, &r).encode(),
+            let (Some(f), Some((metadata, message))) = (&self.forward, original) else {
+                let next_page_token = match alerts.last() {
+                    Some(last) if more => convert::PageToken::after(last, &r).encode(),
+                    _ => String::new(),
+                };
+                let alerts = alerts.iter().map(convert::alert_to_pb).collect();
+                return Ok(Response::new(pb::ListAlertsResponse { alerts, next_page_token }));
+            };
+            // The clustered mode: each node holds its partitions' alerts; the
+            // page is the newest of every node's pages (each node checks the
+            // caller as this one did).
+            let asked = Request::from_parts(metadata, Default::default(), message);
+            let pages =
+                f.gather(&asked, |c, r| async move { pb::alerts_client::AlertsClient::new(c).list_alerts(r).await });
+            let mut more = more;
+            let mut merged: Vec<pb::Alert> = alerts.iter().map(convert::alert_to_pb).collect();
+            for page in pages.await {
+                more |= !page.next_page_token.is_empty();
+                merged.extend(page.alerts);
+            }
+            let key = |a: &pb::Alert| (a.created_at.as_ref().map_or(0, |t| t.seconds), a.alert_id.clone());
+            merged.sort_by_key(|a| std::cmp::Reverse(key(a)));
+            merged.dedup_by(|a, b| a.alert_id == b.alert_id);
+            if merged.len() > q.limit {
+                merged.truncate(q.limit);
+                more = true;
+            }
+            let next_page_token = match merged.last() {
+                Some(last) if more => {
+                    let (created_at, alert_id) = key(last);
+                    convert::PageToken { created_at, alert_id, filters: convert::PageToken::filters_of(&r) }.encode()
+                }
                 _ => String::new(),
             };
-            Ok(Response::new(pb::ListAlertsResponse {
-                alerts: alerts.iter().map(convert::alert_to_pb).collect(),
-                next_page_token,
-            }))
+            Ok(self.answered(Response::new(pb::ListAlertsResponse { alerts: merged, next_page_token })))
         })
         .await
     }

@@ -112,6 +112,42 @@ async fn three_nodes_answer_every_retry_the_same_after_one_is_killed() {
     assert!(answered_by.len() >= 2, "customers are spread over the nodes: {answered_by:?}");
     assert!(first.values().any(|g| g.0 == pb::Action::Hold as i32), "the seed cases are held");
 
+    // An officer on any node sees every alert, whichever node raised it.
+    let alert_ids = |alerts: &[pb::Alert]| {
+        let mut ids: Vec<String> = alerts.iter().map(|a| a.alert_id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    let mut raised: Vec<String> = first.values().filter(|g| !g.2.is_empty()).map(|g| g.2.clone()).collect();
+    raised.sort();
+    let mut lists = Vec::new();
+    for n in &nodes {
+        let listed = pb::alerts_client::AlertsClient::new(n.channel().await)
+            .list_alerts(pb::ListAlertsRequest { limit: 1000, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        let ids = alert_ids(&listed.alerts);
+        assert!(raised.iter().all(|id| ids.contains(id)), "a node lists every alert, whoever raised it");
+        lists.push(ids);
+    }
+    assert!(lists.windows(2).all(|w| w[0] == w[1]), "every node lists the same alerts");
+    // Read in pages of 7 from one node: every alert once.
+    let (mut paged, mut token) = (Vec::new(), String::new());
+    let mut officer = pb::alerts_client::AlertsClient::new(nodes[0].channel().await);
+    loop {
+        let page = officer
+            .list_alerts(pb::ListAlertsRequest { limit: 7, page_token: token, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        paged.extend(page.alerts);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(alert_ids(&paged), lists[0], "the pages hold every alert once");
     // Kill the node that raised most alerts; the others take its partitions over.
     let busiest = answered_by.iter().max_by_key(|(_, n)| **n).map(|(node, _)| node.clone()).unwrap();
     let k = ["n1", "n2", "n3"].iter().position(|n| *n == busiest).unwrap();
