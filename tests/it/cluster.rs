@@ -162,6 +162,16 @@ async fn three_nodes_answer_every_retry_the_same_after_one_is_killed() {
     // decided by an officer on any live node, whoever raised their alerts.
     let live = (k + 1) % 3;
     let mut officer = pb::alerts_client::AlertsClient::new(nodes[live].channel().await);
+    // A teller on the other survivor watches every held transfer wherever it is now.
+    let other = 3 - k - live;
+    let mut watches = Vec::new();
+    for (id, g) in &first {
+        if g.0 == pb::Action::Hold as i32 {
+            let request = pb::GetTransferRequest { request_id: id.clone() };
+            let stream = tellers[other].watch_transfer(request).await.unwrap_or_else(|s| panic!("{id}: {s:?}"));
+            watches.push((id.clone(), stream.into_inner()));
+        }
+    }
     let mut station = String::new();
     for (id, g) in &first {
         if g.0 != pb::Action::Hold as i32 {
@@ -187,6 +197,18 @@ async fn three_nodes_answer_every_retry_the_same_after_one_is_killed() {
         }
     }
     assert!(!station.is_empty(), "some transfers were held");
+    for (id, mut stream) in watches {
+        let mut states = Vec::new();
+        while let Some(status) = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap()
+        {
+            states.push(status.state);
+        }
+        assert_eq!(
+            (states.first(), states.last()),
+            (Some(&(pb::TransferState::Held as i32)), Some(&(pb::TransferState::Released as i32))),
+            "{id}: the watcher saw the hold end"
+        );
+    }
     for r in &requests {
         let status = tellers[live]
             .get_transfer(pb::GetTransferRequest { request_id: r.request_id.clone() })
