@@ -88,6 +88,26 @@ impl Api {
         }
     }
 
+    /// `e` (a transfer unknown here), unless in the clustered mode another
+    /// node knows the transfer: then its answer to `call`.
+    async fn elsewhere<T: Clone, R, F, Fut>(
+        &self,
+        e: ServiceError,
+        request: &Request<T>,
+        call: F,
+    ) -> Result<Response<R>, Status>
+    where
+        F: Fn(tonic::transport::Channel, Request<T>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<R>, Status>>,
+    {
+        if let Some(f) = &self.forward {
+            if let Some(answer) = f.ask_peers(request, call).await {
+                return answer;
+            }
+        }
+        Err(status_of(e))
+    }
+
     /// In the clustered mode, where changes to the alert `alert_id` are made.
     fn place_alert<T>(&self, alert_id: &str, request: &Request<T>) -> Result<Place, Status> {
         match &self.forward {
@@ -269,16 +289,11 @@ impl pb::screening_server::Screening for Api {
             let duplicate = match self.guard.record_event(&request.event_id, fingerprint(&request), event) {
                 // A transfer screened on another node (by its request id alone): ask them.
                 Err(e @ ServiceError::UnknownTransfer(_)) => {
-                    if let (Some(f), Some((metadata, message))) = (&self.forward, original) {
-                        let asked = Request::from_parts(metadata, Default::default(), message);
-                        if let Some(answer) = f
-                            .ask_peers(&asked, |c, r| async move { ScreeningClient::new(c).record_event(r).await })
-                            .await
-                        {
-                            return answer;
-                        }
-                    }
-                    return Err(status_of(e));
+                    let Some((metadata, message)) = original else { return Err(status_of(e)) };
+                    let asked = Request::from_parts(metadata, Default::default(), message);
+                    return self
+                        .elsewhere(e, &asked, |c, r| async move { ScreeningClient::new(c).record_event(r).await })
+                        .await;
                 }
                 other => other.map_err(status_of)?,
             };
@@ -297,15 +312,9 @@ impl pb::screening_server::Screening for Api {
             let id = convert::request_id(request.get_ref()).map_err(invalid)?;
             let status = match self.guard.transfer_status(&id) {
                 Err(e @ ServiceError::UnknownTransfer(_)) => {
-                    if let Some(f) = &self.forward {
-                        if let Some(answer) = f
-                            .ask_peers(&request, |c, r| async move { ScreeningClient::new(c).get_transfer(r).await })
-                            .await
-                        {
-                            return answer;
-                        }
-                    }
-                    return Err(status_of(e));
+                    return self
+                        .elsewhere(e, &request, |c, r| async move { ScreeningClient::new(c).get_transfer(r).await })
+                        .await;
                 }
                 other => other.map_err(status_of)?,
             };
@@ -326,15 +335,9 @@ impl pb::screening_server::Screening for Api {
             let id = convert::request_id(request.get_ref()).map_err(invalid)?;
             let mut updates = match self.guard.watch_transfer(&id) {
                 Err(e @ ServiceError::UnknownTransfer(_)) => {
-                    if let Some(f) = &self.forward {
-                        let asked = f
-                            .ask_peers(&request, |c, r| async move { ScreeningClient::new(c).watch_transfer(r).await })
-                            .await;
-                        if let Some(answer) = asked {
-                            return answer.map(|r| r.map(|s| Box::pin(s) as Self::WatchTransferStream));
-                        }
-                    }
-                    return Err(status_of(e));
+                    let watched = self
+                        .elsewhere(e, &request, |c, r| async move { ScreeningClient::new(c).watch_transfer(r).await });
+                    return watched.await.map(|r| r.map(|s| Box::pin(s) as Self::WatchTransferStream));
                 }
                 other => other.map_err(status_of)?,
             };
