@@ -69,6 +69,20 @@ pub enum AppError {
     TokenKey { path: String, source: crate::auth::token::KeyError },
 }
 
+/// In the clustered mode with TLS: how a node reaches the others when it
+/// forwards a call — TLS, their certificates verified against the client CA
+/// (one bank CA signs the nodes' certificates). No client certificate is
+/// presented: the forwarded call carries the caller's own bearer token.
+pub fn peer_tls(security: &crate::config::Security) -> Result<Option<tonic::transport::ClientTlsConfig>, AppError> {
+    let (Some(_), Some(ca)) = (&security.tls, &security.client_ca) else { return Ok(None) };
+    let pem = std::fs::read(ca).map_err(|source| AppError::TrustFile {
+        what: "the client CA",
+        path: ca.display().to_string(),
+        source,
+    })?;
+    Ok(Some(tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem))))
+}
+
 /// The identity settings made real: how callers are identified, and the
 /// server's TLS (with the client CA when callers present certificates).
 pub fn trust(

@@ -320,6 +320,11 @@ impl Config {
             None => None,
             Some(url) => {
                 let durability = o.durability.or(file.durability).unwrap_or_default();
+                if security.tls.is_some() && security.client_ca.is_none() {
+                    return Err(ConfigError::Cluster(
+                        "client_ca with TLS: the CA the other nodes' certificates are verified against when forwarding",
+                    ));
+                }
                 if durability == Durability::None {
                     return Err(ConfigError::Cluster("durability sync: its journal is where the store writes"));
                 }

@@ -120,6 +120,8 @@ pub struct Extras {
     pub officer_listener: Option<std::net::TcpListener>,
     /// The clustered mode: customers' calls forwarded to their partition's owner.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// The clustered mode with TLS: how forwarded calls reach the other nodes.
+    pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Default for Extras {
@@ -136,6 +138,7 @@ impl Default for Extras {
             limits: Limits::default(),
             officer_listener: None,
             cluster: None,
+            peer_tls: None,
         }
     }
 }
@@ -260,7 +263,10 @@ pub async fn run_with(
         max_clock_skew: extras.max_clock_skew.as_secs() as i64,
         admission: admission.clone(),
         watchers: Arc::default(),
-        forward: extras.cluster.clone().map(|c| Arc::new(crate::api::forward::Forwarder::new(c))),
+        forward: extras
+            .cluster
+            .clone()
+            .map(|c| Arc::new(crate::api::forward::Forwarder::new(c, extras.peer_tls.clone()))),
     };
     let trust = Arc::new(extras.trust);
     let gate = Gate::new(trust.clone(), guard.clone(), admission);

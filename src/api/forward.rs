@@ -22,6 +22,8 @@ pub const FORWARDED_HEADER: &str = "transfer-guard-forwarded-by";
 pub struct Forwarder {
     cluster: Arc<Cluster>,
     channels: DashMap<Arc<str>, Channel>,
+    /// TLS to the other nodes (when this one serves TLS).
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// Where a call runs: here, or on the owner at the end of a channel.
@@ -31,17 +33,21 @@ pub enum Place {
 }
 
 impl Forwarder {
-    pub fn new(cluster: Arc<Cluster>) -> Forwarder {
-        Forwarder { cluster, channels: DashMap::new() }
+    pub fn new(cluster: Arc<Cluster>, tls: Option<tonic::transport::ClientTlsConfig>) -> Forwarder {
+        Forwarder { cluster, channels: DashMap::new(), tls }
     }
 
     fn channel(&self, addr: &Arc<str>) -> Result<Channel, Status> {
         if let Some(c) = self.channels.get(addr) {
             return Ok(c.clone());
         }
-        let c = Channel::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::internal(format!("peer address {addr}: {e}")))?
-            .connect_lazy();
+        let bad = |e: &dyn std::fmt::Display| Status::internal(format!("peer address {addr}: {e}"));
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Channel::from_shared(format!("{scheme}://{addr}")).map_err(|e| bad(&e))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| bad(&e))?;
+        }
+        let c = endpoint.connect_lazy();
         self.channels.insert(addr.clone(), c.clone());
         Ok(c)
     }

@@ -507,6 +507,7 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         };
         let extras = server::Extras {
             cluster,
+            peer_tls: crate::app::peer_tls(&config.security)?,
             board,
             nats: config.nats.clone(),
             webhook: config.webhook.clone(),

@@ -88,6 +88,9 @@ async fn three_nodes_answer_every_retry_the_same_after_one_is_killed() {
         tellers.push(teller(n).await);
     }
     wait_until_spread(&mut tellers[0], 3).await;
+    // Past the rounds that finish spreading the partitions (a lease): a
+    // partition changing hands has its alerts on neither node for a moment.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     // Ordinary transfers of 40 customers, and seed cases that are held.
     let mut requests: Vec<pb::ScreenRequest> =
         (0..40).map(|i| ordinary(&format!("ord-{i}"), &format!("customer-{i}"), "6222020200112233")).collect();
@@ -552,5 +555,68 @@ async fn a_new_owner_compacts_the_journal_it_replayed() {
     let mut on_c = teller(&c).await;
     for (r, g) in requests.iter().zip(&first) {
         assert_eq!(&gist(&screen_until_answered(&mut on_c, r, Duration::from_secs(60)).await.0), g, "{}", r.request_id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_serving_tls_forward_over_tls_with_the_callers_token() {
+    use crate::trust::{Pki, Tokens, TRUST_DOMAIN};
+    use transfer_guard::auth::Role;
+    let nats = NatsServer::start_fresh();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    // The nodes' certificate names the address they advertise (the listen address).
+    let (cert, key) = pki.issue(&["127.0.0.1", "localhost"], None);
+    std::fs::write(pki.path("node.pem"), cert).unwrap();
+    std::fs::write(pki.path("node.key"), key).unwrap();
+    let tokens = Tokens::new();
+    std::fs::write(pki.path("tokens.pub"), &tokens.public).unwrap();
+    let path = |name: &str| pki.path(name).display().to_string();
+    let flags = |node: &str| {
+        let mut f = node_flags(&nats.url(), node);
+        for (flag, value) in [
+            ("--tls-cert", path("node.pem")),
+            ("--tls-key", path("node.key")),
+            ("--client-ca", path("ca.pem")),
+            ("--token-public-key", path("tokens.pub")),
+            ("--trust-domain", TRUST_DOMAIN.to_string()),
+        ] {
+            f.extend([flag.to_string(), value]);
+        }
+        f
+    };
+    let a = ServeProcess::start(&dir.path().join("a"), "a.log", &flags("a")).await;
+    let _b = ServeProcess::start(&dir.path().join("b"), "b.log", &flags("b")).await;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(pki.path("ca.pem")).unwrap()));
+    let channel = Channel::from_shared(format!("https://127.0.0.1:{}", a.port))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let bearer: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {}", tokens.for_(Role::Teller, "psbc", "teller-7")).parse().unwrap();
+    let mut teller =
+        pb::screening_client::ScreeningClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", bearer.clone());
+            Ok(r)
+        });
+    // Customers of both nodes, all through a: b's are forwarded over TLS, with the teller's token.
+    let mut answered_by = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 0.. {
+        match teller.screen(ordinary(&format!("tls-{i}"), &format!("c-{}", i % 32), "6222020200112233")).await {
+            Ok(r) => {
+                answered_by.insert(r.metadata().get(NODE_HEADER).unwrap().to_str().unwrap().to_string());
+            }
+            Err(s) => assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}"),
+        }
+        if answered_by.len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never answered through a: {answered_by:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

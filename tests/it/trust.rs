@@ -21,20 +21,20 @@ use transfer_guard::auth::{Principal, Role};
 use transfer_guard::server::Extras;
 use transfer_guard::service::Approval;
 
-const TRUST_DOMAIN: &str = "bank-police.test";
+pub(crate) const TRUST_DOMAIN: &str = "bank-police.test";
 const STATION: &str = "heshan-zhongshan-ps";
 /// The bank of the harness's requests.
 const BANK: &str = "psbc";
 
 /// A test CA with the server's certificate, and client certificates on demand.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
     issuer: Issuer<'static, KeyPair>,
     ca_pem: String,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -50,7 +50,7 @@ impl Pki {
     }
 
     /// (certificate PEM, key PEM) for DNS names and an optional URI SAN.
-    fn issue(&self, dns: &[&str], uri: Option<&str>) -> (String, String) {
+    pub(crate) fn issue(&self, dns: &[&str], uri: Option<&str>) -> (String, String) {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         if let Some(uri) = uri {
@@ -64,7 +64,7 @@ impl Pki {
         Identity::from_pem(cert, key)
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
@@ -82,7 +82,7 @@ impl Pki {
 /// Token keys for the tests: the server checks with the public half.
 pub(crate) struct Tokens {
     signer: TokenSigner,
-    public: String,
+    pub(crate) public: String,
 }
 
 impl Tokens {
