@@ -121,7 +121,11 @@ pub enum AuditRecord {
 /// The sending side; cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::SyncSender<(Caller, AuditRecord)>,
+    /// None once dropped: the writer then drains what is queued and stops.
+    tx: Option<mpsc::SyncSender<(Caller, AuditRecord)>>,
+    /// Joined when the last clone is dropped, so every record queued is on
+    /// disk before the process may exit.
+    _writer: Arc<Writer>,
     dropped: Arc<AtomicU64>,
     path: PathBuf,
 }
@@ -132,7 +136,7 @@ impl AuditLog {
         let mut chain = Chain::continuing(path)?;
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         let (tx, rx) = mpsc::sync_channel::<(Caller, AuditRecord)>(BUFFER);
-        std::thread::Builder::new().name("audit-writer".into()).spawn(move || {
+        let writer = std::thread::Builder::new().name("audit-writer".into()).spawn(move || {
             let mut out = BufWriter::new(file);
             // Poll rather than block in recv: a blocked receiver makes every
             // send a futex wake-up, which measurably slowed screening.
@@ -158,7 +162,8 @@ impl AuditLog {
             }
             let _ = out.flush();
         })?;
-        Ok(AuditLog { tx, dropped: Arc::new(AtomicU64::new(0)), path: path.to_path_buf() })
+        let writer = Arc::new(Writer(std::sync::Mutex::new(Some(writer))));
+        Ok(AuditLog { tx: Some(tx), _writer: writer, dropped: Arc::new(AtomicU64::new(0)), path: path.to_path_buf() })
     }
 
     pub fn path(&self) -> &Path {
@@ -168,7 +173,7 @@ impl AuditLog {
     /// Queues a record of what `by` caused (waits only while the channel is full).
     /// The caller is formatted on the writer thread, off the request's path.
     pub fn record(&self, by: &Caller, record: AuditRecord) {
-        if self.tx.send((by.clone(), record)).is_err() {
+        if self.tx.as_ref().is_none_or(|tx| tx.send((by.clone(), record)).is_err()) {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 tracing::error!(lost = n, "the audit writer has stopped; records lost");
@@ -178,6 +183,25 @@ impl AuditLog {
 
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        // Before the writer handle: the last clone's sender goes first, so
+        // the writer drains and stops, then is joined.
+        drop(self.tx.take());
+    }
+}
+
+/// The writer thread, joined when the last [`AuditLog`] clone lets it go.
+struct Writer(std::sync::Mutex<Option<std::thread::JoinHandle<()>>>);
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Some(writer) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = writer.join();
+        }
     }
 }
 

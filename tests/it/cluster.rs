@@ -620,3 +620,57 @@ async fn nodes_serving_tls_forward_over_tls_with_the_callers_token() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_two_nodes_of_three_die_one_after_the_other_and_no_answer_changes() {
+    let nats = NatsServer::start_fresh();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for name in ["n1", "n2", "n3"] {
+        nodes.push(
+            ServeProcess::start(&dir.path().join(name), &format!("{name}.log"), &node_flags(&nats.url(), name)).await,
+        );
+    }
+    let mut probe = teller(&nodes[0]).await;
+    wait_until_spread(&mut probe, 3).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Four tellers screen without pause through n1 (which stays up) while n2 and then n3 die.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tellers = Vec::new();
+    for t in 0..4 {
+        let (mut client, stop) = (teller(&nodes[0]).await, stop.clone());
+        tellers.push(tokio::spawn(async move {
+            let mut answered = Vec::new();
+            for n in 0.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let mut r = ordinary(&format!("load-{t}-{n}"), &format!("c-{}", n % 50), "6222020200112233");
+                if n % 10 == 0 {
+                    r = seed_case(&format!("load-{t}-{n}"));
+                }
+                if let Ok(Ok(answer)) = tokio::time::timeout(Duration::from_secs(5), client.screen(r.clone())).await {
+                    answered.push((r, gist(answer.get_ref())));
+                }
+            }
+            answered
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nodes[1].kill9();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    nodes[2].kill9();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut answered = Vec::new();
+    for t in tellers {
+        answered.extend(t.await.unwrap());
+    }
+    assert!(answered.len() > 100, "the load ran: {} answers", answered.len());
+    // n1 alone now: every answer given under the kills is given again.
+    for (r, g) in &answered {
+        let (again, node) = screen_until_answered(&mut probe, r, Duration::from_secs(60)).await;
+        assert_eq!(node, "n1");
+        assert_eq!(&gist(&again), g, "{}", r.request_id);
+    }
+}
