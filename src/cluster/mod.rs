@@ -13,6 +13,16 @@
 //! while a process is stopped), and the journal's expected-sequence check
 //! refuses any write a deposed owner still makes.
 //!
+//! Also the facts every node shares: the watchlist (a bucket every node
+//! follows), payee-paid facts (a stream every node counts in its fan-in),
+//! and the rulesets each node has loaded (a staged ruleset goes live when
+//! every owner has it). docs/scaling.md has the design.
+//!
+//! Cohesive rather than small: membership, leases, takeover (replay, fence,
+//! compaction), hand-over and the shared facts all work on one view of the
+//! partitions (`parts`) and one set of NATS handles. Its errors are strings
+//! to log: nothing here is answered to a caller but through [`Route`].
+//!
 //! Owns membership, leases, the hand-over of partitions and the routing view.
 //! Must not decide transfers or touch state except through `TransferGuard`'s
 //! partition methods; the single-node mode never builds one.

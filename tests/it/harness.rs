@@ -406,7 +406,32 @@ impl ServeProcess {
 
     /// The same, with environment variables set for the process.
     pub async fn start_with_env(data: &Path, log_name: &str, extra: &[String], env: &[(&str, &str)]) -> ServeProcess {
-        let (port, metrics_port) = (free_port(), free_port());
+        // A port picked free may be taken by the time the server binds it
+        // (another test's process): start again on other ports.
+        for attempt in 0.. {
+            match ServeProcess::try_start(data, log_name, extra, env).await {
+                Ok(served) => return served,
+                Err(logs) if logs.contains("Address already in use") && attempt < 5 => continue,
+                Err(logs) => panic!("serve did not start:\n{logs}"),
+            }
+        }
+        unreachable!()
+    }
+
+    async fn try_start(
+        data: &Path,
+        log_name: &str,
+        extra: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<ServeProcess, String> {
+        let mut ports = Vec::new();
+        while ports.len() < 3 {
+            let p = free_port();
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
+        let (port, metrics_port, board_port) = (ports[0], ports[1], ports[2]);
         let log = data.parent().unwrap_or(data).join(log_name);
         let child = Command::new(env!("CARGO_BIN_EXE_transfer-guard"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -414,7 +439,7 @@ impl ServeProcess {
             .args(if extra.iter().any(|a| a == "--board-listen") {
                 Vec::new()
             } else {
-                vec!["--board-listen".to_string(), format!("127.0.0.1:{}", free_port())]
+                vec!["--board-listen".to_string(), format!("127.0.0.1:{board_port}")]
             })
             .args(["--data-dir", data.to_str().unwrap()])
             .args(extra)
@@ -428,12 +453,12 @@ impl ServeProcess {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Ok(Some(status)) = served.child.try_wait() {
-                panic!("serve exited with {status}:\n{}", served.logs());
+                return Err(format!("serve exited with {status}:\n{}", served.logs()));
             }
             assert!(std::time::Instant::now() < deadline, "serve did not start:\n{}", served.logs());
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        served
+        Ok(served)
     }
 
     pub fn addr(&self) -> String {
