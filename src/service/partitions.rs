@@ -54,18 +54,20 @@ impl TransferGuard {
                 (other, _) => tracing::warn!(space = other.name(), "a partition's journal holds an unexpected record"),
             }
         }
-        let mut holds = lock(&self.holds);
+        // Lock order: a `screens` entry before `holds` (a screen holds its
+        // entry while it adds a hold), so the holds are added after.
+        let mut held = Vec::new();
         for (key, entry) in transfers {
             let Some((request_id, entry)) = entry else {
                 self.screens.remove(&key);
                 continue;
             };
             if entry.state() == TransferState::Held {
-                holds.insert((entry.status(&self.names, &request_id).hold_expires_at.unwrap_or(0), request_id));
+                held.push((entry.status(&self.names, &request_id).hold_expires_at.unwrap_or(0), request_id));
             }
             self.screens.insert(key, entry);
         }
-        drop(holds);
+        lock(&self.holds).extend(held);
         for (_, (alert, sequence)) in alerts {
             self.alerts.adopt(alert, sequence);
         }

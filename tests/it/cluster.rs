@@ -32,7 +32,9 @@ async fn screen_until_answered(
 ) -> (pb::ScreenResponse, String) {
     let deadline = Instant::now() + limit;
     loop {
-        match teller.screen(request.clone()).await {
+        // Each call bounded too: a test must end even if a node never answers.
+        let answer = tokio::time::timeout(Duration::from_secs(10), teller.screen(request.clone())).await;
+        match answer.unwrap_or_else(|_| Err(tonic::Status::unavailable("no answer within 10 s"))) {
             Ok(r) => {
                 let node = r.metadata().get(NODE_HEADER).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
                 return (r.into_inner(), node);
