@@ -286,7 +286,8 @@ struct Shared {
     stalled: Mutex<bool>,
     unstalled: Condvar,
     /// The clustered mode's journal, for changes that belong to a partition.
-    replica: OnceLock<Arc<dyn Replica>>,
+    /// Weak: the cluster holds the service, which holds this store.
+    replica: OnceLock<std::sync::Weak<dyn Replica>>,
 }
 
 /// The open store and its writer thread. Dropping it writes what is queued
@@ -398,13 +399,13 @@ impl Store {
     /// [`Self::put`] for a record of the customer `customer_id`: in the
     /// clustered mode it goes to the journal of the customer's partition.
     pub fn put_for<T: Serialize + ?Sized>(&self, customer_id: &str, space: Space, key: &[u8], value: Option<&T>) {
-        let partition = self.shared.replica.get().map(|r| r.partition(customer_id));
+        let partition = self.shared.replica.get().and_then(std::sync::Weak::upgrade).map(|r| r.partition(customer_id));
         self.queue([Put { space, key: Slice::from(key), value: value.map(encode), partition }], None);
     }
 
     /// From now on, changes put for a customer go to `replica` (the clustered mode).
     pub fn replicate_to(&self, replica: Arc<dyn Replica>) {
-        let _ = self.shared.replica.set(replica);
+        let _ = self.shared.replica.set(Arc::downgrade(&replica));
     }
 
     /// The stalled-disk drill (tests, fire drills): while `stalled`, commits
@@ -601,6 +602,7 @@ fn commit(shared: &Shared, mut puts: Vec<Put>) -> Result<Result<(), String>, fja
     }
     let mut replicated = Ok(());
     if let Some(replica) = shared.replica.get() {
+        let replica = replica.upgrade();
         let mut by_partition: std::collections::BTreeMap<u16, Vec<Put>> = Default::default();
         let mut local = Vec::with_capacity(puts.len());
         for put in puts {
@@ -611,7 +613,10 @@ fn commit(shared: &Shared, mut puts: Vec<Put>) -> Result<Result<(), String>, fja
         }
         puts = local;
         if !by_partition.is_empty() {
-            replicated = replica.append(by_partition.iter().map(|(p, puts)| (*p, encode_batch(puts))).collect());
+            replicated = match replica {
+                Some(r) => r.append(by_partition.iter().map(|(p, puts)| (*p, encode_batch(puts))).collect()),
+                None => Err("the cluster has stopped".to_string()),
+            };
         }
         if puts.is_empty() {
             return Ok(replicated);
@@ -634,7 +639,7 @@ fn commit(shared: &Shared, mut puts: Vec<Put>) -> Result<Result<(), String>, fja
 
 impl StateLog for Store {
     fn paid(&self, payee: crate::state::PayeeKey, sender: u64, at: UnixSeconds) {
-        if let Some(replica) = self.shared.replica.get() {
+        if let Some(replica) = self.shared.replica.get().and_then(std::sync::Weak::upgrade) {
             replica.paid(payee.0, sender, at);
         }
     }
