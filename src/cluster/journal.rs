@@ -28,13 +28,18 @@ pub struct Journal {
     prefix: String,
 }
 
+/// The name of the cluster's stream `what` (`TRANSFERGUARD_STATE`, `…_PAYEES`).
+pub fn stream_name(prefix: &str, what: &str) -> String {
+    format!("{}_{what}", prefix.to_uppercase().replace(['.', '-'], "_"))
+}
+
 /// Header naming the node that wrote a fence marker.
 const OWNER_HEADER: &str = "Transfer-Guard-Owner";
 
 impl Journal {
     /// Creates the stream if missing (`replicas` copies, on file).
     pub async fn open(js: jetstream::Context, prefix: &str, replicas: usize) -> Result<Journal, String> {
-        let stream = format!("{}_STATE", prefix.to_uppercase().replace(['.', '-'], "_"));
+        let stream = stream_name(prefix, "STATE");
         js.get_or_create_stream(stream::Config {
             name: stream.clone(),
             subjects: vec![format!("{prefix}.state.>")],

@@ -235,7 +235,7 @@ impl Cluster {
             }
         };
         let payees = jetstream::stream::Config {
-            name: format!("{}_PAYEES", config.prefix.to_uppercase().replace(['.', '-'], "_")),
+            name: journal::stream_name(&config.prefix, "PAYEES"),
             subjects: vec![format!("{}.payees", config.prefix)],
             storage: jetstream::stream::StorageType::File,
             num_replicas: config.replicas,
@@ -404,7 +404,7 @@ impl Cluster {
     /// fan-in (its own too: counting twice changes nothing).
     async fn follow_facts(self: Arc<Self>) {
         use jetstream::consumer::{push, DeliverPolicy};
-        let stream_name = format!("{}_PAYEES", self.config.prefix.to_uppercase().replace(['.', '-'], "_"));
+        let stream_name = journal::stream_name(&self.config.prefix, "PAYEES");
         loop {
             let since = time::OffsetDateTime::now_utc() - time::Duration::seconds(crate::state::WINDOW_SECS);
             let consumer = async {
