@@ -4,7 +4,7 @@
 //! event stream, surviving a restart, an accessibility check (axe-core), and
 //! the screenshots in docs/board/.
 
-use crate::browser::{arrivals, element, js, present, Browser};
+use crate::browser::{arrivals, element, follow, gone, js, present, Browser};
 use crate::harness::{ordinary, repo, seed_case, TestServer};
 use crate::trust::{alerts, audited, screening, with_token, Tokens};
 use fantoccini::{Client, Locator};
@@ -125,7 +125,9 @@ async fn an_officer_claims_and_blocks_from_the_page_and_the_teller_sees_it() {
     element(c, &format!("#alert-{}", answer.alert_id), WAIT).await;
     c.find(Locator::Css(&format!("#alert-{} a", answer.alert_id))).await.unwrap().click().await.unwrap();
     element(c, "#claim", WAIT).await.click().await.unwrap();
-    // Claimed: the page comes back with the officer named and the resolve form.
+    // Claimed: the page comes back with the officer named and the resolve form
+    // (the unclaimed page has a resolve form too, so wait for the claim button to go).
+    gone(c, "#claim", WAIT).await;
     element(c, "#resolve", WAIT).await;
     assert!(c.source().await.unwrap().contains("officer-li"));
     c.find(Locator::Css("input[name=outcome][value=fraud_confirmed]")).await.unwrap().click().await.unwrap();
@@ -150,8 +152,9 @@ async fn an_officer_claims_and_blocks_from_the_page_and_the_teller_sees_it() {
     let claimed = audited(&server, |l| l["kind"] == "alert" && l["event"] == "claimed").await;
     assert_eq!(claimed["by"], format!("officer/{ZHONGSHAN}/officer-li"));
     // The page shows the outcome; the alert is no longer open.
+    gone(c, "#resolve", WAIT).await;
     let text = element(c, "main", WAIT).await.text().await.unwrap();
-    assert!(text.contains("确认诈骗") && text.contains("拦截") && !present(c, "#resolve").await, "{text}");
+    assert!(text.contains("确认诈骗") && text.contains("拦截"), "{text}");
     browser.close().await;
     server.stop().await;
 }
@@ -351,7 +354,7 @@ async fn the_queue_filters_searches_and_pages() {
     // Station filter from the form.
     c.goto(&board(&server)).await.unwrap();
     element(c, "select[name=station] option[value=heshan-shaping-ps]", WAIT).await.click().await.unwrap();
-    c.find(Locator::Css("form.filters button")).await.unwrap().click().await.unwrap();
+    follow(c, "form.filters button", WAIT).await;
     element(c, &format!("#alert-{shaping}"), WAIT).await;
     assert_eq!(rows(c).await, vec![shaping.clone()]);
     // State: only the claimed one.
@@ -377,7 +380,7 @@ async fn the_queue_filters_searches_and_pages() {
     element(c, "#queue", WAIT).await;
     let mut seen = rows(c).await;
     assert_eq!(seen.len(), 2);
-    c.find(Locator::Css("a[rel=next]")).await.unwrap().click().await.unwrap();
+    follow(c, "a[rel=next]", WAIT).await;
     element(c, "#queue", WAIT).await;
     seen.extend(rows(c).await);
     assert!(!present(c, "a[rel=next]").await, "two pages hold four alerts");

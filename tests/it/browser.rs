@@ -96,6 +96,26 @@ pub async fn element(c: &Client, css: &str, within: Duration) -> fantoccini::ele
     c.wait().at_most(within).for_element(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no `{css}`: {e}"))
 }
 
+/// Waits until no element matches `css` (a form posted, the next page loading).
+pub async fn gone(c: &Client, css: &str, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while present(c, css).await {
+        assert!(std::time::Instant::now() < deadline, "`{css}` is still on the page");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Clicks the link or GET form button `css` and waits until the browser is on another address.
+pub async fn follow(c: &Client, css: &str, within: Duration) {
+    let before = c.current_url().await.unwrap();
+    c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no `{css}`: {e}")).click().await.unwrap();
+    let deadline = std::time::Instant::now() + within;
+    while c.current_url().await.unwrap() == before {
+        assert!(std::time::Instant::now() < deadline, "`{css}` led nowhere");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Whether an element matching `css` is on the page now.
 pub async fn present(c: &Client, css: &str) -> bool {
     c.find(Locator::Css(css)).await.is_ok()
