@@ -246,6 +246,10 @@ pub async fn run_with(
             Err(e) => tracing::error!(error = %e, "no webhook delivery"),
         }
     }
+    if let Some(cluster) = &extras.cluster {
+        // The other nodes' books follow this node's alerts.
+        sinks.push(Box::new(cluster.alert_feed()));
+    }
     // Each sink resumes after the last event it acknowledged before a restart.
     let publishers: Vec<_> = sinks
         .into_iter()
@@ -271,7 +275,8 @@ pub async fn run_with(
     let trust = Arc::new(extras.trust);
     let gate = Gate::new(trust.clone(), guard.clone(), admission);
     let board = extras.board.map(|listener| {
-        let config = crate::board::BoardConfig { trust, commit_timeout: limits.commit_timeout };
+        let forward = api.forward.clone();
+        let config = crate::board::BoardConfig { trust, commit_timeout: limits.commit_timeout, forward };
         let served = crate::board::serve(listener, guard.clone(), config, api.shutdown.clone());
         tokio::spawn(async move {
             if let Err(e) = served.await {

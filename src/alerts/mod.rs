@@ -106,6 +106,10 @@ pub struct AlertEvent {
     pub kind: StaticName,
     pub alert: Alert,
     pub at: UnixSeconds,
+    /// The clustered mode: a copy of an event another node made (its
+    /// partition is theirs), for this node's watchers; never delivered or
+    /// logged from here.
+    pub mirrored: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -181,17 +185,35 @@ impl Book {
             kind,
             alert: alert.clone(),
             at: now,
+            mirrored: false,
         };
-        self.events.push_back(event.clone());
         if let Some(log) = &self.log {
             log.changed(alert, seq, &event);
         }
+        self.push(event.clone());
+        event
+    }
+
+    fn push(&mut self, event: AlertEvent) {
+        self.events.push_back(event);
         while self.events.len() > EVENT_RETENTION {
             if let (Some(old), Some(log)) = (self.events.pop_front(), &self.log) {
                 log.forgotten(old.cursor);
             }
         }
-        event
+    }
+
+    /// Past `upto`, the run of mirrored events that may be seen with it
+    /// (they wait for no log of this node's).
+    fn mirrored_after(&self, upto: u64) -> u64 {
+        let Some(front) = self.events.front().map(|e| e.cursor) else { return upto };
+        let mut upto = upto;
+        while upto >= front.saturating_sub(1)
+            && self.events.get((upto + 1 - front) as usize).is_some_and(|e| e.mirrored)
+        {
+            upto += 1;
+        }
+        upto
     }
 }
 
@@ -249,7 +271,7 @@ impl AlertBook {
         let events: Vec<AlertEvent> = {
             let mut book = self.lock();
             let from = book.released;
-            let upto = cursor.min(book.next_cursor);
+            let upto = book.mirrored_after(cursor.min(book.next_cursor));
             if upto <= from {
                 return;
             }
@@ -313,12 +335,31 @@ impl AlertBook {
         self.recorded(book, event.cursor);
     }
 
-    /// Forgets the alerts whose ids `belongs` picks (their partition is
-    /// another node's now); their past events stay in the log.
-    pub fn forget(&self, belongs: impl Fn(&str) -> bool) {
+    /// The clustered mode: applies `event`, made by the node that owns the
+    /// alert's partition, to this node's copy of the book, so officers see
+    /// every alert on any node. A copy older than the one held (a late
+    /// delivery from a deposed owner, a replay) changes nothing. The event
+    /// gets a cursor of this node's log, marked mirrored. Returns whether it applied.
+    pub fn mirror(&self, event: AlertEvent) -> bool {
+        let Some(seq) = event.event_id.rsplit_once(':').and_then(|(_, n)| n.parse::<u32>().ok()) else {
+            return false;
+        };
         let mut book = self.lock();
-        book.alerts.retain(|id, _| !belongs(id));
-        book.sequence.retain(|id, _| !belongs(id));
+        if book.sequence.get(&event.alert.id).is_some_and(|&held| held >= seq) {
+            return false;
+        }
+        book.sequence.insert(event.alert.id.clone(), seq);
+        book.alerts.insert(event.alert.id.clone(), event.alert.clone());
+        book.next_cursor += 1;
+        let cursor = book.next_cursor;
+        book.push(AlertEvent { cursor, mirrored: true, ..event });
+        // Seen now if everything before it is; otherwise with the event it waits behind.
+        let seen = book.released + 1 == cursor;
+        drop(book);
+        if seen {
+            self.release(cursor);
+        }
+        true
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<AlertEvent> {
@@ -605,5 +646,98 @@ claim_deadline = "15m"
         let e = Routing::parse("stations.toml", &bad).unwrap_err();
         assert_eq!(e[0].location(), "stations.toml:8:15");
         assert!(e[0].message.contains("unknown station `nowhere`"));
+    }
+
+    fn alert(id: &str, state: AlertState, at: UnixSeconds) -> Alert {
+        Alert {
+            id: id.into(),
+            station_id: "zhongshan-ps".into(),
+            escalation_station_id: None,
+            state,
+            action: Action::Hold,
+            score: 80,
+            hits: Vec::new(),
+            ruleset_version: "v1".into(),
+            transfer: TransferSummary {
+                request_id: format!("req-{id}"),
+                amount: 1_000_000,
+                currency: "CNY".into(),
+                channel: Channel::Counter,
+                bank_id: "psbc".into(),
+                branch_id: "psbc-heshan-zhongshan".into(),
+                teller_id: "t-07".into(),
+                customer_age_band: "55-64",
+                customer_account_masked: "6217****7777".into(),
+                payee_account_masked: "6222****3344".into(),
+                payee_name_masked: "王*".into(),
+                payee_bank_code: "ICBC".into(),
+                memo: String::new(),
+                observations: Observations::default(),
+            },
+            created_at: at,
+            claim_deadline: at + 600,
+            officer_id: None,
+            outcome: None,
+            hold_decision: None,
+            note: String::new(),
+            updated_at: at,
+            awaiting_decision: true,
+        }
+    }
+
+    /// Another node's event for `a`, its `seq`th.
+    fn theirs(kind: StaticName, a: &Alert, seq: u32) -> AlertEvent {
+        AlertEvent {
+            cursor: 77,
+            event_id: format!("{}:{seq}", a.id),
+            kind,
+            alert: a.clone(),
+            at: a.updated_at,
+            mirrored: false,
+        }
+    }
+
+    #[test]
+    fn another_nodes_events_are_copied_in_order_and_an_older_copy_changes_nothing() {
+        let book = AlertBook::new();
+        let mut watcher = book.subscribe();
+        let raised = alert("al-p3-n2-1-000001", AlertState::New, 100);
+        let mut claimed = raised.clone();
+        claimed.state = AlertState::Claimed;
+        claimed.officer_id = Some("officer-li".into());
+        assert!(book.mirror(theirs("raised", &raised, 1)));
+        assert!(book.mirror(theirs("claimed", &claimed, 2)));
+        // A late copy of the first event (a deposed owner's delivery, a replay).
+        assert!(!book.mirror(theirs("raised", &raised, 1)));
+        assert_eq!(book.get(&raised.id).unwrap().state, AlertState::Claimed);
+        let seen: Vec<(u64, &str, bool)> =
+            std::iter::from_fn(|| watcher.try_recv().ok()).map(|e| (e.cursor, e.kind, e.mirrored)).collect();
+        assert_eq!(seen, vec![(1, "raised", true), (2, "claimed", true)], "this node's cursors, marked mirrored");
+        assert!(!book.mirror(AlertEvent { event_id: "no-sequence".into(), ..theirs("raised", &raised, 9) }));
+    }
+
+    struct Holding;
+    impl AlertLog for Holding {
+        fn changed(&self, _: &Alert, _: u32, _: &AlertEvent) {}
+        fn forgotten(&self, _: u64) {}
+        fn removed(&self, _: &str) {}
+    }
+
+    #[test]
+    fn a_copied_event_waits_behind_this_nodes_event_not_yet_durable() {
+        let book = AlertBook::new();
+        book.set_log(Arc::new(Holding));
+        let mine = book.raise(alert("al-p1-n1-1-000001", AlertState::New, 100));
+        assert!(book.mirror(theirs("raised", &alert("al-p2-n2-1-000001", AlertState::New, 101), 1)));
+        assert_eq!(book.last_cursor(), 0, "neither is seen before this node's event is durable");
+        book.release(mine.cursor);
+        assert_eq!(book.last_cursor(), 2, "the copy behind it is seen with it");
+        // With nothing waiting, a copy is seen at once.
+        assert!(book.mirror(theirs("raised", &alert("al-p2-n2-1-000002", AlertState::New, 102), 1)));
+        assert_eq!(book.last_cursor(), 3);
+        match book.events_after(0) {
+            Backlog::Events(e) => assert_eq!(e.iter().map(|e| e.mirrored).collect::<Vec<_>>(), [false, true, true]),
+            Backlog::TooOld { .. } => panic!("nothing forgotten"),
+        }
     }
 }

@@ -470,9 +470,10 @@ impl pb::alerts_server::Alerts for Api {
                 let alerts = alerts.iter().map(convert::alert_to_pb).collect();
                 return Ok(Response::new(pb::ListAlertsResponse { alerts, next_page_token }));
             };
-            // The clustered mode: each node holds its partitions' alerts; the
-            // page is the newest of every node's pages (each node checks the
-            // caller as this one did).
+            // The clustered mode: each node's book holds its partitions'
+            // alerts and copies of the others' (a moment behind); the page is
+            // the newest of every node's pages (each node checks the caller as
+            // this one did), each alert as its most advanced copy.
             let asked = Request::from_parts(metadata, Default::default(), message);
             let pages =
                 f.gather(&asked, |c, r| async move { pb::alerts_client::AlertsClient::new(c).list_alerts(r).await });
@@ -483,7 +484,7 @@ impl pb::alerts_server::Alerts for Api {
                 merged.extend(page.alerts);
             }
             let key = |a: &pb::Alert| (a.created_at.as_ref().map_or(0, |t| t.seconds), a.alert_id.clone());
-            merged.sort_by_key(|a| std::cmp::Reverse(key(a)));
+            merged.sort_by_key(|a| std::cmp::Reverse((key(a), progress(a))));
             merged.dedup_by(|a, b| a.alert_id == b.alert_id);
             if merged.len() > q.limit {
                 merged.truncate(q.limit);
@@ -758,4 +759,16 @@ impl Drop for Watching {
             }
         }
     }
+}
+
+/// How far an alert's copy has come: later changes first, then (within a
+/// second) the later state; the lifecycle only moves forward.
+fn progress(a: &pb::Alert) -> (i64, u8) {
+    let rank = match a.state() {
+        pb::AlertState::Resolved => 3,
+        pb::AlertState::Claimed => 2,
+        pb::AlertState::Escalated => 1,
+        _ => 0,
+    };
+    (a.updated_at.as_ref().map_or(0, |t| t.seconds), rank)
 }

@@ -17,6 +17,7 @@
 //! `pages`, the words in `words`, the hits history in `hits`.
 
 pub mod hits;
+mod owner;
 mod pages;
 pub mod words;
 
@@ -60,12 +61,15 @@ pub struct BoardConfig {
     pub trust: Arc<Trust>,
     /// How long an action waits for the store before it says so.
     pub commit_timeout: Duration,
+    /// The clustered mode: where changes to other nodes' alerts are sent.
+    pub forward: Option<Arc<crate::api::forward::Forwarder>>,
 }
 
 struct Board {
     guard: Arc<TransferGuard>,
     trust: Arc<Trust>,
     commit_timeout: Duration,
+    forward: Option<Arc<crate::api::forward::Forwarder>>,
     hits: Mutex<HitHistory>,
     stop: watch::Receiver<bool>,
     streams: Arc<std::sync::atomic::AtomicUsize>,
@@ -101,6 +105,7 @@ pub async fn serve(
         guard,
         trust: config.trust,
         commit_timeout: config.commit_timeout,
+        forward: config.forward,
         hits: Mutex::default(),
         stop: stop.clone(),
         streams: Arc::default(),
@@ -191,6 +196,15 @@ impl Viewer {
     }
 }
 
+/// The viewer's token: the Authorization header's, or the sign-in cookie's.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| cookie(headers, TOKEN_COOKIE))
+}
+
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
@@ -226,12 +240,7 @@ impl Board {
     fn enter(&self, headers: &HeaderMap, uri: &Uri, page: BoardPage) -> Result<Viewer, Box<Response>> {
         let lang = lang_of(headers);
         let here = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .or_else(|| cookie(headers, TOKEN_COOKIE));
-        let caller = match self.trust.bearer(bearer) {
+        let caller = match self.trust.bearer(bearer(headers)) {
             Ok(c) => c,
             Err(IdentityError::Missing) => return Err(Box::new(Redirect::to("/login").into_response())),
             Err(e) => {
@@ -511,6 +520,18 @@ async fn act(
             }
         },
     };
+    if let Some(f) = &board.forward {
+        match f.place_alert(id, &tonic::metadata::MetadataMap::new()) {
+            Ok(crate::api::forward::Place::Here) => {}
+            Ok(crate::api::forward::Place::There(owner)) => {
+                return board.act_on_owner(f, owner, &viewer, &alert, officer, bearer(headers), act).await;
+            }
+            Err(status) => {
+                let e = status.message().to_string();
+                return board.alert_response(&viewer, &alert, StatusCode::SERVICE_UNAVAILABLE, Some(e));
+            }
+        }
+    }
     let done = match act {
         Act::Claim => board.guard.claim_alert(id, &officer, &viewer.caller),
         Act::Resolve { outcome, decision, note } => {

@@ -27,6 +27,7 @@
 //! Must not decide transfers or touch state except through `TransferGuard`'s
 //! partition methods; the single-node mode never builds one.
 
+pub mod alertbook;
 pub mod journal;
 
 use crate::service::TransferGuard;
@@ -243,6 +244,10 @@ impl Cluster {
             ..Default::default()
         };
         js.get_or_create_stream(payees).await.map_err(|e| format!("create the payees' stream: {e}"))?;
+        let retention = Duration::from_secs(guard.alert_retention_secs().max(60) as u64);
+        js.get_or_create_stream(alertbook::stream(&config.prefix, config.replicas, retention))
+            .await
+            .map_err(|e| format!("create the alert book's stream: {e}"))?;
         let (facts, unsent) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
             facts,
@@ -270,6 +275,7 @@ impl Cluster {
         tokio::spawn(cluster.clone().follow_owners());
         tokio::spawn(cluster.clone().send_facts(unsent));
         tokio::spawn(cluster.clone().follow_facts());
+        tokio::spawn(cluster.clone().follow_alerts());
         tracing::info!(node = %cluster.me, partitions = cluster.config.partitions, "joined the cluster");
         Ok(cluster)
     }
@@ -403,25 +409,11 @@ impl Cluster {
     /// Counts every node's payee-paid facts of the last day in this node's
     /// fan-in (its own too: counting twice changes nothing).
     async fn follow_facts(self: Arc<Self>) {
-        use jetstream::consumer::{push, DeliverPolicy};
+        use jetstream::consumer::DeliverPolicy;
         let stream_name = journal::stream_name(&self.config.prefix, "PAYEES");
         loop {
             let since = time::OffsetDateTime::now_utc() - time::Duration::seconds(crate::state::WINDOW_SECS);
-            let consumer = async {
-                let stream = self.js.get_stream_no_info(&stream_name).await.map_err(|e| e.to_string())?;
-                stream
-                    .create_consumer(push::OrderedConfig {
-                        deliver_subject: self.client.new_inbox(),
-                        deliver_policy: DeliverPolicy::ByStartTime { start_time: since },
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .messages()
-                    .await
-                    .map_err(|e| e.to_string())
-            };
-            match consumer.await {
+            match self.ordered(&stream_name, DeliverPolicy::ByStartTime { start_time: since }).await {
                 Ok(mut messages) => {
                     while let Some(message) = tokio_stream::StreamExt::next(&mut messages).await {
                         let Ok(message) = message else { break };
@@ -440,6 +432,60 @@ impl Cluster {
             }
             tokio::time::sleep(self.config.lease / 3).await;
         }
+    }
+
+    /// The sink that publishes this node's alert events for the other nodes' books.
+    pub fn alert_feed(&self) -> alertbook::AlertFeed {
+        alertbook::AlertFeed { js: self.js.clone(), prefix: self.config.prefix.clone() }
+    }
+
+    /// Keeps a copy of every other node's alerts in this node's book: the
+    /// latest event of each alert from the stream, then each new one.
+    async fn follow_alerts(self: Arc<Self>) {
+        let stream_name = journal::stream_name(&self.config.prefix, "ALERTBOOK");
+        loop {
+            match self.ordered(&stream_name, jetstream::consumer::DeliverPolicy::All).await {
+                Ok(mut messages) => {
+                    while let Some(message) = tokio_stream::StreamExt::next(&mut messages).await {
+                        let Ok(message) = message else { break };
+                        let Some(event) = alertbook::decode(&message.payload) else {
+                            tracing::warn!(subject = %message.subject, "an alert book entry this node cannot read");
+                            continue;
+                        };
+                        // The owner's own book is the true one.
+                        let owner_here = crate::alerts::partition_of_id(&event.alert.id)
+                            .and_then(|p| self.parts.get(p as usize))
+                            .is_some_and(|part| part.holding() != Holding::Foreign);
+                        if !owner_here {
+                            self.guard.alerts().mirror(event);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot follow the alert book; retrying"),
+            }
+            tokio::time::sleep(self.config.lease / 3).await;
+        }
+    }
+
+    /// An ordered push consumer of `stream_name` from `policy`, as a stream of messages.
+    async fn ordered(
+        &self,
+        stream_name: &str,
+        policy: jetstream::consumer::DeliverPolicy,
+    ) -> Result<jetstream::consumer::push::Ordered, String> {
+        use jetstream::consumer::push;
+        let stream = self.js.get_stream_no_info(stream_name).await.map_err(|e| e.to_string())?;
+        stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                deliver_policy: policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .messages()
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// How many partitions this node serves now.
@@ -831,8 +877,8 @@ impl Cluster {
 
     fn forget(&self, p: u16) {
         let n = self.config.partitions;
+        // Its alerts stay, as copies the new owner's events keep current.
         self.guard.forget_customers(|customer| partition_of(customer, n) == p);
-        self.guard.alerts().forget(|id| crate::alerts::partition_of_id(id) == Some(p));
     }
 
     /// Where calls about partition `p` go now.

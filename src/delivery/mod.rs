@@ -126,6 +126,11 @@ async fn deliver_pending(
     };
     let mut result = Ok(());
     for event in events {
+        if event.mirrored {
+            // Another node's event: that node delivers it.
+            progress.published_cursor.store(event.cursor, Ordering::Relaxed);
+            continue;
+        }
         let payload = crate::api::convert::event_to_pb(&event);
         match sink.deliver(&event, &payload).await {
             Ok(messages) => {

@@ -237,6 +237,11 @@ impl TransferGuard {
         self
     }
 
+    /// How long resolved alerts and alert events are kept after their last change.
+    pub fn alert_retention_secs(&self) -> i64 {
+        self.alert_retention_secs
+    }
+
     /// Reads the time from `clock` from now on (tests advance one).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.started_at = clock.now();

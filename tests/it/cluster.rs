@@ -676,3 +676,99 @@ async fn under_load_two_nodes_of_three_die_one_after_the_other_and_no_answer_cha
         assert_eq!(&gist(&again), g, "{}", r.request_id);
     }
 }
+
+/// Keeps reading `watch` until it has had a `kind` event for every id in `ids`.
+async fn until_seen(watch: &mut tonic::Streaming<pb::AlertEvent>, kind: &str, ids: &[String], node: &str) {
+    let mut missing: std::collections::HashSet<&String> = ids.iter().collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !missing.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = tokio::time::timeout(left, watch.message())
+            .await
+            .unwrap_or_else(|_| panic!("{node}: no `{kind}` event for {missing:?}"))
+            .unwrap_or_else(|s| panic!("{node}: {s:?}"))
+            .unwrap_or_else(|| panic!("{node}: the stream ended"));
+        if event.kind == kind {
+            missing.remove(&event.alert.unwrap().alert_id);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_officer_on_any_node_watches_and_acts_on_every_nodes_alerts() {
+    let nats = NatsServer::start_fresh();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for name in ["n1", "n2", "n3"] {
+        let mut flags = node_flags(&nats.url(), name);
+        if name == "n3" {
+            // n3 serves the board.
+            flags.retain(|f| f != "--board-listen" && f != "off");
+        }
+        nodes.push(ServeProcess::start(&dir.path().join(name), &format!("{name}.log"), &flags).await);
+    }
+    let mut teller = teller(&nodes[0]).await;
+    wait_until_spread(&mut teller, 3).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let station = screen_until_answered(&mut teller, &seed_case("which-station"), Duration::from_secs(30)).await.0;
+    let station = station.station_id;
+    // A watcher on every node, before the alerts are raised.
+    let mut watches = Vec::new();
+    for n in &nodes {
+        let request = pb::WatchAlertsRequest { station_ids: vec![station.clone()], after_cursor: 0 };
+        let mut officer = pb::alerts_client::AlertsClient::new(n.channel().await);
+        watches.push(officer.watch_alerts(request).await.unwrap().into_inner());
+    }
+    // Held transfers of twelve customers, all through n1: their partitions are every node's.
+    let mut raised = Vec::new();
+    let mut raised_by = std::collections::HashSet::new();
+    for i in 0..12 {
+        let mut r = seed_case(&format!("anywhere-{i}"));
+        let customer = r.customer.as_mut().unwrap();
+        customer.customer_id = format!("anywhere-customer-{i}");
+        if let Some(change) = customer.last_limit_change.as_mut() {
+            change.customer_id = customer.customer_id.clone();
+        }
+        let (answer, node) = screen_until_answered(&mut teller, &r, Duration::from_secs(30)).await;
+        assert_eq!(answer.action(), pb::Action::Hold);
+        raised_by.insert(node);
+        raised.push(answer.alert_id);
+    }
+    assert!(raised_by.len() >= 2, "the alerts were raised on several nodes: {raised_by:?}");
+    for (watch, name) in watches.iter_mut().zip(["n1", "n2", "n3"]) {
+        until_seen(watch, "raised", &raised, name).await;
+    }
+
+    // On n3's board: an alert another node owns, opened and claimed there.
+    let elsewhere = raised.iter().find(|id| !id.contains("-n3-")).expect("an alert of n1's or n2's").clone();
+    let page = format!("/alerts/{elsewhere}");
+    let (status, body) = crate::harness::http(nodes[2].board_port, &page, None);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(&elsewhere) && body.contains("id=\"claim\""),
+        "the alert's page on a node that does not own it"
+    );
+    let (status, body) =
+        crate::harness::http(nodes[2].board_port, &format!("{page}/claim"), Some("officer=officer-li"));
+    assert_eq!(status, 303, "claimed through the owner: {body}");
+    let (status, body) = crate::harness::http(nodes[2].board_port, &page, None);
+    assert!(status == 200 && body.contains("officer-li") && !body.contains("id=\"claim\""), "{body}");
+    // A second claim is the owner's conflict, shown on the page.
+    let (status, body) =
+        crate::harness::http(nodes[2].board_port, &format!("{page}/claim"), Some("officer=officer-wu"));
+    assert_eq!(status, 409, "{body}");
+    // Every node's watcher hears the claim; every node lists it claimed by her.
+    for (watch, name) in watches.iter_mut().zip(["n1", "n2", "n3"]) {
+        until_seen(watch, "claimed", std::slice::from_ref(&elsewhere), name).await;
+    }
+    for n in &nodes {
+        let listed = pb::alerts_client::AlertsClient::new(n.channel().await)
+            .list_alerts(pb::ListAlertsRequest { limit: 1000, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        let claimed = listed.alerts.iter().find(|a| a.alert_id == elsewhere).expect("listed everywhere");
+        assert_eq!((claimed.state(), claimed.officer_id.as_str()), (pb::AlertState::Claimed, "officer-li"));
+        assert_eq!(listed.alerts.iter().filter(|a| a.alert_id == elsewhere).count(), 1, "once");
+    }
+}

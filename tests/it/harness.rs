@@ -394,6 +394,8 @@ pub fn unique_nats(url: &str) -> NatsConfig {
 /// The real `transfer-guard serve` process on loopback, its logs in a file.
 pub struct ServeProcess {
     pub port: u16,
+    /// The board's port (unless the flags set `--board-listen` themselves).
+    pub board_port: u16,
     pub log: PathBuf,
     child: std::process::Child,
 }
@@ -449,7 +451,7 @@ impl ServeProcess {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start transfer-guard serve");
-        let mut served = ServeProcess { port, log, child };
+        let mut served = ServeProcess { port, board_port, log, child };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Ok(Some(status)) = served.child.try_wait() {
@@ -498,6 +500,27 @@ impl ServeProcess {
         self.child.kill().expect("SIGKILL");
         self.child.wait().unwrap();
     }
+}
+
+/// One HTTP/1.1 exchange with a server on loopback: the status and the whole
+/// response (headers and body). `form` makes it a POST of that urlencoded form.
+pub fn http(port: u16, path: &str, form: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let request = match form {
+        None => format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"),
+        Some(body) => format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    };
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("an HTTP response");
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, response)
 }
 
 impl Drop for ServeProcess {

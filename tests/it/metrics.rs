@@ -2,14 +2,11 @@
 //! with no station mapping, the ruleset in force.
 
 use crate::harness::{ordinary, seed_case, TestServer};
-use std::io::{Read, Write};
 
 pub(crate) fn scrape(addr: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).expect("metrics listener");
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let port = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a loopback address with a port");
+    let (status, response) = crate::harness::http(port, "/metrics", None);
+    assert_eq!(status, 200, "{response}");
     response
 }
 
