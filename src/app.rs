@@ -71,16 +71,26 @@ pub enum AppError {
 
 /// In the clustered mode with TLS: how a node reaches the others when it
 /// forwards a call — TLS, their certificates verified against the client CA
-/// (one bank CA signs the nodes' certificates). No client certificate is
-/// presented: the forwarded call carries the caller's own bearer token.
+/// (one bank CA signs the nodes' certificates). When this node's certificate
+/// names it as a node (`spiffe://<domain>/node/<id>`) it presents it, and
+/// the owner believes whom it says a certificate caller is; either way the
+/// caller's bearer token goes with the call.
 pub fn peer_tls(security: &crate::config::Security) -> Result<Option<tonic::transport::ClientTlsConfig>, AppError> {
-    let (Some(_), Some(ca)) = (&security.tls, &security.client_ca) else { return Ok(None) };
-    let pem = std::fs::read(ca).map_err(|source| AppError::TrustFile {
-        what: "the client CA",
-        path: ca.display().to_string(),
-        source,
-    })?;
-    Ok(Some(tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem))))
+    let (Some((cert, key)), Some(ca)) = (&security.tls, &security.client_ca) else { return Ok(None) };
+    let read = |what: &'static str, path: &Path| {
+        std::fs::read(path).map_err(|source| AppError::TrustFile { what, path: path.display().to_string(), source })
+    };
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read("the client CA", ca)?));
+    let cert = read("the TLS certificate", cert)?;
+    let names_node = x509_parser::pem::parse_x509_pem(&cert).ok().is_some_and(|(_, pem)| {
+        crate::api::identity::spiffe_id(&pem.contents)
+            .is_ok_and(|id| crate::api::identity::node_of(id, &security.trust_domain).is_some())
+    });
+    if names_node {
+        tls = tls.identity(tonic::transport::Identity::from_pem(cert, read("the TLS key", key)?));
+    }
+    Ok(Some(tls))
 }
 
 /// The identity settings made real: how callers are identified, and the

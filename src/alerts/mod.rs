@@ -362,6 +362,20 @@ impl AlertBook {
         true
     }
 
+    /// The clustered mode: a node whose log is empty numbers its events from
+    /// a place of its own (from its name), so a cursor one node gave is
+    /// never another node's: resumed elsewhere, it is refused, not misread.
+    pub fn number_from_node(&self, node: &str) {
+        // FNV-1a: stable across builds and platforms.
+        let hash = node.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        let base = ((hash & 0xffff) + 1) << 40;
+        let mut book = self.lock();
+        if book.events.is_empty() && book.next_cursor < base {
+            book.next_cursor = base;
+            book.released = base;
+        }
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<AlertEvent> {
         self.live.subscribe()
     }
@@ -379,6 +393,8 @@ impl AlertBook {
     fn events_matching(&self, after: u64, keep: impl Fn(&AlertEvent) -> bool) -> Backlog {
         let book = self.lock();
         let oldest = book.events.front().map_or(book.released + 1, |e| e.cursor);
+        // Cursor 0: from the oldest event retained.
+        let after = if after == 0 { oldest - 1 } else { after };
         if after + 1 < oldest && after < book.released {
             return Backlog::TooOld { oldest };
         }

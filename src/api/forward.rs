@@ -7,6 +7,7 @@
 //!
 //! Must not decide anything: it only picks where a call runs.
 
+use crate::auth::Caller;
 use crate::cluster::{Cluster, Route};
 use dashmap::DashMap;
 use std::sync::Arc;
@@ -88,6 +89,13 @@ impl Forwarder {
         }
         if let Ok(me) = MetadataValue::try_from(self.cluster.node_id()) {
             out.metadata_mut().insert(FORWARDED_HEADER, me);
+        }
+        // Whom this node identified (believed by the owner only when this
+        // node presents a node certificate; otherwise the token decides).
+        if let Caller::Known(p) = crate::api::identity::caller_of(request) {
+            if let Ok(v) = MetadataValue::try_from(crate::api::identity::spiffe_path(&p)) {
+                out.metadata_mut().insert(crate::api::identity::CALLER_HEADER, v);
+            }
         }
         out
     }

@@ -33,14 +33,24 @@ impl Trust {
     pub fn identify<B>(&self, request: &http::Request<B>) -> Result<Caller, IdentityError> {
         let Trust::Enforced { trust_domain, .. } = self else { return Ok(Caller::Open) };
         let certs = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|i| i.peer_certs());
-        if let Some(leaf) = certs.as_deref().and_then(|c| c.first()) {
-            return spiffe_principal(leaf, trust_domain).map(Caller::Known);
-        }
         let bearer = request
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
+        if let Some(leaf) = certs.as_deref().and_then(|c| c.first()) {
+            let uri = spiffe_id(leaf)?;
+            if node_of(uri, trust_domain).is_none() {
+                return Principal::from_spiffe(uri, trust_domain).map(Caller::Known);
+            }
+            // Another node of the cluster, forwarding a call: it speaks for
+            // the caller whose certificate it verified, or passes their token.
+            let spoken_for = request.headers().get(CALLER_HEADER).and_then(|v| v.to_str().ok());
+            if let Some(path) = spoken_for {
+                return Principal::from_spiffe(&format!("spiffe://{trust_domain}/{path}"), trust_domain)
+                    .map(Caller::Known);
+            }
+        }
         self.bearer(bearer)
     }
 
@@ -57,8 +67,35 @@ impl Trust {
     }
 }
 
+/// Request metadata a cluster node sets on a call it forwards for a caller it
+/// identified by certificate: the caller's SPIFFE path (`role/scope/subject`).
+/// Believed only from a peer whose own certificate names a node.
+pub const CALLER_HEADER: &str = "transfer-guard-caller";
+
+/// The cluster node a SPIFFE id names (`spiffe://<domain>/node/<id>`), if it names one.
+pub fn node_of<'a>(uri: &'a str, trust_domain: &str) -> Option<&'a str> {
+    let rest = uri.strip_prefix("spiffe://")?;
+    let (domain, path) = rest.split_once('/')?;
+    let node = path.strip_prefix("node/")?;
+    (domain.eq_ignore_ascii_case(trust_domain) && !node.is_empty() && !node.contains('/')).then_some(node)
+}
+
+/// The principal's SPIFFE path, as a node forwarding its call names it.
+pub fn spiffe_path(p: &Principal) -> String {
+    if p.scope.is_empty() {
+        format!("{}/{}", p.role.as_str(), p.subject)
+    } else {
+        format!("{}/{}/{}", p.role.as_str(), p.scope, p.subject)
+    }
+}
+
 /// The principal a client certificate names in its URI SAN.
 pub fn spiffe_principal(der: &[u8], trust_domain: &str) -> Result<Principal, IdentityError> {
+    Principal::from_spiffe(spiffe_id(der)?, trust_domain)
+}
+
+/// The one SPIFFE id in a certificate's URI SANs.
+pub fn spiffe_id(der: &[u8]) -> Result<&str, IdentityError> {
     use x509_parser::prelude::*;
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
     let san = cert.subject_alternative_name().map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
@@ -74,7 +111,7 @@ pub fn spiffe_principal(der: &[u8], trust_domain: &str) -> Result<Principal, Ide
         }
         found = Some(uri);
     }
-    Principal::from_spiffe(found.ok_or(IdentityError::NoSpiffeId)?, trust_domain)
+    found.ok_or(IdentityError::NoSpiffeId)
 }
 
 /// PERMISSION_DENIED naming what was needed, counted and audited: every
@@ -184,4 +221,33 @@ where
 /// The caller the gate put on a request (open when there was no gate: in-process tests of handlers).
 pub fn caller_of<T>(request: &tonic::Request<T>) -> Caller {
     request.extensions().get::<Caller>().cloned().unwrap_or(Caller::Open)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Role;
+
+    #[test]
+    fn a_node_is_named_only_by_a_node_id_of_this_trust_domain() {
+        assert_eq!(node_of("spiffe://bank.example/node/n1", "bank.example"), Some("n1"));
+        assert_eq!(node_of("spiffe://BANK.example/node/n1", "bank.example"), Some("n1"));
+        for not_a_node in [
+            "spiffe://other.example/node/n1",
+            "spiffe://bank.example/node/",
+            "spiffe://bank.example/node/n1/extra",
+            "spiffe://bank.example/teller/psbc/node",
+            "https://bank.example/node/n1",
+        ] {
+            assert_eq!(node_of(not_a_node, "bank.example"), None, "{not_a_node}");
+        }
+    }
+
+    #[test]
+    fn the_path_a_node_speaks_for_names_the_same_principal() {
+        for p in [Principal::new(Role::Teller, "psbc", "t-07"), Principal::new(Role::Analyst, "", "wang")] {
+            let uri = format!("spiffe://bank.example/{}", spiffe_path(&p));
+            assert_eq!(Principal::from_spiffe(&uri, "bank.example").unwrap(), p);
+        }
+    }
 }

@@ -383,6 +383,12 @@ impl pb::alerts_server::Alerts for Api {
             for station in &stations {
                 self.check(&caller, Method::WatchAlerts, |p| p.require_station("WatchAlerts", station))?;
             }
+            let newest = self.guard.alerts().last_cursor();
+            if r.after_cursor > newest {
+                // Another node's cursor, or one this node lost in a restart without a store.
+                let msg = format!("after_cursor {} was not given by this node (its newest is {newest}); list alerts, then resume from {newest}", r.after_cursor);
+                return Err(Status::out_of_range(msg));
+            }
             let watching = self.watching(&stations)?;
             let guard = self.guard.clone();
             // Subscribe before reading the backlog so no event falls in between.

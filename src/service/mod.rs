@@ -338,6 +338,7 @@ impl TransferGuard {
     /// `partitions`) and this node.
     pub fn set_cluster_ids(&self, node: &str, partitions: u16) {
         let _ = self.cluster_ids.set((node.to_string(), partitions));
+        self.alerts.number_from_node(node);
     }
 
     /// Loads and tests the rules folder, then builds the service.

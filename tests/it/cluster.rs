@@ -561,24 +561,27 @@ async fn a_new_owner_compacts_the_journal_it_replayed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_serving_tls_forward_over_tls_with_the_callers_token() {
+async fn nodes_serving_tls_forward_over_tls_with_the_callers_token_or_certificate() {
     use crate::trust::{Pki, Tokens, TRUST_DOMAIN};
     use transfer_guard::auth::Role;
     let nats = NatsServer::start_fresh();
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new();
-    // The nodes' certificate names the address they advertise (the listen address).
-    let (cert, key) = pki.issue(&["127.0.0.1", "localhost"], None);
-    std::fs::write(pki.path("node.pem"), cert).unwrap();
-    std::fs::write(pki.path("node.key"), key).unwrap();
+    // Each node's certificate names the address it advertises (the listen
+    // address) and the node: it presents it to the others when it forwards.
+    for node in ["a", "b"] {
+        let (cert, key) = pki.issue(&["127.0.0.1", "localhost"], Some(&format!("spiffe://{TRUST_DOMAIN}/node/{node}")));
+        std::fs::write(pki.path(&format!("{node}.pem")), cert).unwrap();
+        std::fs::write(pki.path(&format!("{node}.key")), key).unwrap();
+    }
     let tokens = Tokens::new();
     std::fs::write(pki.path("tokens.pub"), &tokens.public).unwrap();
     let path = |name: &str| pki.path(name).display().to_string();
     let flags = |node: &str| {
         let mut f = node_flags(&nats.url(), node);
         for (flag, value) in [
-            ("--tls-cert", path("node.pem")),
-            ("--tls-key", path("node.key")),
+            ("--tls-cert", path(&format!("{node}.pem"))),
+            ("--tls-key", path(&format!("{node}.key"))),
             ("--client-ca", path("ca.pem")),
             ("--token-public-key", path("tokens.pub")),
             ("--trust-domain", TRUST_DOMAIN.to_string()),
@@ -591,13 +594,11 @@ async fn nodes_serving_tls_forward_over_tls_with_the_callers_token() {
     let _b = ServeProcess::start(&dir.path().join("b"), "b.log", &flags("b")).await;
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(pki.path("ca.pem")).unwrap()));
-    let channel = Channel::from_shared(format!("https://127.0.0.1:{}", a.port))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let connect = |tls: tonic::transport::ClientTlsConfig| async move {
+        let endpoint = Channel::from_shared(format!("https://127.0.0.1:{}", a.port)).unwrap();
+        endpoint.tls_config(tls).unwrap().connect().await.unwrap()
+    };
+    let channel = connect(tls.clone()).await;
     let bearer: tonic::metadata::MetadataValue<_> =
         format!("Bearer {}", tokens.for_(Role::Teller, "psbc", "teller-7")).parse().unwrap();
     let mut teller =
@@ -621,6 +622,26 @@ async fn nodes_serving_tls_forward_over_tls_with_the_callers_token() {
         assert!(Instant::now() < deadline, "b never answered through a: {answered_by:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A teller identified by its certificate alone, no token: b's customers
+    // are answered through a, which speaks for the certificate it verified.
+    let channel =
+        connect(tls.clone().identity(pki.client(&format!("spiffe://{TRUST_DOMAIN}/teller/psbc/teller-9")))).await;
+    let mut teller = pb::screening_client::ScreeningClient::new(channel);
+    let mut answered_by = std::collections::HashSet::new();
+    for i in 0..32 {
+        let r = ordinary(&format!("tls-cert-{i}"), &format!("c-{i}"), "6222020200112233");
+        let (_, node) = screen_until_answered(&mut teller, &r, Duration::from_secs(30)).await;
+        answered_by.insert(node);
+    }
+    assert_eq!(answered_by.len(), 2, "both nodes answered the certificate's calls: {answered_by:?}");
+    // A caller that is not a node cannot make another caller's claims: its
+    // own certificate is who it is, whatever it says.
+    let channel = connect(tls.identity(pki.client(&format!("spiffe://{TRUST_DOMAIN}/officer/some-station/o-1")))).await;
+    let mut spoofing = pb::screening_client::ScreeningClient::new(channel);
+    let mut r = tonic::Request::new(ordinary("tls-spoof", "c-1", "6222020200112233"));
+    r.metadata_mut().insert("transfer-guard-caller", "teller/psbc/teller-9".parse().unwrap());
+    let refused = spoofing.screen(r).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -677,8 +698,10 @@ async fn under_load_two_nodes_of_three_die_one_after_the_other_and_no_answer_cha
     }
 }
 
-/// Keeps reading `watch` until it has had a `kind` event for every id in `ids`.
-async fn until_seen(watch: &mut tonic::Streaming<pb::AlertEvent>, kind: &str, ids: &[String], node: &str) {
+/// Keeps reading `watch` until it has had a `kind` event for every id in
+/// `ids`; the cursor of the last event read.
+async fn until_seen(watch: &mut tonic::Streaming<pb::AlertEvent>, kind: &str, ids: &[String], node: &str) -> u64 {
+    let mut cursor = 0;
     let mut missing: std::collections::HashSet<&String> = ids.iter().collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !missing.is_empty() {
@@ -688,10 +711,12 @@ async fn until_seen(watch: &mut tonic::Streaming<pb::AlertEvent>, kind: &str, id
             .unwrap_or_else(|_| panic!("{node}: no `{kind}` event for {missing:?}"))
             .unwrap_or_else(|s| panic!("{node}: {s:?}"))
             .unwrap_or_else(|| panic!("{node}: the stream ended"));
+        cursor = event.cursor;
         if event.kind == kind {
             missing.remove(&event.alert.unwrap().alert_id);
         }
     }
+    cursor
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -735,9 +760,18 @@ async fn an_officer_on_any_node_watches_and_acts_on_every_nodes_alerts() {
         raised.push(answer.alert_id);
     }
     assert!(raised_by.len() >= 2, "the alerts were raised on several nodes: {raised_by:?}");
+    let mut cursors = Vec::new();
     for (watch, name) in watches.iter_mut().zip(["n1", "n2", "n3"]) {
-        until_seen(watch, "raised", &raised, name).await;
+        cursors.push(until_seen(watch, "raised", &raised, name).await);
     }
+    // Cursors are each node's own: one node's, resumed on another, is refused, not misread.
+    let mut officer = pb::alerts_client::AlertsClient::new(nodes[1].channel().await);
+    let elsewhere = pb::WatchAlertsRequest { station_ids: vec![station.clone()], after_cursor: cursors[0] };
+    let refused = match officer.watch_alerts(elsewhere).await {
+        Err(s) => s,
+        Ok(stream) => stream.into_inner().message().await.expect_err("n1's cursor on n2"),
+    };
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
 
     // On n3's board: an alert another node owns, opened and claimed there.
     let elsewhere = raised.iter().find(|id| !id.contains("-n3-")).expect("an alert of n1's or n2's").clone();

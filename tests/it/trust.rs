@@ -59,7 +59,7 @@ impl Pki {
         (params.signed_by(&key, &self.issuer).unwrap().pem(), key.serialize_pem())
     }
 
-    fn client(&self, spiffe: &str) -> Identity {
+    pub(crate) fn client(&self, spiffe: &str) -> Identity {
         let (cert, key) = self.issue(&[], Some(spiffe));
         Identity::from_pem(cert, key)
     }
