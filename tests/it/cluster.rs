@@ -69,6 +69,18 @@ async fn teller(node: &ServeProcess) -> Teller {
     Teller::new(node.channel().await)
 }
 
+/// The seed case (a transfer that is held) for another customer: customers
+/// of several partitions.
+fn held_case(request_id: &str, customer_id: &str) -> pb::ScreenRequest {
+    let mut r = seed_case(request_id);
+    let customer = r.customer.as_mut().unwrap();
+    customer.customer_id = customer_id.into();
+    if let Some(change) = customer.last_limit_change.as_mut() {
+        change.customer_id = customer_id.into();
+    }
+    r
+}
+
 /// What a retry must answer the same.
 fn gist(r: &pb::ScreenResponse) -> (i32, i64, String, String) {
     (r.action, r.score, r.alert_id.clone(), r.station_id.clone())
@@ -97,13 +109,7 @@ async fn three_nodes_answer_every_retry_the_same_after_one_is_killed() {
     let mut requests: Vec<pb::ScreenRequest> =
         (0..40).map(|i| ordinary(&format!("ord-{i}"), &format!("customer-{i}"), "6222020200112233")).collect();
     for i in 0..4 {
-        let mut r = seed_case(&format!("seed-{i}"));
-        let customer = r.customer.as_mut().unwrap();
-        customer.customer_id = format!("seed-customer-{i}");
-        if let Some(change) = customer.last_limit_change.as_mut() {
-            change.customer_id = customer.customer_id.clone();
-        }
-        requests.push(r);
+        requests.push(held_case(&format!("seed-{i}"), &format!("seed-customer-{i}")));
     }
     let mut first = HashMap::new();
     let mut answered_by: HashMap<String, usize> = HashMap::new();
@@ -645,19 +651,23 @@ async fn nodes_serving_tls_forward_over_tls_with_the_callers_token_or_certificat
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_load_two_nodes_of_three_die_one_after_the_other_and_no_answer_changes() {
-    let nats = NatsServer::start_fresh();
+async fn under_load_two_nodes_of_three_die_one_after_the_other_and_nothing_is_lost() {
+    // Three NATS servers in one JetStream cluster, the cluster's buckets and
+    // journal on all three; alert events to the stations' subjects there too.
+    let nats = NatsCluster::start();
+    let station_nats = NatsConfig::new(nats.servers[0].as_ref().unwrap().url());
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = Vec::new();
     for name in ["n1", "n2", "n3"] {
-        nodes.push(
-            ServeProcess::start(&dir.path().join(name), &format!("{name}.log"), &node_flags(&nats.url(), name)).await,
-        );
+        let mut flags = node_flags(&nats.urls(), name);
+        flags.extend(["--cluster-replicas", "3", "--nats-url", &station_nats.url].map(String::from));
+        nodes.push(ServeProcess::start(&dir.path().join(name), &format!("{name}.log"), &flags).await);
     }
     let mut probe = teller(&nodes[0]).await;
     wait_until_spread(&mut probe, 3).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // Four tellers screen without pause through n1 (which stays up) while n2 and then n3 die.
+    // Four tellers screen without pause through n1 (which stays up) while n2
+    // and then n3 die; one in ten is a held transfer.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tellers = Vec::new();
     for t in 0..4 {
@@ -668,10 +678,11 @@ async fn under_load_two_nodes_of_three_die_one_after_the_other_and_no_answer_cha
                 if stop.load(std::sync::atomic::Ordering::Relaxed) {
                     break;
                 }
-                let mut r = ordinary(&format!("load-{t}-{n}"), &format!("c-{}", n % 50), "6222020200112233");
-                if n % 10 == 0 {
-                    r = seed_case(&format!("load-{t}-{n}"));
-                }
+                let id = format!("load-{t}-{n}");
+                let r = match n % 10 {
+                    0 => held_case(&id, &format!("held-{t}-{n}")),
+                    _ => ordinary(&id, &format!("c-{}", n % 50), "6222020200112233"),
+                };
                 if let Ok(Ok(answer)) = tokio::time::timeout(Duration::from_secs(5), client.screen(r.clone())).await {
                     answered.push((r, gist(answer.get_ref())));
                 }
@@ -695,6 +706,36 @@ async fn under_load_two_nodes_of_three_die_one_after_the_other_and_no_answer_cha
         let (again, node) = screen_until_answered(&mut probe, r, Duration::from_secs(60)).await;
         assert_eq!(node, "n1");
         assert_eq!(&gist(&again), g, "{}", r.request_id);
+    }
+    // Every held transfer is still decided, whichever node held it.
+    let held: Vec<&(pb::ScreenRequest, (i32, i64, String, String))> =
+        answered.iter().filter(|(_, g)| g.0 == pb::Action::Hold as i32).collect();
+    assert!(!held.is_empty(), "some transfers were held");
+    let mut officer = pb::alerts_client::AlertsClient::new(nodes[0].channel().await);
+    for (r, g) in &held {
+        let resolve = pb::ResolveAlertRequest {
+            alert_id: g.2.clone(),
+            officer_id: "officer-li".into(),
+            outcome: pb::Outcome::Dissuaded as i32,
+            hold_decision: pb::HoldDecision::Block as i32,
+            note: String::new(),
+        };
+        officer.resolve_alert(resolve).await.unwrap_or_else(|s| panic!("{}: {s:?}", r.request_id));
+        let status = probe.get_transfer(pb::GetTransferRequest { request_id: r.request_id.clone() }).await.unwrap();
+        assert_eq!(status.into_inner().state(), pb::TransferState::Blocked, "{}", r.request_id);
+    }
+    // Every alert reached its station exactly once: raised, then resolved.
+    let station = held[0].1 .3.clone();
+    let events = crate::nats::read_station(&station_nats, &station, 2 * held.len()).await;
+    let mut by_id: HashMap<&str, usize> = HashMap::new();
+    for e in &events {
+        *by_id.entry(e.event_id.as_str()).or_default() += 1;
+    }
+    assert!(by_id.values().all(|n| *n == 1), "an event reached the station twice: {by_id:?}");
+    for (r, g) in &held {
+        let kinds: Vec<&str> =
+            events.iter().filter(|e| e.alert.as_ref().unwrap().alert_id == g.2).map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["raised", "resolved"], "{}: {kinds:?}", r.request_id);
     }
 }
 
@@ -748,12 +789,7 @@ async fn an_officer_on_any_node_watches_and_acts_on_every_nodes_alerts() {
     let mut raised = Vec::new();
     let mut raised_by = std::collections::HashSet::new();
     for i in 0..12 {
-        let mut r = seed_case(&format!("anywhere-{i}"));
-        let customer = r.customer.as_mut().unwrap();
-        customer.customer_id = format!("anywhere-customer-{i}");
-        if let Some(change) = customer.last_limit_change.as_mut() {
-            change.customer_id = customer.customer_id.clone();
-        }
+        let r = held_case(&format!("anywhere-{i}"), &format!("anywhere-customer-{i}"));
         let (answer, node) = screen_until_answered(&mut teller, &r, Duration::from_secs(30)).await;
         assert_eq!(answer.action(), pb::Action::Hold);
         raised_by.insert(node);
