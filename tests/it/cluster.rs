@@ -708,8 +708,7 @@ async fn under_load_two_nodes_of_three_die_one_after_the_other_and_nothing_is_lo
         assert_eq!(&gist(&again), g, "{}", r.request_id);
     }
     // Every held transfer is still decided, whichever node held it.
-    let held: Vec<&(pb::ScreenRequest, (i32, i64, String, String))> =
-        answered.iter().filter(|(_, g)| g.0 == pb::Action::Hold as i32).collect();
+    let held: Vec<_> = answered.iter().filter(|(_, g)| g.0 == pb::Action::Hold as i32).collect();
     assert!(!held.is_empty(), "some transfers were held");
     let mut officer = pb::alerts_client::AlertsClient::new(nodes[0].channel().await);
     for (r, g) in &held {
