@@ -62,6 +62,7 @@ pub struct Metrics {
     pub cluster_partitions_lost: IntCounter,
     /// The clustered mode: from a payee-paid fact's publication to this node counting it.
     pub cluster_fact_lag_seconds: Histogram,
+    pub cluster_alert_copy_lag_seconds: Histogram,
     /// Children of `screen_seconds` and `decisions` per action, resolved once:
     /// a label lookup per request costs a hash and a lock.
     screen_by_action: [Histogram; 4],
@@ -199,6 +200,14 @@ impl Metrics {
                 .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 60.0]),
             )
             .expect("valid metric"),
+            cluster_alert_copy_lag_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "cluster_alert_copy_lag_seconds",
+                    "From another node's alert event reaching the alert book's stream to this node's copy (clustered mode)",
+                )
+                .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 60.0]),
+            )
+            .expect("valid metric"),
             cluster_partitions_lost: IntCounter::new(
                 "cluster_partitions_lost_total",
                 "Partitions lost: lease aged out, journal fenced, renewal refused (clustered mode)",
@@ -233,6 +242,7 @@ impl Metrics {
             Box::new(m.cluster_takeover_seconds.clone()),
             Box::new(m.cluster_partitions_lost.clone()),
             Box::new(m.cluster_fact_lag_seconds.clone()),
+            Box::new(m.cluster_alert_copy_lag_seconds.clone()),
         ] {
             m.registry.register(c).expect("each metric is registered once");
         }

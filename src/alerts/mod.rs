@@ -106,10 +106,21 @@ pub struct AlertEvent {
     pub kind: StaticName,
     pub alert: Alert,
     pub at: UnixSeconds,
+    pub origin: Origin,
+}
+
+/// Where an event in this node's log came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Made here.
+    Here,
     /// The clustered mode: a copy of an event another node made (its
     /// partition is theirs), for this node's watchers; never delivered or
     /// logged from here.
-    pub mirrored: bool,
+    Copied,
+    /// Made here, but the cluster's journal refused the change (its
+    /// partition had a new owner): nobody ever sees it.
+    Withdrawn,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -185,7 +196,7 @@ impl Book {
             kind,
             alert: alert.clone(),
             at: now,
-            mirrored: false,
+            origin: Origin::Here,
         };
         if let Some(log) = &self.log {
             log.changed(alert, seq, &event);
@@ -203,13 +214,13 @@ impl Book {
         }
     }
 
-    /// Past `upto`, the run of mirrored events that may be seen with it
-    /// (they wait for no log of this node's).
-    fn mirrored_after(&self, upto: u64) -> u64 {
+    /// Past `upto`, the run of copied (and withdrawn) events that may be
+    /// released with it (they wait for no log of this node's).
+    fn settled_after(&self, upto: u64) -> u64 {
         let Some(front) = self.events.front().map(|e| e.cursor) else { return upto };
         let mut upto = upto;
         while upto >= front.saturating_sub(1)
-            && self.events.get((upto + 1 - front) as usize).is_some_and(|e| e.mirrored)
+            && self.events.get((upto + 1 - front) as usize).is_some_and(|e| e.origin != Origin::Here)
         {
             upto += 1;
         }
@@ -271,7 +282,7 @@ impl AlertBook {
         let events: Vec<AlertEvent> = {
             let mut book = self.lock();
             let from = book.released;
-            let upto = book.mirrored_after(cursor.min(book.next_cursor));
+            let upto = book.settled_after(cursor.min(book.next_cursor));
             if upto <= from {
                 return;
             }
@@ -283,6 +294,7 @@ impl AlertBook {
                 .rev()
                 .skip_while(|e| e.cursor > upto)
                 .take_while(|e| e.cursor > from)
+                .filter(|e| e.origin != Origin::Withdrawn)
                 .cloned()
                 .collect();
             fresh.reverse();
@@ -339,7 +351,7 @@ impl AlertBook {
     /// alert's partition, to this node's copy of the book, so officers see
     /// every alert on any node. A copy older than the one held (a late
     /// delivery from a deposed owner, a replay) changes nothing. The event
-    /// gets a cursor of this node's log, marked mirrored. Returns whether it applied.
+    /// gets a cursor of this node's log, marked copied. Returns whether it applied.
     pub fn mirror(&self, event: AlertEvent) -> bool {
         let Some(seq) = event.event_id.rsplit_once(':').and_then(|(_, n)| n.parse::<u32>().ok()) else {
             return false;
@@ -352,7 +364,7 @@ impl AlertBook {
         book.alerts.insert(event.alert.id.clone(), event.alert.clone());
         book.next_cursor += 1;
         let cursor = book.next_cursor;
-        book.push(AlertEvent { cursor, mirrored: true, ..event });
+        book.push(AlertEvent { cursor, origin: Origin::Copied, ..event });
         // Seen now if everything before it is; otherwise with the event it waits behind.
         let seen = book.released + 1 == cursor;
         drop(book);
@@ -374,6 +386,29 @@ impl AlertBook {
             book.next_cursor = base;
             book.released = base;
         }
+    }
+
+    /// The clustered mode: the cluster's journal refused the changes of the
+    /// alerts `refused` picks among the events up to `upto` not yet
+    /// released (their partition had a new owner): those events are
+    /// withdrawn — no watcher or sink ever sees them — and their alerts
+    /// leave this node's book (the owner's events bring them back as copies).
+    /// Returns how many events were withdrawn.
+    pub fn withdraw(&self, upto: u64, refused: impl Fn(&str) -> bool) -> usize {
+        let mut book = self.lock();
+        let from = book.released;
+        let mut gone = Vec::new();
+        for e in book.events.iter_mut().rev().skip_while(|e| e.cursor > upto).take_while(|e| e.cursor > from) {
+            if e.origin == Origin::Here && refused(&e.alert.id) {
+                e.origin = Origin::Withdrawn;
+                gone.push(e.alert.id.clone());
+            }
+        }
+        for id in &gone {
+            book.alerts.remove(id);
+            book.sequence.remove(id);
+        }
+        gone.len()
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<AlertEvent> {
@@ -400,7 +435,11 @@ impl AlertBook {
         }
         let released = book.released;
         Backlog::Events(
-            book.events.iter().filter(|e| e.cursor > after && e.cursor <= released && keep(e)).cloned().collect(),
+            book.events
+                .iter()
+                .filter(|e| e.cursor > after && e.cursor <= released && e.origin != Origin::Withdrawn && keep(e))
+                .cloned()
+                .collect(),
         )
     }
 
@@ -709,7 +748,7 @@ claim_deadline = "15m"
             kind,
             alert: a.clone(),
             at: a.updated_at,
-            mirrored: false,
+            origin: Origin::Here,
         }
     }
 
@@ -726,9 +765,10 @@ claim_deadline = "15m"
         // A late copy of the first event (a deposed owner's delivery, a replay).
         assert!(!book.mirror(theirs("raised", &raised, 1)));
         assert_eq!(book.get(&raised.id).unwrap().state, AlertState::Claimed);
-        let seen: Vec<(u64, &str, bool)> =
-            std::iter::from_fn(|| watcher.try_recv().ok()).map(|e| (e.cursor, e.kind, e.mirrored)).collect();
-        assert_eq!(seen, vec![(1, "raised", true), (2, "claimed", true)], "this node's cursors, marked mirrored");
+        let seen: Vec<(u64, &str, Origin)> =
+            std::iter::from_fn(|| watcher.try_recv().ok()).map(|e| (e.cursor, e.kind, e.origin)).collect();
+        let copied = Origin::Copied;
+        assert_eq!(seen, vec![(1, "raised", copied), (2, "claimed", copied)], "this node's cursors, marked copied");
         assert!(!book.mirror(AlertEvent { event_id: "no-sequence".into(), ..theirs("raised", &raised, 9) }));
     }
 
@@ -752,8 +792,36 @@ claim_deadline = "15m"
         assert!(book.mirror(theirs("raised", &alert("al-p2-n2-1-000002", AlertState::New, 102), 1)));
         assert_eq!(book.last_cursor(), 3);
         match book.events_after(0) {
-            Backlog::Events(e) => assert_eq!(e.iter().map(|e| e.mirrored).collect::<Vec<_>>(), [false, true, true]),
+            Backlog::Events(e) => {
+                assert_eq!(
+                    e.iter().map(|e| e.origin).collect::<Vec<_>>(),
+                    [Origin::Here, Origin::Copied, Origin::Copied]
+                )
+            }
             Backlog::TooOld { .. } => panic!("nothing forgotten"),
         }
+    }
+
+    #[test]
+    fn events_the_journal_refused_are_withdrawn_and_nobody_sees_them() {
+        let book = AlertBook::new();
+        book.set_log(Arc::new(Holding));
+        let mut watcher = book.subscribe();
+        let kept = book.raise(alert("al-p1-n1-1-000001", AlertState::New, 100));
+        let refused = book.raise(alert("al-p2-n1-1-000002", AlertState::New, 100));
+        let n = book.withdraw(refused.cursor, |id| partition_of_id(id) == Some(2));
+        assert_eq!(n, 1);
+        book.release(refused.cursor);
+        assert_eq!(book.last_cursor(), refused.cursor, "the log moves past it");
+        let seen: Vec<String> = std::iter::from_fn(|| watcher.try_recv().ok()).map(|e| e.alert.id).collect();
+        assert_eq!(seen, vec![kept.alert.id.clone()]);
+        match book.events_after(0) {
+            Backlog::Events(e) => assert_eq!(e.iter().map(|e| e.cursor).collect::<Vec<_>>(), [kept.cursor]),
+            Backlog::TooOld { .. } => panic!("nothing forgotten"),
+        }
+        assert!(book.get(&refused.alert.id).is_none(), "its alert is not this node's to show");
+        assert!(book.get(&kept.alert.id).is_some());
+        // Released events are not withdrawn afterwards.
+        assert_eq!(book.withdraw(refused.cursor, |_| true), 0);
     }
 }

@@ -2,11 +2,11 @@
 //! events of the alerts it owns to one stream, one subject per alert
 //! (`<prefix>.alertbook.<alert id>`, its latest event kept, for the alert
 //! retention), and every node follows that stream into its own book as
-//! mirrored events: an officer lists, watches and opens any station's alerts
+//! copied events: an officer lists, watches and opens any station's alerts
 //! on any node, and a node that starts reads every alert's latest image.
 //!
 //! Must not change an alert this node does not own: claims and resolutions
-//! are forwarded to the owner (`api`, `board`); mirrored events are never
+//! are forwarded to the owner (`api`, `board`); copied events are never
 //! delivered to stations from here (the owner delivers them).
 
 use crate::alerts::AlertEvent;

@@ -31,7 +31,7 @@ pub mod alertbook;
 pub mod journal;
 
 use crate::service::TransferGuard;
-use crate::store::{decode_batch, Replica, Store};
+use crate::store::{decode_batch, Refused, Replica, Store};
 use async_nats::jetstream::{self, kv};
 use journal::{Journal, JournalError};
 use std::collections::HashMap;
@@ -456,8 +456,11 @@ impl Cluster {
                         let owner_here = crate::alerts::partition_of_id(&event.alert.id)
                             .and_then(|p| self.parts.get(p as usize))
                             .is_some_and(|part| part.holding() != Holding::Foreign);
-                        if !owner_here {
-                            self.guard.alerts().mirror(event);
+                        if !owner_here && self.guard.alerts().mirror(event) {
+                            if let Ok(info) = message.info() {
+                                let lag = (time::OffsetDateTime::now_utc() - info.published).as_seconds_f64();
+                                self.guard.metrics().cluster_alert_copy_lag_seconds.observe(lag.max(0.0));
+                            }
                         }
                     }
                 }
@@ -961,50 +964,66 @@ impl Replica for Cluster {
         let _ = self.facts.send((payee, sender, at));
     }
 
-    fn append(&self, batches: Vec<(u16, Vec<u8>)>) -> Result<(), String> {
-        let mut refused = Vec::new();
+    fn append(&self, batches: Vec<(u16, Vec<u8>)>) -> Result<(), Refused> {
+        let mut refused = Refused { partitions: Vec::new(), why: String::new() };
+        let mut refuse = |p: u16, why: String| {
+            refused.partitions.push(p);
+            if !refused.why.is_empty() {
+                refused.why.push_str("; ");
+            }
+            refused.why.push_str(&why);
+        };
         let started = Instant::now();
         self.runtime.block_on(async {
             let mut appends = JoinSet::new();
+            let mut unanswered = std::collections::BTreeSet::new();
             for (p, batch) in batches {
                 if p == crate::store::SHARED {
                     if let Err(e) = self.share(&batch).await {
-                        refused.push(e);
+                        refuse(p, e);
                     }
                     continue;
                 }
                 let part = &self.parts[p as usize];
                 if part.holding() == Holding::Foreign {
-                    refused.push(format!("partition {p} is not this node's"));
+                    refuse(p, format!("partition {p} is not this node's"));
                     continue;
                 }
                 let (journal, parts) = (self.journal.clone(), self.parts.clone());
+                unanswered.insert(p);
                 appends.spawn(async move {
                     let part = &parts[p as usize];
                     let _appending = part.appending.lock().await;
-                    let seq = journal.append(p, part.last.load(Ordering::Acquire), batch).await?;
-                    part.last.store(seq, Ordering::Release);
-                    part.since_compaction.fetch_add(1, Ordering::Relaxed);
-                    Ok((p, seq))
+                    let appended = journal.append(p, part.last.load(Ordering::Acquire), batch).await;
+                    if let Ok(seq) = appended {
+                        part.last.store(seq, Ordering::Release);
+                        part.since_compaction.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (p, appended)
                 });
             }
             while let Some(done) = appends.join_next().await {
-                match done {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(JournalError::Fenced(p))) => {
+                let Ok((p, appended)) = done else { continue };
+                unanswered.remove(&p);
+                match appended {
+                    Ok(_) => {}
+                    Err(JournalError::Fenced(_)) => {
                         self.lose(p, "the journal was fenced by a newer owner");
-                        refused.push(format!("partition {p} has a newer owner"));
+                        refuse(p, format!("partition {p} has a newer owner"));
                     }
-                    Ok(Err(e)) => refused.push(e.to_string()),
-                    Err(e) => refused.push(e.to_string()),
+                    Err(e) => refuse(p, e.to_string()),
                 }
+            }
+            // An append whose task did not finish (it panicked) was not made.
+            for p in unanswered {
+                refuse(p, format!("partition {p}: the append did not finish"));
             }
         });
         self.guard.metrics().cluster_append_seconds.observe(started.elapsed().as_secs_f64());
-        if refused.is_empty() {
+        if refused.partitions.is_empty() {
             Ok(())
         } else {
-            Err(refused.join("; "))
+            Err(refused)
         }
     }
 }

@@ -126,7 +126,7 @@ async fn deliver_pending(
     };
     let mut result = Ok(());
     for event in events {
-        if event.mirrored {
+        if event.origin == crate::alerts::Origin::Copied {
             // Another node's event: that node delivers it.
             progress.published_cursor.store(event.cursor, Ordering::Relaxed);
             continue;

@@ -90,8 +90,15 @@ impl TransferGuard {
         // Weak: the book holds the store (as its log); a strong reference back
         // would keep both alive, and the store open, after the service is dropped.
         let alerts = Arc::downgrade(&self.alerts);
-        store.on_commit(move |cursor| {
+        store.on_commit(move |cursor, refused| {
             if let Some(alerts) = alerts.upgrade() {
+                if !refused.is_empty() {
+                    let refused = |id: &str| crate::alerts::partition_of_id(id).is_some_and(|p| refused.contains(&p));
+                    let n = alerts.withdraw(cursor, refused);
+                    if n > 0 {
+                        tracing::warn!(events = n, "alert events withdrawn: their partition's journal refused them");
+                    }
+                }
                 alerts.release(cursor);
             }
         });

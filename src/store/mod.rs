@@ -149,11 +149,19 @@ pub trait Replica: Send + Sync {
     /// The partition of the customer `customer_id`.
     fn partition(&self, customer_id: &str) -> u16;
     /// Appends each partition's changes (encoded by [`encode_batch`]); Err
-    /// names what could not be appended.
-    fn append(&self, batches: Vec<(u16, Vec<u8>)>) -> Result<(), String>;
+    /// names the partitions whose changes were not appended, and why.
+    fn append(&self, batches: Vec<(u16, Vec<u8>)>) -> Result<(), Refused>;
     /// A customer (by stable hash) paid a payee: a fact for every node's
     /// fan-in, sent when it can be (only queues).
     fn paid(&self, payee: u64, sender: u64, at: UnixSeconds);
+}
+
+/// What the cluster's journal did not take: these partitions' changes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{why}")]
+pub struct Refused {
+    pub partitions: Vec<u16>,
+    pub why: String,
 }
 
 /// A partition's changes as one journal message: for each, the keyspace's
@@ -279,7 +287,7 @@ struct Shared {
     wake: Condvar,
     committed: Mutex<Committed>,
     /// Called after each commit with the newest alert cursor it made durable.
-    on_commit: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
+    on_commit: OnceLock<Box<dyn Fn(u64, &[u16]) + Send + Sync>>,
     /// Called after each commit with its duration and number of changes.
     observe: OnceLock<Box<dyn Fn(f64, usize) + Send + Sync>>,
     /// The stalled-disk drill: while true, the writer waits before each commit.
@@ -367,7 +375,7 @@ impl Store {
     }
 
     /// After each commit, `f` gets the newest alert cursor now on disk.
-    pub fn on_commit(&self, f: impl Fn(u64) + Send + Sync + 'static) {
+    pub fn on_commit(&self, f: impl Fn(u64, &[u16]) + Send + Sync + 'static) {
         let _ = self.shared.on_commit.set(Box::new(f));
     }
 
@@ -560,9 +568,11 @@ fn write_loop(shared: &Shared) {
             let n = puts.len();
             match commit(shared, puts) {
                 Ok(replicated) => {
-                    // Stations see the alerts before the tellers get the answers naming them.
+                    // Stations see the alerts before the tellers get the answers
+                    // naming them; none whose partition's journal refused them.
+                    let refused = replicated.as_ref().err().map_or(&[][..], |r| &r.partitions[..]);
                     if let Some(f) = shared.on_commit.get() {
-                        f(alert_cursor);
+                        f(alert_cursor, refused);
                     }
                     let how = match replicated {
                         Ok(()) => Settled::Durable,
@@ -593,7 +603,7 @@ fn write_loop(shared: &Shared) {
 
 /// Writes one commit: the partitioned changes to the cluster's journal (the
 /// inner result: whether it took them), the rest to the local disk.
-fn commit(shared: &Shared, mut puts: Vec<Put>) -> Result<Result<(), String>, fjall::Error> {
+fn commit(shared: &Shared, mut puts: Vec<Put>) -> Result<Result<(), Refused>, fjall::Error> {
     {
         let mut stalled = lock(&shared.stalled);
         while *stalled {
@@ -615,7 +625,10 @@ fn commit(shared: &Shared, mut puts: Vec<Put>) -> Result<Result<(), String>, fja
         if !by_partition.is_empty() {
             replicated = match replica {
                 Some(r) => r.append(by_partition.iter().map(|(p, puts)| (*p, encode_batch(puts))).collect()),
-                None => Err("the cluster has stopped".to_string()),
+                None => Err(Refused {
+                    partitions: by_partition.keys().copied().collect(),
+                    why: "the cluster has stopped".to_string(),
+                }),
             };
         }
         if puts.is_empty() {

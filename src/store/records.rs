@@ -411,7 +411,7 @@ impl TryFrom<AlertEventRec> for AlertEvent {
             kind: known("alert event kind", &EVENT_KINDS, &e.kind)?,
             alert: e.alert.try_into()?,
             at: e.at,
-            mirrored: false,
+            origin: crate::alerts::Origin::Here,
         })
     }
 }
