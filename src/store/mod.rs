@@ -156,6 +156,10 @@ pub trait Replica: Send + Sync {
     fn paid(&self, payee: u64, sender: u64, at: UnixSeconds);
 }
 
+/// Called after each commit with the newest alert cursor in it and the
+/// partitions whose changes the cluster's journal refused.
+type OnCommit = Box<dyn Fn(u64, &[u16]) + Send + Sync>;
+
 /// What the cluster's journal did not take: these partitions' changes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{why}")]
@@ -287,7 +291,7 @@ struct Shared {
     wake: Condvar,
     committed: Mutex<Committed>,
     /// Called after each commit with the newest alert cursor it made durable.
-    on_commit: OnceLock<Box<dyn Fn(u64, &[u16]) + Send + Sync>>,
+    on_commit: OnceLock<OnCommit>,
     /// Called after each commit with its duration and number of changes.
     observe: OnceLock<Box<dyn Fn(f64, usize) + Send + Sync>>,
     /// The stalled-disk drill: while true, the writer waits before each commit.
