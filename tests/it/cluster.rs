@@ -12,11 +12,11 @@ use transfer_guard::cluster::journal::{Journal, JournalError};
 use transfer_guard::delivery::NatsConfig;
 use transfer_guard::store::Space;
 
-type Teller = pb::screening_client::ScreeningClient<Channel>;
+pub(crate) type Teller = pb::screening_client::ScreeningClient<Channel>;
 
 /// The flags of a node of a test cluster: few partitions, a short lease.
 /// Each test has a NATS server of its own, so its buckets and journal too.
-fn node_flags(nats: &str, node: &str) -> Vec<String> {
+pub(crate) fn node_flags(nats: &str, node: &str) -> Vec<String> {
     ["--cluster", nats, "--node-id", node, "--partitions", "16", "--lease", "2s", "--board-listen", "off"]
         .iter()
         .map(|s| s.to_string())
@@ -25,7 +25,7 @@ fn node_flags(nats: &str, node: &str) -> Vec<String> {
 
 /// Screens `request` on `teller`, retrying while the cluster says UNAVAILABLE
 /// (a partition changing hands), at most `limit`: the answer and the node.
-async fn screen_until_answered(
+pub(crate) async fn screen_until_answered(
     teller: &mut Teller,
     request: &pb::ScreenRequest,
     limit: Duration,
@@ -49,9 +49,12 @@ async fn screen_until_answered(
 
 /// Waits until `nodes` different nodes answer for 32 customers: the
 /// partitions are spread (a node that joins takes its share).
-async fn wait_until_spread(teller: &mut Teller, nodes: usize) {
+pub(crate) async fn wait_until_spread(teller: &mut Teller, nodes: usize) {
+    // Probe ids never used before, however often a test waits.
+    static ROUNDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let deadline = Instant::now() + Duration::from_secs(60);
-    for round in 0.. {
+    loop {
+        let round = ROUNDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut seen = std::collections::HashSet::new();
         for i in 0..32 {
             let probe = ordinary(&format!("probe-{round}-{i}"), &format!("probe-customer-{i}"), "6222020200112233");
@@ -82,7 +85,7 @@ fn held_case(request_id: &str, customer_id: &str) -> pb::ScreenRequest {
 }
 
 /// What a retry must answer the same.
-fn gist(r: &pb::ScreenResponse) -> (i32, i64, String, String) {
+pub(crate) fn gist(r: &pb::ScreenResponse) -> (i32, i64, String, String) {
     (r.action, r.score, r.alert_id.clone(), r.station_id.clone())
 }
 

@@ -12,6 +12,7 @@ mod holds;
 mod live_time;
 mod metrics;
 mod nats;
+mod netns;
 mod ops;
 mod rules;
 mod trust;
