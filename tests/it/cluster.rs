@@ -84,6 +84,23 @@ fn held_case(request_id: &str, customer_id: &str) -> pb::ScreenRequest {
     r
 }
 
+/// Starts a node of a test cluster on `nats` for each of `names`, in `dir`,
+/// with its flags as `adjust` changes them.
+async fn start_nodes(
+    dir: &std::path::Path,
+    nats: &str,
+    names: [&str; 3],
+    adjust: impl Fn(&str, &mut Vec<String>),
+) -> Vec<ServeProcess> {
+    let mut nodes = Vec::new();
+    for name in names {
+        let mut flags = node_flags(nats, name);
+        adjust(name, &mut flags);
+        nodes.push(ServeProcess::start(&dir.join(name), &format!("{name}.log"), &flags).await);
+    }
+    nodes
+}
+
 /// What a retry must answer the same.
 pub(crate) fn gist(r: &pb::ScreenResponse) -> (i32, i64, String, String) {
     (r.action, r.score, r.alert_id.clone(), r.station_id.clone())
@@ -93,13 +110,11 @@ pub(crate) fn gist(r: &pb::ScreenResponse) -> (i32, i64, String, String) {
 async fn three_nodes_answer_every_retry_the_same_after_one_is_killed() {
     let nats = NatsServer::start_fresh();
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = Vec::new();
-    for name in ["n1", "n2", "n3"] {
-        // Alert events go to the stations' subjects on the same NATS.
-        let mut flags = node_flags(&nats.url(), name);
-        flags.extend(["--nats-url".to_string(), nats.url()]);
-        nodes.push(ServeProcess::start(&dir.path().join(name), &format!("{name}.log"), &flags).await);
-    }
+    // Alert events go to the stations' subjects on the same NATS.
+    let mut nodes = start_nodes(dir.path(), &nats.url(), ["n1", "n2", "n3"], |_, flags| {
+        flags.extend(["--nats-url".to_string(), nats.url()])
+    })
+    .await;
     let mut tellers = Vec::new();
     for n in &nodes {
         tellers.push(teller(n).await);
@@ -314,12 +329,10 @@ async fn a_deposed_owners_late_write_is_refused_by_the_journal() {
 async fn on_a_three_server_jetstream_cluster_losing_one_server_loses_nothing() {
     let mut nats = NatsCluster::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = Vec::new();
-    for name in ["r1", "r2", "r3"] {
-        let mut flags = node_flags(&nats.urls(), name);
-        flags.extend(["--cluster-replicas".to_string(), "3".to_string()]);
-        nodes.push(ServeProcess::start(&dir.path().join(name), &format!("{name}.log"), &flags).await);
-    }
+    let mut nodes = start_nodes(dir.path(), &nats.urls(), ["r1", "r2", "r3"], |_, flags| {
+        flags.extend(["--cluster-replicas".to_string(), "3".to_string()])
+    })
+    .await;
     let mut tellers = Vec::new();
     for n in &nodes {
         tellers.push(teller(n).await);
@@ -478,11 +491,10 @@ async fn a_payees_fan_in_counts_senders_of_every_nodes_partitions() {
         let sender = format!("sender-{i}");
         let probe = ordinary(&format!("probe-a-{i}"), &sender, "6222020200112233");
         if screen_until_answered(&mut teller, &probe, Duration::from_secs(30)).await.1 == "a" {
-            let id = format!("fan-{i}");
-            let (_, node) =
-                screen_until_answered(&mut teller, &ordinary(&id, &sender, mule), Duration::from_secs(30)).await;
+            let paid = ordinary(&format!("fan-{i}"), &sender, mule);
+            let (_, node) = screen_until_answered(&mut teller, &paid, Duration::from_secs(30)).await;
             assert_eq!(node, "a");
-            senders.push((id, sender));
+            senders.push((paid, sender));
         }
         if senders.len() == 5 {
             break;
@@ -511,8 +523,9 @@ async fn a_payees_fan_in_counts_senders_of_every_nodes_partitions() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The senders' partitions stayed a's all along: b counted their facts, not their state.
-    for (id, sender) in &senders {
-        let (_, node) = screen_until_answered(&mut teller, &ordinary(id, sender, mule), Duration::from_secs(30)).await;
+    // (The same requests again: a retry, answered by the owner.)
+    for (paid, sender) in &senders {
+        let (_, node) = screen_until_answered(&mut teller, paid, Duration::from_secs(30)).await;
         assert_eq!(node, "a", "{sender} moved to {node}: the partitions were still being spread");
     }
     drop(b);
@@ -660,12 +673,10 @@ async fn under_load_two_nodes_of_three_die_one_after_the_other_and_nothing_is_lo
     let nats = NatsCluster::start();
     let station_nats = NatsConfig::new(nats.servers[0].as_ref().unwrap().url());
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = Vec::new();
-    for name in ["n1", "n2", "n3"] {
-        let mut flags = node_flags(&nats.urls(), name);
-        flags.extend(["--cluster-replicas", "3", "--nats-url", &station_nats.url].map(String::from));
-        nodes.push(ServeProcess::start(&dir.path().join(name), &format!("{name}.log"), &flags).await);
-    }
+    let mut nodes = start_nodes(dir.path(), &nats.urls(), ["n1", "n2", "n3"], |_, flags| {
+        flags.extend(["--cluster-replicas", "3", "--nats-url", &station_nats.url].map(String::from))
+    })
+    .await;
     let mut probe = teller(&nodes[0]).await;
     wait_until_spread(&mut probe, 3).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -766,15 +777,13 @@ async fn until_seen(watch: &mut tonic::Streaming<pb::AlertEvent>, kind: &str, id
 async fn an_officer_on_any_node_watches_and_acts_on_every_nodes_alerts() {
     let nats = NatsServer::start_fresh();
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = Vec::new();
-    for name in ["n1", "n2", "n3"] {
-        let mut flags = node_flags(&nats.url(), name);
+    let nodes = start_nodes(dir.path(), &nats.url(), ["n1", "n2", "n3"], |name, flags| {
         if name == "n3" {
             // n3 serves the board.
             flags.retain(|f| f != "--board-listen" && f != "off");
         }
-        nodes.push(ServeProcess::start(&dir.path().join(name), &format!("{name}.log"), &flags).await);
-    }
+    })
+    .await;
     let mut teller = teller(&nodes[0]).await;
     wait_until_spread(&mut teller, 3).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
