@@ -293,27 +293,57 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// On a free port with a store of its own, removed when it is dropped.
+    /// On a free port with a store of its own, removed when it is dropped;
+    /// on other ports again when one was taken meanwhile.
     pub fn start_fresh() -> NatsServer {
         let store = tempfile::tempdir().unwrap();
-        let mut server = NatsServer::start(free_port(), store.path());
-        server._store = Some(store);
-        server
+        for attempt in 0.. {
+            match NatsServer::try_start(free_port(), store.path(), &[]) {
+                Ok(mut server) => {
+                    server._store = Some(store);
+                    return server;
+                }
+                Err(e) if attempt < 5 => eprintln!("{e}; again on another port"),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        unreachable!()
     }
 
     pub fn start(port: u16, store: &Path) -> NatsServer {
+        NatsServer::try_start(port, store, &[]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts `nats-server -js` on `port`; waits until it listens, or says
+    /// why not (it exited: the port was taken).
+    fn try_start(port: u16, store: &Path, extra: &[String]) -> Result<NatsServer, String> {
+        let mut server = NatsServer::spawn(port, store, extra);
+        server.wait_listening()?;
+        Ok(server)
+    }
+
+    /// `nats-server -js` on `port` with `extra` arguments, not waited for.
+    fn spawn(port: u16, store: &Path, extra: &[String]) -> NatsServer {
         let child = Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", store.to_str().unwrap()])
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("nats-server on PATH: run scripts/test, which installs it (Debian package nats-server)");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "nats-server did not start");
+        NatsServer { port, child, _store: None }
+    }
+
+    fn wait_listening(&mut self) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("nats-server on port {} exited with {status}", self.port));
+            }
+            assert!(std::time::Instant::now() < deadline, "nats-server on port {} did not start", self.port);
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        NatsServer { port, child, _store: None }
+        Ok(())
     }
 
     pub fn url(&self) -> String {
@@ -343,32 +373,46 @@ pub struct NatsCluster {
 impl NatsCluster {
     pub fn start() -> NatsCluster {
         let stores = tempfile::tempdir().unwrap();
-        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-        let routes = ports.iter().map(|(_, r)| format!("nats://127.0.0.1:{r}")).collect::<Vec<_>>().join(",");
-        let servers = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (client, route))| {
-                let store = stores.path().join(format!("n{i}"));
-                let child = Command::new("nats-server")
-                    .args(["-js", "-a", "127.0.0.1", "-p", &client.to_string(), "-sd", store.to_str().unwrap()])
-                    .args(["-n", &format!("nats-{i}"), "--cluster_name", "tg-test"])
-                    .args(["--cluster", &format!("nats://127.0.0.1:{route}"), "--routes", &routes])
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .spawn()
-                    .expect("nats-server on PATH: run scripts/test, which installs it (Debian package nats-server)");
-                Some(NatsServer { port: *client, child, _store: None })
-            })
-            .collect::<Vec<_>>();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        for (client, _) in &ports {
-            while std::net::TcpStream::connect(("127.0.0.1", *client)).is_err() {
-                assert!(std::time::Instant::now() < deadline, "nats-server did not start");
-                std::thread::sleep(std::time::Duration::from_millis(50));
+        for attempt in 0.. {
+            // Six distinct ports: each server's clients' and its route's.
+            let mut ports = Vec::new();
+            while ports.len() < 6 {
+                let p = free_port();
+                if !ports.contains(&p) {
+                    ports.push(p);
+                }
+            }
+            let routes = (0..3).map(|i| format!("nats://127.0.0.1:{}", ports[3 + i])).collect::<Vec<_>>().join(",");
+            let mut servers = Vec::new();
+            let mut failed = None;
+            for i in 0..3 {
+                let store = stores.path().join(format!("a{attempt}-n{i}"));
+                let extra = [
+                    "-n".to_string(),
+                    format!("nats-{i}"),
+                    "--cluster_name".into(),
+                    "tg-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{}", ports[3 + i]),
+                    "--routes".into(),
+                    routes.clone(),
+                ];
+                // Spawned all before waiting: each waits for its routes to the others.
+                servers.push(Some(NatsServer::spawn(ports[i], &store, &extra)));
+            }
+            for s in servers.iter_mut().flatten() {
+                if let Err(e) = s.wait_listening() {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            match failed {
+                None => return NatsCluster { servers, _stores: stores },
+                Some(e) if attempt < 5 => eprintln!("{e}; the cluster again on other ports"),
+                Some(e) => panic!("{e}"),
             }
         }
-        NatsCluster { servers, _stores: stores }
+        unreachable!()
     }
 
     /// Every live server's URL, comma-separated (as a client lists them).
