@@ -62,6 +62,9 @@ impl Forwarder {
     /// partition its id names (here for an id without one).
     pub fn place_alert(&self, alert_id: &str, metadata: &MetadataMap) -> Result<Place, Status> {
         match crate::alerts::partition_of_id(alert_id) {
+            // An id naming a partition this cluster does not have is no alert of its
+            // (not UNAVAILABLE: retrying would never help).
+            Some(p) if p >= self.cluster.partitions() => Err(Status::not_found(format!("no alert `{alert_id}`"))),
             Some(p) => self.placed(self.cluster.route_partition(p), metadata),
             None => Ok(Place::Here),
         }

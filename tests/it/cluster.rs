@@ -852,4 +852,12 @@ async fn an_officer_on_any_node_watches_and_acts_on_every_nodes_alerts() {
         assert_eq!((claimed.state(), claimed.officer_id.as_str()), (pb::AlertState::Claimed, "officer-li"));
         assert_eq!(listed.alerts.iter().filter(|a| a.alert_id == elsewhere).count(), 1, "once");
     }
+    // An alert id no node has — of a partition the cluster has (asked of its
+    // owner), or of one it does not — is NOT_FOUND, not a retry for ever.
+    let mut officer = pb::alerts_client::AlertsClient::new(nodes[0].channel().await);
+    for id in (0..16).map(|p| format!("al-p{p}-n9-1-000001")).chain(["al-p999-n1-1-000001".to_string()]) {
+        let claim = pb::ClaimAlertRequest { alert_id: id.clone(), officer_id: "officer-li".into() };
+        let refused = officer.claim_alert(claim).await.expect_err("no such alert");
+        assert_eq!(refused.code(), tonic::Code::NotFound, "{id}: {refused:?}");
+    }
 }
