@@ -624,7 +624,7 @@ impl AlertBook {
 
     /// The retained events of one alert, oldest first.
     pub fn history(&self, id: &str) -> Vec<AlertEvent> {
-        self.lock().events.iter().filter(|e| e.alert.id == id).cloned().collect()
+        self.lock().events.iter().filter(|e| e.alert.id == id && e.origin != Origin::Withdrawn).cloned().collect()
     }
 
     /// The alert with this id, or the one raised for this transfer request id.
