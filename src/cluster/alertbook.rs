@@ -25,8 +25,9 @@ pub fn stream(prefix: &str, replicas: usize, retention: Duration) -> jetstream::
         num_replicas: replicas,
         max_messages_per_subject: 1,
         max_age: retention,
-        // A new owner re-sends an adopted alert's last event under its id.
-        duplicate_window: Duration::from_secs(120),
+        // A new owner re-sends an adopted alert's last event under its id
+        // (JetStream wants the window within the stream's age limit).
+        duplicate_window: retention.min(Duration::from_secs(120)),
         ..Default::default()
     }
 }
@@ -68,6 +69,14 @@ pub fn decode(payload: &[u8]) -> Option<AlertEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_duplicate_window_is_never_longer_than_what_the_stream_keeps() {
+        let short = stream("transferguard", 1, Duration::from_secs(60));
+        assert_eq!(short.duplicate_window, Duration::from_secs(60));
+        let long = stream("transferguard", 3, Duration::from_secs(30 * 86_400));
+        assert_eq!((long.duplicate_window, long.num_replicas), (Duration::from_secs(120), 3));
+    }
 
     #[test]
     fn a_payload_that_is_not_an_event_is_skipped_not_a_panic() {
