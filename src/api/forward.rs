@@ -106,15 +106,25 @@ impl Forwarder {
     /// Runs a forwarded call, for at most a lease: an owner that does not
     /// answer by then (stopped, cut off) is about to lose the partition anyway,
     /// and the caller is told to retry rather than left waiting.
-    pub async fn call<R>(&self, call: impl std::future::Future<Output = Result<R, Status>>) -> Result<R, Status> {
+    ///
+    /// Boxed: a client call's future is large, and a handler awaiting it
+    /// inline would carry it in its own future — which every call of that
+    /// handler, forwarded or not, allocates and moves (26,000 instructions a
+    /// screen, docs/performance.md).
+    pub fn call<'a, R: Send + 'a>(
+        &'a self,
+        call: impl std::future::Future<Output = Result<R, Status>> + Send + 'a,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<R, Status>> + Send + 'a>> {
         let limit = self.cluster.lease();
-        match tokio::time::timeout(limit, call).await {
-            Ok(answer) => answer,
-            Err(_) => Err(Status::unavailable(format!(
-                "the node owning this customer did not answer within {} ms; retry",
-                limit.as_millis()
-            ))),
-        }
+        Box::pin(async move {
+            match tokio::time::timeout(limit, call).await {
+                Ok(answer) => answer,
+                Err(_) => Err(Status::unavailable(format!(
+                    "the node owning this customer did not answer within {} ms; retry",
+                    limit.as_millis()
+                ))),
+            }
+        })
     }
 
     /// Names this node as the one that answered.
@@ -135,7 +145,8 @@ impl Forwarder {
     ) -> Option<Result<Response<R>, Status>>
     where
         F: Fn(Channel, Request<T>) -> Fut,
-        Fut: std::future::Future<Output = Result<Response<R>, Status>>,
+        Fut: std::future::Future<Output = Result<Response<R>, Status>> + Send,
+        R: Send,
     {
         if request.metadata().get(FORWARDED_HEADER).is_some() {
             return None;
@@ -157,7 +168,8 @@ impl Forwarder {
     pub async fn gather<T: Clone, R, F, Fut>(&self, request: &Request<T>, call: F) -> Vec<R>
     where
         F: Fn(Channel, Request<T>) -> Fut,
-        Fut: std::future::Future<Output = Result<Response<R>, Status>>,
+        Fut: std::future::Future<Output = Result<Response<R>, Status>> + Send,
+        R: Send,
     {
         let mut answers = Vec::new();
         if request.metadata().get(FORWARDED_HEADER).is_some() {

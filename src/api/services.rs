@@ -98,7 +98,8 @@ impl Api {
     ) -> Result<Response<R>, Status>
     where
         F: Fn(tonic::transport::Channel, Request<T>) -> Fut,
-        Fut: std::future::Future<Output = Result<Response<R>, Status>>,
+        Fut: std::future::Future<Output = Result<Response<R>, Status>> + Send,
+        R: Send,
     {
         if let Some(f) = &self.forward {
             if let Some(answer) = f.ask_peers(request, call).await {
@@ -206,12 +207,7 @@ impl pb::screening_server::Screening for Api {
             let customer = request.get_ref().customer.as_ref().map_or("", |c| c.customer_id.as_str());
             if let Place::There(owner) = self.place(customer, &request)? {
                 let f = self.forward.as_ref().expect("placed elsewhere only in a cluster");
-                // Boxed: a client call's future is large, and kept inline it
-                // would make every screen's future (moved at each call) as large.
-                let out = f.outgoing(&request);
-                let forwarded =
-                    Box::pin(async move { pb::screening_client::ScreeningClient::new(owner).screen(out).await });
-                return f.call(forwarded).await;
+                return f.call(pb::screening_client::ScreeningClient::new(owner).screen(f.outgoing(&request))).await;
             }
             let caller = caller_of(&request);
             let request = request.into_inner();
@@ -275,13 +271,8 @@ impl pb::screening_server::Screening for Api {
             if let Some(customer) = customer {
                 if let Place::There(owner) = self.place(customer, &request)? {
                     let f = self.forward.as_ref().expect("placed elsewhere only in a cluster");
-                    let out = f.outgoing(&request);
-                    // Boxed, as in `screen`.
-                    let forwarded =
-                        Box::pin(
-                            async move { pb::screening_client::ScreeningClient::new(owner).record_event(out).await },
-                        );
-                    return f.call(forwarded).await;
+                    let mut owner = pb::screening_client::ScreeningClient::new(owner);
+                    return f.call(owner.record_event(f.outgoing(&request))).await;
                 }
             }
             let original = self.forward.is_some().then(|| (request.metadata().clone(), request.get_ref().clone()));
