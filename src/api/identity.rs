@@ -33,11 +33,7 @@ impl Trust {
     pub fn identify<B>(&self, request: &http::Request<B>) -> Result<Caller, IdentityError> {
         let Trust::Enforced { trust_domain, .. } = self else { return Ok(Caller::Open) };
         let certs = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|i| i.peer_certs());
-        let bearer = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let bearer = bearer_token(request.headers());
         if let Some(leaf) = certs.as_deref().and_then(|c| c.first()) {
             let uri = spiffe_id(leaf)?;
             if node_of(uri, trust_domain).is_none() {
@@ -65,6 +61,11 @@ impl Trust {
             (None, _) => Err(IdentityError::Missing),
         }
     }
+}
+
+/// The token of an `Authorization: Bearer …` header.
+pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
 }
 
 /// Request metadata a cluster node sets on a call it forwards for a caller it

@@ -198,11 +198,7 @@ impl Viewer {
 
 /// The viewer's token: the Authorization header's, or the sign-in cookie's.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| cookie(headers, TOKEN_COOKIE))
+    crate::api::identity::bearer_token(headers).or_else(|| cookie(headers, TOKEN_COOKIE))
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

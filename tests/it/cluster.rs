@@ -101,6 +101,12 @@ async fn start_nodes(
     nodes
 }
 
+/// Every alert `node` lists (up to 1,000, one page).
+async fn all_alerts(node: &ServeProcess) -> Vec<pb::Alert> {
+    let mut officer = pb::alerts_client::AlertsClient::new(node.channel().await);
+    officer.list_alerts(pb::ListAlertsRequest { limit: 1000, ..Default::default() }).await.unwrap().into_inner().alerts
+}
+
 /// What a retry must answer the same.
 pub(crate) fn gist(r: &pb::ScreenResponse) -> (i32, i64, String, String) {
     (r.action, r.score, r.alert_id.clone(), r.station_id.clone())
@@ -151,12 +157,8 @@ async fn three_nodes_answer_every_retry_the_same_after_one_is_killed() {
     raised.sort();
     let mut lists = Vec::new();
     for n in &nodes {
-        let listed = pb::alerts_client::AlertsClient::new(n.channel().await)
-            .list_alerts(pb::ListAlertsRequest { limit: 1000, ..Default::default() })
-            .await
-            .unwrap()
-            .into_inner();
-        let ids = alert_ids(&listed.alerts);
+        let listed = all_alerts(n).await;
+        let ids = alert_ids(&listed);
         assert!(raised.iter().all(|id| ids.contains(id)), "a node lists every alert, whoever raised it");
         lists.push(ids);
     }
@@ -843,14 +845,10 @@ async fn an_officer_on_any_node_watches_and_acts_on_every_nodes_alerts() {
         until_seen(watch, "claimed", std::slice::from_ref(&elsewhere), name).await;
     }
     for n in &nodes {
-        let listed = pb::alerts_client::AlertsClient::new(n.channel().await)
-            .list_alerts(pb::ListAlertsRequest { limit: 1000, ..Default::default() })
-            .await
-            .unwrap()
-            .into_inner();
-        let claimed = listed.alerts.iter().find(|a| a.alert_id == elsewhere).expect("listed everywhere");
+        let listed = all_alerts(n).await;
+        let claimed = listed.iter().find(|a| a.alert_id == elsewhere).expect("listed everywhere");
         assert_eq!((claimed.state(), claimed.officer_id.as_str()), (pb::AlertState::Claimed, "officer-li"));
-        assert_eq!(listed.alerts.iter().filter(|a| a.alert_id == elsewhere).count(), 1, "once");
+        assert_eq!(listed.iter().filter(|a| a.alert_id == elsewhere).count(), 1, "once");
     }
     // An alert id no node has — of a partition the cluster has (asked of its
     // owner), or of one it does not — is NOT_FOUND, not a retry for ever.
