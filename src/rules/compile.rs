@@ -272,6 +272,45 @@ macro_rules! compare {
     }};
 }
 
+/// The operands of a chain of `op` (`a && (b && c)` is `a`, `b`, `c`).
+fn flatten<'e>(op: BinOp, e: &'e Expr, out: &mut Vec<&'e Expr>) {
+    match &e.kind {
+        ExprKind::Binary(o, l, r) if *o == op => {
+            flatten(op, l, out);
+            flatten(op, r, out);
+        }
+        _ => out.push(e),
+    }
+}
+
+/// A rough cost of evaluating `e`, for ordering a chain's operands: reading
+/// a field is one, scanning free text many (a keyword list is scanned once
+/// per request, then remembered; a regex costs more).
+fn cost(e: &Expr) -> u32 {
+    match &e.kind {
+        ExprKind::Int(_) | ExprKind::Duration(_) | ExprKind::Str(_) | ExprKind::Bool(_) | ExprKind::List(_) => 0,
+        ExprKind::Path(_) => 1,
+        ExprKind::Unary(_, inner) => cost(inner),
+        ExprKind::Binary(op, l, r) => {
+            let own = match op {
+                BinOp::In => 2,
+                BinOp::And | BinOp::Or => 0,
+                _ => 1,
+            };
+            own + cost(l) + cost(r)
+        }
+        ExprKind::Call { target, name, args } => {
+            let own = match name.as_str() {
+                "matches" => 50,
+                "contains" | "matches_list" => 20,
+                "startsWith" | "endsWith" | "in_list" => 5,
+                _ => 1,
+            };
+            own + target.as_deref().map_or(0, cost) + args.iter().map(cost).sum::<u32>()
+        }
+    }
+}
+
 fn compare_ints(op: BinOp, l: IntE, r: IntE) -> BoolFn {
     if l.optional().is_some() || r.optional().is_some() {
         // An absent value makes every comparison false, `!=` included.
@@ -429,25 +468,44 @@ impl<'l> Compiler<'l> {
         Ok(if ints.is_empty() { Value::ListStr(strs, spans) } else { Value::ListInt(ints) })
     }
 
-    fn bools(&mut self, op: BinOp, l: &Expr, r: &Expr) -> Result<(BoolFn, BoolFn), CompileError> {
-        let mut side = |e: &Expr| match self.value(e)? {
-            Value::Bool(f) => Ok(f),
-            other => fail(e.span, format!("`{}` needs bools on both sides, found {}", op.symbol(), other.ty().name())),
-        };
-        Ok((side(l)?, side(r)?))
+    /// A chain of `&&` (or of `||`) as one closure over its operands, the
+    /// cheapest first: conditions are pure and total, so the order changes
+    /// only how soon the chain is decided (a known payee ends `payee.is_new
+    /// && matches_list(transfer.memo, ..)` before the memo is scanned).
+    /// Operands are compiled in the written order, so errors are reported
+    /// in it; equal costs keep it.
+    fn chain(&mut self, op: BinOp, l: &Expr, r: &Expr) -> Result<Value, CompileError> {
+        let mut operands = Vec::new();
+        flatten(op, l, &mut operands);
+        flatten(op, r, &mut operands);
+        let mut parts = Vec::with_capacity(operands.len());
+        for e in operands {
+            match self.value(e)? {
+                Value::Bool(f) => parts.push((cost(e), f)),
+                other => {
+                    return fail(
+                        e.span,
+                        format!("`{}` needs bools on both sides, found {}", op.symbol(), other.ty().name()),
+                    )
+                }
+            }
+        }
+        parts.sort_by_key(|(c, _)| *c);
+        let mut fns = parts.into_iter().map(|(_, f)| f);
+        let (Some(a), Some(b)) = (fns.next(), fns.next()) else { unreachable!("a chain has two sides") };
+        let rest: Box<[BoolFn]> = fns.collect();
+        let all = op == BinOp::And;
+        Ok(Value::Bool(match (rest.len(), all) {
+            (0, true) => Box::new(move |f| a(f) && b(f)),
+            (0, false) => Box::new(move |f| a(f) || b(f)),
+            (_, true) => Box::new(move |f| a(f) && b(f) && rest.iter().all(|c| c(f))),
+            (_, false) => Box::new(move |f| a(f) || b(f) || rest.iter().any(|c| c(f))),
+        }))
     }
 
     fn binary(&mut self, op: BinOp, l: &Expr, r: &Expr, span: Span) -> Result<Value, CompileError> {
-        match op {
-            BinOp::And => {
-                let (a, b) = self.bools(op, l, r)?;
-                return Ok(Value::Bool(Box::new(move |f| a(f) && b(f))));
-            }
-            BinOp::Or => {
-                let (a, b) = self.bools(op, l, r)?;
-                return Ok(Value::Bool(Box::new(move |f| a(f) || b(f))));
-            }
-            _ => {}
+        if matches!(op, BinOp::And | BinOp::Or) {
+            return self.chain(op, l, r);
         }
         let lv = self.value(l)?;
         let rv = self.value(r)?;
@@ -921,6 +979,86 @@ mod tests {
                 Err(e) => assert!(e.message.contains(want), "{src}: {}", e.message),
             }
         }
+    }
+
+    /// A condition with a known truth value, and what it costs to evaluate.
+    const ATOMS: [(&str, bool); 6] = [
+        ("transfer.amount >= 100", true),
+        ("customer.age > 200", false),
+        ("transfer.memo.matches('刷.')", true),
+        ("matches_list(transfer.memo, 'scam_words')", true),
+        ("transfer.channel == 'atm'", false),
+        ("transfer.memo.contains('nowhere')", false),
+    ];
+
+    #[derive(Debug, Clone)]
+    enum Tree {
+        Atom(usize),
+        Not(Box<Tree>),
+        And(Box<Tree>, Box<Tree>),
+        Or(Box<Tree>, Box<Tree>),
+    }
+
+    impl Tree {
+        fn source(&self) -> String {
+            match self {
+                Tree::Atom(i) => ATOMS[*i].0.to_string(),
+                Tree::Not(t) => format!("!({})", t.source()),
+                Tree::And(l, r) => format!("({} && {})", l.source(), r.source()),
+                Tree::Or(l, r) => format!("({} || {})", l.source(), r.source()),
+            }
+        }
+
+        fn truth(&self) -> bool {
+            match self {
+                Tree::Atom(i) => ATOMS[*i].1,
+                Tree::Not(t) => !t.truth(),
+                Tree::And(l, r) => l.truth() && r.truth(),
+                Tree::Or(l, r) => l.truth() || r.truth(),
+            }
+        }
+    }
+
+    fn tree() -> impl proptest::strategy::Strategy<Value = Tree> {
+        use proptest::prelude::*;
+        (0..ATOMS.len()).prop_map(Tree::Atom).prop_recursive(5, 40, 2, |inner| {
+            prop_oneof![
+                inner.clone().prop_map(|t| Tree::Not(Box::new(t))),
+                (inner.clone(), inner.clone()).prop_map(|(l, r)| Tree::And(Box::new(l), Box::new(r))),
+                (inner.clone(), inner).prop_map(|(l, r)| Tree::Or(Box::new(l), Box::new(r))),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Chains are evaluated cheapest operand first; the answer must be
+        /// the one the written order gives.
+        #[test]
+        fn reordering_a_chain_never_changes_its_answer(t in tree()) {
+            let memo = vec![std::cell::Cell::new(0u8); 8];
+            let raw = "帮忙刷单 please";
+            let text = text::FoldedText::new(raw);
+            let f = Facts {
+                transfer_amount: 500,
+                transfer_channel: "counter",
+                transfer_memo: text.view(raw),
+                customer_age: 40,
+                regex_memo: &memo,
+                ..Facts::default()
+            };
+            for (src, truth) in ATOMS {
+                proptest::prop_assert_eq!(eval(src, &f), truth, "{}", src);
+            }
+            proptest::prop_assert_eq!(eval(&t.source(), &f), t.truth(), "{}", t.source());
+        }
+    }
+
+    #[test]
+    fn a_chain_reports_its_first_written_bad_operand() {
+        let src = "transfer.memo.matches('a') && customer.age && transfer.amount";
+        let e = compile(src).err().expect("a non-bool operand");
+        assert_eq!(&src[e.span.start..e.span.end], "customer.age");
+        assert!(e.message.contains("`&&` needs bools on both sides, found int"), "{}", e.message);
     }
 
     #[test]
