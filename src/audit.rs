@@ -143,10 +143,7 @@ impl AuditLog {
             loop {
                 match rx.try_recv() {
                     Ok((by, record)) => {
-                        let written = chain
-                            .line(&by.to_string(), &record)
-                            .and_then(|line| out.write_all(line.as_bytes()))
-                            .and_then(|()| out.write_all(b"\n"));
+                        let written = chain.line(&by, &record).and_then(|line| out.write_all(line));
                         if let Err(e) = written {
                             tracing::error!(error = %e, "cannot write the audit file");
                         }
@@ -209,44 +206,58 @@ impl Drop for Writer {
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The SHA-256 of one line (without its newline), in hex.
-fn line_hash(line: &str) -> String {
-    crate::model::hex(&Sha256::digest(line.as_bytes()))
+fn line_hash(line: &[u8]) -> String {
+    crate::model::hex(&Sha256::digest(line))
 }
 
-/// Where the chain stands: the next line's sequence number and `prev`.
+/// Where the chain stands: the next line's sequence number and `prev`, and
+/// the line being written (one buffer, reused for every line).
 struct Chain {
     seq: u64,
     prev: String,
+    line: Vec<u8>,
+    /// The last caller seen and its name: most lines are one teller
+    /// system's, so the name is formatted once, not once a line.
+    by: Option<(Caller, String)>,
 }
 
 impl Chain {
+    fn new(seq: u64, prev: String) -> Chain {
+        Chain { seq, prev, line: Vec::with_capacity(1024), by: None }
+    }
+
     /// After the last line of the file at `path` (a new chain if there is none).
     fn continuing(path: &Path) -> std::io::Result<Chain> {
-        let Some(last) = last_line(path)? else { return Ok(Chain { seq: 1, prev: GENESIS.into() }) };
+        let Some(last) = last_line(path)? else { return Ok(Chain::new(1, GENESIS.into())) };
         let seq =
             serde_json::from_str::<serde_json::Value>(&last).ok().and_then(|v| v["seq"].as_u64()).map_or(1, |s| s + 1);
-        Ok(Chain { seq, prev: line_hash(&last) })
+        Ok(Chain::new(seq, line_hash(last.as_bytes())))
     }
 
-    /// The line for `record`, linked to the one before it. Written straight
-    /// from the record (no intermediate JSON value): the chain hashes the
-    /// line's bytes as written, so only `seq` and `prev` need reading back.
-    fn line(&mut self, by: &str, record: &AuditRecord) -> std::io::Result<String> {
-        let line = serde_json::to_string(&Line { record, by, seq: self.seq, prev: &self.prev })?;
+    /// The line for `record`, linked to the one before it, with its newline.
+    /// Written straight from the record (no intermediate JSON value): the
+    /// record's object, then who, its place and the link as its last fields.
+    /// The chain hashes the line's bytes as written.
+    fn line(&mut self, by: &Caller, record: &AuditRecord) -> std::io::Result<&[u8]> {
+        if self.by.as_ref().is_none_or(|(c, _)| c != by) {
+            self.by = Some((by.clone(), by.to_string()));
+        }
+        let name = self.by.as_ref().map_or("", |(_, name)| name.as_str());
+        let line = &mut self.line;
+        line.clear();
+        serde_json::to_writer(&mut *line, record)?;
+        // Every record is an object with at least its `kind`: reopen it.
+        if line.pop() != Some(b'}') {
+            return Err(std::io::Error::other("an audit record did not serialise as an object"));
+        }
+        line.extend_from_slice(b",\"by\":");
+        serde_json::to_writer(&mut *line, name)?;
+        write!(line, ",\"seq\":{},\"prev\":\"{}\"}}", self.seq, self.prev)?;
         self.seq += 1;
-        self.prev = line_hash(&line);
+        self.prev = line_hash(line);
+        line.push(b'\n');
         Ok(line)
     }
-}
-
-/// One line of the trail: the record's fields, then who, its place and the link.
-#[derive(Serialize)]
-struct Line<'a> {
-    #[serde(flatten)]
-    record: &'a AuditRecord,
-    by: &'a str,
-    seq: u64,
-    prev: &'a str,
 }
 
 /// The last complete line of a file, read from its end.
@@ -312,7 +323,7 @@ pub fn verify(path: &Path) -> std::io::Result<Verified> {
             return broken(format!("record {seq} where record {} was due", expected_seq.unwrap_or(0)));
         }
         expected_seq = Some(seq + 1);
-        prev = line_hash(&line);
+        prev = line_hash(line.as_bytes());
     }
     Ok(Verified::Intact { records: n, head: prev })
 }
@@ -325,12 +336,18 @@ mod tests {
         AuditRecord::Ruleset { at: 1_773_109_200 + i, version: format!("sha256:{i:016x}"), loaded: true, errors: 0 }
     }
 
+    /// One line, without its newline.
+    fn line(chain: &mut Chain, by: &Caller, record: &AuditRecord) -> String {
+        let line = chain.line(by, record).unwrap();
+        String::from_utf8(line.strip_suffix(b"\n").unwrap().to_vec()).unwrap()
+    }
+
     /// Five chained lines in a temp file.
     fn chained() -> (tempfile::TempDir, PathBuf, Vec<String>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let mut chain = Chain::continuing(&path).unwrap();
-        let lines: Vec<String> = (0..5).map(|i| chain.line("open", &record(i)).unwrap()).collect();
+        let lines: Vec<String> = (0..5).map(|i| line(&mut chain, &Caller::Open, &record(i))).collect();
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
         (dir, path, lines)
     }
@@ -339,10 +356,73 @@ mod tests {
         std::fs::write(path, lines.join("\n") + "\n").unwrap();
     }
 
+    /// Lines are written field by field; they must be what serialising the
+    /// record with who, place and link flattened into it gives, byte for byte.
+    #[test]
+    fn a_line_is_the_record_with_who_place_and_link_as_its_last_fields() {
+        #[derive(Serialize)]
+        struct Flattened<'a> {
+            #[serde(flatten)]
+            record: &'a AuditRecord,
+            by: &'a str,
+            seq: u64,
+            prev: &'a str,
+        }
+        let teller = Caller::Known(crate::auth::Principal {
+            role: crate::auth::Role::ALL[0],
+            scope: "bank \"一\"\\".into(),
+            subject: "t\u{1}1".into(),
+        });
+        let records = [
+            AuditRecord::Decision {
+                at: 1,
+                request_id: "r-1".into(),
+                bank_id: "b".into(),
+                branch_id: "br".into(),
+                channel: "counter",
+                amount_minor: 40_000_000,
+                currency: "CNY".into(),
+                customer_account: "6222****1234".into(),
+                payee_account: "6217****0001".into(),
+                payee_name: "王\"某\"\n".into(),
+                action: "HOLD",
+                score: 90,
+                hits: vec!["seed.large".into(), "new_payee".into()],
+                shadow_hits: vec![],
+                ruleset_version: "sha256:00".into(),
+                alert_id: Some("a-1".into()),
+                station_id: None,
+            },
+            AuditRecord::Alert {
+                at: 2,
+                event: "claimed",
+                alert_id: "a".into(),
+                station_id: "s".into(),
+                officer_id: None,
+                outcome: Some("x"),
+                hold_decision: None,
+            },
+            AuditRecord::Denied { at: 3, method: "Screen".into(), reason: "role", message: "\u{7f}\t".into() },
+            record(4),
+        ];
+        let mut chain = Chain::new(7, GENESIS.into());
+        let mut prev = GENESIS.to_string();
+        for (i, r) in records.iter().enumerate() {
+            for by in [&Caller::Open, &teller, &Caller::Service, &teller] {
+                let seq = chain.seq;
+                let want =
+                    serde_json::to_string(&Flattened { record: r, by: &by.to_string(), seq, prev: &prev }).unwrap();
+                assert_eq!(line(&mut chain, by, r), want, "record {i}");
+                prev = line_hash(want.as_bytes());
+                assert_eq!(chain.prev, prev);
+            }
+        }
+    }
+
     #[test]
     fn an_intact_chain_verifies_and_names_its_head() {
         let (_dir, path, lines) = chained();
-        assert_eq!(verify(&path).unwrap(), Verified::Intact { records: 5, head: line_hash(&lines[4]) });
+        assert_eq!(verify(&path).unwrap(), Verified::Intact { records: 5, head: line_hash(lines[4].as_bytes()) });
     }
 
     #[test]
