@@ -187,7 +187,7 @@ pub fn run_from(
             progress(n as u64);
         }
         let line = &history[i];
-        let Ok(transfer) = crate::api::convert::transfer(&line.request, ruleset.utc_offset) else {
+        let Ok(transfer) = crate::api::convert::transfer(line.request.clone(), ruleset.utc_offset) else {
             report.invalid += 1;
             continue;
         };

@@ -36,7 +36,7 @@ pub fn rule_sources(data: &[u8]) {
 /// ScreenRequest bytes → protobuf decode → the API's validation and conversion.
 pub fn screen_request(data: &[u8]) {
     let Ok(request) = pb::ScreenRequest::decode(data) else { return };
-    if let Ok(transfer) = convert::transfer(&request, time::UtcOffset::from_hms(8, 0, 0).unwrap()) {
+    if let Ok(transfer) = convert::transfer(request, time::UtcOffset::from_hms(8, 0, 0).unwrap()) {
         let clock = convert::LiveClock { now: 1_700_000_000, skew: 300 };
         let _ = clock.check_transfer(&transfer);
     }

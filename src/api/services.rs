@@ -211,7 +211,8 @@ impl pb::screening_server::Screening for Api {
             }
             let caller = caller_of(&request);
             let request = request.into_inner();
-            let transfer = convert::transfer(&request, self.guard.utc_offset())
+            let fingerprint = fingerprint(&request);
+            let transfer = convert::transfer(request, self.guard.utc_offset())
                 .and_then(|t| self.live_clock().check_transfer(&t).map(|()| t))
                 .map_err(|v| {
                     // Field names only: a bad value may be an account number.
@@ -220,7 +221,7 @@ impl pb::screening_server::Screening for Api {
                     invalid(v)
                 })?;
             self.check(&caller, Method::Screen, |p| p.require_bank("Screen", &transfer.bank_id))?;
-            let screened = self.guard.screen(&transfer, fingerprint(&request), &caller).map_err(status_of)?;
+            let screened = self.guard.screen(&transfer, fingerprint, &caller).map_err(status_of)?;
             // Answer only once the decision, its state change and its alert are
             // on disk; a store that cannot commit in time gets the fail mode.
             let limits = &self.admission.limits;
@@ -630,7 +631,7 @@ impl pb::rules_server::Rules for Api {
 
     async fn dry_run(&self, request: Request<pb::ScreenRequest>) -> Result<Response<pb::ScreenResponse>, Status> {
         self.rpc("DryRun", async move {
-            let transfer = convert::transfer(&request.into_inner(), self.guard.utc_offset()).map_err(invalid)?;
+            let transfer = convert::transfer(request.into_inner(), self.guard.utc_offset()).map_err(invalid)?;
             Ok(Response::new(convert::screened_to_pb(&self.guard.dry_run(&transfer))))
         })
         .await

@@ -15,6 +15,7 @@ use super::proto as pb;
 use crate::model::{Date, Transfer, UnixSeconds};
 use crate::state::normalise_account;
 use pbjson_types::Timestamp;
+use std::borrow::Cow;
 
 /// The largest amount accepted: 100 billion CNY in fen. Anything above is a
 /// typo or an attack, not a transfer.
@@ -73,19 +74,31 @@ impl Violations {
     }
 
     /// A required identifier: not empty, at most `max` characters, no control characters.
-    pub fn id(&mut self, field: impl Into<String> + Copy, value: &str, max: usize) -> String {
-        if value.trim().is_empty() {
+    /// An owned `value` already trimmed is kept, not copied.
+    pub fn id(&mut self, field: impl Into<String> + Copy, value: impl AsRef<str> + Into<String>, max: usize) -> String {
+        let raw = value.as_ref();
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
             self.add(field, "required");
         } else {
-            self.check_text(field, value, max);
+            self.check_text(field, raw, max);
         }
-        value.trim().to_string()
+        if trimmed.len() == raw.len() {
+            value.into()
+        } else {
+            trimmed.to_string()
+        }
     }
 
     /// Free text: at most `max` characters, no control characters but newline.
-    pub fn text(&mut self, field: impl Into<String> + Copy, value: &str, max: usize) -> String {
-        self.check_text(field, value, max);
-        value.to_string()
+    pub fn text(
+        &mut self,
+        field: impl Into<String> + Copy,
+        value: impl AsRef<str> + Into<String>,
+        max: usize,
+    ) -> String {
+        self.check_text(field, value.as_ref(), max);
+        value.into()
     }
 
     fn check_text(&mut self, field: impl Into<String> + Copy, value: &str, max: usize) {
@@ -148,8 +161,12 @@ impl Violations {
         value
     }
 
-    pub fn account(&mut self, field: impl Into<String> + Copy, value: &str) -> String {
-        let normal = normalise_account(value.trim()).into_owned();
+    pub fn account(&mut self, field: impl Into<String> + Copy, value: impl AsRef<str> + Into<String>) -> String {
+        let raw = value.as_ref();
+        let normal = match normalise_account(raw.trim()) {
+            Cow::Borrowed(n) if n.len() == raw.len() => value.into(),
+            n => n.into_owned(),
+        };
         if normal.is_empty() {
             self.add(field, "required");
         } else if !(4..=34).contains(&normal.len()) || !normal.chars().all(|c| c.is_ascii_alphanumeric()) {
@@ -326,8 +343,25 @@ fn plain_date(value: &str) -> Option<Date> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use crate::model::Observation;
     use proptest::prelude::*;
+
+    proptest! {
+        /// An owned value is kept when it is already clean, and cleaned
+        /// otherwise, exactly as a borrowed one is copied and cleaned.
+        #[test]
+        fn owned_and_borrowed_values_validate_alike(value in "[ \\-a-zA-Z0-9\u{1}\u{4e00}\n]{0,40}") {
+            let (mut owned, mut borrowed) = (Violations::default(), Violations::default());
+            prop_assert_eq!(owned.id("f", value.clone(), 16), borrowed.id("f", value.as_str(), 16));
+            prop_assert_eq!(owned.text("g", value.clone(), 16), borrowed.text("g", value.as_str(), 16));
+            prop_assert_eq!(owned.account("h", value.clone()), borrowed.account("h", value.as_str()));
+            prop_assert_eq!(owned.0, borrowed.0);
+            let account: String = value.trim().chars().filter(|c| !c.is_whitespace() && *c != '-').collect();
+            prop_assert_eq!(Violations::default().id("f", value.clone(), 16), value.trim());
+            prop_assert_eq!(Violations::default().account("h", value.clone()), account);
+        }
+    }
 
     proptest! {
         /// The fast path agrees with the general parser on every string of ten characters it accepts.
@@ -426,8 +460,8 @@ mod tests {
         let mut r = valid();
         r.requested_at = Some(Timestamp { seconds: 1_773_162_000, nanos: 0 });
         r.customer.as_mut().unwrap().account_opened_on = "2026-03-11".into();
-        assert!(transfer(&r, crate::rules::DEFAULT_UTC_OFFSET).is_ok());
-        let at_utc = transfer(&r, time::UtcOffset::UTC).unwrap_err();
+        assert!(transfer(r.clone(), crate::rules::DEFAULT_UTC_OFFSET).is_ok());
+        let at_utc = transfer(r.clone(), time::UtcOffset::UTC).unwrap_err();
         assert_eq!(at_utc[0].field, "customer.account_opened_on");
     }
 

@@ -39,15 +39,15 @@ pub fn limit_change(v: &mut Violations, field: &str, raw: &pb::LimitChanged) -> 
     }
 }
 
-pub fn payee(v: &mut Violations, field: &str, raw: Option<&pb::Payee>) -> Payee {
+pub fn payee(v: &mut Violations, field: &str, raw: Option<pb::Payee>) -> Payee {
     let Some(p) = raw else {
         v.add(field, "required");
         return Payee { account: String::new(), name: String::new(), bank_code: String::new() };
     };
     Payee {
-        account: v.account(Nested(field, "account"), &p.account),
-        name: v.id(Nested(field, "name"), &p.name, 128),
-        bank_code: v.id(Nested(field, "bank_code"), &p.bank_code, 32),
+        account: v.account(Nested(field, "account"), p.account),
+        name: v.id(Nested(field, "name"), p.name, 128),
+        bank_code: v.id(Nested(field, "bank_code"), p.bank_code, 32),
     }
 }
 
@@ -57,34 +57,39 @@ impl TryFrom<&pb::ScreenRequest> for Transfer {
     type Error = Vec<FieldViolation>;
 
     fn try_from(r: &pb::ScreenRequest) -> Result<Transfer, Self::Error> {
-        transfer(r, crate::rules::DEFAULT_UTC_OFFSET)
+        transfer(r.clone(), crate::rules::DEFAULT_UTC_OFFSET)
     }
 }
 
 /// Validates a `ScreenRequest` into a [`Transfer`]. Dates (birth, account
 /// opening) must not be after the request's local date at `utc_offset`, the
-/// ruleset's.
-pub fn transfer(r: &pb::ScreenRequest, utc_offset: time::UtcOffset) -> Result<Transfer, Vec<FieldViolation>> {
+/// ruleset's. Takes the request: its strings move into the transfer (the
+/// handler owns the request; a caller holding a reference clones it once).
+pub fn transfer(r: pb::ScreenRequest, utc_offset: time::UtcOffset) -> Result<Transfer, Vec<FieldViolation>> {
     let mut v = Violations::default();
-    let request_id = v.id("request_id", &r.request_id, 128);
+    let request_id = v.id("request_id", r.request_id, 128);
     let requested_at = v.time("requested_at", r.requested_at.as_ref());
-    let bank_id = v.id("bank_id", &r.bank_id, 64);
-    let branch_id = v.id("branch_id", &r.branch_id, 64);
+    let bank_id = v.id("bank_id", r.bank_id, 64);
+    let branch_id = v.id("branch_id", r.branch_id, 64);
     let channel = channel(&mut v, "channel", r.channel);
     let teller_id = if channel == Channel::Counter {
-        v.id("teller_id", &r.teller_id, 64)
+        v.id("teller_id", r.teller_id, 64)
     } else {
-        v.text("teller_id", &r.teller_id, 64)
+        v.text("teller_id", r.teller_id, 64)
     };
     let today = local_date(requested_at, utc_offset);
-    let customer = match &r.customer {
+    let customer = match r.customer {
         None => {
             v.add("customer", "required");
             None
         }
         Some(c) => {
-            let customer_id = v.id("customer.customer_id", &c.customer_id, 64);
-            let account_id = v.account("customer.account_id", &c.account_id);
+            let limit_change_of_another = c
+                .last_limit_change
+                .as_ref()
+                .is_some_and(|l| !l.customer_id.is_empty() && l.customer_id != c.customer_id);
+            let customer_id = v.id("customer.customer_id", c.customer_id, 64);
+            let account_id = v.account("customer.account_id", c.account_id);
             let birth_date = v.date("customer.birth_date", &c.birth_date);
             let opened = v.date("customer.account_opened_on", &c.account_opened_on);
             if let Some(b) = birth_date {
@@ -100,10 +105,8 @@ pub fn transfer(r: &pb::ScreenRequest, utc_offset: time::UtcOffset) -> Result<Tr
             let daily_limit = v.amount("customer.daily_limit_minor", c.daily_limit_minor, false);
             let last_limit_change =
                 c.last_limit_change.as_ref().map(|l| limit_change(&mut v, "customer.last_limit_change", l));
-            if let Some(l) = &c.last_limit_change {
-                if !l.customer_id.is_empty() && l.customer_id != c.customer_id {
-                    v.add("customer.last_limit_change.customer_id", "differs from customer.customer_id");
-                }
+            if limit_change_of_another {
+                v.add("customer.last_limit_change.customer_id", "differs from customer.customer_id");
             }
             match (birth_date, opened) {
                 (Some(birth_date), Some(account_opened_on)) => Some(Customer {
@@ -118,15 +121,15 @@ pub fn transfer(r: &pb::ScreenRequest, utc_offset: time::UtcOffset) -> Result<Tr
             }
         }
     };
-    let payee = payee(&mut v, "payee", r.payee.as_ref());
+    let payee = payee(&mut v, "payee", r.payee);
     let amount = v.amount("amount_minor", r.amount_minor, false);
-    let currency = r.currency.trim().to_string();
+    let currency = if r.currency.trim().len() == r.currency.len() { r.currency } else { r.currency.trim().to_string() };
     if currency.is_empty() {
         v.add("currency", "required");
     } else if !CURRENCIES.contains(&currency.as_str()) {
         v.add("currency", format!("unknown currency `{}`; use an upper-case ISO 4217 code", truncate(&currency)));
     }
-    let memo = v.text("memo", &r.memo, 256);
+    let memo = v.text("memo", r.memo, 256);
     let mut observations = Observations::default();
     for (i, raw) in r.observations.iter().enumerate() {
         match observation(*raw) {
@@ -196,7 +199,7 @@ pub fn customer_event(r: &pb::RecordEventRequest, clock: LiveClock) -> Result<Cu
             clock.within(&mut v, "payee_added.added_at", added_at);
             Some(CustomerEvent::PayeeAdded {
                 customer_id: v.id("payee_added.customer_id", &p.customer_id, 64),
-                payee: payee(&mut v, "payee_added.payee", p.payee.as_ref()),
+                payee: payee(&mut v, "payee_added.payee", p.payee.clone()),
                 added_at,
             })
         }
