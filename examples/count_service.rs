@@ -18,14 +18,14 @@
 //! (`--durability none`), open trust, fresh customers (a new one per request).
 
 use std::sync::Arc;
-
-/// The binary's allocator (src/main.rs), so the count is the shipped service's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use transfer_guard::api::proto as pb;
 use transfer_guard::app::Setup;
 use transfer_guard::loadgen;
 use transfer_guard::store::Durability;
+
+/// The binary's allocator (src/main.rs), so the count is the shipped service's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -981,7 +981,8 @@ mod tests {
         }
     }
 
-    /// A condition with a known truth value, and what it costs to evaluate.
+    /// Conditions of every cost class (field, comparison, keyword list, regex)
+    /// with their truth value on the test's facts.
     const ATOMS: [(&str, bool); 6] = [
         ("transfer.amount >= 100", true),
         ("customer.age > 200", false),

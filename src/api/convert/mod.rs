@@ -77,17 +77,12 @@ impl Violations {
     /// An owned `value` already trimmed is kept, not copied.
     pub fn id(&mut self, field: impl Into<String> + Copy, value: impl AsRef<str> + Into<String>, max: usize) -> String {
         let raw = value.as_ref();
-        let trimmed = raw.trim();
-        if trimmed.is_empty() {
+        if raw.trim().is_empty() {
             self.add(field, "required");
         } else {
             self.check_text(field, raw, max);
         }
-        if trimmed.len() == raw.len() {
-            value.into()
-        } else {
-            trimmed.to_string()
-        }
+        trimmed(value)
     }
 
     /// Free text: at most `max` characters, no control characters but newline.
@@ -173,6 +168,18 @@ impl Violations {
             self.add(field, "4 to 34 letters or digits (spaces and dashes are ignored)");
         }
         normal
+    }
+}
+
+/// `value` without surrounding whitespace; an owned value that has none is
+/// kept, not copied.
+pub(super) fn trimmed(value: impl AsRef<str> + Into<String>) -> String {
+    let raw = value.as_ref();
+    let trimmed = raw.trim();
+    if trimmed.len() == raw.len() {
+        value.into()
+    } else {
+        trimmed.to_string()
     }
 }
 
@@ -343,7 +350,6 @@ fn plain_date(value: &str) -> Option<Date> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
     use crate::model::Observation;
     use proptest::prelude::*;
 

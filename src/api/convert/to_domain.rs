@@ -2,7 +2,7 @@
 //! value the service takes, or every problem found, each naming its field.
 
 use super::super::proto as pb;
-use super::{local_date, truncate, FieldViolation, LiveClock, Nested, Violations, CURRENCIES};
+use super::{local_date, trimmed, truncate, FieldViolation, LiveClock, Nested, Violations, CURRENCIES};
 use crate::alerts::{AlertState, HoldDecision, Outcome};
 use crate::model::{Channel, Customer, LimitChange, Observation, Observations, Payee, Transfer, UnixSeconds};
 use crate::service::CustomerEvent;
@@ -123,7 +123,7 @@ pub fn transfer(r: pb::ScreenRequest, utc_offset: time::UtcOffset) -> Result<Tra
     };
     let payee = payee(&mut v, "payee", r.payee);
     let amount = v.amount("amount_minor", r.amount_minor, false);
-    let currency = if r.currency.trim().len() == r.currency.len() { r.currency } else { r.currency.trim().to_string() };
+    let currency = trimmed(r.currency);
     if currency.is_empty() {
         v.add("currency", "required");
     } else if !CURRENCIES.contains(&currency.as_str()) {
