@@ -157,6 +157,8 @@ pub fn facts<'a>(
         payee_first_paid_ago: snapshot.payee_first_paid.map_or(NEVER, |t| now - t),
         payee_watchlisted: snapshot.payee_watchlisted,
         payee_distinct_senders_24h: snapshot.payee_distinct_senders_24h,
+        payee_new_senders_24h: snapshot.payee_new_senders_24h,
+        payee_first_seen_ago: snapshot.payee_first_seen.map_or(NEVER, |t| now - t),
         history_transfers_1h: snapshot.transfers_1h,
         history_transfers_24h: snapshot.transfers_24h,
         history_amount_24h: snapshot.amount_24h,

@@ -155,8 +155,17 @@ enum RawEvent {
         #[serde(default)]
         maximum: bool,
     },
-    /// `senders` other customers each paid `payee`.
-    FanIn { ago: String, payee: RawPayee, senders: u32, amount: i64 },
+    /// `senders` other customers each paid `payee` (each a customer of its
+    /// own per event); with `since`, each had first paid it that long ago
+    /// (returning payers of an account the bank has long known).
+    FanIn {
+        ago: String,
+        payee: RawPayee,
+        senders: u32,
+        amount: i64,
+        #[serde(default)]
+        since: Option<String>,
+    },
     /// A police watchlist entry.
     Watchlist {
         account: String,
@@ -307,7 +316,7 @@ fn build_case(raw: RawCase, ruleset: &Ruleset) -> Result<Case, String> {
         observations,
     };
     let mut history = Vec::new();
-    for event in raw.history {
+    for (n, event) in raw.history.into_iter().enumerate() {
         match event {
             RawEvent::Transfer { ago: a, amount, payee: p, customer } => {
                 history.push(HistoryEvent::Transfer(TransferRecord {
@@ -321,15 +330,18 @@ fn build_case(raw: RawCase, ruleset: &Ruleset) -> Result<Case, String> {
                 customer_id: customer_id.clone(),
                 change: LimitChange { old_limit: old, new_limit: new, is_maximum: maximum, changed_at: ago(now, &a)? },
             }),
-            RawEvent::FanIn { ago: a, payee: p, senders, amount } => {
+            RawEvent::FanIn { ago: a, payee: p, senders, amount, since } => {
                 let at = ago(now, &a)?;
+                let first = since.map(|s| ago(now, &s)).transpose()?;
                 for i in 0..senders {
-                    history.push(HistoryEvent::Transfer(TransferRecord {
-                        customer_id: format!("other-sender-{i}"),
-                        payee: PayeeKey::of(&payee(&p)),
-                        amount,
-                        at,
-                    }));
+                    for at in first.into_iter().chain([at]) {
+                        history.push(HistoryEvent::Transfer(TransferRecord {
+                            customer_id: format!("other-sender-{n}-{i}"),
+                            payee: PayeeKey::of(&payee(&p)),
+                            amount,
+                            at,
+                        }));
+                    }
                 }
             }
             RawEvent::Watchlist { account, station, reason, expires_in } => {

@@ -63,12 +63,14 @@ pub const MULE_FAN_IN: &str = "mule fan-in";
 pub const ORDINARY_KINDS: &[&str] = &[
     "large first payment",
     "new supplier",
+    "new business",
     "care home or hospital",
     "small first payments",
     "new account",
     "red packets",
     "observed at the counter",
     "first payment",
+    "utility bill",
     "usual",
 ];
 
@@ -134,6 +136,54 @@ fn birth_date(rng: &mut StdRng, years: std::ops::RangeInclusive<i32>) -> String 
     format!("{}-{:02}-{:02}", rng.random_range(years), rng.random_range(1..=12), rng.random_range(1..=28))
 }
 
+/// The town's institutions that many customers pay, shared as in life: a
+/// hospital or a school is paid for the first time by several customers of
+/// the bank in a week, sometimes two on one day. (name, how many).
+const INSTITUTIONS: &[(&str, usize)] = &[
+    ("某某置业", 12),
+    ("某某汽车", 10),
+    ("某某学校", 20),
+    ("某某医院", 6),
+    ("某某酒店", 15),
+    ("某某装饰", 20),
+    ("某某养老院", 5),
+    ("某某护理中心", 4),
+];
+
+/// The institutions of [`INSTITUTIONS`], with their accounts.
+struct Town {
+    institutions: Vec<(&'static str, Vec<pb::Payee>)>,
+}
+
+impl Town {
+    fn new(rng: &mut StdRng) -> Town {
+        let institutions = INSTITUTIONS
+            .iter()
+            .enumerate()
+            .map(|(i, &(name, count))| {
+                let accounts = (0..count)
+                    .map(|n| payee(format!("6240{i:02}{n:010}"), name, pick(rng, &["icbc", "ccb", "abc", "boc"])))
+                    .collect();
+                (name, accounts)
+            })
+            .collect();
+        Town { institutions }
+    }
+
+    /// One of the town's institutions called `name`, or None if it has none.
+    fn institution(&self, rng: &mut StdRng, name: &str) -> Option<pb::Payee> {
+        let (_, accounts) = self.institutions.iter().find(|(n, _)| *n == name)?;
+        Some(pick_ref(rng, accounts).clone())
+    }
+}
+
+/// The power company's collection account for a customer's branch (its
+/// city): one account that thousands of customers pay each month.
+fn power_company(branch: &str) -> pb::Payee {
+    let city = if branch.contains("jiangmen") { 2 } else { 1 };
+    payee(format!("6200{city:012}"), "南方电网", "ccb")
+}
+
 fn customer(rng: &mut StdRng, i: usize) -> Customer {
     let roll = rng.random_range(0..100);
     let life = match roll {
@@ -165,7 +215,7 @@ fn customer(rng: &mut StdRng, i: usize) -> Customer {
         Life::Elderly => pick(rng, &[30_000, 80_000, 150_000]),
         _ => pick(rng, &[30_000, 100_000, 250_000, 600_000]),
     };
-    Customer {
+    let mut c = Customer {
         id: format!("sim-{i:07}"),
         account: format!("6210{i:012}"),
         birth_date: birth,
@@ -175,7 +225,12 @@ fn customer(rng: &mut StdRng, i: usize) -> Customer {
         payees,
         life,
         scale,
+    };
+    // The electricity bill goes to the city's power company, as everyone's does.
+    if let Some(bill) = c.payees.get_mut(1) {
+        *bill = power_company(c.branch);
     }
+    c
 }
 
 /// One transfer as a teller system would send it.
@@ -280,6 +335,7 @@ pub fn generate(customers: usize, days: u32, seed: u64) -> Vec<Labelled> {
     let mut rng = StdRng::seed_from_u64(seed);
     let people: Vec<Customer> = (0..customers).map(|i| customer(&mut rng, i)).collect();
     let mut out = Out { lines: Vec::new(), k: 0, fresh: 0, end: START + i64::from(days) * DAY };
+    let town = Town::new(&mut rng);
     // A few mule accounts at a time collect from many victims.
     let mules: Vec<pb::Payee> = (0..(customers / 1500).max(3))
         .map(|m| payee(format!("6230{m:012}"), pick(&mut rng, &["刘某", "周某", "某某科技", "吴某"]), "pab"))
@@ -301,6 +357,24 @@ pub fn generate(customers: usize, days: u32, seed: u64) -> Vec<Labelled> {
                 at += rng.random_range(600..3 * HOUR);
             }
         }
+        // A business that just opened (a tutor, a gym, a shop taking
+        // deposits) is paid by its first customers within a few days, each
+        // paying it for the first time: from outside, a fresh collection account.
+        if measured && !people.is_empty() && rng.random_bool(0.3) {
+            let name = pick(&mut rng, &["某某培训", "某某健身", "某某母婴店", "张老师"]);
+            let business = out.new_payee(&mut rng, "6232", name);
+            let mut at = daytime(&mut rng, day_start);
+            for _ in 0..rng.random_range(2..=6) {
+                let c = pick_ref(&mut rng, &people);
+                let memo = pick(&mut rng, &["学费", "会员费", "课时费", "订金", ""]);
+                out.ordinary(
+                    c,
+                    "new business",
+                    Send { memo, ..Send::new(at, &business, amount_near(&mut rng, 150_000)) },
+                );
+                at += rng.random_range(HOUR..2 * DAY);
+            }
+        }
         for c in &people {
             if c.life == Life::NewAccount && !measured {
                 continue;
@@ -311,7 +385,7 @@ pub fn generate(customers: usize, days: u32, seed: u64) -> Vec<Labelled> {
                     out.ordinary(c, "usual", Send::new(at, p, amount_near(&mut rng, c.scale)));
                 }
             }
-            ordinary_day(&mut rng, c, day, day_start, &mut out);
+            ordinary_day(&mut rng, c, &town, day, day_start, &mut out);
             // A victim: about 1 customer in 1,500 a day, during the measured days.
             if measured && rng.random_bool(1.0 / 1500.0) {
                 let mut roll = rng.random_range(0..total_weight);
@@ -416,7 +490,7 @@ fn daytime(rng: &mut StdRng, day_start: i64) -> i64 {
 }
 
 /// One customer's ordinary day.
-fn ordinary_day(rng: &mut StdRng, c: &Customer, day: i64, day_start: i64, out: &mut Out) {
+fn ordinary_day(rng: &mut StdRng, c: &Customer, town: &Town, day: i64, day_start: i64, out: &mut Out) {
     let elderly = c.life == Life::Elderly;
     let counter_visit = |rng: &mut StdRng| rng.random_bool(if elderly { 0.6 } else { 0.15 });
     // Rent and bills to known payees.
@@ -433,7 +507,7 @@ fn ordinary_day(rng: &mut StdRng, c: &Customer, day: i64, day_start: i64, out: &
                 memo: "电费",
                 ..Send::new(daytime(rng, day_start), &c.payees[1 % c.payees.len()], amount_near(rng, 20_000))
             };
-            out.ordinary(c, "usual", t);
+            out.ordinary(c, if c.payees.len() > 1 { "utility bill" } else { "usual" }, t);
         }
         // Family transfers and everyday payments to usual payees.
         if rng.random_bool(if elderly { 0.08 } else { 0.15 }) {
@@ -481,21 +555,23 @@ fn ordinary_day(rng: &mut StdRng, c: &Customer, day: i64, day_start: i64, out: &
     }
     // Large first payments: a house deposit, a car, tuition, a hospital, a new landlord, a wedding.
     if rng.random_bool(1.0 / 400.0) {
-        let (memo, around) = pick(
+        let (memo, around, name) = pick(
             rng,
             &[
-                ("首付", 30_000_000),
-                ("购车款", 12_000_000),
-                ("学费", 2_500_000),
-                ("住院押金", 3_000_000),
-                ("押金 房租", 800_000),
-                ("婚礼酒席", 5_000_000),
-                ("装修款", 6_000_000),
+                ("首付", 30_000_000, "某某置业"),
+                ("购车款", 12_000_000, "某某汽车"),
+                ("学费", 2_500_000, "某某学校"),
+                ("住院押金", 3_000_000, "某某医院"),
+                ("押金 房租", 800_000, "房东"),
+                ("婚礼酒席", 5_000_000, "某某酒店"),
+                ("装修款", 6_000_000, "某某装饰"),
             ],
         );
-        let name = pick(rng, &["某某置业", "某某汽车", "某某学校", "某某医院", "房东", "某某酒店"]);
-
-        let p = out.new_payee(rng, "6225", name);
+        // The town's institution, or a landlord or a firm from elsewhere.
+        let p = match town.institution(rng, name) {
+            Some(p) if rng.random_bool(0.8) => p,
+            _ => out.new_payee(rng, "6225", name),
+        };
         let at = daytime(rng, day_start);
         let raised = rng.random_bool(0.3);
         let t = Send {
@@ -509,8 +585,10 @@ fn ordinary_day(rng: &mut StdRng, c: &Customer, day: i64, day_start: i64, out: &
     // Older customers start paying a care home, or a hospital.
     if elderly && rng.random_bool(1.0 / 300.0) {
         let name = pick(rng, &["某某养老院", "某某医院", "某某护理中心"]);
-
-        let p = out.new_payee(rng, "6226", name);
+        let p = match town.institution(rng, name) {
+            Some(p) => p,
+            None => out.new_payee(rng, "6226", name),
+        };
         let t = Send {
             memo: pick(rng, &["养老院费用", "住院费", "护理费", ""]),
             counter: rng.random_bool(0.7),

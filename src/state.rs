@@ -1,8 +1,9 @@
 //! In-memory state the rules read: per customer the payees already paid (with
 //! times, last and largest amount, growing run), an amount histogram of ~90
 //! days (the profile), recent transfers (velocity windows) and the last limit
-//! change; per payee account the customers who paid it lately (fan-in, the
-//! mule signal); the police watchlist.
+//! change; per payee account the customers who paid it lately and which of
+//! them paid it for the first time (fan-in, the mule signal) and when the
+//! bank's customers first paid it; the police watchlist.
 //!
 //! Concurrent maps (dashmap): different customers never contend; one customer's
 //! record is changed under its shard lock. Time is always passed in (the
@@ -12,14 +13,14 @@
 //!
 //! One cohesive thing, long because it is whole: the customer record (known
 //! payees with their profile, the amount histogram, the windows, the limit
-//! change), the fan-in and the watchlist, each with its stored image, the
+//! change), the fan-in and first-seen accounts, the watchlist, each with its stored image or rebuild, the
 //! snapshot that reads them and the apply/revert that change them, and their
 //! tests.
 
 use crate::model::{LimitChange, Minor, Payee, UnixSeconds};
 use dashmap::DashMap;
 use std::borrow::Cow;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, OnceLock};
 
@@ -31,6 +32,14 @@ const HOUR_SECS: i64 = 3600;
 pub const MAX_RECENT: usize = 512;
 /// Fan-in keeps at most this many senders per payee account.
 pub const MAX_SENDERS: usize = 4096;
+/// How long the bank remembers when its customers first paid an account
+/// after the last first payment to it ([`Snapshot::payee_first_seen`]): a
+/// week for an account one customer started paying (what is kept is about a
+/// week of first payments, a few bytes a customer), four weeks for one that
+/// several did — a hospital, a school, a dealer — so that it is remembered
+/// from its first.
+pub const FIRST_SEEN_KEPT_SECS: i64 = 7 * 24 * 3600;
+pub const SHARED_FIRST_SEEN_KEPT_SECS: i64 = 28 * 24 * 3600;
 
 /// Identifies a payee (bank code and account) inside a customer's record in 8
 /// bytes rather than the full strings: 5 known payees fit in 80 bytes.
@@ -43,18 +52,51 @@ impl PayeeKey {
     }
 }
 
-/// A 64-bit hash of `parts` that stays the same across restarts, builds and
-/// Rust releases, because the store keeps it: SipHash-2-4 with fixed keys over
-/// the bytes of each part, each followed by 0xff (fed to the hasher directly,
-/// not through `Hash`, whose impls may change between releases). 64 bits make
-/// a collision among one customer's payees (or one account's senders)
-/// vanishingly unlikely.
+/// A customer paying a payee, as the payee's fan-in counts it: the
+/// customer's stable hash with its lowest bit replaced by whether the payee
+/// was new to them when they paid it. One word, so a fan-in entry and the
+/// cluster's payee-paid fact keep their size; one customer is one sender
+/// whichever the bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sender(pub u64);
+
+impl Sender {
+    pub fn of(customer_id: &str, new_payee: bool) -> Sender {
+        Sender((stable_hash(&[customer_id.as_bytes()]) & !1) | u64::from(new_payee))
+    }
+
+    /// The same customer, whether or not each paid the payee as new.
+    pub fn same_customer(self, other: Sender) -> bool {
+        (self.0 ^ other.0) & !1 == 0
+    }
+
+    /// The payee was new to this customer (in the window: once new, it stays
+    /// so for the day, whatever they paid it after).
+    pub fn paid_as_new(self) -> bool {
+        self.0 & 1 == 1
+    }
+
+    fn paying_as_new(self, new_payee: bool) -> Sender {
+        Sender((self.0 & !1) | u64::from(new_payee))
+    }
+
+    fn merged(self, other: Sender) -> Sender {
+        Sender(self.0 | (other.0 & 1))
+    }
+}
+
 /// The partition of a customer in the clustered mode: the stable hash (fixed
 /// keys), so every node and every build agrees.
 pub fn partition_of(customer_id: &str, partitions: u16) -> u16 {
     (stable_hash(&[customer_id.as_bytes()]) % u64::from(partitions.max(1))) as u16
 }
 
+/// A 64-bit hash of `parts` that stays the same across restarts, builds and
+/// Rust releases, because the store keeps it: SipHash-2-4 with fixed keys over
+/// the bytes of each part, each followed by 0xff (fed to the hasher directly,
+/// not through `Hash`, whose impls may change between releases). 64 bits make
+/// a collision among one customer's payees (or one account's senders)
+/// vanishingly unlikely.
 pub fn stable_hash(parts: &[&[u8]]) -> u64 {
     #[allow(deprecated)]
     let mut h = std::hash::SipHasher::new_with_keys(0x7472_616e_7366_6572, 0x6775_6172_6421_0001);
@@ -285,10 +327,58 @@ impl CustomerRecord {
     }
 }
 
+/// When customers of the bank first paid an account: the first of an
+/// unbroken run of first payments, and the last of them. The run goes on
+/// while the entry is remembered: [`FIRST_SEEN_KEPT_SECS`] after a single
+/// first payment, [`SHARED_FIRST_SEEN_KEPT_SECS`] after the last of several.
+/// 16 bytes with its key, kept only while remembered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FirstSeen {
+    first: u32,
+    last: u32,
+}
+
+impl FirstSeen {
+    fn at(at: UnixSeconds) -> FirstSeen {
+        FirstSeen { first: pack_time(at), last: pack_time(at) }
+    }
+
+    fn remembered(&self, now: UnixSeconds) -> bool {
+        // Several first payments: the first and the last differ (two in the same second count as one).
+        let kept = if self.first < self.last { SHARED_FIRST_SEEN_KEPT_SECS } else { FIRST_SEEN_KEPT_SECS };
+        now - unpack_time(self.last) < kept
+    }
+
+    /// Counts a first payment at `at` (in any order): a run goes on while it
+    /// is remembered.
+    fn add(&mut self, at: UnixSeconds) {
+        let t = pack_time(at);
+        if t > self.last && !self.remembered(at) {
+            *self = FirstSeen::at(at);
+        } else {
+            (self.first, self.last) = (self.first.min(t), self.last.max(t));
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct PayeeRecord {
-    /// (sender key, last time paid), one per distinct customer.
-    senders: Vec<(u64, UnixSeconds)>,
+    /// (sender, last time paid), one per distinct customer.
+    senders: Vec<(Sender, UnixSeconds)>,
+}
+
+impl PayeeRecord {
+    /// Counts `sender` at `at` once: the latest time, new if it was ever new in the window.
+    fn count(&mut self, sender: Sender, at: UnixSeconds) {
+        match self.senders.iter().position(|(s, _)| s.same_customer(sender)) {
+            Some(i) => {
+                let (s, last) = &mut self.senders[i];
+                (*s, *last) = (s.merged(sender), (*last).max(at));
+            }
+            None if self.senders.len() < MAX_SENDERS => self.senders.push((sender, at)),
+            None => {}
+        }
+    }
 }
 
 /// A customer's record as the durable store keeps it.
@@ -329,7 +419,7 @@ pub trait StateLog: Send + Sync {
     fn watch(&self, account: &str, entry: Option<&WatchEntry>);
     /// `sender` paid `payee` at `at` (counted): a clustered node tells the
     /// others, whose customers may pay the same payee. Only queues.
-    fn paid(&self, _payee: PayeeKey, _sender: u64, _at: UnixSeconds) {}
+    fn paid(&self, _payee: PayeeKey, _sender: Sender, _at: UnixSeconds) {}
 }
 
 /// A police watchlist entry: transfers to `account` hit `payee.watchlisted`
@@ -360,6 +450,12 @@ pub struct Snapshot {
     pub payee_watchlisted: bool,
     /// Distinct customers who paid the payee in the last 24 h, this one included.
     pub payee_distinct_senders_24h: i64,
+    /// Of those, the ones to whom it was a new payee when they paid it (this
+    /// one included when it is new to them).
+    pub payee_new_senders_24h: i64,
+    /// When a customer of the bank first paid this account, as far as
+    /// remembered ([`FirstSeen`]); None: nobody did (this transfer aside).
+    pub payee_first_seen: Option<UnixSeconds>,
     pub transfers_1h: i64,
     pub transfers_24h: i64,
     pub amount_24h: Minor,
@@ -406,6 +502,7 @@ pub struct Sizes {
 pub struct State {
     customers: DashMap<Box<str>, CustomerRecord>,
     payees: DashMap<PayeeKey, PayeeRecord>,
+    first_seen: DashMap<PayeeKey, FirstSeen>,
     watchlist: DashMap<String, WatchEntry>,
     log: OnceLock<Arc<dyn StateLog>>,
 }
@@ -427,7 +524,13 @@ pub fn large_map<K: Eq + Hash, V>() -> DashMap<K, V> {
 
 impl Default for State {
     fn default() -> State {
-        State { customers: large_map(), payees: large_map(), watchlist: DashMap::new(), log: OnceLock::new() }
+        State {
+            customers: large_map(),
+            payees: large_map(),
+            first_seen: large_map(),
+            watchlist: DashMap::new(),
+            log: OnceLock::new(),
+        }
     }
 }
 
@@ -455,8 +558,10 @@ impl State {
     /// Rebuilds every payee's fan-in from the customers' windows (after
     /// restoring them): each customer counts once per payee, at the last time
     /// it paid it. The same as the live fan-in for every window the rules read.
+    /// And when accounts were first paid, from the customers' known payees.
     pub fn rebuild_fan_in(&self) {
         self.payees.clear();
+        self.first_seen.clear();
         self.merge_fan_in();
     }
 
@@ -466,15 +571,53 @@ impl State {
     pub fn merge_fan_in(&self) {
         for c in self.customers.iter() {
             let Some(a) = c.activity.as_deref() else { continue };
-            let sender = stable_hash(&[c.key().as_bytes()]);
+            let sender = Sender::of(c.key(), false);
             for r in &a.recent {
-                let mut p = self.payees.entry(r.payee).or_default();
-                match p.senders.iter().position(|(s, _)| *s == sender) {
-                    Some(i) => p.senders[i].1 = p.senders[i].1.max(r.at),
-                    None if p.senders.len() < MAX_SENDERS => p.senders.push((sender, r.at)),
-                    None => {}
+                self.payees.entry(r.payee).or_default().count(sender.paying_as_new(r.new_payee), r.at);
+            }
+        }
+        self.merge_first_seen();
+    }
+
+    /// Rebuilds when accounts were first paid ([`FirstSeen`]) from the
+    /// customers' known payees: for each account some customer first paid
+    /// within [`SHARED_FIRST_SEEN_KEPT_SECS`] of the newest first payment, the run of
+    /// first payments ending with its last, as [`State::apply`] would have
+    /// counted them. Joined with what is there (a clustered node's other
+    /// partitions).
+    fn merge_first_seen(&self) {
+        let each_first = |f: &mut dyn FnMut(PayeeKey, u32)| {
+            for c in self.customers.iter() {
+                for k in c.known.iter() {
+                    f(k.key, k.first_paid);
                 }
             }
+        };
+        let mut newest = None;
+        each_first(&mut |_, t| newest = newest.max(Some(t)));
+        let Some(newest) = newest else { return };
+        let since = unpack_time(newest) - SHARED_FIRST_SEEN_KEPT_SECS;
+        let mut times: HashMap<PayeeKey, Vec<u32>> = HashMap::new();
+        each_first(&mut |key, t| {
+            if unpack_time(t) > since {
+                times.entry(key).or_default();
+            }
+        });
+        each_first(&mut |key, t| {
+            if let Some(v) = times.get_mut(&key) {
+                v.push(t);
+            }
+        });
+        for (key, mut v) in times {
+            v.sort_unstable();
+            let mut run = FirstSeen::at(unpack_time(v[0]));
+            for t in &v[1..] {
+                run.add(unpack_time(*t));
+            }
+            self.first_seen
+                .entry(key)
+                .and_modify(|f| (f.first, f.last) = (f.first.min(run.first), f.last.max(run.last)))
+                .or_insert(run);
         }
     }
 
@@ -488,16 +631,14 @@ impl State {
         };
         let mut this_customer_counted = false;
         if let Some(p) = self.payees.get(&key) {
-            let sender = stable_hash(&[customer_id.as_bytes()]);
+            let sender = Sender::of(customer_id, false);
             for (s, at) in &p.senders {
                 if in_window(*at, now, WINDOW_SECS) {
                     snap.payee_distinct_senders_24h += 1;
-                    this_customer_counted |= *s == sender;
+                    snap.payee_new_senders_24h += i64::from(s.paid_as_new());
+                    this_customer_counted |= s.same_customer(sender);
                 }
             }
-        }
-        if !this_customer_counted {
-            snap.payee_distinct_senders_24h += 1;
         }
         if let Some(c) = self.customers.get(customer_id) {
             if let Ok(i) = c.known.binary_search_by_key(&key, |k| k.key) {
@@ -547,6 +688,16 @@ impl State {
             }
             snap.last_limit_change = activity.and_then(|a| a.limit);
         }
+        if !this_customer_counted {
+            snap.payee_distinct_senders_24h += 1;
+            snap.payee_new_senders_24h += i64::from(snap.payee_first_paid.is_none());
+        }
+        if let Some(f) = self.first_seen.get(&key) {
+            let first = unpack_time(f.first);
+            if f.remembered(now) && first <= now {
+                snap.payee_first_seen = Some(first);
+            }
+        }
         snap
     }
 
@@ -568,7 +719,7 @@ impl State {
         }
         self.log_customer(&record.customer_id, &c);
         drop(c);
-        let sender = stable_hash(&[record.customer_id.as_bytes()]);
+        let sender = Sender::of(&record.customer_id, new_payee);
         self.record_sender(record.payee, sender, record.at);
         if let Some(log) = self.log.get() {
             log.paid(record.payee, sender, record.at);
@@ -578,19 +729,27 @@ impl State {
     /// Counts `sender` (a customer's stable hash) as having paid `payee` at
     /// `at`, once per sender (the latest time): the payee's fan-in. Also how a
     /// clustered node counts the senders of other nodes' partitions.
-    pub fn record_sender(&self, payee: PayeeKey, sender: u64, at: UnixSeconds) {
+    pub fn record_sender(&self, payee: PayeeKey, sender: Sender, at: UnixSeconds) {
         let mut p = self.payees.entry(payee).or_default();
         p.senders.retain(|(_, seen)| at - *seen < WINDOW_SECS);
-        match p.senders.iter().position(|(s, _)| *s == sender) {
-            Some(i) => p.senders[i].1 = p.senders[i].1.max(at),
-            None if p.senders.len() < MAX_SENDERS => p.senders.push((sender, at)),
-            None => {}
+        p.count(sender, at);
+        drop(p);
+        if sender.paid_as_new() {
+            self.first_paid(payee, at);
         }
+    }
+
+    /// A customer first paid (or came to know) `payee` at `at`.
+    fn first_paid(&self, payee: PayeeKey, at: UnixSeconds) {
+        self.first_seen.entry(payee).and_modify(|f| f.add(at)).or_insert(FirstSeen::at(at));
     }
 
     /// Undoes [`State::apply`] for a cancelled transfer: it leaves the windows,
     /// and the payee is forgotten again if this transfer made it known.
     pub fn revert(&self, record: &TransferRecord) {
+        // What the customer's window still holds for this payee: the fan-in
+        // counts them as those payments say (the latest, new if one was).
+        let mut still_paid: Option<(UnixSeconds, bool)> = None;
         if let Some(mut c) = self.customers.get_mut(record.customer_id.as_str()) {
             if let Some(a) = c.activity.as_deref_mut() {
                 if let Some(pos) = a
@@ -599,6 +758,10 @@ impl State {
                     .rposition(|r| r.at == record.at && r.amount == record.amount && r.payee == record.payee)
                 {
                     a.recent.remove(pos);
+                }
+                for r in a.recent.iter().filter(|r| r.payee == record.payee) {
+                    let (at, new) = still_paid.unwrap_or((r.at, false));
+                    still_paid = Some((at.max(r.at), new || r.new_payee));
                 }
             }
             if let Ok(i) = c.known.binary_search_by_key(&record.payee, |k| k.key) {
@@ -616,9 +779,16 @@ impl State {
             c.profile.remove(record.amount);
             self.log_customer(&record.customer_id, &c);
         }
-        let sender = stable_hash(&[record.customer_id.as_bytes()]);
+        let sender = Sender::of(&record.customer_id, false);
         if let Some(mut p) = self.payees.get_mut(&record.payee) {
-            p.senders.retain(|(s, at)| !(*s == sender && *at == record.at));
+            let i = p.senders.iter().position(|(s, _)| s.same_customer(sender));
+            match (i, still_paid) {
+                (Some(i), Some((at, new))) => p.senders[i] = (sender.paying_as_new(new), at),
+                (Some(i), None) => {
+                    p.senders.swap_remove(i);
+                }
+                (None, _) => {}
+            }
         }
     }
 
@@ -635,9 +805,14 @@ impl State {
     /// Marks a payee as known from `at` (e.g. imported history) without counting
     /// a transfer in the windows.
     pub fn record_known_payee(&self, customer_id: &str, payee: &Payee, at: UnixSeconds) {
+        let key = PayeeKey::of(payee);
         let mut c = self.customers.entry(customer_id.into()).or_default();
-        let _ = c.know(PayeeKey::of(payee), at);
+        let (_, new_payee) = c.know(key, at);
         self.log_customer(customer_id, &c);
+        drop(c);
+        if new_payee {
+            self.first_paid(key, at);
+        }
     }
 
     pub fn watchlist_upsert(&self, entry: WatchEntry) {
@@ -718,10 +893,14 @@ impl State {
             p.senders.retain(|(_, at)| now - *at < WINDOW_SECS);
             !p.senders.is_empty()
         });
+        self.first_seen.retain(|_, f| f.remembered(now));
         // Fan-in holds only the last day's payees: give back a table left
         // mostly empty by a busy day (rehashing only then, not every prune).
         if self.payees.len() * 4 < self.payees.capacity() {
             self.payees.shrink_to_fit();
+        }
+        if self.first_seen.len() * 4 < self.first_seen.capacity() {
+            self.first_seen.shrink_to_fit();
         }
         self.watchlist.retain(|account, e| {
             let keep = e.is_active(now);
@@ -799,13 +978,96 @@ mod tests {
     }
 
     #[test]
+    fn fan_in_tells_first_payers_from_returning_ones() {
+        let s = State::new();
+        let now = 40 * 86_400;
+        // A utility its payers also paid last month; a collection account new to all of them.
+        for i in 0..3 {
+            let c = format!("c{i}");
+            pay(&s, &c, "grid", 100, 10);
+            pay(&s, &c, "grid", 100, now - 100);
+            pay(&s, &c, "mule", 100, now - 50 + i);
+        }
+        let counts = |customer: &str, account: &str, at: UnixSeconds| {
+            let snap = s.snapshot(customer, &payee(account), at);
+            (snap.payee_distinct_senders_24h, snap.payee_new_senders_24h)
+        };
+        assert_eq!(counts("c9", "grid", now), (4, 1), "a newcomer to the utility");
+        assert_eq!(counts("c0", "grid", now), (3, 0), "a returning payer");
+        assert_eq!(counts("c9", "mule", now), (4, 4));
+        assert_eq!(counts("c0", "mule", now), (3, 3), "a first payer paying again today");
+        // Paying it again today leaves a first payer a first payer.
+        pay(&s, "c0", "mule", 100, now);
+        assert_eq!(counts("c9", "mule", now + 1), (4, 4));
+        // A cancelled first payment leaves the fan-in.
+        let record =
+            TransferRecord { customer_id: "c7".into(), payee: PayeeKey::of(&payee("mule")), amount: 100, at: now + 2 };
+        s.apply(&record);
+        assert_eq!(counts("c9", "mule", now + 3), (5, 5));
+        s.revert(&record);
+        assert_eq!(counts("c9", "mule", now + 3), (4, 4));
+        // Another node's fact counts alike: one customer once, new if ever new.
+        s.record_sender(PayeeKey::of(&payee("grid")), Sender::of("c8", true), now + 4);
+        s.record_sender(PayeeKey::of(&payee("grid")), Sender::of("c8", false), now + 5);
+        assert_eq!(counts("c9", "grid", now + 6), (5, 2));
+    }
+
+    #[test]
+    fn the_bank_remembers_when_an_account_was_first_paid() {
+        let s = State::new();
+        let day = 86_400;
+        let first_seen =
+            |s: &State, account: &str, at: UnixSeconds| s.snapshot("c9", &payee(account), at).payee_first_seen;
+        assert_eq!(first_seen(&s, "hospital", 0), None);
+        // New patients every few days: one run of first payments.
+        for (i, d) in [10, 14, 15, 20, 26].iter().enumerate() {
+            pay(&s, &format!("c{i}"), "hospital", 100, d * day);
+        }
+        pay(&s, "c0", "hospital", 100, 27 * day); // a returning patient adds nothing
+        pay(&s, "c7", "mule", 100, 30 * day);
+        assert_eq!(first_seen(&s, "hospital", 30 * day), Some(10 * day), "first payments under a week apart");
+        assert_eq!(first_seen(&s, "mule", 30 * day), Some(30 * day));
+        assert_eq!(first_seen(&s, "mule", 30 * day - 1), None, "not before it happened");
+        // Rebuilt from the customers' known payees alike.
+        let restored = State::new();
+        for c in s.customers.iter() {
+            restored.restore_customer(c.key(), c.image());
+        }
+        restored.rebuild_fan_in();
+        for account in ["hospital", "mule", "other"] {
+            assert_eq!(first_seen(&restored, account, 30 * day), first_seen(&s, account, 30 * day), "{account}");
+        }
+        // An account one customer started paying is forgotten a week later,
+        // one several did four weeks after the last; the next starts afresh.
+        assert_eq!(first_seen(&s, "mule", 37 * day), None);
+        assert_eq!(first_seen(&s, "hospital", 53 * day), Some(10 * day));
+        assert_eq!(first_seen(&s, "hospital", 54 * day), None);
+        s.prune(37 * day);
+        assert!(s.first_seen.get(&PayeeKey::of(&payee("mule"))).is_none());
+        s.prune(54 * day);
+        assert!(s.first_seen.get(&PayeeKey::of(&payee("hospital"))).is_none());
+        pay(&s, "c8", "hospital", 100, 60 * day);
+        assert_eq!(first_seen(&s, "hospital", 60 * day + 1), Some(60 * day));
+        // Another node's first payments, and a payee imported as known, count alike.
+        s.record_sender(PayeeKey::of(&payee("ring")), Sender::of("n1", true), 60 * day);
+        s.record_sender(PayeeKey::of(&payee("ring")), Sender::of("n2", false), 60 * day + 9);
+        assert_eq!(first_seen(&s, "ring", 61 * day), Some(60 * day));
+        s.record_known_payee("c4", &payee("school"), 58 * day);
+        assert_eq!(first_seen(&s, "school", 60 * day), Some(58 * day));
+    }
+
+    #[test]
     fn images_restore_the_same_state_and_fan_in() {
         let live = State::new();
+        let t = 10 * 86_400;
+        // c1 paid the landlord days before: a returning payer in the fan-in.
+        live.record_known_payee("c1", &payee("rent"), t - 3 * 86_400);
         for (i, c) in ["c1", "c2", "c3"].iter().enumerate() {
-            pay(&live, c, "mule", 100, 1000 + i as i64);
-            pay(&live, c, "rent", 50, 500);
+            pay(&live, c, "mule", 100, t + 1000 + i as i64);
+            pay(&live, c, "rent", 50, t + 500);
         }
-        live.record_limit_change("c1", LimitChange { old_limit: 1, new_limit: 9, is_maximum: true, changed_at: 900 });
+        let change = LimitChange { old_limit: 1, new_limit: 9, is_maximum: true, changed_at: t + 900 };
+        live.record_limit_change("c1", change);
         let restored = State::new();
         for c in live.customers.iter() {
             restored.restore_customer(c.key(), c.image());
@@ -813,10 +1075,14 @@ mod tests {
         restored.rebuild_fan_in();
         for c in ["c1", "c2", "c3", "c4"] {
             for p in ["mule", "rent", "other"] {
-                assert_eq!(live.snapshot(c, &payee(p), 2000), restored.snapshot(c, &payee(p), 2000), "{c} {p}");
+                let at = t + 2000;
+                assert_eq!(live.snapshot(c, &payee(p), at), restored.snapshot(c, &payee(p), at), "{c} {p}");
             }
         }
-        assert_eq!(restored.snapshot("c4", &payee("mule"), 2000).payee_distinct_senders_24h, 4);
+        let mule = restored.snapshot("c4", &payee("mule"), t + 2000);
+        assert_eq!((mule.payee_distinct_senders_24h, mule.payee_first_seen), (4, Some(t + 1000)));
+        let rent = restored.snapshot("c4", &payee("rent"), t + 2000);
+        assert_eq!((rent.payee_new_senders_24h, rent.payee_first_seen), (3, Some(t - 3 * 86_400)));
     }
 
     #[test]

@@ -424,7 +424,11 @@ impl Cluster {
                         for fact in message.payload.chunks_exact(24) {
                             let word = |i: usize| u64::from_be_bytes(fact[i..i + 8].try_into().expect("8 bytes"));
                             let (payee, sender, at) = (word(0), word(8), word(16) as i64);
-                            self.guard.state().record_sender(crate::state::PayeeKey(payee), sender, at);
+                            self.guard.state().record_sender(
+                                crate::state::PayeeKey(payee),
+                                crate::state::Sender(sender),
+                                at,
+                            );
                         }
                     }
                 }
@@ -936,7 +940,7 @@ const COMPACT_EVERY: u64 = 1_000;
 /// default limit is 1 MB).
 const COMPACT_CHUNK_BYTES: usize = 256 * 1024;
 
-/// A payee-paid fact: (payee key, sender's stable hash, when).
+/// A payee-paid fact: (payee key, the sender ([`crate::state::Sender`]: stable hash, new-payee bit), when).
 type Fact = (u64, u64, i64);
 
 /// How long payee-paid facts are kept: the longest fan-in window, and an hour.

@@ -42,6 +42,8 @@ pub struct Facts<'a> {
     pub payee_first_paid_ago: i64,
     pub payee_watchlisted: bool,
     pub payee_distinct_senders_24h: i64,
+    pub payee_new_senders_24h: i64,
+    pub payee_first_seen_ago: i64,
     pub history_transfers_1h: i64,
     pub history_transfers_24h: i64,
     pub history_amount_24h: i64,
@@ -280,6 +282,19 @@ pub static FIELDS: &[Field] = &[
         Read::Int(|f| f.payee_distinct_senders_24h),
         "Different customers who paid this account in the last 24 h, this one included (fan-in: the mule signal).",
     ),
+    field(
+        "payee.new_senders_24h",
+        Read::Int(|f| f.payee_new_senders_24h),
+        "Of `payee.distinct_senders_24h`, those to whom the account was a new payee when they paid it, this one included if it is new to them. A collection account is new to everyone who pays it; a utility or a landlord is mostly paid by people who paid it before.",
+    ),
+    Field {
+        optional: true,
+        ..field(
+            "payee.first_seen_ago",
+            Read::Duration(|f| f.payee_first_seen_ago),
+            "Time since a customer of the bank first paid this account, this transfer aside: the first of a run of first payments, remembered a week after an account's only first payment and four weeks after the last of several (a payee imported as known counts from its date). Absent when none did, and then, like every absent duration, compares as infinitely long ago: `has(payee.first_seen_ago) && payee.first_seen_ago >= 14d` is an account of standing. A collection account is hours old; a hospital or a school has been paid for months.",
+        )
+    },
     field(
         "history.transfers_1h",
         Read::Int(|f| f.history_transfers_1h),

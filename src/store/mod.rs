@@ -151,7 +151,7 @@ pub trait Replica: Send + Sync {
     /// Appends each partition's changes (encoded by [`encode_batch`]); Err
     /// names the partitions whose changes were not appended, and why.
     fn append(&self, batches: Vec<(u16, Vec<u8>)>) -> Result<(), Refused>;
-    /// A customer (by stable hash) paid a payee: a fact for every node's
+    /// A customer ([`crate::state::Sender`]) paid a payee: a fact for every node's
     /// fan-in, sent when it can be (only queues).
     fn paid(&self, payee: u64, sender: u64, at: UnixSeconds);
 }
@@ -655,9 +655,9 @@ fn commit(shared: &Shared, mut puts: Vec<Put>) -> Result<Result<(), Refused>, fj
 }
 
 impl StateLog for Store {
-    fn paid(&self, payee: crate::state::PayeeKey, sender: u64, at: UnixSeconds) {
+    fn paid(&self, payee: crate::state::PayeeKey, sender: crate::state::Sender, at: UnixSeconds) {
         if let Some(replica) = self.shared.replica.get().and_then(std::sync::Weak::upgrade) {
-            replica.paid(payee.0, sender, at);
+            replica.paid(payee.0, sender.0, at);
         }
     }
 

@@ -493,7 +493,8 @@ async fn a_payees_fan_in_counts_senders_of_every_nodes_partitions() {
         let sender = format!("sender-{i}");
         let probe = ordinary(&format!("probe-a-{i}"), &sender, "6222020200112233");
         if screen_until_answered(&mut teller, &probe, Duration::from_secs(30)).await.1 == "a" {
-            let paid = ordinary(&format!("fan-{i}"), &sender, mule);
+            // 1,000 CNY: under the fresh-account rule's floor, so each is allowed and counted.
+            let paid = pb::ScreenRequest { amount_minor: 100_000, ..ordinary(&format!("fan-{i}"), &sender, mule) };
             let (_, node) = screen_until_answered(&mut teller, &paid, Duration::from_secs(30)).await;
             assert_eq!(node, "a");
             senders.push((paid, sender));
