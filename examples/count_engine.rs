@@ -10,6 +10,11 @@
 //!
 //! The total divided by 1,001 is one evaluation (or one screen: the state
 //! lookup too, among the given number of customers with 5 known payees each).
+//! A third number has that many other customers pay the transfer's payee
+//! first, earlier the same day (a popular account: the power company):
+//!
+//! valgrind --tool=callgrind --toggle-collect='transfer_guard::engine::screen*' \
+//!     target/release/examples/count_engine ordinary 1000 4096
 
 #[path = "../tests/support/bench_transfers.rs"]
 mod bench_transfers;
@@ -44,6 +49,16 @@ fn main() {
     }
     let seed_case = which == "seed_case";
     let t = transfer(1, !seed_case, seed_case);
+    let senders: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    for i in 0..senders {
+        let record = transfer_guard::state::TransferRecord {
+            customer_id: format!("payer-{i:07}"),
+            payee: transfer_guard::state::PayeeKey::of(&t.payee),
+            amount: 20_000,
+            at: NOW - 3_600 + (i % 3_000) as i64,
+        };
+        state.apply(&record);
+    }
     let snap = state.snapshot(&t.customer.customer_id, &t.payee, NOW);
     // Warm the regex engines' per-thread caches and the text buffers.
     black_box(engine::evaluate(&rules, &t, &snap));

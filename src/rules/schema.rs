@@ -280,7 +280,7 @@ pub static FIELDS: &[Field] = &[
     field(
         "payee.distinct_senders_24h",
         Read::Int(|f| f.payee_distinct_senders_24h),
-        "Different customers who paid this account in the last 24 h, this one included (fan-in: the mule signal).",
+        "Different customers who paid this account in the last 24 h, this one included (fan-in: the mule signal); counts stop at 129.",
     ),
     field(
         "payee.new_senders_24h",
