@@ -283,6 +283,91 @@ fn flatten<'e>(op: BinOp, e: &'e Expr, out: &mut Vec<&'e Expr>) {
     }
 }
 
+/// What a condition needs before it can match, read off its top-level `&&`
+/// chain: whether the payee must be new (or known), and the least amount.
+/// [`super::Rule::matches`] checks it inline before calling the condition,
+/// so the many rules an ordinary payment to a known payee cannot match cost
+/// a compare each, not calls through their closures. Each part is a conjunct
+/// of the chain, so a guard that refuses never changes an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guard {
+    pub new_payee: Option<bool>,
+    pub min_amount: i64,
+}
+
+impl Default for Guard {
+    fn default() -> Guard {
+        Guard { new_payee: None, min_amount: i64::MIN }
+    }
+}
+
+impl Guard {
+    pub fn of(condition: &Expr) -> Guard {
+        let mut operands = Vec::new();
+        flatten(BinOp::And, condition, &mut operands);
+        let mut guard = Guard::default();
+        for e in operands {
+            match requirement(e) {
+                Some(Requirement::NewPayee(new)) => guard.new_payee = Some(new),
+                Some(Requirement::Amount(least)) => guard.min_amount = guard.min_amount.max(least),
+                None => {}
+            }
+        }
+        guard
+    }
+
+    /// The guard of `condition` and what is left to evaluate once it has
+    /// admitted a transfer: the chain without the conjuncts it checks (a
+    /// conjunct contradicting it stays, so `payee.is_new && !payee.is_new`
+    /// still never matches). `true` when nothing is left.
+    pub fn split(condition: &Expr) -> (Guard, Expr) {
+        let guard = Guard::of(condition);
+        let mut operands = Vec::new();
+        flatten(BinOp::And, condition, &mut operands);
+        let rest = operands
+            .into_iter()
+            .filter(|e| match requirement(e) {
+                Some(Requirement::NewPayee(new)) => guard.new_payee != Some(new),
+                Some(Requirement::Amount(_)) => false,
+                None => true,
+            })
+            .cloned()
+            .reduce(|l, r| Expr { span: condition.span, kind: ExprKind::Binary(BinOp::And, Box::new(l), Box::new(r)) });
+        (guard, rest.unwrap_or(Expr { kind: ExprKind::Bool(true), span: condition.span }))
+    }
+
+    #[inline]
+    pub fn admits(&self, facts: &Facts) -> bool {
+        facts.transfer_amount >= self.min_amount && self.new_payee.is_none_or(|new| new == facts.payee_is_new)
+    }
+}
+
+/// What one conjunct asks of a transfer that a [`Guard`] can check.
+enum Requirement {
+    NewPayee(bool),
+    Amount(i64),
+}
+
+/// `payee.is_new`, `!payee.is_new`, `transfer.amount >= n` (or `> n`, or
+/// either written the other way round).
+fn requirement(e: &Expr) -> Option<Requirement> {
+    let is = |e: &Expr, path: &str| matches!(&e.kind, ExprKind::Path(p) if p.join(".") == path);
+    match &e.kind {
+        _ if is(e, "payee.is_new") => Some(Requirement::NewPayee(true)),
+        ExprKind::Unary(UnOp::Not, inner) if is(inner, "payee.is_new") => Some(Requirement::NewPayee(false)),
+        ExprKind::Binary(op, l, r) => {
+            let least = match (op, &l.kind, &r.kind) {
+                (BinOp::Ge, _, ExprKind::Int(n)) | (BinOp::Le, ExprKind::Int(n), _) => Some(*n),
+                (BinOp::Gt, _, ExprKind::Int(n)) | (BinOp::Lt, ExprKind::Int(n), _) => n.checked_add(1),
+                _ => None,
+            };
+            let amount = if matches!(l.kind, ExprKind::Int(_)) { r } else { l };
+            least.filter(|_| is(amount, "transfer.amount")).map(Requirement::Amount)
+        }
+        _ => None,
+    }
+}
+
 /// A rough cost of evaluating `e`, for ordering a chain's operands: reading
 /// a field is one, scanning free text many (a keyword list is scanned once
 /// per request, then remembered; a regex costs more).
@@ -898,6 +983,22 @@ mod tests {
         // Each condition is compiled on its own: its memo slots start afresh.
         facts.regex_memo.iter().for_each(|c| c.set(0));
         compile(src).unwrap_or_else(|e| panic!("{src}: {e}"))(facts)
+    }
+
+    #[test]
+    fn a_guard_is_read_off_the_top_level_chain() {
+        let guard = |src: &str| Guard::of(&parse(src).unwrap());
+        let g = guard("payee.is_new && customer.age >= 60 && transfer.amount >= 200000");
+        assert_eq!(g, Guard { new_payee: Some(true), min_amount: 200_000 });
+        let g = guard("!payee.is_new && (100 < transfer.amount && transfer.amount > 50)");
+        assert_eq!(g, Guard { new_payee: Some(false), min_amount: 101 });
+        // Nothing is required of an `||` or of an amount under a `!`.
+        assert_eq!(guard("payee.is_new || transfer.amount >= 5"), Guard::default());
+        assert_eq!(guard("!(transfer.amount >= 5) && payee.watchlisted"), Guard::default());
+        let facts = Facts { transfer_amount: 150, payee_is_new: false, ..Facts::default() };
+        assert!(guard("!payee.is_new && transfer.amount > 100").admits(&facts));
+        assert!(!guard("payee.is_new && transfer.amount > 100").admits(&facts));
+        assert!(!guard("transfer.amount >= 151").admits(&facts));
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub mod schema;
 pub mod text;
 
 use crate::model::Action;
-use compile::{BoolFn, Compiler, NamedList};
+use compile::{BoolFn, Compiler, Guard, NamedList};
 pub use diagnostic::Diagnostic;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -124,13 +124,14 @@ pub struct Rule {
     pub location: String,
     /// Shared with every hit of this rule.
     pub text: Arc<crate::model::RuleText>,
+    guard: Guard,
     condition: BoolFn,
 }
 
 impl Rule {
     #[inline]
     pub fn matches(&self, facts: &schema::Facts) -> bool {
-        (self.condition)(facts)
+        self.guard.admits(facts) && (self.condition)(facts)
     }
 }
 
@@ -569,10 +570,11 @@ fn compile_rule(
     }
     let when = raw.when.get_ref();
     let offset = string_content_offset(&src.text, raw.when.span(), when);
-    let condition = match parser::parse(when)
-        .map_err(|e| (e.message, e.span))
-        .and_then(|expr| compiler.condition(&expr).map_err(|e| (e.message, e.span)))
-    {
+    let condition = match parser::parse(when).map_err(|e| (e.message, e.span)).and_then(|expr| {
+        // The guard's conjuncts are checked before the condition is called, not in it.
+        let (guard, rest) = Guard::split(&expr);
+        compiler.condition(&rest).map(|c| (c, guard)).map_err(|e| (e.message, e.span))
+    }) {
         Ok(c) => Some(c),
         Err((message, span)) => {
             let span = match offset {
@@ -583,7 +585,7 @@ fn compile_rule(
             None
         }
     };
-    let condition = condition?;
+    let (condition, guard) = condition?;
     if diags.len() != before {
         return None;
     }
@@ -607,6 +609,7 @@ fn compile_rule(
         tags: raw.tags,
         mode,
         location: site,
+        guard,
         condition,
     })
 }

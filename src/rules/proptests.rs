@@ -3,7 +3,7 @@
 //! answer as a plain tree-walking interpreter (the "simple way") on random
 //! well-typed expressions over random facts.
 
-use super::compile::{Compiler, NamedList};
+use super::compile::{Compiler, Guard, NamedList};
 use super::parser::{parse, BinOp, Expr, ExprKind, UnOp};
 use super::schema::{self, Facts, Read, NEVER};
 use super::text::{self, FoldedText};
@@ -286,6 +286,13 @@ proptest! {
         };
         let expected = reference(&expr, &f, &words) == V::Bool(true);
         prop_assert_eq!(compiled(&f), expected, "{}", src);
+        // A rule's guard, then the rest of its chain, answers as the whole condition.
+        let (guard, rest) = Guard::split(&expr);
+        let mut compiler = Compiler::new(&lists);
+        let rest = compiler.condition(&rest).unwrap_or_else(|e| panic!("{src} without its guard: {e}"));
+        compiler.finish();
+        memo.iter().for_each(|c| c.set(0));
+        prop_assert_eq!(guard.admits(&f) && rest(&f), expected, "{} as guard {:?} and the rest", src, guard);
         // Memoised regex results give the same answer a second time.
         prop_assert_eq!(compiled(&f), expected, "{} (memoised)", src);
     }
