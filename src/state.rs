@@ -500,7 +500,10 @@ pub struct TransferRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sizes {
     pub customers: usize,
+    /// Accounts in the fan-in (paid in the last day).
     pub payees: usize,
+    /// Accounts whose first payment is remembered ([`FirstSeen`]).
+    pub first_seen: usize,
     pub watchlist: usize,
 }
 
@@ -731,9 +734,10 @@ impl State {
         }
     }
 
-    /// Counts `sender` (a customer's stable hash) as having paid `payee` at
-    /// `at`, once per sender (the latest time): the payee's fan-in. Also how a
-    /// clustered node counts the senders of other nodes' partitions.
+    /// Counts `sender` as having paid `payee` at `at`, once per customer (the
+    /// latest time; a first payer if ever one in the day): the payee's
+    /// fan-in, and for a first payment when the account was first paid. Also
+    /// how a clustered node counts the senders of other nodes' partitions.
     pub fn record_sender(&self, payee: PayeeKey, sender: Sender, at: UnixSeconds) {
         let mut p = self.payees.entry(payee).or_default();
         p.senders.retain(|(_, seen)| at - *seen < WINDOW_SECS);
@@ -919,7 +923,12 @@ impl State {
     }
 
     pub fn sizes(&self) -> Sizes {
-        Sizes { customers: self.customers.len(), payees: self.payees.len(), watchlist: self.watchlist.len() }
+        Sizes {
+            customers: self.customers.len(),
+            payees: self.payees.len(),
+            first_seen: self.first_seen.len(),
+            watchlist: self.watchlist.len(),
+        }
     }
 }
 

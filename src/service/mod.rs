@@ -325,6 +325,7 @@ impl TransferGuard {
         let sizes = self.state.sizes();
         self.metrics.state_size.with_label_values(&["customers"]).set(sizes.customers as i64);
         self.metrics.state_size.with_label_values(&["payees"]).set(sizes.payees as i64);
+        self.metrics.state_size.with_label_values(&["first_seen_accounts"]).set(sizes.first_seen as i64);
         self.metrics.state_size.with_label_values(&["watchlist"]).set(sizes.watchlist as i64);
         self.metrics.state_size.with_label_values(&["alerts"]).set(self.alerts.len() as i64);
         self.metrics.state_size.with_label_values(&["transfers"]).set(self.screens.len() as i64);
