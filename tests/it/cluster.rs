@@ -24,7 +24,9 @@ pub(crate) fn node_flags(nats: &str, node: &str) -> Vec<String> {
 }
 
 /// Screens `request` on `teller`, retrying while the cluster says UNAVAILABLE
-/// (a partition changing hands), at most `limit`: the answer and the node.
+/// (a partition changing hands) or the connection dropped under the call (a
+/// teller system retries the same request id; the channel reconnects), at
+/// most `limit`: the answer and the node.
 pub(crate) async fn screen_until_answered(
     teller: &mut Teller,
     request: &pb::ScreenRequest,
@@ -39,7 +41,10 @@ pub(crate) async fn screen_until_answered(
                 let node = r.metadata().get(NODE_HEADER).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
                 return (r.into_inner(), node);
             }
-            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+            Err(s)
+                if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled)
+                    && Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(s) => panic!("{}: {s:?}", request.request_id),
@@ -220,7 +225,10 @@ async fn three_nodes_answer_every_retry_the_same_after_one_is_killed() {
         loop {
             match officer.resolve_alert(resolve.clone()).await {
                 Ok(_) => break,
-                Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                Err(s)
+                    if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled)
+                        && Instant::now() < deadline =>
+                {
                     tokio::time::sleep(Duration::from_millis(100)).await
                 }
                 Err(s) => panic!("{id}: {s:?}"),
