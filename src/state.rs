@@ -11,11 +11,12 @@
 //! older than [`WINDOW_SECS`] are pruned on write and by [`State::prune`].
 //! Must not know about rules, tokio or tonic.
 //!
-//! One cohesive thing, long because it is whole: the customer record (known
-//! payees with their profile, the amount histogram, the windows, the limit
-//! change), the fan-in and first-seen accounts, the watchlist, each with its stored image or rebuild, the
-//! snapshot that reads them and the apply/revert that change them, and their
-//! tests.
+//! One cohesive thing, long because it is whole (not a hub: nothing routes
+//! through it): the customer record (known payees with their profile, the
+//! amount histogram, the windows, the limit change), the fan-in and the
+//! first-seen accounts, the watchlist, each with its stored image or its
+//! rebuild, the snapshot that reads them and the apply/revert that change
+//! them, and their tests.
 
 use crate::model::{LimitChange, Minor, Payee, UnixSeconds};
 use dashmap::DashMap;

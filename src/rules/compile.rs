@@ -302,36 +302,30 @@ impl Default for Guard {
 }
 
 impl Guard {
-    pub fn of(condition: &Expr) -> Guard {
-        let mut operands = Vec::new();
-        flatten(BinOp::And, condition, &mut operands);
-        let mut guard = Guard::default();
-        for e in operands {
-            match requirement(e) {
-                Some(Requirement::NewPayee(new)) => guard.new_payee = Some(new),
-                Some(Requirement::Amount(least)) => guard.min_amount = guard.min_amount.max(least),
-                None => {}
-            }
-        }
-        guard
-    }
-
     /// The guard of `condition` and what is left to evaluate once it has
     /// admitted a transfer: the chain without the conjuncts it checks (a
     /// conjunct contradicting it stays, so `payee.is_new && !payee.is_new`
     /// still never matches). `true` when nothing is left.
     pub fn split(condition: &Expr) -> (Guard, Expr) {
-        let guard = Guard::of(condition);
         let mut operands = Vec::new();
         flatten(BinOp::And, condition, &mut operands);
+        let operands: Vec<(&Expr, Option<Requirement>)> = operands.into_iter().map(|e| (e, requirement(e))).collect();
+        let mut guard = Guard::default();
+        for (_, required) in &operands {
+            match *required {
+                Some(Requirement::NewPayee(new)) => guard.new_payee = Some(new),
+                Some(Requirement::Amount(least)) => guard.min_amount = guard.min_amount.max(least),
+                None => {}
+            }
+        }
         let rest = operands
             .into_iter()
-            .filter(|e| match requirement(e) {
+            .filter(|(_, required)| match *required {
                 Some(Requirement::NewPayee(new)) => guard.new_payee != Some(new),
                 Some(Requirement::Amount(_)) => false,
                 None => true,
             })
-            .cloned()
+            .map(|(e, _)| e.clone())
             .reduce(|l, r| Expr { span: condition.span, kind: ExprKind::Binary(BinOp::And, Box::new(l), Box::new(r)) });
         (guard, rest.unwrap_or(Expr { kind: ExprKind::Bool(true), span: condition.span }))
     }
@@ -343,6 +337,7 @@ impl Guard {
 }
 
 /// What one conjunct asks of a transfer that a [`Guard`] can check.
+#[derive(Clone, Copy)]
 enum Requirement {
     NewPayee(bool),
     Amount(i64),
@@ -987,7 +982,7 @@ mod tests {
 
     #[test]
     fn a_guard_is_read_off_the_top_level_chain() {
-        let guard = |src: &str| Guard::of(&parse(src).unwrap());
+        let guard = |src: &str| Guard::split(&parse(src).unwrap()).0;
         let g = guard("payee.is_new && customer.age >= 60 && transfer.amount >= 200000");
         assert_eq!(g, Guard { new_payee: Some(true), min_amount: 200_000 });
         let g = guard("!payee.is_new && (100 < transfer.amount && transfer.amount > 50)");
