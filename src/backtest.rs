@@ -310,6 +310,51 @@ pub fn run_from(
     (report, replayed)
 }
 
+/// One measured transfer's decision as a JSON line, with its labels: what an
+/// analyst reads to see which scams slipped through and which ordinary
+/// payments were stopped, and by which rules.
+#[derive(Serialize)]
+struct DecisionLine<'a> {
+    request_id: &'a str,
+    label: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    scam_type: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    stage: &'a str,
+    action: &'static str,
+    score: i64,
+    hits: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    shadow_hits: Vec<&'a str>,
+}
+
+/// [`DecisionLine`]s for every replayed transfer, in replay order.
+pub fn decision_lines(replayed: &[Replayed], history: &[Labelled]) -> String {
+    let labels: std::collections::HashMap<&str, &Labelled> =
+        history.iter().map(|l| (l.request.request_id.as_str(), l)).collect();
+    let mut out = String::new();
+    for r in replayed {
+        let label = labels.get(r.request_id.as_str());
+        let field = |f: fn(&Labelled) -> &str| label.map_or("", |l| f(l));
+        let line = DecisionLine {
+            request_id: &r.request_id,
+            label: field(|l| &l.label),
+            kind: field(|l| &l.kind),
+            scam_type: field(|l| &l.scam_type),
+            stage: field(|l| &l.stage),
+            action: r.action.as_str(),
+            score: r.score,
+            hits: r.hits.iter().filter(|(_, shadow)| !shadow).map(|(id, _)| id.as_str()).collect(),
+            shadow_hits: r.hits.iter().filter(|(_, shadow)| *shadow).map(|(id, _)| id.as_str()).collect(),
+        };
+        out.push_str(&serde_json::to_string(&line).expect("a decision line serialises"));
+        out.push('\n');
+    }
+    out
+}
+
 /// Decisions that differ between two replays of the same history, with the
 /// rules that hit in one and not the other.
 pub fn diff(current: &[Replayed], baseline: &[Replayed]) -> Vec<String> {
@@ -714,6 +759,24 @@ mod tests {
         assert_eq!(replayed, replayed_again);
         assert_eq!(again.by_threshold, report.by_threshold);
         assert!(diff(&replayed, &replayed_again).is_empty());
+    }
+
+    #[test]
+    fn the_decision_lines_carry_each_transfers_labels_and_hits() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        let ruleset = Ruleset::load_dir(&dir).unwrap();
+        let routing = Routing::load_dir(&dir).unwrap();
+        let history = crate::simulate::generate(2_000, 7, 3);
+        let (_, replayed) = run(&ruleset, &routing, &history, |_| {});
+        let text = decision_lines(&replayed, &history);
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), replayed.len());
+        let scam = lines.iter().find(|l| l["label"] == "scam").expect("the simulator makes scams");
+        assert!(scam["scam_type"].as_str().is_some_and(|t| !t.is_empty()), "{scam}");
+        let flagged = lines.iter().find(|l| l["action"] != "ALLOW").expect("something is flagged");
+        assert!(!flagged["hits"].as_array().unwrap().is_empty(), "{flagged}");
+        let ordinary = lines.iter().find(|l| l["label"] == "ordinary").unwrap();
+        assert!(ordinary.get("scam_type").is_none() && ordinary["kind"].is_string(), "{ordinary}");
     }
 
     #[test]

@@ -107,14 +107,24 @@ fn rules_test(dir: &Path, verbose: bool) -> anyhow::Result<i32> {
     Ok(i32::from(failed > 0))
 }
 
+/// Where a backtest's report goes besides the text on stdout.
+pub struct Outputs<'a> {
+    /// The report as JSON on stdout instead of text.
+    pub json: bool,
+    /// A self-contained HTML report.
+    pub html: Option<&'a Path>,
+    /// Every measured transfer's decision, as JSON lines.
+    pub decisions: Option<&'a Path>,
+}
+
 pub fn backtest(
     rules: &Path,
     input: &Path,
     baseline: Option<&Path>,
-    json: bool,
-    html: Option<&Path>,
+    outputs: Outputs<'_>,
     from: Option<&str>,
 ) -> anyhow::Result<i32> {
+    let Outputs { json, html, decisions } = outputs;
     let load_rules = |dir: &Path| -> anyhow::Result<(Ruleset, crate::alerts::Routing)> {
         let ruleset = load(dir).map_err(|_| anyhow::anyhow!("the rules in {} did not load", dir.display()))?;
         let routing = crate::alerts::Routing::load_dir(dir)
@@ -180,6 +190,10 @@ pub fn backtest(
         for c in changes.iter().take(50) {
             println!("  {c}");
         }
+    }
+    if let Some(path) = decisions {
+        std::fs::write(path, crate::backtest::decision_lines(&replayed, &history))
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = html {
         std::fs::write(path, crate::backtest::html(&report, &changes))

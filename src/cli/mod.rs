@@ -84,6 +84,10 @@ pub enum Command {
         /// report; earlier ones just warm up the state.
         #[arg(long)]
         from: Option<String>,
+        /// Also write every measured transfer's decision as JSON lines (label, kind or scam
+        /// type and stage, action, score, rules hit): the misses and false alarms to read.
+        #[arg(long)]
+        decisions: Option<PathBuf>,
     },
     /// Load-test a server's Screen with realistic requests; print throughput and latency percentiles.
     ///
@@ -138,9 +142,13 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Watchlist(command) => runtime()?.block_on(officer::watchlist(command)),
         Command::Rules(command) => analyst::rules(command),
         Command::Simulate { customers, days, seed } => analyst::simulate(customers, days, seed),
-        Command::Backtest { rules, input, baseline, json, report, from } => {
-            analyst::backtest(&rules, &input, baseline.as_deref(), json, report.as_deref(), from.as_deref())
-        }
+        Command::Backtest { rules, input, baseline, json, report, from, decisions } => analyst::backtest(
+            &rules,
+            &input,
+            baseline.as_deref(),
+            analyst::Outputs { json, html: report.as_deref(), decisions: decisions.as_deref() },
+            from.as_deref(),
+        ),
     }
 }
 
