@@ -280,6 +280,18 @@ pub struct Decision {
     pub ruleset_version: Arc<str>,
 }
 
+/// A full account number kept for acting on it (never shown to officers'
+/// screens): its `Debug` prints it masked, so a record that holds one can
+/// be logged whole without the number reaching the log.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct FullAccount(pub String);
+
+impl std::fmt::Debug for FullAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&mask_account(&self.0))
+    }
+}
+
 /// Masks an account number for logs and alerts: the first 4 and last 4 characters
 /// stay, the rest become `*`. Short values are masked entirely but for the last 2.
 pub fn mask_account(account: &str) -> String {
@@ -399,6 +411,20 @@ pub fn age_on(birth: Date, on: Date) -> i64 {
 mod tests {
     use super::*;
     use time::macros::date;
+
+    #[test]
+    fn a_full_account_is_printed_masked() {
+        let account = FullAccount("6217000099998888777".into());
+        let printed = format!("{account:?}");
+        assert_eq!(printed, mask_account("6217000099998888777"));
+        assert!(!printed.contains("99998888"), "{printed}");
+        #[derive(Debug)]
+        #[allow(dead_code)]
+        struct Holding {
+            payee_account: FullAccount,
+        }
+        assert!(!format!("{:?}", Holding { payee_account: account }).contains("0000999988"));
+    }
 
     #[test]
     fn hex_is_lower_case_two_digits_a_byte() {

@@ -10,7 +10,7 @@ mod routing;
 
 pub use routing::{Routing, Station};
 
-use crate::model::{Action, Channel, Hit, Observations, UnixSeconds};
+use crate::model::{Action, Channel, FullAccount, Hit, Observations, UnixSeconds};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
@@ -90,6 +90,10 @@ pub struct Alert {
     pub updated_at: UnixSeconds,
     /// The transfer is waiting on this alert (a HOLD not yet decided).
     pub awaiting_decision: bool,
+    /// The payee's full account: what the station's watchlist entry is made
+    /// of when an officer confirms the fraud. Never in the officer's view
+    /// (the summary has it masked) nor in a log (its `Debug` masks it).
+    pub payee_account: FullAccount,
 }
 
 impl Alert {
@@ -737,6 +741,7 @@ claim_deadline = "15m"
             note: String::new(),
             updated_at: at,
             awaiting_decision: true,
+            payee_account: FullAccount("6222020000003344".into()),
         }
     }
 

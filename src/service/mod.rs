@@ -492,6 +492,7 @@ impl TransferGuard {
                 note: String::new(),
                 updated_at: now,
                 awaiting_decision: held,
+                payee_account: crate::model::FullAccount(transfer.payee.account.clone()),
             });
             self.audit_alert(by, "raised", &event.alert);
             answer.alert_id = Some(id);
@@ -659,6 +660,9 @@ impl TransferGuard {
             "alert resolved"
         );
         self.audit_alert(by, "resolved", &alert);
+        if outcome == Outcome::FraudConfirmed {
+            self.list_confirmed_account(&alert, officer, by);
+        }
         if let (Some(mut entry), true) = (entry, held) {
             let (event, outcome_label) = match alert.hold_decision {
                 Some(HoldDecision::Release) => (TransferEvent::Release, "release"),
@@ -673,6 +677,28 @@ impl TransferGuard {
             lock(&self.holds).retain(|(_, id)| *id != request_id);
         }
         Ok(alert)
+    }
+
+    /// An officer confirmed the fraud: the account the money was sent to goes
+    /// on the station's watchlist, so the next customer who pays it is stopped
+    /// (the `payee_watchlisted` rule) until the station removes it. An entry
+    /// already there stays as its station wrote it; an alert stored before
+    /// alerts kept the account lists nothing.
+    fn list_confirmed_account(&self, alert: &Alert, officer: &str, by: &Caller) {
+        let account = &alert.payee_account.0;
+        if account.is_empty() || self.state.watchlist_entry(account).is_some() {
+            return;
+        }
+        let reason = format!("fraud confirmed by {officer} in alert {}", alert.id);
+        let entry = WatchEntry {
+            account: account.clone(),
+            station_id: alert.station_id.clone(),
+            reason,
+            added_at: self.now(),
+            expires_at: None,
+        };
+        self.watchlist_upsert(entry, by);
+        tracing::info!(alert_id = %alert.id, station = %alert.station_id, payee = %mask_account(account), "confirmed fraud account watchlisted");
     }
 
     pub fn watchlist_upsert(&self, mut entry: WatchEntry, by: &Caller) -> WatchEntry {

@@ -289,6 +289,9 @@ pub struct AlertRec {
     pub note: String,
     pub updated_at: UnixSeconds,
     pub awaiting_decision: bool,
+    /// Added after format 1's first records: absent in those (empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub payee_account: String,
 }
 
 impl From<&Alert> for AlertRec {
@@ -327,6 +330,7 @@ impl From<&Alert> for AlertRec {
             note: a.note.clone(),
             updated_at: a.updated_at,
             awaiting_decision: a.awaiting_decision,
+            payee_account: a.payee_account.0.clone(),
         }
     }
 }
@@ -369,6 +373,7 @@ impl TryFrom<AlertRec> for Alert {
             note: a.note,
             updated_at: a.updated_at,
             awaiting_decision: a.awaiting_decision,
+            payee_account: crate::model::FullAccount(a.payee_account),
         })
     }
 }

@@ -348,3 +348,66 @@ async fn rules_reload_when_files_change_and_screens_never_see_half_a_ruleset() {
     }
     server.stop().await;
 }
+
+/// Closing the loop the other way: an officer's confirmed fraud puts the
+/// receiving account on the station's watchlist, so the next customer who
+/// pays it — any customer, any branch — is stopped; a false alarm lists nothing.
+#[tokio::test]
+async fn a_confirmed_fraud_lists_the_receiving_account_and_stops_the_next_victim() {
+    let server = TestServer::start().await;
+    let mut teller = server.screening().await;
+    let mut officer = server.alerts().await;
+    let resolve = |alert_id: String, outcome: pb::Outcome, decision: pb::HoldDecision| pb::ResolveAlertRequest {
+        alert_id,
+        officer_id: "officer-li".into(),
+        outcome: outcome as i32,
+        hold_decision: decision as i32,
+        note: String::new(),
+    };
+
+    // A false alarm first: the payee stays off the list.
+    let innocent = teller.screen(seed_case("confirm-innocent")).await.unwrap().into_inner();
+    assert_eq!(innocent.action, pb::Action::Hold as i32);
+    officer
+        .claim_alert(pb::ClaimAlertRequest { alert_id: innocent.alert_id.clone(), officer_id: "officer-li".into() })
+        .await
+        .unwrap();
+    officer
+        .resolve_alert(resolve(innocent.alert_id, pb::Outcome::FalseAlarm, pb::HoldDecision::Release))
+        .await
+        .unwrap();
+    let listed = server.watchlist().await.list_entries(pb::ListEntriesRequest {}).await.unwrap().into_inner();
+    assert!(listed.entries.is_empty(), "{listed:?}");
+
+    // The same account, another victim: the officer confirms the fraud.
+    let mut victim = seed_case("confirm-victim");
+    let customer = victim.customer.as_mut().unwrap();
+    customer.customer_id = "zhongshan-customer-77".into();
+    customer.account_id = "6217000011112222333".into();
+    customer.last_limit_change.as_mut().unwrap().customer_id = "zhongshan-customer-77".into();
+    let held = teller.screen(victim).await.unwrap().into_inner();
+    // A second first payer of the same fresh account: held or refused outright.
+    assert!(held.action >= pb::Action::Hold as i32 && !held.alert_id.is_empty(), "{held:?}");
+    let decision =
+        if held.action == pb::Action::Hold as i32 { pb::HoldDecision::Block } else { pb::HoldDecision::Unspecified };
+    officer
+        .claim_alert(pb::ClaimAlertRequest { alert_id: held.alert_id.clone(), officer_id: "officer-li".into() })
+        .await
+        .unwrap();
+    officer.resolve_alert(resolve(held.alert_id.clone(), pb::Outcome::FraudConfirmed, decision)).await.unwrap();
+    let listed = server.watchlist().await.list_entries(pb::ListEntriesRequest {}).await.unwrap().into_inner();
+    assert_eq!(listed.entries.len(), 1, "{listed:?}");
+    let entry = &listed.entries[0];
+    assert_eq!(entry.account, "6217000099998888777");
+    assert_eq!(entry.issuer_station_id, STATION);
+    assert!(entry.reason.contains(&held.alert_id) && entry.reason.contains("officer-li"), "{}", entry.reason);
+    assert!(entry.expires_at.is_none(), "until the station removes it");
+
+    // A third customer, a small sum with nothing else odd: stopped by the list alone.
+    let mut next = ordinary("confirm-next", "customer-next", "6217000099998888777");
+    next.amount_minor = 50_000;
+    let stopped = teller.screen(next).await.unwrap().into_inner();
+    assert_eq!(stopped.action, pb::Action::Block as i32, "{stopped:?}");
+    assert!(stopped.hits.iter().any(|h| h.rule_id == "payee_watchlisted"), "{stopped:?}");
+    server.stop().await;
+}
