@@ -11,7 +11,7 @@ use crate::lifecycle::{History, TransferEvent, TransferState};
 use crate::model::Action;
 use crate::rules::Ruleset;
 use crate::simulate::Labelled;
-use crate::state::State;
+use crate::state::{State, WatchEntry};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -90,6 +90,23 @@ pub struct Report {
     pub workload: Workload,
     /// The ruleset's score thresholds: WARN, HOLD, BLOCK.
     pub thresholds: [i64; 3],
+    /// With [`Replay::officers_confirm_after`]: receiving accounts the
+    /// replayed officers' confirmations put on the watchlist.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accounts_listed_by_officers: Option<u64>,
+}
+
+/// How a history is replayed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Replay {
+    /// Count only transfers at or after this time in the report (see [`run_from`]).
+    pub measure_from: Option<i64>,
+    /// Replay the police's side of the loop from the labels: this many seconds
+    /// after a scam payment was held or blocked, its station's officer
+    /// confirms the fraud, and the receiving account goes on the watchlist
+    /// (as the service does on a `fraud_confirmed` outcome). A false alarm is
+    /// never confirmed. None: no officer acts.
+    pub officers_confirm_after: Option<i64>,
 }
 
 /// Of some transfers, how many got at least a WARN, at least a HOLD.
@@ -164,8 +181,22 @@ pub fn run_from(
     routing: &Routing,
     history: &[Labelled],
     measure_from: Option<i64>,
+    progress: impl FnMut(u64),
+) -> (Report, Vec<Replayed>) {
+    run_with(ruleset, routing, history, Replay { measure_from, ..Replay::default() }, progress)
+}
+
+/// [`run_from`], replayed as `replay` says.
+pub fn run_with(
+    ruleset: &Ruleset,
+    routing: &Routing,
+    history: &[Labelled],
+    replay: Replay,
     mut progress: impl FnMut(u64),
 ) -> (Report, Vec<Replayed>) {
+    let measure_from = replay.measure_from;
+    // Officers' confirmations still to come: (when, account, station), in time order.
+    let mut confirmations: std::collections::VecDeque<(i64, String, String)> = Default::default();
     let mut order: Vec<usize> = (0..history.len()).collect();
     order.sort_by_key(|&i| history[i].request.requested_at.as_ref().map_or(0, |t| t.seconds));
     let state = State::new();
@@ -175,6 +206,7 @@ pub fn run_from(
         thresholds: [t.warn, t.hold, t.block],
         ..Report::default()
     };
+    report.accounts_listed_by_officers = replay.officers_confirm_after.map(|_| 0);
     for rule in &ruleset.rules {
         report.rules.insert(rule.id.to_string(), RuleStats { mode: rule.mode.as_str(), ..RuleStats::default() });
     }
@@ -191,8 +223,23 @@ pub fn run_from(
             report.invalid += 1;
             continue;
         };
+        while confirmations.front().is_some_and(|(due, _, _)| *due <= transfer.requested_at) {
+            let (due, account, station_id) = confirmations.pop_front().expect("checked above");
+            if state.watchlist_entry(&account).is_none() {
+                let reason = "fraud confirmed (replayed from the labels)".to_string();
+                state.watchlist_upsert(WatchEntry { account, station_id, reason, added_at: due, expires_at: None });
+                *report.accounts_listed_by_officers.get_or_insert(0) += 1;
+            }
+        }
         let evaluation = engine::screen(ruleset, &transfer, &state);
         let decision = &evaluation.decision;
+        if let Some(after) = replay.officers_confirm_after {
+            if line.is_scam() && decision.action.raises_alert() {
+                let (station, _) = routing.route(&transfer.branch_id);
+                let due = transfer.requested_at + after;
+                confirmations.push_back((due, transfer.payee.account.clone(), station.id.clone()));
+            }
+        }
         // No officer acts in a replay: a hold ends as its expiry action says.
         let mut step = TransferState::screened(decision.action);
         if step.to == TransferState::Held {
@@ -396,6 +443,9 @@ pub fn text(report: &Report) -> String {
                 "  {t:<6}            {:>8.3} {:>6.3}  (tp {}, fp {}, fn {})\n",
                 q.precision, q.recall, q.true_positives, q.false_positives, q.false_negatives
             ));
+        }
+        if let Some(listed) = report.accounts_listed_by_officers {
+            s.push_str(&format!("  (officers' confirmations replayed: {listed} receiving accounts watchlisted)\n"));
         }
         s.push_str("confusion (label → action):\n");
         for (label, row) in &report.confusion {
@@ -759,6 +809,27 @@ mod tests {
         assert_eq!(replayed, replayed_again);
         assert_eq!(again.by_threshold, report.by_threshold);
         assert!(diff(&replayed, &replayed_again).is_empty());
+    }
+
+    #[test]
+    fn replayed_confirmations_list_the_accounts_and_stop_their_later_victims() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        let ruleset = Ruleset::load_dir(&dir).unwrap();
+        let routing = Routing::load_dir(&dir).unwrap();
+        let history = crate::simulate::generate(1_500, 20, 5);
+        let (alone, plain) = run(&ruleset, &routing, &history, |_| {});
+        assert_eq!(alone.accounts_listed_by_officers, None);
+        let replay = Replay { measure_from: None, officers_confirm_after: Some(3_600) };
+        let (looped, confirmed) = run_with(&ruleset, &routing, &history, replay, |_| {});
+        let listed = looped.accounts_listed_by_officers.expect("counted when replayed");
+        assert!(listed > 0, "held scams are confirmed");
+        let held = |r: &Report, label: &str| {
+            r.confusion[label].iter().filter(|(a, _)| ["HOLD", "BLOCK"].contains(a)).map(|(_, n)| n).sum::<u64>()
+        };
+        assert!(held(&looped, "scam") > held(&alone, "scam"), "later payments into confirmed accounts are stopped");
+        assert_eq!(held(&looped, "ordinary"), held(&alone, "ordinary"), "no ordinary payee was ever confirmed");
+        assert!(confirmed.iter().any(|r| r.hits.iter().any(|(id, _)| id == "payee_watchlisted")));
+        assert!(!plain.iter().any(|r| r.hits.iter().any(|(id, _)| id == "payee_watchlisted")));
     }
 
     #[test]

@@ -117,14 +117,31 @@ pub struct Outputs<'a> {
     pub decisions: Option<&'a Path>,
 }
 
+/// How a backtest replays the history.
+pub struct ReplayArgs<'a> {
+    /// Measure from this local date (YYYY-MM-DD).
+    pub from: Option<&'a str>,
+    /// Officers confirm held scams after this long ("2h", "30m").
+    pub officers_confirm_after: Option<&'a str>,
+}
+
 pub fn backtest(
     rules: &Path,
     input: &Path,
     baseline: Option<&Path>,
     outputs: Outputs<'_>,
-    from: Option<&str>,
+    replay: ReplayArgs<'_>,
 ) -> anyhow::Result<i32> {
     let Outputs { json, html, decisions } = outputs;
+    let from = replay.from;
+    let officers_confirm_after = match replay.officers_confirm_after {
+        None => None,
+        Some(d) => Some(
+            crate::rules::parse_duration(d.trim())
+                .filter(|secs| *secs >= 0)
+                .with_context(|| format!("--officers-confirm-after: `{d}` is not a duration like 30m or 2h"))?,
+        ),
+    };
     let load_rules = |dir: &Path| -> anyhow::Result<(Ruleset, crate::alerts::Routing)> {
         let ruleset = load(dir).map_err(|_| anyhow::anyhow!("the rules in {} did not load", dir.display()))?;
         let routing = crate::alerts::Routing::load_dir(dir)
@@ -140,6 +157,7 @@ pub fn backtest(
             Some(date.midnight().assume_offset(ruleset.utc_offset).unix_timestamp())
         }
     };
+    let replay = crate::backtest::Replay { measure_from, officers_confirm_after };
     let text = std::fs::read_to_string(input).with_context(|| format!("cannot read {}", input.display()))?;
     let mut history = Vec::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -168,7 +186,7 @@ pub fn backtest(
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let (report, replayed) =
-        crate::backtest::run_from(&ruleset, &routing, &history, measure_from, |done| bar.set_position(done));
+        crate::backtest::run_with(&ruleset, &routing, &history, replay, |done| bar.set_position(done));
     bar.finish_and_clear();
     let elapsed = started.elapsed();
     if json {
@@ -184,7 +202,7 @@ pub fn backtest(
     let mut changes = Vec::new();
     if let Some(base) = baseline {
         let (base_rules, base_routing) = load_rules(base)?;
-        let (_, base_replayed) = crate::backtest::run_from(&base_rules, &base_routing, &history, measure_from, |_| {});
+        let (_, base_replayed) = crate::backtest::run_with(&base_rules, &base_routing, &history, replay, |_| {});
         changes = crate::backtest::diff(&replayed, &base_replayed);
         println!("\n{} decisions differ from the baseline {}:", changes.len(), base.display());
         for c in changes.iter().take(50) {

@@ -88,6 +88,11 @@ pub enum Command {
         /// type and stage, action, score, rules hit): the misses and false alarms to read.
         #[arg(long)]
         decisions: Option<PathBuf>,
+        /// Replay the police's side from the labels: this long after a scam payment was
+        /// held or blocked (e.g. 2h), its officer confirms the fraud and the receiving
+        /// account goes on the watchlist, as the service does on `fraud_confirmed`.
+        #[arg(long, value_name = "DURATION")]
+        officers_confirm_after: Option<String>,
     },
     /// Load-test a server's Screen with realistic requests; print throughput and latency percentiles.
     ///
@@ -142,13 +147,18 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Watchlist(command) => runtime()?.block_on(officer::watchlist(command)),
         Command::Rules(command) => analyst::rules(command),
         Command::Simulate { customers, days, seed } => analyst::simulate(customers, days, seed),
-        Command::Backtest { rules, input, baseline, json, report, from, decisions } => analyst::backtest(
-            &rules,
-            &input,
-            baseline.as_deref(),
-            analyst::Outputs { json, html: report.as_deref(), decisions: decisions.as_deref() },
-            from.as_deref(),
-        ),
+        Command::Backtest { rules, input, baseline, json, report, from, decisions, officers_confirm_after } => {
+            analyst::backtest(
+                &rules,
+                &input,
+                baseline.as_deref(),
+                analyst::Outputs { json, html: report.as_deref(), decisions: decisions.as_deref() },
+                analyst::ReplayArgs {
+                    from: from.as_deref(),
+                    officers_confirm_after: officers_confirm_after.as_deref(),
+                },
+            )
+        }
     }
 }
 
