@@ -795,11 +795,15 @@ mod tests {
     use super::*;
     use std::path::Path;
 
+    /// The shipped ruleset and routing.
+    fn shipped() -> (Ruleset, Routing) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        (Ruleset::load_dir(&dir).unwrap(), Routing::load_dir(&dir).unwrap())
+    }
+
     #[test]
     fn a_backtest_accounts_for_every_transfer_and_is_deterministic() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
-        let ruleset = Ruleset::load_dir(&dir).unwrap();
-        let routing = Routing::load_dir(&dir).unwrap();
+        let (ruleset, routing) = shipped();
         let history = crate::simulate::generate(2_000, 7, 3);
         let (report, replayed) = run(&ruleset, &routing, &history, |_| {});
         assert_eq!(report.transfers as usize, history.len());
@@ -813,9 +817,7 @@ mod tests {
 
     #[test]
     fn replayed_confirmations_list_the_accounts_and_stop_their_later_victims() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
-        let ruleset = Ruleset::load_dir(&dir).unwrap();
-        let routing = Routing::load_dir(&dir).unwrap();
+        let (ruleset, routing) = shipped();
         let history = crate::simulate::generate(1_500, 20, 5);
         let (alone, plain) = run(&ruleset, &routing, &history, |_| {});
         assert_eq!(alone.accounts_listed_by_officers, None);
@@ -834,9 +836,7 @@ mod tests {
 
     #[test]
     fn the_decision_lines_carry_each_transfers_labels_and_hits() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
-        let ruleset = Ruleset::load_dir(&dir).unwrap();
-        let routing = Routing::load_dir(&dir).unwrap();
+        let (ruleset, routing) = shipped();
         let history = crate::simulate::generate(2_000, 7, 3);
         let (_, replayed) = run(&ruleset, &routing, &history, |_| {});
         let text = decision_lines(&replayed, &history);
@@ -852,9 +852,7 @@ mod tests {
 
     #[test]
     fn measuring_from_a_date_counts_only_later_transfers_on_a_warm_state() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
-        let ruleset = Ruleset::load_dir(&dir).unwrap();
-        let routing = Routing::load_dir(&dir).unwrap();
+        let (ruleset, routing) = shipped();
         let history = crate::simulate::generate(2_000, 10, 3);
         let from = crate::simulate::START + 5 * 86_400;
         let later = history.iter().filter(|l| l.request.requested_at.unwrap().seconds >= from).count();
