@@ -225,9 +225,8 @@ pub fn run_with(
         };
         while confirmations.front().is_some_and(|(due, _, _)| *due <= transfer.requested_at) {
             let (due, account, station_id) = confirmations.pop_front().expect("checked above");
-            if state.watchlist_entry(&account).is_none() {
-                let reason = "fraud confirmed (replayed from the labels)".to_string();
-                state.watchlist_upsert(WatchEntry { account, station_id, reason, added_at: due, expires_at: None });
+            let reason = "fraud confirmed (replayed from the labels)".to_string();
+            if state.watchlist_add(WatchEntry { account, station_id, reason, added_at: due, expires_at: None }) {
                 *report.accounts_listed_by_officers.get_or_insert(0) += 1;
             }
         }

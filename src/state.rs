@@ -833,6 +833,21 @@ impl State {
         }
     }
 
+    /// [`State::watchlist_upsert`] unless the account is listed already (an
+    /// entry stays as its station wrote it); whether it was added.
+    pub fn watchlist_add(&self, entry: WatchEntry) -> bool {
+        match self.watchlist.entry(normalise_account(&entry.account).into_owned()) {
+            dashmap::Entry::Occupied(_) => false,
+            dashmap::Entry::Vacant(slot) => {
+                let slot = slot.insert(entry);
+                if let Some(log) = self.log.get() {
+                    log.watch(slot.key(), Some(slot.value()));
+                }
+                true
+            }
+        }
+    }
+
     /// Sets or clears the entry under `key` (an account as normalised) without
     /// logging it: a change another node made, read from the shared bucket.
     pub fn watchlist_apply(&self, key: &str, entry: Option<WatchEntry>) {
@@ -1226,6 +1241,21 @@ mod tests {
         assert!(!s.is_watchlisted("622200001111", 100));
         s.prune(100);
         assert_eq!(s.sizes().watchlist, 0);
+    }
+
+    #[test]
+    fn adding_to_the_watchlist_leaves_a_listed_account_as_its_station_wrote_it() {
+        let s = State::new();
+        let entry = |station: &str| WatchEntry {
+            account: "6222 0000-1111".into(),
+            station_id: station.into(),
+            reason: "mule".into(),
+            added_at: 0,
+            expires_at: None,
+        };
+        assert!(s.watchlist_add(entry("first")));
+        assert!(!s.watchlist_add(entry("second")));
+        assert_eq!(s.watchlist_entry("622200001111").unwrap().station_id, "first");
     }
 
     #[test]

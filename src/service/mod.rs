@@ -686,19 +686,20 @@ impl TransferGuard {
     /// alerts kept the account lists nothing.
     fn list_confirmed_account(&self, alert: &Alert, officer: &str, by: &Caller) {
         let account = &alert.payee_account.0;
-        if account.is_empty() || self.state.watchlist_entry(account).is_some() {
+        if account.is_empty() {
             return;
         }
-        let reason = format!("fraud confirmed by {officer} in alert {}", alert.id);
         let entry = WatchEntry {
             account: account.clone(),
             station_id: alert.station_id.clone(),
-            reason,
+            reason: format!("fraud confirmed by {officer} in alert {}", alert.id),
             added_at: self.now(),
             expires_at: None,
         };
-        self.watchlist_upsert(entry, by);
-        tracing::info!(alert_id = %alert.id, station = %alert.station_id, payee = %mask_account(account), "confirmed fraud account watchlisted");
+        if self.state.watchlist_add(entry.clone()) {
+            self.audit_watchlist(by, "upsert", entry.added_at, &entry);
+            tracing::info!(alert_id = %alert.id, station = %alert.station_id, payee = %mask_account(account), "confirmed fraud account watchlisted");
+        }
     }
 
     pub fn watchlist_upsert(&self, mut entry: WatchEntry, by: &Caller) -> WatchEntry {
@@ -706,28 +707,27 @@ impl TransferGuard {
             entry.added_at = self.now();
         }
         self.state.watchlist_upsert(entry.clone());
-        self.audit(by, || AuditRecord::Watchlist {
-            at: entry.added_at,
-            op: "upsert",
-            account: mask_account(&entry.account),
-            station_id: entry.station_id.clone(),
-            reason: entry.reason.clone(),
-        });
+        self.audit_watchlist(by, "upsert", entry.added_at, &entry);
         entry
     }
 
     pub fn watchlist_remove(&self, account: &str, by: &Caller) -> bool {
         let removed = self.state.watchlist_remove(account);
         if let Some(e) = &removed {
-            self.audit(by, || AuditRecord::Watchlist {
-                at: self.now(),
-                op: "remove",
-                account: mask_account(&e.account),
-                station_id: e.station_id.clone(),
-                reason: e.reason.clone(),
-            });
+            self.audit_watchlist(by, "remove", self.now(), e);
         }
         removed.is_some()
+    }
+
+    /// One watchlist change in the audit trail (the account masked).
+    fn audit_watchlist(&self, by: &Caller, op: &'static str, at: UnixSeconds, entry: &WatchEntry) {
+        self.audit(by, || AuditRecord::Watchlist {
+            at,
+            op,
+            account: mask_account(&entry.account),
+            station_id: entry.station_id.clone(),
+            reason: entry.reason.clone(),
+        });
     }
 
     pub fn watchlist_entry(&self, account: &str) -> Option<WatchEntry> {
