@@ -105,8 +105,16 @@ pub struct Replay {
     /// after a scam payment was held or blocked, its station's officer
     /// confirms the fraud, and the receiving account goes on the watchlist
     /// (as the service does on a `fraud_confirmed` outcome). A false alarm is
-    /// never confirmed. None: no officer acts.
+    /// never confirmed: as long after, its officer finds no fraud, which
+    /// clears the stop it left on the customer (`customer.stopped_ago`), as a
+    /// `false_alarm` outcome does. None: no officer acts.
     pub officers_confirm_after: Option<i64>,
+}
+
+/// What a replayed officer answers about an alert ([`Replay::officers_confirm_after`]).
+enum OfficersAnswer {
+    Confirmed { account: String, station_id: String },
+    NoFraud { customer_id: String, at: i64 },
 }
 
 /// Of some transfers, how many got at least a WARN, at least a HOLD.
@@ -195,8 +203,8 @@ pub fn run_with(
     mut progress: impl FnMut(u64),
 ) -> (Report, Vec<Replayed>) {
     let measure_from = replay.measure_from;
-    // Officers' confirmations still to come: (when, account, station), in time order.
-    let mut confirmations: std::collections::VecDeque<(i64, String, String)> = Default::default();
+    // Officers' answers still to come, in time order.
+    let mut answers: std::collections::VecDeque<(i64, OfficersAnswer)> = Default::default();
     let mut order: Vec<usize> = (0..history.len()).collect();
     order.sort_by_key(|&i| history[i].request.requested_at.as_ref().map_or(0, |t| t.seconds));
     let state = State::new();
@@ -223,21 +231,33 @@ pub fn run_with(
             report.invalid += 1;
             continue;
         };
-        while confirmations.front().is_some_and(|(due, _, _)| *due <= transfer.requested_at) {
-            let (due, account, station_id) = confirmations.pop_front().expect("checked above");
-            let reason = "fraud confirmed (replayed from the labels)".to_string();
-            if state.watchlist_add(WatchEntry { account, station_id, reason, added_at: due, expires_at: None }) {
-                *report.accounts_listed_by_officers.get_or_insert(0) += 1;
+        while answers.front().is_some_and(|(due, _)| *due <= transfer.requested_at) {
+            match answers.pop_front().expect("checked above") {
+                (due, OfficersAnswer::Confirmed { account, station_id }) => {
+                    let reason = "fraud confirmed (replayed from the labels)".to_string();
+                    if state.watchlist_add(WatchEntry { account, station_id, reason, added_at: due, expires_at: None })
+                    {
+                        *report.accounts_listed_by_officers.get_or_insert(0) += 1;
+                    }
+                }
+                (_, OfficersAnswer::NoFraud { customer_id, at }) => state.clear_stopped(&customer_id, at),
             }
         }
         let evaluation = engine::screen(ruleset, &transfer, &state);
         let decision = &evaluation.decision;
         if let Some(after) = replay.officers_confirm_after {
+            let due = transfer.requested_at + after;
             if line.is_scam() && decision.action.raises_alert() {
                 let (station, _) = routing.route(&transfer.branch_id);
-                let due = transfer.requested_at + after;
-                confirmations.push_back((due, transfer.payee.account.clone(), station.id.clone()));
+                let (account, station_id) = (transfer.payee.account.clone(), station.id.clone());
+                answers.push_back((due, OfficersAnswer::Confirmed { account, station_id }));
+            } else if decision.action.raises_alert() {
+                let (customer_id, at) = (transfer.customer.customer_id.clone(), transfer.requested_at);
+                answers.push_back((due, OfficersAnswer::NoFraud { customer_id, at }));
             }
+        }
+        if decision.action.raises_alert() {
+            state.record_stopped(&transfer.customer.customer_id, transfer.requested_at);
         }
         // No officer acts in a replay: a hold ends as its expiry action says.
         let mut step = TransferState::screened(decision.action);
@@ -828,7 +848,21 @@ mod tests {
             r.confusion[label].iter().filter(|(a, _)| ["HOLD", "BLOCK"].contains(a)).map(|(_, n)| n).sum::<u64>()
         };
         assert!(held(&looped, "scam") > held(&alone, "scam"), "later payments into confirmed accounts are stopped");
-        assert_eq!(held(&looped, "ordinary"), held(&alone, "ordinary"), "no ordinary payee was ever confirmed");
+        let listed_ordinary =
+            |r: &&Replayed| r.scam == Some(false) && r.hits.iter().any(|(id, _)| id == "payee_watchlisted");
+        assert_eq!(confirmed.iter().filter(listed_ordinary).count(), 0, "no ordinary payee was ever confirmed");
+        // Officers find the false alarms were no fraud: the stops they left are cleared.
+        let after_a_stop = |r: &[Replayed]| {
+            r.iter()
+                .filter(|r| r.scam == Some(false) && r.hits.iter().any(|(id, _)| id == "new_payee_after_a_stop"))
+                .count()
+        };
+        assert!(
+            after_a_stop(&confirmed) < after_a_stop(&plain),
+            "{} {}",
+            after_a_stop(&confirmed),
+            after_a_stop(&plain)
+        );
         assert!(confirmed.iter().any(|r| r.hits.iter().any(|(id, _)| id == "payee_watchlisted")));
         assert!(!plain.iter().any(|r| r.hits.iter().any(|(id, _)| id == "payee_watchlisted")));
     }

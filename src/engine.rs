@@ -149,6 +149,7 @@ pub fn facts<'a>(
         customer_daily_limit: customer.daily_limit,
         customer_limit_raised_ago: raise.map_or(NEVER, |c| now - c.changed_at),
         customer_limit_raised_to_max: raise.is_some_and(|c| c.is_maximum),
+        customer_stopped_ago: snapshot.last_stopped.map_or(NEVER, |t| now - t),
         customer_observations: transfer.observations.0,
         payee_account: &transfer.payee.account,
         payee_name: text.payee_name.view(&transfer.payee.name),

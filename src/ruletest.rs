@@ -147,6 +147,9 @@ enum RawEvent {
         #[serde(default)]
         customer: Option<String>,
     },
+    /// A transfer of the customer's was held or blocked `ago`, and no officer
+    /// has found it was no fraud.
+    Stopped { ago: String },
     /// The customer's daily limit changed.
     LimitChange {
         ago: String,
@@ -187,6 +190,7 @@ fn default_station() -> String {
 pub enum HistoryEvent {
     Transfer(TransferRecord),
     LimitChange { customer_id: String, change: LimitChange },
+    Stopped { customer_id: String, at: UnixSeconds },
     Watchlist(WatchEntry),
 }
 
@@ -326,6 +330,9 @@ fn build_case(raw: RawCase, ruleset: &Ruleset) -> Result<Case, String> {
                     at: ago(now, &a)?,
                 }))
             }
+            RawEvent::Stopped { ago: a } => {
+                history.push(HistoryEvent::Stopped { customer_id: customer_id.clone(), at: ago(now, &a)? })
+            }
             RawEvent::LimitChange { ago: a, old, new, maximum } => history.push(HistoryEvent::LimitChange {
                 customer_id: customer_id.clone(),
                 change: LimitChange { old_limit: old, new_limit: new, is_maximum: maximum, changed_at: ago(now, &a)? },
@@ -383,6 +390,7 @@ pub fn run_case(ruleset: &Ruleset, case: &Case) -> CaseResult {
         match event {
             HistoryEvent::Transfer(r) => state.apply(r),
             HistoryEvent::LimitChange { customer_id, change } => state.record_limit_change(customer_id, *change),
+            HistoryEvent::Stopped { customer_id, at } => state.record_stopped(customer_id, *at),
             HistoryEvent::Watchlist(w) => state.watchlist_upsert(w.clone()),
         }
     }

@@ -258,6 +258,10 @@ struct Activity {
     /// Oldest first.
     recent: VecDeque<Recent>,
     limit: Option<LimitChange>,
+    /// When the first of the customer's transfers held or blocked in the
+    /// last [`STOP_KEPT_SECS`] was screened, until an officer finds it was no
+    /// fraud ([`State::record_stopped`]).
+    stopped: Option<UnixSeconds>,
 }
 
 impl CustomerRecord {
@@ -277,6 +281,7 @@ impl CustomerRecord {
                 .flat_map(|a| a.recent.iter().map(|r| (r.at, r.amount, r.payee.0, r.new_payee)))
                 .collect(),
             limit: activity.and_then(|a| a.limit),
+            stopped: activity.and_then(|a| a.stopped),
         }
     }
 
@@ -306,8 +311,8 @@ impl CustomerRecord {
             .into_iter()
             .map(|(at, amount, payee, new_payee)| Recent { at, amount, payee: PayeeKey(payee), new_payee })
             .collect();
-        let activity =
-            (!recent.is_empty() || image.limit.is_some()).then(|| Box::new(Activity { recent, limit: image.limit }));
+        let activity = (!recent.is_empty() || image.limit.is_some() || image.stopped.is_some())
+            .then(|| Box::new(Activity { recent, limit: image.limit, stopped: image.stopped }));
         CustomerRecord { known, activity, profile }
     }
 
@@ -408,6 +413,9 @@ pub struct CustomerImage {
     pub recent: Vec<(UnixSeconds, Minor, u64, bool)>,
     #[serde(rename = "l", default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<LimitChange>,
+    /// When the latest transfer held or blocked and not cleared was screened.
+    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<UnixSeconds>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -467,6 +475,9 @@ pub struct Snapshot {
     pub amount_24h: Minor,
     pub new_payees_24h: i64,
     pub last_limit_change: Option<LimitChange>,
+    /// When a transfer of this customer's was last held or blocked, unless an
+    /// officer has since found it was no fraud; None: none.
+    pub last_stopped: Option<UnixSeconds>,
     /// Transfers in the customer's profile (the last ~90 days, decayed).
     pub transfers_seen: i64,
     /// The amount 80 % of them stay under; None with too little history.
@@ -525,6 +536,10 @@ fn in_window(at: UnixSeconds, now: UnixSeconds, window: i64) -> bool {
 /// with few large shards that is a pause of milliseconds in a teller's
 /// request; with many small ones it is microseconds.
 pub const MAP_SHARDS: usize = 512;
+
+/// How long the first of a run of stops is kept before a new stop starts
+/// another ([`State::record_stopped`]): the day the rules look back over.
+pub const STOP_KEPT_SECS: UnixSeconds = 86_400;
 
 /// A concurrent map for large keyed state (see [`MAP_SHARDS`]).
 pub fn large_map<K: Eq + Hash, V>() -> DashMap<K, V> {
@@ -696,6 +711,7 @@ impl State {
                 }
             }
             snap.last_limit_change = activity.and_then(|a| a.limit);
+            snap.last_stopped = activity.and_then(|a| a.stopped).filter(|t| *t <= now);
         }
         if !this_customer_counted {
             snap.payee_distinct_senders_24h += 1;
@@ -810,6 +826,35 @@ impl State {
             a.limit = Some(change);
         }
         self.log_customer(customer_id, &c);
+    }
+
+    /// A transfer of this customer's screened at `at` was held or blocked
+    /// (`customer.stopped_ago`, so that the next new payee a scammer names
+    /// after a stop is seen as one). The first stop of a day is kept: a
+    /// transfer held *because of* an earlier stop does not extend it, so one
+    /// false alarm cannot hold a customer's new payees for ever.
+    pub fn record_stopped(&self, customer_id: &str, at: UnixSeconds) {
+        let mut c = self.customers.entry(customer_id.into()).or_default();
+        let a = c.activity();
+        let kept = match a.stopped {
+            Some(t) if (at - STOP_KEPT_SECS + 1..at + STOP_KEPT_SECS).contains(&t) => t.min(at),
+            _ => at,
+        };
+        if a.stopped != Some(kept) {
+            a.stopped = Some(kept);
+            self.log_customer(customer_id, &c);
+        }
+    }
+
+    /// An officer found the transfer screened at `at` was no fraud: the stop
+    /// it left is cleared (a stop another transfer left stays).
+    pub fn clear_stopped(&self, customer_id: &str, at: UnixSeconds) {
+        let Some(mut c) = self.customers.get_mut(customer_id) else { return };
+        let Some(a) = c.activity.as_deref_mut() else { return };
+        if a.stopped == Some(at) {
+            a.stopped = None;
+            self.log_customer(customer_id, &c);
+        }
     }
 
     /// Marks a payee as known from `at` (e.g. imported history) without counting
@@ -1241,6 +1286,36 @@ mod tests {
         assert!(!s.is_watchlisted("622200001111", 100));
         s.prune(100);
         assert_eq!(s.sizes().watchlist, 0);
+    }
+
+    #[test]
+    fn a_stop_stays_until_it_is_cleared_and_survives_a_restart() {
+        let state = State::new();
+        let t = 10 * 86_400;
+        let stopped = |s: &State, at| s.snapshot("c1", &payee("next"), at).last_stopped;
+        assert_eq!(stopped(&state, t), None);
+        state.record_stopped("c1", t);
+        state.record_stopped("c1", t + 60); // held because of the first: the first is kept
+        assert_eq!(stopped(&state, t + 600), Some(t));
+        assert_eq!(stopped(&state, t - 1), None, "not before it happened");
+        assert_eq!(state.snapshot("c2", &payee("next"), t + 600).last_stopped, None, "one customer's only");
+
+        let restored = State::new();
+        for c in state.customers.iter() {
+            restored.restore_customer(c.key(), c.image());
+        }
+        assert_eq!(stopped(&restored, t + 600), Some(t));
+
+        // Clearing another transfer's stop leaves it; clearing its own removes it.
+        state.clear_stopped("c1", t + 60);
+        assert_eq!(stopped(&state, t + 600), Some(t));
+        state.clear_stopped("c1", t);
+        assert_eq!(stopped(&state, t + 600), None);
+        state.clear_stopped("nobody", t);
+        // A day on, a new stop starts a new day.
+        state.record_stopped("c1", t);
+        state.record_stopped("c1", t + STOP_KEPT_SECS);
+        assert_eq!(stopped(&state, t + STOP_KEPT_SECS + 1), Some(t + STOP_KEPT_SECS));
     }
 
     #[test]

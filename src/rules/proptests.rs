@@ -38,7 +38,7 @@ const INT_FIELDS: &[&str] = &[
     "history.transfers_1h",
     "history.amount_24h",
 ];
-const DUR_FIELDS: &[&str] = &["customer.limit_raised_ago", "payee.first_paid_ago"];
+const DUR_FIELDS: &[&str] = &["customer.limit_raised_ago", "payee.first_paid_ago", "customer.stopped_ago"];
 const BOOL_FIELDS: &[&str] = &["payee.is_new", "payee.watchlisted", "customer.limit_raised_to_max"];
 const STR_FIELDS: &[&str] = &["transfer.memo", "payee.name", "transfer.currency", "transfer.memo_raw"];
 const WORDS: &[&str] = &["", "a", "ab", "刷单", "CNY", "x\"y", "Refund"];
@@ -217,7 +217,7 @@ fn same(a: &V, b: &V) -> bool {
 fn facts_strategy() -> impl Strategy<Value = (Vec<i64>, Vec<i64>, Vec<bool>, Vec<usize>, u8)> {
     (
         prop::collection::vec(-5000i64..5000, INT_FIELDS.len()),
-        prop::collection::vec(prop_oneof![Just(NEVER), 0i64..400_000], 2),
+        prop::collection::vec(prop_oneof![Just(NEVER), 0i64..400_000], 3),
         prop::collection::vec(any::<bool>(), 3),
         prop::collection::vec(0..WORDS.len(), 3),
         any::<u8>(),
@@ -274,6 +274,7 @@ proptest! {
             history_amount_24h: ints[6],
             customer_limit_raised_ago: durs[0],
             payee_first_paid_ago: durs[1],
+            customer_stopped_ago: durs[2],
             payee_is_new: bools[0],
             payee_watchlisted: bools[1],
             customer_limit_raised_to_max: bools[2],

@@ -34,6 +34,7 @@ pub struct Facts<'a> {
     pub customer_daily_limit: i64,
     pub customer_limit_raised_ago: i64,
     pub customer_limit_raised_to_max: bool,
+    pub customer_stopped_ago: i64,
     pub customer_observations: u8,
     pub payee_account: &'a str,
     pub payee_name: TextView<'a>,
@@ -243,6 +244,14 @@ pub static FIELDS: &[Field] = &[
         Read::Bool(|f| f.customer_limit_raised_to_max),
         "The last limit change raised the limit to the bank's maximum.",
     ),
+    Field {
+        optional: true,
+        ..field(
+            "customer.stopped_ago",
+            Read::Duration(|f| f.customer_stopped_ago),
+            "Time since a transfer of this customer's was last held or blocked, until an officer finds it was no fraud; absent (never) compares as infinitely long ago.",
+        )
+    },
     Field {
         values: OBSERVATIONS,
         ..field(

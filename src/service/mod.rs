@@ -453,6 +453,7 @@ impl TransferGuard {
         let state = screened.to;
         self.change_history(screened.history, &record);
         if answer.decision.action.raises_alert() {
+            self.state.record_stopped(&record.customer_id, record.at);
             let routing = self.routing.load();
             let (station, fallback) = routing.route(&transfer.branch_id);
             if fallback {
@@ -660,8 +661,11 @@ impl TransferGuard {
             "alert resolved"
         );
         self.audit_alert(by, "resolved", &alert);
-        if outcome == Outcome::FraudConfirmed {
-            self.list_confirmed_account(&alert, officer, by);
+        match (outcome, &entry) {
+            (Outcome::FraudConfirmed, _) => self.list_confirmed_account(&alert, officer, by),
+            // The stop this transfer left on its customer no longer says anything.
+            (Outcome::FalseAlarm, Some(e)) => self.state.clear_stopped(e.customer(), e.record().at),
+            _ => {}
         }
         if let (Some(mut entry), true) = (entry, held) {
             let (event, outcome_label) = match alert.hold_decision {

@@ -499,7 +499,9 @@ async fn a_payees_fan_in_counts_senders_of_every_nodes_partitions() {
     let mut senders = Vec::new();
     for i in 0.. {
         let sender = format!("sender-{i}");
-        let probe = ordinary(&format!("probe-a-{i}"), &sender, "6222020200112233");
+        // Each probe pays an account of its own: a shared one would become a
+        // fan-in itself, and a probe held there would stop its customer.
+        let probe = ordinary(&format!("probe-a-{i}"), &sender, &format!("62220202001{i:05}"));
         if screen_until_answered(&mut teller, &probe, Duration::from_secs(30)).await.1 == "a" {
             // 1,000 CNY: under the fresh-account rule's floor, so each is allowed and counted.
             let paid = pb::ScreenRequest { amount_minor: 100_000, ..ordinary(&format!("fan-{i}"), &sender, mule) };
@@ -515,7 +517,7 @@ async fn a_payees_fan_in_counts_senders_of_every_nodes_partitions() {
     // A customer of b's: b counts a's senders from their facts, not only its own.
     let mut customer = None;
     for i in 0..200 {
-        let probe = ordinary(&format!("probe-b-{i}"), &format!("b-customer-{i}"), "6222020200112233");
+        let probe = ordinary(&format!("probe-b-{i}"), &format!("b-customer-{i}"), &format!("62220202002{i:05}"));
         if screen_until_answered(&mut teller, &probe, Duration::from_secs(30)).await.1 == "b" {
             customer = Some(format!("b-customer-{i}"));
             break;

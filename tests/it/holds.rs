@@ -411,3 +411,45 @@ async fn a_confirmed_fraud_lists_the_receiving_account_and_stops_the_next_victim
     assert!(stopped.hits.iter().any(|h| h.rule_id == "payee_watchlisted"), "{stopped:?}");
     server.stop().await;
 }
+
+/// A scammer whose account was stopped names another: the customer's next
+/// new payee is held for the stop (`new_payee_after_a_stop`) until an officer
+/// finds the stopped transfer was no fraud; then it no longer holds one.
+#[tokio::test]
+async fn a_stop_holds_the_next_new_payee_until_an_officer_clears_it() {
+    let server = TestServer::start().await;
+    let mut teller = server.screening().await;
+    let mut officer = server.alerts().await;
+    let customer = "zhongshan-customer-58";
+    let first = teller.screen(seed_case("stop-first")).await.unwrap().into_inner();
+    assert_eq!(first.action, pb::Action::Hold as i32, "{first:?}");
+
+    let again = teller.screen(ordinary("stop-again", customer, "6222000011112222")).await.unwrap().into_inner();
+    assert_eq!(again.action, pb::Action::Hold as i32, "{again:?}");
+    assert!(again.hits.iter().any(|h| h.rule_id == "new_payee_after_a_stop"), "{again:?}");
+    // Another customer paying the same new account is not touched by it.
+    let other = teller.screen(ordinary("stop-other", "customer-other", "6222000011113333")).await.unwrap().into_inner();
+    assert_eq!(other.action, pb::Action::Allow as i32, "{other:?}");
+
+    for alert_id in [first.alert_id, again.alert_id] {
+        officer
+            .claim_alert(pb::ClaimAlertRequest { alert_id: alert_id.clone(), officer_id: "officer-li".into() })
+            .await
+            .unwrap();
+        officer
+            .resolve_alert(pb::ResolveAlertRequest {
+                alert_id,
+                officer_id: "officer-li".into(),
+                outcome: pb::Outcome::FalseAlarm as i32,
+                hold_decision: pb::HoldDecision::Release as i32,
+                note: "the customer's own purchase".into(),
+            })
+            .await
+            .unwrap();
+    }
+    // (The released transfers now count: a third new payee within the hour
+    // may still be warned or held by the velocity rules, but not for the stop.)
+    let cleared = teller.screen(ordinary("stop-cleared", customer, "6222000011114444")).await.unwrap().into_inner();
+    assert!(!cleared.hits.iter().any(|h| h.rule_id == "new_payee_after_a_stop"), "{cleared:?}");
+    server.stop().await;
+}
