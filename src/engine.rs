@@ -175,6 +175,7 @@ pub fn facts<'a>(
             Some(last) if transfer.amount > last => snapshot.payee_growing + 1,
             _ => 0,
         },
+        history_young_payee_growing_run: snapshot.young_payee_growing_run,
         history_new_payees_1h: snapshot.new_payees_1h,
         history_amount_1h: snapshot.amount_1h,
         history_new_payee_growing_run: match snapshot.payee_first_paid {

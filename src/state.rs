@@ -495,6 +495,10 @@ pub struct Snapshot {
     /// grew on the one before, ending with the latest; and that one's amount.
     pub new_payee_run: i64,
     pub new_payee_run_last: Minor,
+    /// When this payee is new: the longest run of growing payments (each
+    /// larger than the one before, ending with the latest) to a payee first
+    /// paid in the last [`YOUNG_PAYEE_SECS`]; 0 otherwise.
+    pub young_payee_growing_run: i64,
 }
 
 /// The change a counted transfer makes to state. The engine returns it; the
@@ -536,6 +540,10 @@ fn in_window(at: UnixSeconds, now: UnixSeconds, window: i64) -> bool {
 /// with few large shards that is a pause of milliseconds in a teller's
 /// request; with many small ones it is microseconds.
 pub const MAP_SHARDS: usize = 512;
+
+/// How recently a payee was first paid to count as a young acquaintance
+/// ([`Snapshot::young_payee_growing_run`]): 60 days.
+pub const YOUNG_PAYEE_SECS: UnixSeconds = 60 * 86_400;
 
 /// How long the first of a run of stops is kept before a new stop starts
 /// another ([`State::record_stopped`]): the day the rules look back over.
@@ -665,7 +673,18 @@ impl State {
             }
         }
         if let Some(c) = self.customers.get(customer_id) {
-            if let Ok(i) = c.known.binary_search_by_key(&key, |k| k.key) {
+            let found = c.known.binary_search_by_key(&key, |k| k.key);
+            if found.is_err() {
+                let young = now - YOUNG_PAYEE_SECS;
+                snap.young_payee_growing_run = c
+                    .known
+                    .iter()
+                    .filter(|k| (young..=now).contains(&unpack_time(k.first_paid)))
+                    .map(|k| i64::from(k.growing))
+                    .max()
+                    .unwrap_or(0);
+            }
+            if let Ok(i) = found {
                 let k = &c.known[i];
                 let first = unpack_time(k.first_paid);
                 // A payee first paid after `now` (a replay out of order) is still new now.
@@ -947,11 +966,15 @@ impl State {
             while a.recent.front().is_some_and(|r| now - r.at >= WINDOW_SECS) {
                 a.recent.pop_front();
             }
-            if a.recent.len() == before {
+            let stale_stop = a.stopped.is_some_and(|t| now - t >= STOP_KEPT_SECS);
+            if stale_stop {
+                a.stopped = None;
+            }
+            if a.recent.len() == before && !stale_stop {
                 continue;
             }
             if a.recent.is_empty() {
-                if a.limit.is_none() {
+                if a.limit.is_none() && a.stopped.is_none() {
                     c.activity = None;
                 } else {
                     a.recent = VecDeque::new();
@@ -1289,6 +1312,25 @@ mod tests {
     }
 
     #[test]
+    fn a_new_payee_sees_the_growing_run_of_a_young_payee() {
+        let state = State::new();
+        let day = 86_400;
+        let t = 200 * day;
+        for (ago, amount) in [(40, 100), (25, 200), (10, 400)] {
+            pay(&state, "c1", "partner", amount, t - ago * day);
+        }
+        // An old friend paid more each time too, but first paid a year ago.
+        for (ago, amount) in [(365, 50), (30, 100), (20, 200), (5, 400)] {
+            pay(&state, "c2", "friend", amount, t - ago * day);
+        }
+        let run = |c: &str, p: &str| state.snapshot(c, &payee(p), t).young_payee_growing_run;
+        assert_eq!(run("c1", "platform"), 2, "three growing payments: a run of two");
+        assert_eq!(run("c1", "partner"), 0, "only for a new payee");
+        assert_eq!(run("c2", "platform"), 0, "not a young payee");
+        assert_eq!(state.snapshot("c1", &payee("platform"), t + 30 * day).young_payee_growing_run, 0, "60 days on");
+    }
+
+    #[test]
     fn a_stop_stays_until_it_is_cleared_and_survives_a_restart() {
         let state = State::new();
         let t = 10 * 86_400;
@@ -1316,6 +1358,12 @@ mod tests {
         state.record_stopped("c1", t);
         state.record_stopped("c1", t + STOP_KEPT_SECS);
         assert_eq!(stopped(&state, t + STOP_KEPT_SECS + 1), Some(t + STOP_KEPT_SECS));
+        // The prune keeps a stop of the last day (with nothing else to keep)
+        // and forgets an older one.
+        state.prune(t + STOP_KEPT_SECS + 10);
+        assert_eq!(stopped(&state, t + STOP_KEPT_SECS + 20), Some(t + STOP_KEPT_SECS));
+        state.prune(t + 2 * STOP_KEPT_SECS);
+        assert!(state.customers.get("c1").unwrap().activity.is_none(), "nothing left to keep");
     }
 
     #[test]

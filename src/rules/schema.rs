@@ -35,6 +35,7 @@ pub struct Facts<'a> {
     pub customer_limit_raised_ago: i64,
     pub customer_limit_raised_to_max: bool,
     pub customer_stopped_ago: i64,
+    pub history_young_payee_growing_run: i64,
     pub customer_observations: u8,
     pub payee_account: &'a str,
     pub payee_name: TextView<'a>,
@@ -330,6 +331,11 @@ pub static FIELDS: &[Field] = &[
         "history.new_payee_growing_run",
         Read::Int(|f| f.history_new_payee_growing_run),
         "When this payee is new: how many payments to successive new payees in the last 24 h each grew on the one before, this one included (1: no run); 0 for a known payee.",
+    ),
+    field(
+        "history.young_payee_growing_run",
+        Read::Int(|f| f.history_young_payee_growing_run),
+        "When this payee is new: the longest run of growing payments (each larger than the one before, ending with the latest; 2 for three payments) to any payee first paid in the last 60 days; 0 for a known payee.",
     ),
     field(
         "customer.transfers_seen",

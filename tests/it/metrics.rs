@@ -48,7 +48,8 @@ async fn metrics_count_decisions_alerts_and_unrouted_branches() {
     assert_eq!(value(&text, "transfer_guard_grpc_requests_total{code=\"OK\",method=\"Screen\"}"), 3.0, "{text}");
     let version = server.guard.ruleset().version.to_string();
     assert_eq!(value(&text, &format!("transfer_guard_ruleset_info{{version=\"{version}\"}}")), 1.0);
-    assert_eq!(value(&text, "transfer_guard_state_entries{kind=\"customers\"}"), 1.0, "only the ALLOW counted");
+    // The ALLOW's customer, and the stop the HOLDs left on theirs.
+    assert_eq!(value(&text, "transfer_guard_state_entries{kind=\"customers\"}"), 2.0);
     assert_eq!(value(&text, "transfer_guard_grpc_requests_total{code=\"INVALID_ARGUMENT\",method=\"Screen\"}"), 1.0);
     assert!(!text.contains("6217000099998888777"), "no account numbers in metrics");
     server.stop().await;
