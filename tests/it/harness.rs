@@ -445,6 +445,10 @@ pub struct ServeProcess {
 }
 
 impl ServeProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts `serve` on `data` with the shipped rules and `extra` flags; waits until it listens.
     pub async fn start(data: &Path, log_name: &str, extra: &[String]) -> ServeProcess {
         ServeProcess::start_with_env(data, log_name, extra, &[]).await

@@ -1,5 +1,6 @@
 //! Operations: the real binary's logs mask accounts and names and it stops
-//! cleanly on SIGTERM; the load generator and its no-op baseline work.
+//! cleanly on SIGTERM, without transparent huge pages; the load generator and
+//! its no-op baseline work.
 
 use crate::harness::{ordinary, seed_case, ServeProcess, TestServer};
 use std::time::{Duration, Instant};
@@ -171,6 +172,11 @@ async fn dependencies_log_only_warnings_by_default() {
     let mut server = ServeProcess::start(&dir.path().join("data"), "quiet.txt", &flags).await;
     let mut client = pb::screening_client::ScreeningClient::new(server.channel().await);
     client.screen(seed_case("quiet-seed")).await.unwrap();
+    // Transparent huge pages are off for the server (their first touch
+    // zeroes 2 MiB inside a request: docs/performance.md).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let thp = status.lines().find(|l| l.starts_with("THP_enabled:")).expect("Linux 5.0 or later reports THP_enabled");
+    assert_eq!(thp.split_whitespace().nth(1), Some("0"), "{thp}");
     let status = server.terminate(Duration::from_secs(20)).await;
     let logs = server.logs();
     assert!(status.success(), "{status:?}\n{logs}");
