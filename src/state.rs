@@ -413,7 +413,7 @@ pub struct CustomerImage {
     pub recent: Vec<(UnixSeconds, Minor, u64, bool)>,
     #[serde(rename = "l", default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<LimitChange>,
-    /// When the latest transfer held or blocked and not cleared was screened.
+    /// The stop the customer carries ([`State::record_stopped`]).
     #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<UnixSeconds>,
 }
@@ -475,8 +475,8 @@ pub struct Snapshot {
     pub amount_24h: Minor,
     pub new_payees_24h: i64,
     pub last_limit_change: Option<LimitChange>,
-    /// When a transfer of this customer's was last held or blocked, unless an
-    /// officer has since found it was no fraud; None: none.
+    /// When the transfer screened that left the stop the customer carries
+    /// ([`State::record_stopped`]); None: none.
     pub last_stopped: Option<UnixSeconds>,
     /// Transfers in the customer's profile (the last ~90 days, decayed).
     pub transfers_seen: i64,

@@ -250,7 +250,7 @@ pub static FIELDS: &[Field] = &[
         ..field(
             "customer.stopped_ago",
             Read::Duration(|f| f.customer_stopped_ago),
-            "Time since a transfer of this customer's was last held or blocked, until an officer finds it was no fraud; absent (never) compares as infinitely long ago.",
+            "Time since the first of this customer's transfers held or blocked in the last day, until an officer finds that one was no fraud (a transfer held because of it does not renew it); absent (none) compares as infinitely long ago.",
         )
     },
     Field {
