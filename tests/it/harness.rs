@@ -205,6 +205,27 @@ impl TestServer {
         pb::alerts_client::AlertsClient::new(self.channel().await)
     }
 
+    /// Officer Li claims `alert_id` and resolves it with `outcome` (and,
+    /// while the transfer is held, `decision`).
+    pub async fn claim_and_resolve(
+        officer: &mut pb::alerts_client::AlertsClient<Channel>,
+        alert_id: &str,
+        outcome: pb::Outcome,
+        decision: pb::HoldDecision,
+    ) -> pb::Alert {
+        let officer_id = "officer-li".to_string();
+        let claim = pb::ClaimAlertRequest { alert_id: alert_id.into(), officer_id: officer_id.clone() };
+        officer.claim_alert(claim).await.unwrap();
+        let resolve = pb::ResolveAlertRequest {
+            alert_id: alert_id.into(),
+            officer_id,
+            outcome: outcome as i32,
+            hold_decision: decision as i32,
+            note: String::new(),
+        };
+        officer.resolve_alert(resolve).await.unwrap().into_inner()
+    }
+
     pub async fn rules(&self) -> pb::rules_client::RulesClient<Channel> {
         pb::rules_client::RulesClient::new(self.channel().await)
     }

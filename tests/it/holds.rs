@@ -357,25 +357,12 @@ async fn a_confirmed_fraud_lists_the_receiving_account_and_stops_the_next_victim
     let server = TestServer::start().await;
     let mut teller = server.screening().await;
     let mut officer = server.alerts().await;
-    let resolve = |alert_id: String, outcome: pb::Outcome, decision: pb::HoldDecision| pb::ResolveAlertRequest {
-        alert_id,
-        officer_id: "officer-li".into(),
-        outcome: outcome as i32,
-        hold_decision: decision as i32,
-        note: String::new(),
-    };
 
     // A false alarm first: the payee stays off the list.
     let innocent = teller.screen(seed_case("confirm-innocent")).await.unwrap().into_inner();
     assert_eq!(innocent.action, pb::Action::Hold as i32);
-    officer
-        .claim_alert(pb::ClaimAlertRequest { alert_id: innocent.alert_id.clone(), officer_id: "officer-li".into() })
-        .await
-        .unwrap();
-    officer
-        .resolve_alert(resolve(innocent.alert_id, pb::Outcome::FalseAlarm, pb::HoldDecision::Release))
-        .await
-        .unwrap();
+    let (false_alarm, release) = (pb::Outcome::FalseAlarm, pb::HoldDecision::Release);
+    TestServer::claim_and_resolve(&mut officer, &innocent.alert_id, false_alarm, release).await;
     let listed = server.watchlist().await.list_entries(pb::ListEntriesRequest {}).await.unwrap().into_inner();
     assert!(listed.entries.is_empty(), "{listed:?}");
 
@@ -390,11 +377,7 @@ async fn a_confirmed_fraud_lists_the_receiving_account_and_stops_the_next_victim
     assert!(held.action >= pb::Action::Hold as i32 && !held.alert_id.is_empty(), "{held:?}");
     let decision =
         if held.action == pb::Action::Hold as i32 { pb::HoldDecision::Block } else { pb::HoldDecision::Unspecified };
-    officer
-        .claim_alert(pb::ClaimAlertRequest { alert_id: held.alert_id.clone(), officer_id: "officer-li".into() })
-        .await
-        .unwrap();
-    officer.resolve_alert(resolve(held.alert_id.clone(), pb::Outcome::FraudConfirmed, decision)).await.unwrap();
+    TestServer::claim_and_resolve(&mut officer, &held.alert_id, pb::Outcome::FraudConfirmed, decision).await;
     let listed = server.watchlist().await.list_entries(pb::ListEntriesRequest {}).await.unwrap().into_inner();
     assert_eq!(listed.entries.len(), 1, "{listed:?}");
     let entry = &listed.entries[0];
@@ -432,20 +415,8 @@ async fn a_stop_holds_the_next_new_payee_until_an_officer_clears_it() {
     assert_eq!(other.action, pb::Action::Allow as i32, "{other:?}");
 
     for alert_id in [first.alert_id, again.alert_id] {
-        officer
-            .claim_alert(pb::ClaimAlertRequest { alert_id: alert_id.clone(), officer_id: "officer-li".into() })
-            .await
-            .unwrap();
-        officer
-            .resolve_alert(pb::ResolveAlertRequest {
-                alert_id,
-                officer_id: "officer-li".into(),
-                outcome: pb::Outcome::FalseAlarm as i32,
-                hold_decision: pb::HoldDecision::Release as i32,
-                note: "the customer's own purchase".into(),
-            })
-            .await
-            .unwrap();
+        TestServer::claim_and_resolve(&mut officer, &alert_id, pb::Outcome::FalseAlarm, pb::HoldDecision::Release)
+            .await;
     }
     // (The released transfers now count: a third new payee within the hour
     // may still be warned or held by the velocity rules, but not for the stop.)
