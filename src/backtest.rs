@@ -245,19 +245,21 @@ pub fn run_with(
         }
         let evaluation = engine::screen(ruleset, &transfer, &state);
         let decision = &evaluation.decision;
-        if let Some(after) = replay.officers_confirm_after {
-            let due = transfer.requested_at + after;
-            if line.is_scam() && decision.action.raises_alert() {
-                let (station, _) = routing.route(&transfer.branch_id);
-                let (account, station_id) = (transfer.payee.account.clone(), station.id.clone());
-                answers.push_back((due, OfficersAnswer::Confirmed { account, station_id }));
-            } else if decision.action.raises_alert() {
-                let (customer_id, at) = (transfer.customer.customer_id.clone(), transfer.requested_at);
-                answers.push_back((due, OfficersAnswer::NoFraud { customer_id, at }));
-            }
-        }
         if decision.action.raises_alert() {
-            state.record_stopped(&transfer.customer.customer_id, transfer.requested_at);
+            let (customer_id, at) = (&transfer.customer.customer_id, transfer.requested_at);
+            state.record_stopped(customer_id, at);
+            if let Some(after) = replay.officers_confirm_after {
+                let answer = if line.is_scam() {
+                    let (station, _) = routing.route(&transfer.branch_id);
+                    OfficersAnswer::Confirmed {
+                        account: transfer.payee.account.clone(),
+                        station_id: station.id.clone(),
+                    }
+                } else {
+                    OfficersAnswer::NoFraud { customer_id: customer_id.clone(), at }
+                };
+                answers.push_back((at + after, answer));
+            }
         }
         // No officer acts in a replay: a hold ends as its expiry action says.
         let mut step = TransferState::screened(decision.action);
