@@ -1,7 +1,7 @@
 //! In-memory state the rules read: per customer the payees already paid (with
 //! times, last and largest amount, growing run), an amount histogram of ~90
-//! days (the profile), recent transfers (velocity windows) and the last limit
-//! change; per payee account the customers who paid it lately and which of
+//! days (the profile), recent transfers (velocity windows), the last limit
+//! change and the stop a held or blocked transfer leaves; per payee account the customers who paid it lately and which of
 //! them paid it for the first time (fan-in, the mule signal) and when the
 //! bank's customers first paid it; the police watchlist.
 //!
@@ -13,7 +13,7 @@
 //!
 //! One cohesive thing, long because it is whole (not a hub: nothing routes
 //! through it): the customer record (known payees with their profile, the
-//! amount histogram, the windows, the limit change), the fan-in and the
+//! amount histogram, the windows, the limit change, the stop), the fan-in and the
 //! first-seen accounts, the watchlist, each with its stored image or its
 //! rebuild, the snapshot that reads them and the apply/revert that change
 //! them, and their tests.
