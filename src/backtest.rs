@@ -227,9 +227,13 @@ pub fn run_with(
             progress(n as u64);
         }
         let line = &history[i];
-        let Ok(transfer) = crate::api::convert::transfer(line.request.clone(), ruleset.utc_offset) else {
-            report.invalid += 1;
-            continue;
+        let transfer = match crate::api::convert::transfer(line.request.clone(), ruleset.utc_offset) {
+            // A currency without a rate is refused by the service too.
+            Ok(t) if ruleset.in_base(t.amount, &t.currency).is_some() => t,
+            _ => {
+                report.invalid += 1;
+                continue;
+            }
         };
         while answers.front().is_some_and(|(due, _)| *due <= transfer.requested_at) {
             match answers.pop_front().expect("checked above") {

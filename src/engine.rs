@@ -57,6 +57,11 @@ impl RequestText {
 }
 
 /// Screens `transfer` against the state as it is now. Does not change state.
+///
+/// Amounts are compared, and counted in state, in the ruleset's currency: the
+/// caller refuses a transfer in a currency the ruleset has no rate for
+/// ([`Ruleset::in_base`]) before it gets here; one that slips through is
+/// read as if it were in the ruleset's currency.
 pub fn screen(ruleset: &Ruleset, transfer: &Transfer, state: &State) -> Evaluation {
     let snapshot = state.snapshot(&transfer.customer.customer_id, &transfer.payee, transfer.requested_at);
     evaluate(ruleset, transfer, &snapshot)
@@ -77,7 +82,7 @@ pub fn evaluate(ruleset: &Ruleset, transfer: &Transfer, snapshot: &Snapshot) -> 
             record: TransferRecord {
                 customer_id: transfer.customer.customer_id.clone(),
                 payee: snapshot.payee_key,
-                amount: transfer.amount,
+                amount: facts.transfer_amount,
                 at: transfer.requested_at,
             },
             customer_age: facts.customer_age,
@@ -124,6 +129,7 @@ pub fn facts<'a>(
     memo: &'a [Cell<u8>],
 ) -> Facts<'a> {
     let now = transfer.requested_at;
+    let amount = ruleset.in_base(transfer.amount, &transfer.currency).unwrap_or(transfer.amount);
     let (today, hour) = local_day(now, ruleset.utc_offset);
     let customer = &transfer.customer;
 
@@ -136,7 +142,7 @@ pub fn facts<'a>(
     let raise = limit.filter(|c| c.is_raise());
 
     Facts {
-        transfer_amount: transfer.amount,
+        transfer_amount: amount,
         transfer_currency: &transfer.currency,
         transfer_channel: transfer.channel.as_str(),
         transfer_memo: text.memo.view(&transfer.memo),
@@ -166,13 +172,13 @@ pub fn facts<'a>(
         history_new_payees_24h: snapshot.new_payees_24h,
         customer_transfers_seen: snapshot.transfers_seen,
         customer_usual_amount: snapshot.usual_amount.unwrap_or(ABSENT),
-        transfer_amount_vs_usual: snapshot.usual_amount.map_or(ABSENT, |u| per_cent(transfer.amount, u)),
+        transfer_amount_vs_usual: snapshot.usual_amount.map_or(ABSENT, |u| per_cent(amount, u)),
         payee_times_paid: snapshot.payee_times_paid,
         payee_last_paid: snapshot.payee_last_paid.unwrap_or(ABSENT),
         payee_largest_paid: snapshot.payee_largest_paid.unwrap_or(ABSENT),
-        payee_growth: snapshot.payee_last_paid.map_or(ABSENT, |l| per_cent(transfer.amount, l)),
+        payee_growth: snapshot.payee_last_paid.map_or(ABSENT, |l| per_cent(amount, l)),
         payee_growing_run: match snapshot.payee_last_paid {
-            Some(last) if transfer.amount > last => snapshot.payee_growing + 1,
+            Some(last) if amount > last => snapshot.payee_growing + 1,
             _ => 0,
         },
         history_young_payee_growing_run: snapshot.young_payee_growing_run,
@@ -180,9 +186,7 @@ pub fn facts<'a>(
         history_amount_1h: snapshot.amount_1h,
         history_new_payee_growing_run: match snapshot.payee_first_paid {
             Some(_) => 0,
-            None if snapshot.new_payee_run > 0 && transfer.amount > snapshot.new_payee_run_last => {
-                snapshot.new_payee_run + 1
-            }
+            None if snapshot.new_payee_run > 0 && amount > snapshot.new_payee_run_last => snapshot.new_payee_run + 1,
             None => 1,
         },
         regex_memo: memo,

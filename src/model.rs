@@ -339,11 +339,26 @@ pub fn parse_major_units(s: &str) -> Option<Minor> {
     whole.checked_mul(100)?.checked_add(frac)
 }
 
-/// Formats minor units as major units with two decimals: 40000050 → "400000.50".
-pub fn format_minor(amount: Minor) -> String {
-    let sign = if amount < 0 { "-" } else { "" };
-    let a = amount.unsigned_abs();
-    format!("{sign}{}.{:02}", a / 100, a % 100)
+/// `400,000.00 CNY` from minor units, in integers only.
+pub fn money(minor: Minor, currency: &str) -> String {
+    let sign = if minor < 0 { "-" } else { "" };
+    let abs = minor.unsigned_abs();
+    // Yen and won have no minor unit; an unknown code is shown as cents.
+    let digits_after = minor_digits(currency).unwrap_or(2);
+    let scale = 10u64.pow(digits_after);
+    let (units, fraction) = (abs / scale, abs % scale);
+    let digits = units.to_string();
+    let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    match digits_after {
+        0 => format!("{sign}{grouped} {currency}"),
+        d => format!("{sign}{grouped}.{fraction:0width$} {currency}", width = d as usize),
+    }
 }
 
 /// Age band for alerts, so officers see "60-69" rather than a birth date.
@@ -407,6 +422,78 @@ pub fn age_on(birth: Date, on: Date) -> i64 {
     years
 }
 
+/// ISO 4217 codes of the currencies a Chinese bank sends abroad or at home,
+/// with the digits of their minor unit (fen: 2; yen: 0).
+#[rustfmt::skip]
+pub const CURRENCIES: &[(&str, u32)] = &[
+    ("CNY", 2), ("USD", 2), ("EUR", 2), ("HKD", 2), ("MOP", 2), ("TWD", 2), ("JPY", 0), ("GBP", 2),
+    ("AUD", 2), ("CAD", 2), ("CHF", 2), ("SGD", 2), ("KRW", 0), ("NZD", 2), ("THB", 2), ("MYR", 2),
+    ("RUB", 2), ("AED", 2), ("SAR", 2), ("SEK", 2), ("NOK", 2), ("DKK", 2), ("INR", 2), ("IDR", 2),
+    ("PHP", 2), ("VND", 0), ("ZAR", 2), ("BRL", 2), ("MXN", 2), ("TRY", 2), ("KZT", 2), ("PKR", 2),
+];
+
+/// The digits of `code`'s minor unit, if it is one of [`CURRENCIES`].
+pub fn minor_digits(code: &str) -> Option<u32> {
+    CURRENCIES.iter().find(|(c, _)| *c == code).map(|&(_, d)| d)
+}
+
+/// What one unit of a currency is worth in another, exactly: a decimal such as
+/// `7.1023` kept as integers (`71023 / 10^4`), never a float, so converting an
+/// amount gives the same minor units on every machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// The decimal's digits.
+    digits: i128,
+    /// How many of them are after the point.
+    scale: u32,
+}
+
+impl Rate {
+    /// Most digits after the point, and before it.
+    const MAX_SCALE: u32 = 9;
+    const MAX_WHOLE: usize = 9;
+
+    /// A positive decimal written with digits and at most one point
+    /// (`"7.10"`, `"0.00027"`, `"130"`); `None` for anything else, zero included.
+    pub fn parse(s: &str) -> Option<Rate> {
+        let (whole, fraction) = s.split_once('.').unwrap_or((s, ""));
+        let all_digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+        if whole.is_empty() && fraction.is_empty()
+            || !all_digits(whole)
+            || !all_digits(fraction)
+            || whole.len() > Rate::MAX_WHOLE
+            || fraction.len() > Rate::MAX_SCALE as usize
+        {
+            return None;
+        }
+        let digits: i128 = format!("{whole}{fraction}").parse().ok()?;
+        (digits > 0).then_some(Rate { digits, scale: fraction.len() as u32 })
+    }
+
+    /// `amount` minor units of a currency with `from_digits` digits, in minor
+    /// units of one with `to_digits`, at this rate; rounded half away from
+    /// zero, saturating rather than overflowing (any accepted amount times any
+    /// rate fits an i128 exactly).
+    pub fn convert(self, amount: Minor, from_digits: u32, to_digits: u32) -> Minor {
+        let numerator = i128::from(amount).saturating_mul(self.digits).saturating_mul(10i128.pow(to_digits));
+        let denominator = 10i128.pow(self.scale + from_digits);
+        let rounded = numerator.saturating_add(numerator.signum() * denominator / 2) / denominator;
+        rounded.clamp(i128::from(Minor::MIN), i128::from(Minor::MAX)) as Minor
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = format!("{:0>width$}", self.digits, width = self.scale as usize + 1);
+        let (whole, fraction) = s.split_at(s.len() - self.scale as usize);
+        if fraction.is_empty() {
+            f.write_str(whole)
+        } else {
+            write!(f, "{whole}.{fraction}")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,7 +543,7 @@ mod tests {
         assert_eq!(parse_major_units("1.234"), None);
         assert_eq!(parse_major_units("-1"), None);
         assert_eq!(parse_major_units("abc"), None);
-        assert_eq!(format_minor(40_000_050), "400000.50");
+        assert_eq!(money(40_000_050, "CNY"), "400,000.50 CNY");
     }
 
     #[test]
@@ -464,5 +551,40 @@ mod tests {
         assert!(Action::Block > Action::Hold && Action::Hold > Action::Warn);
         assert_eq!(Action::parse("hold"), Some(Action::Hold));
         assert!(Action::Hold.raises_alert() && !Action::Warn.raises_alert());
+    }
+
+    #[test]
+    fn rates_are_exact_decimals_and_convert_between_minor_units() {
+        for bad in ["", ".", "0", "0.000", "-7.1", "7,1", "1e3", "7.1.0", " 7.1", "0.0000000001", "1234567890"] {
+            assert_eq!(Rate::parse(bad), None, "{bad:?}");
+        }
+        let usd = Rate::parse("7.10").unwrap();
+        assert_eq!(usd.to_string(), "7.10");
+        assert_eq!(Rate::parse("0.00027").unwrap().to_string(), "0.00027");
+        assert_eq!(Rate::parse("130").unwrap().to_string(), "130");
+        // 10,000.00 USD in cents is 71,000.00 CNY in fen.
+        assert_eq!(usd.convert(1_000_000, 2, 2), 7_100_000);
+        // 1,000,000 yen (no minor unit) at 0.048 is 48,000.00 CNY.
+        assert_eq!(Rate::parse("0.048").unwrap().convert(1_000_000, 0, 2), 4_800_000);
+        // Rounded half away from zero: 1 cent at 0.005 is half a fen.
+        assert_eq!(Rate::parse("0.005").unwrap().convert(1, 2, 2), 0);
+        assert_eq!(Rate::parse("0.5").unwrap().convert(1, 2, 2), 1);
+        assert_eq!(Rate::parse("0.5").unwrap().convert(-1, 2, 2), -1);
+        // The largest amount at the largest rate saturates instead of overflowing.
+        let huge = Rate::parse("999999999.999999999").unwrap();
+        assert_eq!(huge.convert(i64::MAX, 0, 2), i64::MAX);
+        assert_eq!(huge.convert(i64::MIN, 0, 2), i64::MIN);
+        assert_eq!(minor_digits("JPY"), Some(0));
+        assert_eq!(minor_digits("XXX"), None);
+    }
+
+    #[test]
+    fn money_in_integers_with_groups() {
+        assert_eq!(money(40_000_000, "CNY"), "400,000.00 CNY");
+        assert_eq!(money(5, "CNY"), "0.05 CNY");
+        assert_eq!(money(-123_456, "CNY"), "-1,234.56 CNY");
+        assert_eq!(money(i64::MIN, "CNY"), "-92,233,720,368,547,758.08 CNY");
+        assert_eq!(money(1_100_000, "JPY"), "1,100,000 JPY", "no minor unit");
+        assert_eq!(money(600_000, "USD"), "6,000.00 USD");
     }
 }

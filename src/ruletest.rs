@@ -366,6 +366,9 @@ fn build_case(raw: RawCase, ruleset: &Ruleset) -> Result<Case, String> {
             }
         }
     }
+    if ruleset.in_base(transfer.amount, &transfer.currency).is_none() {
+        return Err(format!("currency `{}` has no rate in the ruleset's [ruleset.rates]", transfer.currency));
+    }
     let expect_action =
         Action::parse(&raw.expect.action).ok_or_else(|| format!("unknown action `{}`", raw.expect.action))?;
     for id in &raw.expect.hits {

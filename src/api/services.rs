@@ -166,6 +166,9 @@ pub fn status_of(e: ServiceError) -> Status {
         ServiceError::Alert(alerts::AlertError::DecisionRequired) => {
             return invalid(vec![FieldViolation { field: "hold_decision".into(), description: e.to_string() }])
         }
+        ServiceError::NoRate(_) => {
+            return invalid(vec![FieldViolation { field: "currency".into(), description: e.to_string() }])
+        }
     };
     Status::new(code, e.to_string())
 }
@@ -632,7 +635,7 @@ impl pb::rules_server::Rules for Api {
     async fn dry_run(&self, request: Request<pb::ScreenRequest>) -> Result<Response<pb::ScreenResponse>, Status> {
         self.rpc("DryRun", async move {
             let transfer = convert::transfer(request.into_inner(), self.guard.utc_offset()).map_err(invalid)?;
-            Ok(Response::new(convert::screened_to_pb(&self.guard.dry_run(&transfer))))
+            Ok(Response::new(convert::screened_to_pb(&self.guard.dry_run(&transfer).map_err(status_of)?)))
         })
         .await
     }
@@ -730,7 +733,9 @@ impl Api {
         caller: &Caller,
     ) -> Result<Response<pb::ScreenResponse>, Status> {
         let limits = &self.admission.limits;
-        let answer = limits.fail_mode.answer(screened.decision.action, transfer.amount, limits.fail_floor);
+        // The floor is in the ruleset's currency, like every amount the rules read.
+        let amount = self.guard.ruleset().in_base(transfer.amount, &transfer.currency).unwrap_or(transfer.amount);
+        let answer = limits.fail_mode.answer(screened.decision.action, amount, limits.fail_floor);
         let label = answer.map_or("unavailable", |a| a.as_str());
         self.guard.metrics().fail_mode_answers.with_label_values(&[label]).inc();
         self.guard.fail_mode_answered(&transfer.request_id, screened.decision.action, label, caller);

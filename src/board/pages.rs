@@ -5,14 +5,14 @@
 //! Takes plain values; decides nothing and reads no state.
 //!
 //! One cohesive thing, long because every page is here: each `pub fn` is one
-//! page or fragment, sharing the frame, the formatting of money and time,
+//! page or fragment, sharing the frame, the formatting of time (money: `model::money`),
 //! and the encoding of links.
 
 use super::hits::HourHits;
 use super::words::{Lang, Words};
 use crate::alerts::{Alert, AlertEvent, AlertState, HoldDecision, Outcome};
 use crate::auth::Caller;
-use crate::model::UnixSeconds;
+use crate::model::{money, UnixSeconds};
 use crate::rules::{Mode, Rule};
 use crate::service::Reload;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
@@ -52,22 +52,6 @@ pub fn local_time(t: UnixSeconds, offset: time::UtcOffset) -> String {
         .ok()
         .and_then(|d| d.to_offset(offset).format(&format).ok())
         .unwrap_or_else(|| t.to_string())
-}
-
-/// `400,000.00 CNY` from minor units, in integers only.
-pub fn money(minor: i64, currency: &str) -> String {
-    let sign = if minor < 0 { "-" } else { "" };
-    let abs = minor.unsigned_abs();
-    let (units, cents) = (abs / 100, abs % 100);
-    let digits = units.to_string();
-    let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            grouped.push(',');
-        }
-        grouped.push(c);
-    }
-    format!("{sign}{grouped}.{cents:02} {currency}")
 }
 
 /// `12:05` (minutes and seconds) until `at`, or the word for expired.
@@ -573,14 +557,6 @@ pub fn encode(s: &str) -> PreEscaped<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn money_in_integers_with_groups() {
-        assert_eq!(money(40_000_000, "CNY"), "400,000.00 CNY");
-        assert_eq!(money(5, "CNY"), "0.05 CNY");
-        assert_eq!(money(-123_456, "CNY"), "-1,234.56 CNY");
-        assert_eq!(money(i64::MIN, "CNY"), "-92,233,720,368,547,758.08 CNY");
-    }
 
     #[test]
     fn encoding_leaves_only_safe_characters() {

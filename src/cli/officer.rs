@@ -3,7 +3,7 @@
 
 use super::{connect, now, print_json, rpc_error, show, Client};
 use crate::api::proto as pb;
-use crate::model::format_minor;
+use crate::model::money;
 use crate::rules::parse_duration;
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
@@ -106,12 +106,11 @@ fn print_alert(a: &pb::Alert) {
     let state = pb::AlertState::try_from(a.state).map_or("?", |x| x.as_str_name().trim_start_matches("ALERT_STATE_"));
     let t = a.transfer.clone().unwrap_or_default();
     println!(
-        "{}  {state}  station {}  score {}  {} {} from {} (age {}) to {} at {}",
+        "{}  {state}  station {}  score {}  {} from {} (age {}) to {} at {}",
         a.alert_id,
         a.station_id,
         a.score,
-        format_minor(t.amount_minor),
-        t.currency,
+        money(t.amount_minor, &t.currency),
         t.customer_account_masked,
         t.customer_age_band,
         t.payee_account_masked,

@@ -150,6 +150,7 @@ pub struct Ruleset {
     pub thresholds: Thresholds,
     pub utc_offset: time::UtcOffset,
     pub hold: HoldPolicy,
+    pub currencies: Currencies,
     pub rules: Vec<Rule>,
     pub lists: HashMap<String, NamedList>,
     /// Regex memo slots the conditions need per evaluation.
@@ -194,6 +195,12 @@ struct RawSettings {
     thresholds: Spanned<RawThresholds>,
     #[serde(default)]
     hold: Option<RawHold>,
+    /// The currency the rules' amounts are written in (default CNY).
+    #[serde(default)]
+    currency: Option<Spanned<String>>,
+    /// What one unit of each other currency is worth in it, as a decimal string.
+    #[serde(default)]
+    rates: std::collections::BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -367,12 +374,13 @@ impl Ruleset {
         drop(compiler);
 
         match settings {
-            Some((name, thresholds, utc_offset, hold)) if diags.is_empty() => Ok(Ruleset {
+            Some(Settings { name, thresholds, utc_offset, hold, currencies }) if diags.is_empty() => Ok(Ruleset {
                 version: version_of(&sources).into(),
                 name,
                 thresholds,
                 utc_offset,
                 hold,
+                currencies,
                 rules,
                 lists,
                 memo_slots,
@@ -384,6 +392,47 @@ impl Ruleset {
 
     pub fn rule(&self, id: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| &*r.id == id)
+    }
+
+    /// `amount` minor units of `currency` in minor units of the ruleset's
+    /// currency, which every amount the rules read is in; `None` when the
+    /// ruleset has no rate for it.
+    #[inline]
+    pub fn in_base(&self, amount: crate::model::Minor, currency: &str) -> Option<crate::model::Minor> {
+        self.currencies.in_base(amount, currency)
+    }
+}
+
+/// The currency a ruleset's amounts are written in, and the reference rates
+/// that bring a transfer in another currency to it (`[ruleset] currency`,
+/// `[ruleset.rates]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Currencies {
+    pub base: String,
+    base_digits: u32,
+    /// Code, its minor unit's digits, and what one unit is worth in the base.
+    rates: Vec<(String, u32, crate::model::Rate)>,
+}
+
+impl Default for Currencies {
+    fn default() -> Currencies {
+        Currencies { base: "CNY".into(), base_digits: 2, rates: Vec::new() }
+    }
+}
+
+impl Currencies {
+    #[inline]
+    pub fn in_base(&self, amount: crate::model::Minor, currency: &str) -> Option<crate::model::Minor> {
+        if currency == self.base {
+            return Some(amount);
+        }
+        let (_, digits, rate) = self.rates.iter().find(|(code, ..)| code == currency)?;
+        Some(rate.convert(amount, *digits, self.base_digits))
+    }
+
+    /// The currencies with a rate, the base first.
+    pub fn codes(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.base.as_str()).chain(self.rates.iter().map(|(code, ..)| code.as_str()))
     }
 }
 
@@ -444,7 +493,13 @@ pub fn toml_files(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
     Ok(paths)
 }
 
-type Settings = (String, Thresholds, time::UtcOffset, HoldPolicy);
+struct Settings {
+    name: String,
+    thresholds: Thresholds,
+    utc_offset: time::UtcOffset,
+    hold: HoldPolicy,
+    currencies: Currencies,
+}
 
 fn parse_settings(src: &Source, diags: &mut Vec<Diagnostic>) -> Option<Settings> {
     let raw = parse_toml::<RawSettingsFile>(src, diags)?.ruleset;
@@ -482,7 +537,31 @@ fn parse_settings(src: &Source, diags: &mut Vec<Diagnostic>) -> Option<Settings>
             }
         };
     }
-    (diags.len() == before).then_some((raw.name, thresholds, utc_offset, hold))
+    let mut currencies = Currencies::default();
+    if let Some(code) = &raw.currency {
+        match crate::model::minor_digits(code.get_ref()) {
+            Some(digits) => (currencies.base, currencies.base_digits) = (code.get_ref().clone(), digits),
+            None => diags.push(at(code.span(), "currency must be an upper-case ISO 4217 code such as \"CNY\"")),
+        }
+    }
+    for (code, rate) in &raw.rates {
+        let Some(digits) = crate::model::minor_digits(code) else {
+            diags.push(at(rate.span(), &format!("`{code}` is not an ISO 4217 code this service knows")));
+            continue;
+        };
+        if *code == currencies.base {
+            diags.push(at(rate.span(), &format!("`{code}` is the ruleset's own currency; it needs no rate")));
+            continue;
+        }
+        match crate::model::Rate::parse(rate.get_ref()) {
+            Some(r) => currencies.rates.push((code.clone(), digits, r)),
+            None => diags.push(at(
+                rate.span(),
+                &format!("the rate of `{code}` must be a positive decimal in quotes, such as \"7.10\" (at most 9 digits either side of the point)"),
+            )),
+        }
+    }
+    (diags.len() == before).then_some(Settings { name: raw.name, thresholds, utc_offset, hold, currencies })
 }
 
 fn parse_offset(s: &str) -> Option<time::UtcOffset> {
@@ -657,6 +736,45 @@ mod tests {
         format!(
             "[[rule]]\nid = \"x\"\ntitle = \"t\"\nscore = 1\nreason = {{ zh = \"z\", en = \"e\" }}\nwhen = {when}\n"
         )
+    }
+
+    fn settings(extra: &str) -> Result<Ruleset, Vec<Diagnostic>> {
+        Ruleset::from_sources(vec![
+            src("ruleset.toml", &format!("{SETTINGS}{extra}")),
+            src("r.toml", &rule("\"true\"")),
+        ])
+    }
+
+    #[test]
+    fn amounts_in_other_currencies_are_brought_to_the_rulesets_at_its_rates() {
+        let r = settings("[ruleset.rates]\nUSD = \"7.10\"\nJPY = \"0.048\"\n").unwrap();
+        assert_eq!(r.currencies.base, "CNY");
+        assert_eq!(r.in_base(5_000_000, "CNY"), Some(5_000_000));
+        assert_eq!(r.in_base(1_000_000, "USD"), Some(7_100_000), "10,000 USD is 71,000 CNY");
+        assert_eq!(r.in_base(1_000_000, "JPY"), Some(4_800_000), "1,000,000 yen is 48,000 CNY");
+        assert_eq!(r.in_base(1_000_000, "HKD"), None, "no rate, no guess");
+        assert_eq!(r.currencies.codes().collect::<Vec<_>>(), ["CNY", "JPY", "USD"]);
+        let usd = settings("currency = \"USD\"\n[ruleset.rates]\nCNY = \"0.14\"\n").unwrap();
+        assert_eq!(usd.in_base(700, "CNY"), Some(98));
+        assert_eq!(usd.in_base(700, "USD"), Some(700));
+    }
+
+    #[test]
+    fn a_bad_rate_is_refused_with_file_line_col() {
+        let cases = [
+            ("[ruleset.rates]\nUSD = 7.1\n", "ruleset.toml:5:7", "expected a string"),
+            ("[ruleset.rates]\nUSD = \"seven\"\n", "ruleset.toml:5:7", "positive decimal"),
+            ("[ruleset.rates]\nUSD = \"0\"\n", "ruleset.toml:5:7", "positive decimal"),
+            ("[ruleset.rates]\nXYZ = \"1\"\n", "ruleset.toml:5:7", "not an ISO 4217 code"),
+            ("[ruleset.rates]\nCNY = \"1\"\n", "ruleset.toml:5:7", "own currency"),
+            ("currency = \"RMB\"\n", "ruleset.toml:4:12", "ISO 4217"),
+        ];
+        for (extra, location, message) in cases {
+            let diags = settings(extra).unwrap_err();
+            assert_eq!(diags.len(), 1, "{extra}: {diags:?}");
+            assert_eq!(diags[0].location(), location, "{extra}: {}", diags[0]);
+            assert!(diags[0].message.contains(message), "{extra}: {}", diags[0]);
+        }
     }
 
     #[test]

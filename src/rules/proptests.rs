@@ -298,3 +298,37 @@ proptest! {
         prop_assert_eq!(compiled(&f), expected, "{} (memoised)", src);
     }
 }
+
+proptest! {
+    /// A rate setting never panics; what parses prints back as written
+    /// (bar leading zeros) and is positive.
+    #[test]
+    fn rates_parse_without_panicking(s in "[0-9.]{0,22}|\\PC{0,12}") {
+        if let Some(rate) = crate::model::Rate::parse(&s) {
+            prop_assert_eq!(crate::model::Rate::parse(&rate.to_string()), Some(rate));
+            prop_assert!(rate.convert(1_000_000_000, 2, 2) > 0);
+        }
+    }
+
+    /// Converting keeps order (a larger amount never becomes smaller), keeps
+    /// the sign, and a rate of one between currencies of the same minor unit
+    /// changes nothing; no amount overflows.
+    #[test]
+    fn converting_keeps_order_and_sign(
+        a in any::<i64>(),
+        b in any::<i64>(),
+        whole in 0u32..1_000_000,
+        fraction in 0u32..1_000_000,
+        from in 0u32..4,
+        to in 0u32..4,
+    ) {
+        let Some(rate) = crate::model::Rate::parse(&format!("{whole}.{fraction:06}")) else {
+            return Ok(());
+        };
+        let (lo, hi) = (a.min(b), a.max(b));
+        prop_assert!(rate.convert(lo, from, to) <= rate.convert(hi, from, to));
+        prop_assert!(rate.convert(a, from, to).signum() * a.signum() >= 0);
+        let one = crate::model::Rate::parse("1").unwrap();
+        prop_assert_eq!(one.convert(a, from, from), a);
+    }
+}

@@ -188,9 +188,9 @@ pub static FIELDS: &[Field] = &[
     field(
         "transfer.amount",
         Read::Int(|f| f.transfer_amount),
-        "Amount in minor units (fen for CNY): 400,000 CNY is `40000000`.",
+        "Amount in minor units of the ruleset's currency (fen for CNY): 400,000 CNY is `40000000`; a transfer in another currency is converted at the ruleset's rate (*Amounts and currencies*).",
     ),
-    field("transfer.currency", Read::Str(|f| f.transfer_currency), "ISO 4217 code, upper case, e.g. `\"CNY\"`."),
+    field("transfer.currency", Read::Str(|f| f.transfer_currency), "The currency the customer sends, ISO 4217 upper case, e.g. `\"USD\"`; `transfer.amount` is already in the ruleset's."),
     Field {
         values: CHANNELS,
         ..field(

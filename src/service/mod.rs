@@ -106,6 +106,8 @@ pub enum ServiceError {
     Alert(#[from] AlertError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("currency `{0}` has no rate in the running ruleset, so its amount cannot be compared with the rules' (the analysts add one under [ruleset.rates])")]
+    NoRate(String),
 }
 
 /// Result of a reload: the version in force and the errors, if it was refused.
@@ -114,6 +116,14 @@ pub struct Reload {
     pub reloaded: bool,
     pub version: String,
     pub errors: Vec<String>,
+}
+
+/// Refuses a transfer whose amount the ruleset cannot bring to its own currency.
+fn priced(ruleset: &Ruleset, transfer: &Transfer) -> Result<(), ServiceError> {
+    match ruleset.in_base(transfer.amount, &transfer.currency) {
+        Some(_) => Ok(()),
+        None => Err(ServiceError::NoRate(transfer.currency.clone())),
+    }
 }
 
 /// How long request and event ids are remembered for idempotent retries (and
@@ -394,6 +404,7 @@ impl TransferGuard {
         let started = std::time::Instant::now();
         let _customer = lock(&self.customer_stripes[stripe_of(&transfer.customer.customer_id)]);
         let ruleset = self.ruleset.load();
+        priced(&ruleset, transfer)?;
         let evaluation = engine::screen(&ruleset, transfer, &self.state);
         self.metrics.observe_screen(evaluation.decision.action, started.elapsed().as_secs_f64());
         for hit in &evaluation.decision.hits {
@@ -504,16 +515,17 @@ impl TransferGuard {
     }
 
     /// Screens without touching state or raising alerts.
-    pub fn dry_run(&self, transfer: &Transfer) -> Screened {
+    pub fn dry_run(&self, transfer: &Transfer) -> Result<Screened, ServiceError> {
         let ruleset = self.ruleset.load();
+        priced(&ruleset, transfer)?;
         let evaluation = engine::screen(&ruleset, transfer, &self.state);
-        Screened {
+        Ok(Screened {
             request_id: transfer.request_id.clone(),
             decision: evaluation.decision,
             alert_id: None,
             station_id: None,
             hold_expires_at: None,
-        }
+        })
     }
 
     pub fn transfer_status(&self, request_id: &str) -> Result<TransferStatus, ServiceError> {

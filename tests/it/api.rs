@@ -96,6 +96,33 @@ async fn every_invalid_field_is_named() {
     server.stop().await;
 }
 
+/// An amount in another currency is read in the ruleset's, at its rate; a
+/// currency the ruleset has no rate for is refused, naming `currency`, and
+/// leaves nothing behind.
+#[tokio::test]
+async fn amounts_in_other_currencies_are_read_at_the_rulesets_rates() {
+    let server = TestServer::start_with(|dir| crate::harness::edit(dir, "ruleset.toml", "MOP = \"0.88\"\n", "")).await;
+    let mut client = server.screening().await;
+    let mut hkd = ordinary("hkd-1", "customer-hk", "6222020000008002");
+    (hkd.currency, hkd.amount_minor) = ("HKD".into(), 6_000_000);
+    let answer = client.screen(hkd).await.unwrap().into_inner();
+    assert!(hits(&answer).contains("amount_50k"), "60,000 HKD is 54,600 CNY: {answer:?}");
+
+    let mut mop = ordinary("mop-1", "customer-mo", "6222020000008002");
+    (mop.currency, mop.amount_minor) = ("MOP".into(), 6_000_000);
+    for status in [
+        client.screen(mop.clone()).await.expect_err("no MOP rate"),
+        server.rules().await.dry_run(mop).await.expect_err("no MOP rate"),
+    ] {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        let bad = status.get_details_bad_request().expect("BadRequest details");
+        assert_eq!(bad.field_violations[0].field, "currency");
+        assert!(status.message().contains("MOP") && status.message().contains("rates"), "{}", status.message());
+    }
+    assert_eq!(server.guard.screened_count(), 1, "only the HKD transfer");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_retried_request_id_is_answered_the_same_and_counted_once() {
     let server = TestServer::start().await;

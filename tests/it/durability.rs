@@ -400,16 +400,18 @@ async fn a_hold_survives_a_restart_and_its_decision_the_next() {
     assert_eq!((alert.outcome, alert.hold_decision), (Some(Outcome::CustomerProceeded), Some(HoldDecision::Release)));
     // Released, so counted: the payee is no longer new for this customer.
     let again = Transfer::try_from(&seed_case("restart-after")).unwrap();
-    let hits = guard.dry_run(&again).decision.hits;
+    let hits = guard.dry_run(&again).unwrap().decision.hits;
     assert!(!hits.iter().any(|h| h.rule_id() == "new_payee_large"), "{hits:?}");
-    let first = guard.dry_run(
-        &Transfer::try_from(&seed_case("x"))
-            .map(|mut t| {
-                t.customer.customer_id = "someone-else".into();
-                t
-            })
-            .unwrap(),
-    );
+    let first = guard
+        .dry_run(
+            &Transfer::try_from(&seed_case("x"))
+                .map(|mut t| {
+                    t.customer.customer_id = "someone-else".into();
+                    t
+                })
+                .unwrap(),
+        )
+        .unwrap();
     assert!(first.decision.hits.iter().any(|h| h.rule_id() == "new_payee_large"), "the probe can fail");
 }
 

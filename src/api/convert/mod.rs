@@ -24,12 +24,6 @@ pub const MAX_AMOUNT_MINOR: i64 = 10_000_000_000_000;
 const MIN_TIME: i64 = 946_684_800;
 const MAX_TIME: i64 = 4_102_444_800;
 
-/// ISO 4217 codes of the currencies a Chinese bank sends abroad or at home.
-pub const CURRENCIES: &[&str] = &[
-    "CNY", "USD", "EUR", "HKD", "MOP", "TWD", "JPY", "GBP", "AUD", "CAD", "CHF", "SGD", "KRW", "NZD", "THB", "MYR",
-    "RUB", "AED", "SAR", "SEK", "NOK", "DKK", "INR", "IDR", "PHP", "VND", "ZAR", "BRL", "MXN", "TRY", "KZT", "PKR",
-];
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {
     pub field: String,

@@ -2,7 +2,7 @@
 //! value the service takes, or every problem found, each naming its field.
 
 use super::super::proto as pb;
-use super::{local_date, trimmed, truncate, FieldViolation, LiveClock, Nested, Violations, CURRENCIES};
+use super::{local_date, trimmed, truncate, FieldViolation, LiveClock, Nested, Violations};
 use crate::alerts::{AlertState, HoldDecision, Outcome};
 use crate::model::{Channel, Customer, LimitChange, Observation, Observations, Payee, Transfer, UnixSeconds};
 use crate::service::CustomerEvent;
@@ -126,7 +126,7 @@ pub fn transfer(r: pb::ScreenRequest, utc_offset: time::UtcOffset) -> Result<Tra
     let currency = trimmed(r.currency);
     if currency.is_empty() {
         v.add("currency", "required");
-    } else if !CURRENCIES.contains(&currency.as_str()) {
+    } else if crate::model::minor_digits(&currency).is_none() {
         v.add("currency", format!("unknown currency `{}`; use an upper-case ISO 4217 code", truncate(&currency)));
     }
     let memo = v.text("memo", r.memo, 256);
