@@ -423,8 +423,13 @@ impl Default for Currencies {
 impl Currencies {
     #[inline]
     pub fn in_base(&self, amount: crate::model::Minor, currency: &str) -> Option<crate::model::Minor> {
-        if currency == self.base {
-            return Some(amount);
+        // Every code is three letters: compared inline, not through memcmp.
+        if let (Ok(code), Ok(base)) =
+            (<[u8; 3]>::try_from(currency.as_bytes()), <[u8; 3]>::try_from(self.base.as_bytes()))
+        {
+            if code == base {
+                return Some(amount);
+            }
         }
         let (_, digits, rate) = self.rates.iter().find(|(code, ..)| code == currency)?;
         Some(rate.convert(amount, *digits, self.base_digits))
