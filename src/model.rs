@@ -323,20 +323,28 @@ pub fn mask_name(name: &str) -> String {
 }
 
 /// Parses an amount in major units ("400000", "1234.5", "0.01") into minor
-/// units exactly, without floats. At most two decimals.
+/// units exactly, without floats: fen, at most two decimals.
 pub fn parse_major_units(s: &str) -> Option<Minor> {
+    parse_amount(s, 2)
+}
+
+/// Parses an amount in major units of a currency whose minor unit has
+/// `digits` digits (2 for yuan, 0 for yen) into minor units exactly; `None`
+/// for more decimals than the currency has, a sign, or anything not a number.
+pub fn parse_amount(s: &str, digits: u32) -> Option<Minor> {
     let s = s.trim().replace([',', '_'], "");
     let (whole, frac) = s.split_once('.').unwrap_or((&s, ""));
     if whole.is_empty()
-        || frac.len() > 2
+        || frac.len() > digits as usize
         || !whole.bytes().all(|b| b.is_ascii_digit())
         || !frac.bytes().all(|b| b.is_ascii_digit())
     {
         return None;
     }
     let whole: i64 = whole.parse().ok()?;
-    let frac: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<2}").parse().ok()? };
-    whole.checked_mul(100)?.checked_add(frac)
+    let frac: i64 =
+        if frac.is_empty() { 0 } else { format!("{frac:0<width$}", width = digits as usize).parse().ok()? };
+    whole.checked_mul(10i64.checked_pow(digits)?)?.checked_add(frac)
 }
 
 /// `400,000.00 CNY` from minor units, in integers only.
@@ -543,6 +551,9 @@ mod tests {
         assert_eq!(parse_major_units("1.234"), None);
         assert_eq!(parse_major_units("-1"), None);
         assert_eq!(parse_major_units("abc"), None);
+        assert_eq!(parse_amount("1,100,000", 0), Some(1_100_000), "yen have no minor unit");
+        assert_eq!(parse_amount("1.5", 0), None);
+        assert_eq!(parse_amount("6000.5", 2), Some(600_050));
         assert_eq!(money(40_000_050, "CNY"), "400,000.50 CNY");
     }
 

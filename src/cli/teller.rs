@@ -58,7 +58,7 @@ pub struct TransferFlags {
     payee_name: String,
     #[arg(long, default_value = "ccb")]
     payee_bank: String,
-    /// Amount in yuan, e.g. 400000 or 1234.50.
+    /// Amount in major units of --currency (yuan for CNY), e.g. 400000 or 1234.50.
     #[arg(long, default_value = "1000")]
     amount: String,
     #[arg(long, default_value = "CNY")]
@@ -191,7 +191,7 @@ fn screen_request(args: &ScreenArgs) -> anyhow::Result<pb::ScreenRequest> {
             name: t.payee_name.clone(),
             bank_code: t.payee_bank.clone(),
         }),
-        amount_minor: yuan("amount", &t.amount)?,
+        amount_minor: amount_in(&t.currency, &t.amount)?,
         currency: t.currency.clone(),
         memo: t.memo.clone(),
         observations,
@@ -312,4 +312,13 @@ pub async fn transfer(command: TransferCommand) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `--amount` in major units of `--currency` (yuan, dollars, yen), exactly.
+fn amount_in(currency: &str, amount: &str) -> anyhow::Result<i64> {
+    let digits = crate::model::minor_digits(currency)
+        .ok_or_else(|| anyhow::anyhow!("--currency: `{currency}` is not an ISO 4217 code this service knows"))?;
+    crate::model::parse_amount(amount, digits).ok_or_else(|| {
+        anyhow::anyhow!("--amount: `{amount}` is not an amount in {currency} (at most {digits} decimals, e.g. 1234.50)")
+    })
 }

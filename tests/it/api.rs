@@ -360,6 +360,30 @@ async fn the_cli_screens_the_example_files() {
     let rent = run("examples/rent.json").await.unwrap();
     let answer: pb::ScreenResponse = serde_json::from_slice(&rent.stdout).expect("proto3 JSON");
     assert_eq!(answer.action, pb::Action::Allow as i32, "{answer:?}");
+
+    // --amount is in the currency's own units: 1,100,000 yen (no minor unit) is 52,800 CNY.
+    let flags = |amount: &'static str, currency: &'static str| {
+        let addr = server.addr.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::harness::transfer_guard(&[
+                "screen",
+                "--addr",
+                &addr,
+                "--dry-run",
+                "--json",
+                "--amount",
+                amount,
+                "--currency",
+                currency,
+            ])
+        })
+    };
+    let yen = flags("1100000", "JPY").await.unwrap();
+    assert!(yen.status.success(), "{}", String::from_utf8_lossy(&yen.stderr));
+    let answer: pb::ScreenResponse = serde_json::from_slice(&yen.stdout).expect("proto3 JSON");
+    assert!(hits(&answer).contains("amount_50k"), "{answer:?}");
+    let bad = flags("1100000.5", "JPY").await.unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("--amount"), "{bad:?}");
     server.stop().await;
 }
 
