@@ -239,7 +239,15 @@ pub fn rules(command: RulesCommand) -> anyhow::Result<i32> {
     match command {
         RulesCommand::Check { dir } => Ok(match load(&dir) {
             Ok(rs) => {
-                println!("ok: {} rules, {} lists, version {}", rs.rules.len(), rs.lists.len(), rs.version);
+                let mut codes = rs.currencies.codes();
+                let base = codes.next().unwrap_or_default();
+                println!(
+                    "ok: {} rules, {} lists, amounts in {base} (rates for {}), version {}",
+                    rs.rules.len(),
+                    rs.lists.len(),
+                    codes.collect::<Vec<_>>().join(" "),
+                    rs.version
+                );
                 0
             }
             Err(code) => code,
