@@ -94,16 +94,16 @@ fn rules_test(dir: &Path, verbose: bool) -> anyhow::Result<i32> {
     for r in &results {
         if r.passed() {
             if verbose {
-                println!("ok    {} [{} score {}] {}", r.location, r.action, r.score, r.name);
+                outln!("ok    {} [{} score {}] {}", r.location, r.action, r.score, r.name);
             }
         } else {
-            println!("FAIL  {} {}", r.location, r.name);
+            outln!("FAIL  {} {}", r.location, r.name);
             for f in &r.failures {
-                println!("      {f}");
+                outln!("      {f}");
             }
         }
     }
-    println!("{} passed, {} failed", results.len() - failed, failed);
+    outln!("{} passed, {} failed", results.len() - failed, failed);
     Ok(i32::from(failed > 0))
 }
 
@@ -192,21 +192,17 @@ pub fn backtest(
     if json {
         print_json(&report)?;
     } else {
-        println!("{}", crate::backtest::text(&report));
-        println!(
-            "replayed in {:.2} s ({:.0} transfers/s)",
-            elapsed.as_secs_f64(),
-            total as f64 / elapsed.as_secs_f64()
-        );
+        outln!("{}", crate::backtest::text(&report));
+        outln!("replayed in {:.2} s ({:.0} transfers/s)", elapsed.as_secs_f64(), total as f64 / elapsed.as_secs_f64());
     }
     let mut changes = Vec::new();
     if let Some(base) = baseline {
         let (base_rules, base_routing) = load_rules(base)?;
         let (_, base_replayed) = crate::backtest::run_with(&base_rules, &base_routing, &history, replay, |_| {});
         changes = crate::backtest::diff(&replayed, &base_replayed);
-        println!("\n{} decisions differ from the baseline {}:", changes.len(), base.display());
+        outln!("\n{} decisions differ from the baseline {}:", changes.len(), base.display());
         for c in changes.iter().take(50) {
-            println!("  {c}");
+            outln!("  {c}");
         }
     }
     if let Some(path) = decisions {
@@ -241,7 +237,7 @@ pub fn rules(command: RulesCommand) -> anyhow::Result<i32> {
             Ok(rs) => {
                 let mut codes = rs.currencies.codes();
                 let base = codes.next().unwrap_or_default();
-                println!(
+                outln!(
                     "ok: {} rules, {} lists, amounts in {base} (rates for {}), version {}",
                     rs.rules.len(),
                     rs.lists.len(),
@@ -254,7 +250,7 @@ pub fn rules(command: RulesCommand) -> anyhow::Result<i32> {
         }),
         RulesCommand::Test { dir, verbose } => rules_test(&dir, verbose),
         RulesCommand::Fields => {
-            print!("{}", schema::field_table_markdown());
+            out!("{}", schema::field_table_markdown());
             Ok(0)
         }
         remote => runtime()?.block_on(rules_remote(remote)),
@@ -283,12 +279,16 @@ async fn rules_remote(command: RulesCommand) -> anyhow::Result<i32> {
             if client.json {
                 print_json(&r)?;
             } else {
-                println!(
+                outln!(
                     "{} {} (warn {}, hold {}, block {})",
-                    r.name, r.version, r.warn_threshold, r.hold_threshold, r.block_threshold
+                    r.name,
+                    r.version,
+                    r.warn_threshold,
+                    r.hold_threshold,
+                    r.block_threshold
                 );
                 for rule in &r.rules {
-                    println!("  {:<40} {:>5} {:<6} {}", rule.id, rule.score, rule.mode, rule.title);
+                    outln!("  {:<40} {:>5} {:<6} {}", rule.id, rule.score, rule.mode, rule.title);
                 }
             }
         }
@@ -301,7 +301,7 @@ async fn rules_remote(command: RulesCommand) -> anyhow::Result<i32> {
             if !r.reloaded {
                 return Ok(refused("reloaded", &r.errors, &r.version));
             }
-            println!("reloaded: version {}", r.version);
+            outln!("reloaded: version {}", r.version);
         }
         RulesCommand::Propose { client } => {
             let r = RulesClient::new(connect(&client).await?)
@@ -316,11 +316,8 @@ async fn rules_remote(command: RulesCommand) -> anyhow::Result<i32> {
                 return Ok(refused("proposed", &r.errors, &r.running_version));
             }
             if !client.json {
-                println!("proposed: version {} by {}", r.version, r.proposed_by);
-                println!(
-                    "still running {} until a second analyst runs: rules approve {}",
-                    r.running_version, r.version
-                );
+                outln!("proposed: version {} by {}", r.version, r.proposed_by);
+                outln!("still running {} until a second analyst runs: rules approve {}", r.running_version, r.version);
             }
         }
         RulesCommand::Approve { version, client } => {
@@ -329,7 +326,7 @@ async fn rules_remote(command: RulesCommand) -> anyhow::Result<i32> {
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
-            println!("approved: version {} is live", r.version);
+            outln!("approved: version {} is live", r.version);
         }
         RulesCommand::Check { .. } | RulesCommand::Test { .. } | RulesCommand::Fields => {
             bail!("offline rules commands run without a server")

@@ -4,6 +4,28 @@
 //! the analyst's (`rules`, `simulate`, `backtest`). Parses flags with clap and
 //! calls the library; `anyhow` lives here and in `main`, nowhere else.
 
+/// `println!` for a command's output that stops quietly when whoever reads it
+/// has gone (`transfer-guard … | head`), as ripgrep does, rather than panicking
+/// with a backtrace; any other failure to write is an error (exit 2).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            $crate::cli::stdout_failed(e)
+        }
+    }};
+}
+
+/// `print!` for a command's output, as [`outln`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout().lock(), $($arg)*) {
+            $crate::cli::stdout_failed(e)
+        }
+    }};
+}
+
 mod analyst;
 mod officer;
 mod operator;
@@ -220,7 +242,7 @@ pub(super) fn yuan(field: &str, s: &str) -> anyhow::Result<i64> {
 }
 
 pub(super) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -254,4 +276,15 @@ pub(super) fn rfc3339(secs: i64) -> String {
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| secs.to_string())
+}
+
+/// The output could not be written: quietly done if the reader closed the
+/// pipe, an error otherwise.
+#[doc(hidden)]
+pub fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write the output: {e}");
+    std::process::exit(2)
 }

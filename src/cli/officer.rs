@@ -105,7 +105,7 @@ pub enum WatchlistCommand {
 fn print_alert(a: &pb::Alert) {
     let state = pb::AlertState::try_from(a.state).map_or("?", |x| x.as_str_name().trim_start_matches("ALERT_STATE_"));
     let t = a.transfer.clone().unwrap_or_default();
-    println!(
+    outln!(
         "{}  {state}  station {}  score {}  {} from {} (age {}) to {} at {}",
         a.alert_id,
         a.station_id,
@@ -117,7 +117,7 @@ fn print_alert(a: &pb::Alert) {
         t.branch_id
     );
     for h in &a.hits {
-        println!("    {} ({}): {}", h.rule_id, h.score, h.reason_zh);
+        outln!("    {} ({}): {}", h.rule_id, h.score, h.reason_zh);
     }
 }
 
@@ -132,9 +132,9 @@ pub async fn alerts(command: AlertsCommand) -> anyhow::Result<i32> {
                 .into_inner();
             while let Some(e) = stream.message().await.map_err(rpc_error)? {
                 if client.json {
-                    println!("{}", serde_json::to_string(&e)?);
+                    outln!("{}", serde_json::to_string(&e)?);
                 } else {
-                    println!("[cursor {}] {}", e.cursor, e.kind);
+                    outln!("[cursor {}] {}", e.cursor, e.kind);
                     if let Some(a) = &e.alert {
                         print_alert(a);
                     }
@@ -232,7 +232,7 @@ pub async fn watchlist(command: WatchlistCommand) -> anyhow::Result<i32> {
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
-            println!("{}", if r.removed { "removed" } else { "no such entry" });
+            outln!("{}", if r.removed { "removed" } else { "no such entry" });
         }
         WatchlistCommand::Ls { client } => {
             let r = WatchlistClient::new(connect(&client).await?)

@@ -289,7 +289,7 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     if args.noop_server {
         let listener =
             tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
-        println!("no-op baseline serving on {} (pid {}); Ctrl-C stops it", listener.local_addr()?, std::process::id());
+        outln!("no-op baseline serving on {} (pid {}); Ctrl-C stops it", listener.local_addr()?, std::process::id());
         crate::loadgen::serve_noop(listener, server::shutdown_signal()).await?;
         return Ok(0);
     }
@@ -320,7 +320,7 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
         Some(r) => format!("open loop at {r:.0} req/s, at most {} in flight", args.concurrency),
         None => format!("closed loop, {} callers", args.concurrency),
     };
-    println!("{mode}, {} connections, {}", args.connections, args.duration);
+    outln!("{mode}, {} connections, {}", args.connections, args.duration);
     let run_id = generated_id("bench");
     let cpu_before = args.server_pid.and_then(crate::loadgen::process_cpu);
     let probe = args.flood.then(|| {
@@ -331,16 +331,16 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     let target = crate::loadgen::run(&config, &run_id).await.with_context(|| format!("connect to {addr}"))?;
     if let Some(probe) = probe {
         let report = probe.await.context("the probe stopped")?.with_context(|| format!("probe {addr}"))?;
-        println!("{}", report.summary());
+        outln!("{}", report.summary());
     }
     if let (Some(pid), Some(before)) = (args.server_pid, cpu_before) {
         match crate::loadgen::process_cpu(pid) {
-            Some(after) if target.ok > 0 => println!(
+            Some(after) if target.ok > 0 => outln!(
                 "server (pid {pid}) CPU: {:.2} s in all, {:.1} µs per request",
                 (after - before).as_secs_f64(),
                 (after - before).as_secs_f64() * 1e6 / target.ok as f64
             ),
-            _ => println!("server (pid {pid}) CPU: not readable"),
+            _ => outln!("server (pid {pid}) CPU: not readable"),
         }
     }
     let label = if stop_in_process.is_some() {
@@ -348,12 +348,12 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     } else {
         format!("screening {addr}")
     };
-    println!("{label}: {}", target.summary());
+    outln!("{label}: {}", target.summary());
     if let Some(running) = stop_in_process.take() {
         running.stop().await;
     }
     let [_, allow, warn, hold, block] = target.actions;
-    println!("  actions: ALLOW {allow}, WARN {warn}, HOLD {hold}, BLOCK {block}");
+    outln!("  actions: ALLOW {allow}, WARN {warn}, HOLD {hold}, BLOCK {block}");
     if let (true, Some(rules)) = (args.compare_durability, &args.in_process) {
         let other = match args.durability {
             crate::store::Durability::None => crate::store::Durability::Sync,
@@ -363,17 +363,17 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<i32> {
         let run =
             crate::loadgen::run(&crate::loadgen::LoadConfig { addr, ..config.clone() }, &generated_id("bench")).await?;
         running.stop().await;
-        println!("{}: {}", format!("screening (in-process, durability {other:?})").to_lowercase(), run.summary());
+        outln!("{}: {}", format!("screening (in-process, durability {other:?})").to_lowercase(), run.summary());
         let (sync, none) = if other == crate::store::Durability::Sync { (&run, &target) } else { (&target, &run) };
-        println!("ratio durable (sync) / in-memory (none) throughput: {:.2}", sync.throughput() / none.throughput());
+        outln!("ratio durable (sync) / in-memory (none) throughput: {:.2}", sync.throughput() / none.throughput());
     }
     if args.baseline {
         let (addr, stop) = crate::loadgen::start_noop().await?;
         config.addr = addr;
         let noop = crate::loadgen::run(&config, &run_id).await?;
         let _ = stop.send(());
-        println!("no-op baseline (in-process): {}", noop.summary());
-        println!("ratio screening / no-op throughput: {:.2}", target.throughput() / noop.throughput());
+        outln!("no-op baseline (in-process): {}", noop.summary());
+        outln!("ratio screening / no-op throughput: {:.2}", target.throughput() / noop.throughput());
     }
     Ok(i32::from(target.errors > 0))
 }
@@ -536,11 +536,11 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<i32> {
 fn store_recover(data_dir: &Path, rules: &Path) -> anyhow::Result<i32> {
     let (guard, store) = attach_store(open_rules(rules)?, data_dir)?;
     let r = guard.recovered();
-    println!(
+    outln!(
         "recovered in {:.2} s: {} customers, {} payees, {} watchlist entries, {} transfers ({} held), {} event ids, {} alerts, {} alert events",
         r.seconds, r.customers, r.payees, r.watchlist, r.transfers, r.held, r.event_ids, r.alerts, r.alert_events
     );
-    println!("store on disk: {:.1} MiB", store.disk_bytes() as f64 / (1024.0 * 1024.0));
+    outln!("store on disk: {:.1} MiB", store.disk_bytes() as f64 / (1024.0 * 1024.0));
     Ok(0)
 }
 
@@ -573,7 +573,7 @@ fn store_fill(data_dir: &Path, rules: &Path, customers: usize, transfers: u64) -
         }
     }
     store.flush()?;
-    println!("{customers} customers written in {:.1} s", started.elapsed().as_secs_f64());
+    outln!("{customers} customers written in {:.1} s", started.elapsed().as_secs_f64());
     let started = std::time::Instant::now();
     for k in 0..transfers {
         let transfer = crate::model::Transfer::try_from(&crate::loadgen::request("fill", k))
@@ -585,7 +585,7 @@ fn store_fill(data_dir: &Path, rules: &Path, customers: usize, transfers: u64) -
     }
     store.flush()?;
     if transfers > 0 {
-        println!("{transfers} transfers screened and written in {:.1} s", started.elapsed().as_secs_f64());
+        outln!("{transfers} transfers screened and written in {:.1} s", started.elapsed().as_secs_f64());
     }
     Ok(0)
 }
@@ -620,11 +620,11 @@ pub fn audit(command: AuditCommand) -> anyhow::Result<i32> {
             let path = data_dir.join("audit.jsonl");
             match crate::audit::verify(&path).with_context(|| format!("read {}", path.display()))? {
                 crate::audit::Verified::Intact { records, head } => {
-                    println!("intact, {records} records (head sha256 {head})");
+                    outln!("intact, {records} records (head sha256 {head})");
                     Ok(0)
                 }
                 crate::audit::Verified::Broken { line, why } => {
-                    println!("broken at line {line} of {}: {why}", path.display());
+                    outln!("broken at line {line} of {}: {why}", path.display());
                     Ok(1)
                 }
             }
@@ -679,8 +679,8 @@ pub fn token(command: TokenCommand) -> anyhow::Result<i32> {
             let public_path = out.join("token-public.paserk");
             std::fs::write(&public_path, format!("{public}\n"))
                 .with_context(|| format!("write {}", public_path.display()))?;
-            println!("secret key: {} (issue tokens with it; keep it private)", secret_path.display());
-            println!("public key: {} (serve --token-public-key)", public_path.display());
+            outln!("secret key: {} (issue tokens with it; keep it private)", secret_path.display());
+            outln!("public key: {} (serve --token-public-key)", public_path.display());
             Ok(0)
         }
         TokenCommand::Issue { key, role, station, subject, ttl } => {
@@ -696,7 +696,7 @@ pub fn token(command: TokenCommand) -> anyhow::Result<i32> {
             let scope = if role.is_scoped() { station } else { String::new() };
             let who = Principal { role, scope, subject };
             let until = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
-            println!("{}", signer.issue(&who, until)?);
+            outln!("{}", signer.issue(&who, until)?);
             eprintln!("token for {who}, valid until {}", crate::cli::rfc3339(until.unix_timestamp()));
             Ok(0)
         }

@@ -200,21 +200,21 @@ fn screen_request(args: &ScreenArgs) -> anyhow::Result<pb::ScreenRequest> {
 
 fn print_decision(r: &pb::ScreenResponse) {
     let action = pb::Action::try_from(r.action).map_or("?", |a| a.as_str_name().trim_start_matches("ACTION_"));
-    println!("{action}  score {}  request {}  ruleset {}", r.score, r.request_id, r.ruleset_version);
+    outln!("{action}  score {}  request {}  ruleset {}", r.score, r.request_id, r.ruleset_version);
     if !r.alert_id.is_empty() {
-        println!("alert {} sent to station {}", r.alert_id, r.station_id);
+        outln!("alert {} sent to station {}", r.alert_id, r.station_id);
     }
     if let Some(t) = &r.hold_expires_at {
-        println!("held until {} (watch with: transfer-guard transfer watch {})", rfc3339(t.seconds), r.request_id);
+        outln!("held until {} (watch with: transfer-guard transfer watch {})", rfc3339(t.seconds), r.request_id);
     }
     for h in &r.hits {
         let mark = if h.shadow { "shadow" } else { "+" };
-        println!("  {mark} {} ({})\n      {}\n      {}", h.rule_id, h.score, h.reason_zh, h.reason_en);
+        outln!("  {mark} {} ({})\n      {}\n      {}", h.rule_id, h.score, h.reason_zh, h.reason_en);
     }
     if !r.questions.is_empty() {
-        println!("ask the customer / 请询问客户:");
+        outln!("ask the customer / 请询问客户:");
         for (i, q) in r.questions.iter().enumerate() {
-            println!("  {}. {}\n     {}", i + 1, q.zh, q.en);
+            outln!("  {}. {}\n     {}", i + 1, q.zh, q.en);
         }
     }
 }
@@ -229,7 +229,7 @@ fn print_status(s: &pb::TransferStatus) {
     if !s.note.is_empty() {
         line.push_str(&format!("  note: {}", s.note));
     }
-    println!("{line}");
+    outln!("{line}");
 }
 
 pub(super) async fn screen(args: ScreenArgs, dry_run: bool) -> anyhow::Result<()> {
@@ -280,7 +280,7 @@ pub async fn event(e: EventCommand) -> anyhow::Result<i32> {
     };
     let r = ScreeningClient::new(connect(&client).await?).record_event(request).await.map_err(rpc_error)?.into_inner();
     show(client.json, &r, |r| {
-        println!("recorded {}{}", r.event_id, if r.duplicate { " (already recorded)" } else { "" })
+        outln!("recorded {}{}", r.event_id, if r.duplicate { " (already recorded)" } else { "" })
     })?;
     Ok(0)
 }
@@ -304,7 +304,7 @@ pub async fn transfer(command: TransferCommand) -> anyhow::Result<i32> {
                 .into_inner();
             while let Some(s) = stream.message().await.map_err(rpc_error)? {
                 if client.json {
-                    println!("{}", serde_json::to_string(&s)?);
+                    outln!("{}", serde_json::to_string(&s)?);
                 } else {
                     print_status(&s);
                 }

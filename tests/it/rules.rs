@@ -90,3 +90,21 @@ fn field_table_in_docs_is_current() {
         "docs/rules.md is stale: paste the output of `transfer-guard rules fields`"
     );
 }
+
+/// `transfer-guard … | head`: when whoever reads the output has gone, the
+/// command stops quietly (exit 0), with no panic and no backtrace.
+#[test]
+fn a_command_whose_reader_has_gone_stops_quietly() {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_transfer-guard"))
+        .args(["rules", "fields"])
+        .current_dir(repo())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run transfer-guard");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
