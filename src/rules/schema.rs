@@ -230,7 +230,7 @@ pub static FIELDS: &[Field] = &[
     field(
         "customer.daily_limit",
         Read::Int(|f| f.customer_daily_limit),
-        "The customer's daily transfer limit in minor units.",
+        "The customer's daily transfer limit, in minor units of the ruleset's currency (as the bank sets it: not converted).",
     ),
     Field {
         optional: true,
